@@ -1,0 +1,120 @@
+//! `sluice check`: validates the config, connects to Redis and ClickHouse,
+//! checks each flow's table and column mapping, and prints the plan.
+
+use std::fmt::Write;
+
+use crate::config::{Config, SinkConfig};
+use crate::sink::clickhouse::{self, ClickHouseSink};
+use crate::stream::{client, commands};
+
+/// Returns the human-readable plan, or the first problem found.
+pub async fn check(config: &Config) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let redis = client::connect(&config.redis)
+        .await
+        .map_err(|e| anyhow::anyhow!("redis.url: cannot connect: {e}"))?;
+    use fred::prelude::*;
+    let info: String = redis
+        .info(Some(fred::types::InfoKind::Server))
+        .await
+        .unwrap_or_default();
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    writeln!(
+        out,
+        "redis: {} (version {version}) ok",
+        redact_url(&config.redis.url)
+    )?;
+    if let Some(ch) = &config.clickhouse {
+        let client = clickhouse::client(ch);
+        let v = clickhouse::server_version(&client)
+            .await
+            .map_err(|e| anyhow::anyhow!("clickhouse.url: cannot query {}: {e}", ch.url))?;
+        writeln!(
+            out,
+            "clickhouse: {} (version {v}) as user `{}` ok",
+            ch.url, ch.user
+        )?;
+    }
+    for f in &config.flows {
+        writeln!(out, "flow `{}`:", f.name)?;
+        for s in &f.streams {
+            let len = commands::len(&redis, s).await?;
+            writeln!(
+                out,
+                "  reads stream `{s}` (length {len}) as group `{}` (created at `{}` if missing)",
+                f.group, f.start_id
+            )?;
+        }
+        match &f.sink {
+            SinkConfig::Clickhouse { table } => {
+                let ch = config.clickhouse.as_ref().expect("validated");
+                let sink = ClickHouseSink::open(ch, f, table)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("flow `{}`: {e}", f.name))?;
+                writeln!(
+                    out,
+                    "  inserts into {} (Native, batches of ≤{} rows / ≤{} / ≤{:?}), columns:",
+                    sink.table_name(),
+                    f.batch.max_rows,
+                    f.batch.max_bytes,
+                    f.batch.max_wait
+                )?;
+                for c in sink.mapper.columns() {
+                    let source = if f.metadata.id.as_deref() == Some(c.name.as_str()) {
+                        "metadata: entry id".to_string()
+                    } else if f.metadata.stream.as_deref() == Some(c.name.as_str()) {
+                        "metadata: stream name".to_string()
+                    } else if f.metadata.enqueued_at.as_deref() == Some(c.name.as_str()) {
+                        "metadata: enqueue time from the id".to_string()
+                    } else if f.metadata.deliveries.as_deref() == Some(c.name.as_str()) {
+                        "metadata: delivery count".to_string()
+                    } else {
+                        format!("field `{}`", c.name)
+                    };
+                    writeln!(out, "    {} {} ← {source}", c.name, c.type_name)?;
+                }
+            }
+        }
+        writeln!(out, "  acks with {:?} after insert; dead letters → `{}` (after {} deliveries or on bad data)", f.on_success, f.dead_letter_stream(), f.max_deliveries)?;
+        writeln!(
+            out,
+            "  claims entries idle > {:?} every {:?}",
+            f.claim.min_idle, f.claim.every
+        )?;
+    }
+    Ok(out)
+}
+
+/// Hides the password of a `redis://user:pass@host` URL.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map(|(u, _)| u).unwrap_or(userinfo);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://u:secret@h:6379/0"),
+            "redis://u:***@h:6379/0"
+        );
+        assert_eq!(redact_url("redis://:secret@h"), "redis://:***@h");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+    }
+}

@@ -1,0 +1,87 @@
+//! The `sluice` binary: parse the command line, set up logging, load the
+//! config, then hand over to the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Redis Streams consumer-group workers that land data in ClickHouse"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker until SIGTERM/SIGINT.
+    Run {
+        #[arg(long, short, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate the config, connect, check tables and mapping, print the plan.
+    Check {
+        #[arg(long, short, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Per flow and stream: length, lag, pending, consumers, dead letters.
+    Status {
+        #[arg(long, short, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    sluice::telemetry::init();
+    match cli.command {
+        Command::Run { config } => {
+            let config = sluice::config::Config::load(&config)?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal_shutdown(shutdown.clone()));
+            sluice::run(config, shutdown).await
+        }
+        Command::Check { config } => {
+            let config = sluice::config::Config::load(&config)?;
+            let plan = sluice::check::check(&config).await?;
+            print!("{plan}");
+            println!("ok");
+            Ok(())
+        }
+        Command::Status { config, json } => {
+            let config = sluice::config::Config::load(&config)?;
+            let client = sluice::stream::client::connect(&config.redis)
+                .await
+                .context("redis.url")?;
+            let list = sluice::status::all(&client, &config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", sluice::status::render_table(&list));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT.
+async fn signal_shutdown(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,224 @@
+//! Committing a sealed batch: insert (retrying transient errors, bisecting
+//! data errors), then dead-letter what was refused and ack what landed.
+//! Nothing is acked before ClickHouse confirmed it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::clickhouse::ClickHouseSink;
+use super::retry::{classify, Backoff, Disposition};
+use crate::batch::SealedBatch;
+use crate::config::OnSuccess;
+use crate::metrics::Metrics;
+use crate::stream::dead_letter::{dead_letter_and_ack, DeadLetter};
+use crate::stream::{commands, Message};
+
+/// The hard deadline passed while a sink or Redis was still failing; the
+/// batch stays pending and another replica will claim it.
+#[derive(Debug, thiserror::Error)]
+#[error("gave up on a batch of {0} messages at the shutdown deadline; they stay pending for another replica")]
+pub struct Abandoned(pub usize);
+
+pub struct Committer {
+    pub flow: String,
+    pub group: String,
+    pub dead_letter_stream: String,
+    pub on_success: OnSuccess,
+    pub sink: Arc<ClickHouseSink>,
+    pub redis: fred::prelude::Client,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the shutdown deadline passes: stop retrying.
+    pub hard_stop: CancellationToken,
+}
+
+impl Committer {
+    /// Sleeps for the backoff delay; false if the hard stop came first.
+    async fn wait(&self, backoff: &mut Backoff) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => true,
+            _ = self.hard_stop.cancelled() => false,
+        }
+    }
+
+    pub async fn commit(&self, batch: SealedBatch) -> Result<(), Abandoned> {
+        let total = batch.messages.len() + batch.dead.len();
+        let mut dead = batch.dead;
+        let inserted = if batch.messages.is_empty() {
+            Vec::new()
+        } else {
+            let (ok, rejected) = self
+                .insert_isolating(batch.messages, batch.block)
+                .await
+                .map_err(|_| Abandoned(total))?;
+            dead.extend(rejected);
+            ok
+        };
+        self.finish(inserted, dead)
+            .await
+            .map_err(|_| Abandoned(total))
+    }
+
+    /// Inserts `messages` (encoded as `block`); on a data error splits the
+    /// batch in halves until the refused rows are alone. Returns the messages
+    /// that landed and those refused, with ClickHouse's reason.
+    async fn insert_isolating(
+        &self,
+        messages: Vec<Message>,
+        block: Bytes,
+    ) -> Result<(Vec<Message>, Vec<DeadLetter>), ()> {
+        let mut landed = Vec::with_capacity(messages.len());
+        let mut refused = Vec::new();
+        // Work list of (messages, pre-encoded block if any).
+        let mut todo: Vec<(Vec<Message>, Option<Bytes>)> = vec![(messages, Some(block))];
+        while let Some((part, block)) = todo.pop() {
+            let block = block.unwrap_or_else(|| self.sink.mapper.encode_all(&part));
+            match self.insert_with_retry(block, part.len()).await? {
+                None => landed.extend(part),
+                Some(error) if part.len() == 1 => {
+                    let message = part.into_iter().next().expect("one message");
+                    refused.push(DeadLetter {
+                        message,
+                        reason: format!("rejected by ClickHouse: {error}"),
+                        kind: "rejected",
+                    });
+                }
+                Some(error) => {
+                    tracing::warn!(flow = %self.flow, rows = part.len(), %error, "ClickHouse refused the batch; bisecting to isolate bad rows");
+                    let mut left = part;
+                    let right = left.split_off(left.len() / 2);
+                    // Pop order: left half first, to keep rows roughly in order.
+                    todo.push((right, None));
+                    todo.push((left, None));
+                }
+            }
+        }
+        Ok((landed, refused))
+    }
+
+    /// One insert, retried while the error is transient. Ok(None) = landed;
+    /// Ok(Some(error)) = the data was refused; Err = hard stop.
+    async fn insert_with_retry(&self, block: Bytes, rows: usize) -> Result<Option<String>, ()> {
+        let labels = [self.flow.as_str(), "clickhouse"];
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        loop {
+            let started = Instant::now();
+            let size = block.len() as u64;
+            match self.sink.insert(block.clone()).await {
+                Ok(()) => {
+                    self.metrics
+                        .insert_duration
+                        .with_label_values(&labels)
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .sink_rows
+                        .with_label_values(&labels)
+                        .inc_by(rows as u64);
+                    self.metrics
+                        .sink_bytes
+                        .with_label_values(&labels)
+                        .inc_by(size);
+                    self.metrics
+                        .batch_rows
+                        .with_label_values(&[self.flow.as_str()])
+                        .observe(rows as f64);
+                    return Ok(None);
+                }
+                Err(error) => match classify(&error) {
+                    Disposition::Bisect => {
+                        self.metrics
+                            .sink_errors
+                            .with_label_values(&[self.flow.as_str(), "clickhouse", "bisect"])
+                            .inc();
+                        return Ok(Some(error.to_string()));
+                    }
+                    Disposition::Retry => {
+                        self.metrics
+                            .sink_errors
+                            .with_label_values(&[self.flow.as_str(), "clickhouse", "retry"])
+                            .inc();
+                        self.metrics
+                            .messages_retried
+                            .with_label_values(&[self.flow.as_str()])
+                            .inc_by(rows as u64);
+                        tracing::warn!(flow = %self.flow, table = %self.sink.table_name(), attempt = backoff.attempts() + 1, %error, "insert failed; will retry (nothing acked)");
+                        if !self.wait(&mut backoff).await {
+                            return Err(());
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Dead-letters refused messages and acks landed ones, retrying Redis
+    /// errors until the hard stop.
+    async fn finish(&self, landed: Vec<Message>, dead: Vec<DeadLetter>) -> Result<(), ()> {
+        let delete = self.on_success == OnSuccess::AckDel;
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        while let Err(error) = dead_letter_and_ack(
+            &self.redis,
+            &self.dead_letter_stream,
+            &self.group,
+            &dead,
+            delete,
+        )
+        .await
+        {
+            tracing::warn!(flow = %self.flow, %error, "writing dead letters failed; retrying");
+            if !self.wait(&mut backoff).await {
+                return Err(());
+            }
+        }
+        for d in &dead {
+            tracing::warn!(flow = %self.flow, stream = %d.message.stream, id = %String::from_utf8_lossy(&d.message.id), reason = %d.reason, "dead-lettered");
+            self.metrics
+                .messages_dead_lettered
+                .with_label_values(&[self.flow.as_str(), d.kind])
+                .inc();
+        }
+        let mut by_stream: HashMap<Arc<str>, Vec<Bytes>> = HashMap::new();
+        for m in &landed {
+            by_stream
+                .entry(m.stream.clone())
+                .or_default()
+                .push(m.id.clone());
+        }
+        for (stream, ids) in &by_stream {
+            backoff.reset();
+            while let Err(error) =
+                commands::ack(&self.redis, stream, &self.group, ids, delete).await
+            {
+                tracing::warn!(flow = %self.flow, %stream, %error, "XACK failed; retrying");
+                if !self.wait(&mut backoff).await {
+                    return Err(());
+                }
+            }
+            self.metrics
+                .messages_acked
+                .with_label_values(&[self.flow.as_str(), stream])
+                .inc_by(ids.len() as u64);
+        }
+        self.observe_latency(&landed);
+        Ok(())
+    }
+
+    fn observe_latency(&self, landed: &[Message]) {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let h = self
+            .metrics
+            .end_to_end_latency
+            .with_label_values(&[self.flow.as_str()]);
+        for m in landed {
+            if let Some(ms) = m.id_millis() {
+                h.observe(now_ms.saturating_sub(ms) as f64 / 1000.0);
+            }
+        }
+    }
+}

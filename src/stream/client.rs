@@ -1,0 +1,41 @@
+//! Building fred clients: one per role, so that a blocking XREADGROUP never
+//! holds up acks, claims or metrics sampling.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+
+use crate::config::RedisConfig;
+
+/// Connects a client; it reconnects forever with capped exponential backoff.
+pub async fn connect(redis: &RedisConfig) -> Result<Client, fred::error::Error> {
+    connect_with_timeout(redis, redis.command_timeout).await
+}
+
+/// A client for blocking reads: its timeout must exceed the BLOCK time.
+pub async fn connect_blocking(
+    redis: &RedisConfig,
+    block: Duration,
+) -> Result<Client, fred::error::Error> {
+    connect_with_timeout(redis, redis.command_timeout + block).await
+}
+
+async fn connect_with_timeout(
+    redis: &RedisConfig,
+    timeout: Duration,
+) -> Result<Client, fred::error::Error> {
+    let config = Config::from_url(&redis.url)?;
+    let client = Builder::from_config(config)
+        .with_performance_config(|p| {
+            p.default_command_timeout = timeout;
+        })
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(5);
+            c.internal_command_timeout = Duration::from_secs(5);
+            c.max_command_attempts = 3;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .build()?;
+    client.init().await?;
+    Ok(client)
+}

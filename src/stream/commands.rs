@@ -1,0 +1,226 @@
+//! The stream commands sluice sends, as thin typed wrappers over raw frames.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::prelude::*;
+use fred::types::{CustomCommand, Value};
+
+use super::reply::{self, AutoClaim, PendingEntry};
+use super::{Message, Result, StreamError};
+
+fn command(name: &'static str, blocking: bool) -> CustomCommand {
+    CustomCommand::new_static(name, fred::types::ClusterHash::FirstKey, blocking)
+}
+
+fn key_arg(s: &str) -> Value {
+    Value::Bytes(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+/// XREADGROUP … COUNT n BLOCK ms STREAMS s… > …, appending to `out`.
+pub async fn read_group(
+    client: &Client,
+    group: &str,
+    consumer: &str,
+    count: usize,
+    block: Duration,
+    streams: &[Arc<str>],
+    out: &mut Vec<Message>,
+) -> Result<()> {
+    let mut args: Vec<Value> = Vec::with_capacity(8 + streams.len() * 2);
+    args.extend([
+        "GROUP".into(),
+        key_arg(group),
+        key_arg(consumer),
+        "COUNT".into(),
+        Value::Integer(count as i64),
+        "BLOCK".into(),
+        Value::Integer(block.as_millis().max(1) as i64),
+        "STREAMS".into(),
+    ]);
+    args.extend(streams.iter().map(|s| key_arg(s)));
+    args.extend(streams.iter().map(|_| Value::from(">")));
+    let frame = client.custom_raw(command("XREADGROUP", true), args).await?;
+    reply::read_group(frame, streams, out)
+}
+
+/// Acks `ids` (and deletes them when `delete`), in one pipelined round trip,
+/// chunked so no single command grows unbounded.
+pub async fn ack(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    ids: &[Bytes],
+    delete: bool,
+) -> Result<()> {
+    const CHUNK: usize = 10_000;
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let pipeline = client.pipeline();
+    for chunk in ids.chunks(CHUNK) {
+        let mut args: Vec<Value> = Vec::with_capacity(chunk.len() + 2);
+        args.push(key_arg(stream));
+        args.push(key_arg(group));
+        args.extend(chunk.iter().map(|id| Value::Bytes(id.clone())));
+        let _: Value = pipeline.custom(command("XACK", false), args).await?;
+        if delete {
+            let mut args: Vec<Value> = Vec::with_capacity(chunk.len() + 1);
+            args.push(key_arg(stream));
+            args.extend(chunk.iter().map(|id| Value::Bytes(id.clone())));
+            let _: Value = pipeline.custom(command("XDEL", false), args).await?;
+        }
+    }
+    for result in pipeline.try_all::<Value>().await {
+        result?;
+    }
+    Ok(())
+}
+
+/// XGROUP CREATE … MKSTREAM; an existing group is fine.
+pub async fn create_group(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    start_id: &str,
+) -> Result<bool> {
+    let args: Vec<Value> = vec![
+        "CREATE".into(),
+        key_arg(stream),
+        key_arg(group),
+        key_arg(start_id),
+        "MKSTREAM".into(),
+    ];
+    let frame = client.custom_raw(command("XGROUP", false), args).await?;
+    match reply::check(frame) {
+        Ok(_) => Ok(true),
+        Err(StreamError::Reply(msg)) if msg.starts_with("BUSYGROUP") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// XAUTOCLAIM stream group consumer min-idle cursor COUNT n.
+pub async fn auto_claim(
+    client: &Client,
+    stream: &Arc<str>,
+    group: &str,
+    consumer: &str,
+    min_idle: Duration,
+    cursor: &[u8],
+    count: usize,
+) -> Result<AutoClaim> {
+    let args: Vec<Value> = vec![
+        key_arg(stream),
+        key_arg(group),
+        key_arg(consumer),
+        Value::Integer(min_idle.as_millis() as i64),
+        Value::Bytes(Bytes::copy_from_slice(cursor)),
+        "COUNT".into(),
+        Value::Integer(count as i64),
+    ];
+    let frame = client
+        .custom_raw(command("XAUTOCLAIM", false), args)
+        .await?;
+    reply::auto_claim(frame, stream)
+}
+
+/// Extended XPENDING: entries between `start` and `end`, optionally of one consumer.
+pub async fn pending(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    start: &[u8],
+    end: &[u8],
+    count: usize,
+    consumer: Option<&str>,
+) -> Result<Vec<PendingEntry>> {
+    let mut args: Vec<Value> = vec![
+        key_arg(stream),
+        key_arg(group),
+        Value::Bytes(Bytes::copy_from_slice(start)),
+        Value::Bytes(Bytes::copy_from_slice(end)),
+        Value::Integer(count as i64),
+    ];
+    if let Some(c) = consumer {
+        args.push(key_arg(c));
+    }
+    let frame = client.custom_raw(command("XPENDING", false), args).await?;
+    reply::pending_entries(frame)
+}
+
+/// XRANGE start end COUNT n.
+pub async fn range(
+    client: &Client,
+    stream: &Arc<str>,
+    start: &[u8],
+    end: &[u8],
+    count: usize,
+) -> Result<Vec<Message>> {
+    let args: Vec<Value> = vec![
+        key_arg(stream),
+        Value::Bytes(Bytes::copy_from_slice(start)),
+        Value::Bytes(Bytes::copy_from_slice(end)),
+        "COUNT".into(),
+        Value::Integer(count as i64),
+    ];
+    let frame = reply::check(client.custom_raw(command("XRANGE", false), args).await?)?;
+    let mut out = Vec::new();
+    for e in reply::array_of(frame, "XRANGE")? {
+        let mut parts = reply::array_of(e, "XRANGE")?.into_iter();
+        let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let flat = reply::array_of(fields, "XRANGE")?;
+        let mut it = flat.into_iter();
+        let mut pairs = Vec::new();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            pairs.push((reply::bytes_of(k, "XRANGE")?, reply::bytes_of(v, "XRANGE")?));
+        }
+        out.push(Message {
+            stream: stream.clone(),
+            id: reply::bytes_of(id, "XRANGE")?,
+            fields: pairs,
+            deliveries: 0,
+        });
+    }
+    Ok(out)
+}
+
+/// Runs XINFO `sub` (GROUPS, CONSUMERS, STREAM) and returns one key/value list per item.
+pub async fn info(
+    client: &Client,
+    sub: &'static str,
+    args: &[&str],
+) -> Result<fred::types::Resp3Frame> {
+    let mut all: Vec<Value> = vec![sub.into()];
+    all.extend(args.iter().map(|a| key_arg(a)));
+    let frame = client.custom_raw(command("XINFO", false), all).await?;
+    reply::check(frame)
+}
+
+/// XGROUP DELCONSUMER; returns how many pending entries the consumer had.
+pub async fn delete_consumer(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+) -> Result<i64> {
+    let args: Vec<Value> = vec![
+        "DELCONSUMER".into(),
+        key_arg(stream),
+        key_arg(group),
+        key_arg(consumer),
+    ];
+    let frame = reply::check(client.custom_raw(command("XGROUP", false), args).await?)?;
+    reply::int_of(&frame, "XGROUP DELCONSUMER")
+}
+
+pub async fn len(client: &Client, stream: &str) -> Result<u64> {
+    let frame = reply::check(
+        client
+            .custom_raw(command("XLEN", false), vec![key_arg(stream)])
+            .await?,
+    )?;
+    Ok(reply::int_of(&frame, "XLEN")?.max(0) as u64)
+}
