@@ -114,12 +114,26 @@ impl Default for WorkerConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// `host:port` for `/metrics`; unset = no metrics endpoint.
+    /// `host:port` for `/metrics`; unset = no metrics endpoint, and no
+    /// metrics recorded at all (the hot path skips them).
     #[serde(default)]
     pub listen: Option<String>,
+    /// How often the replica holding the sampler lease reads every stream's
+    /// length, lag, pending and consumers from Redis into the gauges.
+    #[serde(default = "default_sample_every", with = "humantime_serde")]
+    pub sample_every: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            sample_every: default_sample_every(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -282,6 +296,9 @@ fn default_block() -> Duration {
 fn default_prune_idle() -> Duration {
     Duration::from_secs(3600)
 }
+fn default_sample_every() -> Duration {
+    Duration::from_secs(5)
+}
 fn default_group() -> String {
     "sluice".into()
 }
@@ -410,6 +427,9 @@ impl Config {
                     "must be host:port, e.g. 0.0.0.0:9464",
                 ));
             }
+        }
+        if self.metrics.sample_every < Duration::from_millis(100) {
+            return Err(bad("metrics.sample_every".into(), "must be at least 100ms"));
         }
         let mut names = std::collections::HashSet::new();
         for (i, flow) in self.flows.iter().enumerate() {

@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::batch::{OpenBatch, RowMapper, SealedBatch};
 use crate::config::{Config, FlowConfig, SinkConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{FlowMetrics, Metrics};
 use crate::sink::clickhouse::ClickHouseSink;
 use crate::sink::commit::Committer;
 use crate::sink::retry::Backoff;
@@ -35,7 +35,7 @@ pub struct Flow {
     pub sink: Arc<ClickHouseSink>,
     pub read_client: Client,
     pub command_client: Client,
-    pub metrics: Arc<Metrics>,
+    pub metrics: FlowMetrics,
     pub block: Duration,
     pub prune_idle: Duration,
 }
@@ -66,10 +66,17 @@ impl Flow {
                     .map_err(|e| anyhow::anyhow!("flow `{}`: {e}", cfg.name))?
             }
         };
+        let streams: Vec<Arc<str>> = cfg.streams.iter().map(|s| Arc::from(s.as_str())).collect();
+        // No endpoint, nobody to read them: the hot path skips metrics.
+        let metrics = if config.metrics.listen.is_some() {
+            FlowMetrics::new(&metrics, &cfg.name, &streams)
+        } else {
+            FlowMetrics::disabled()
+        };
         Ok(Flow {
             cfg: cfg.clone(),
             consumer,
-            streams: cfg.streams.iter().map(|s| Arc::from(s.as_str())).collect(),
+            streams,
             sink: Arc::new(sink),
             read_client,
             command_client,
@@ -87,6 +94,7 @@ impl Flow {
         shutdown: CancellationToken,
         hard_stop: CancellationToken,
     ) -> anyhow::Result<()> {
+        tracing::info!(flow = %self.cfg.name, streams = ?self.cfg.streams, group = %self.cfg.group, consumer = %self.consumer, "flow running");
         let flow = Arc::new(self);
         let (chunk_tx, chunk_rx) = mpsc::channel::<Vec<Message>>(2);
         let (batch_tx, batch_rx) = mpsc::channel::<SealedBatch>(1);
@@ -160,12 +168,7 @@ impl Flow {
             if entries.is_empty() {
                 continue;
             }
-            for m in &entries {
-                self.metrics
-                    .messages_read
-                    .with_label_values(&[self.cfg.name.as_str(), &m.stream])
-                    .inc();
-            }
+            self.metrics.read(&entries);
             // Whatever was read is handed on even during shutdown: it is
             // pending for us now and must be committed, not dropped.
             if chunks.send(entries).await.is_err() {
@@ -263,10 +266,7 @@ impl Flow {
             )
             .await?;
             if !page.deleted.is_empty() {
-                self.metrics
-                    .messages_lost
-                    .with_label_values(&[self.cfg.name.as_str(), stream])
-                    .inc_by(page.deleted.len() as u64);
+                self.metrics.lost(stream, page.deleted.len());
                 tracing::error!(flow = %self.cfg.name, %stream, count = page.deleted.len(), ids = ?page.deleted.iter().take(20).map(|i| String::from_utf8_lossy(i).into_owned()).collect::<Vec<_>>(), "pending entries were deleted from the stream before delivery; acking them as lost");
                 commands::ack(
                     &self.command_client,
@@ -279,10 +279,7 @@ impl Flow {
             }
             let mut claimed = page.claimed;
             if !claimed.is_empty() {
-                self.metrics
-                    .messages_claimed
-                    .with_label_values(&[self.cfg.name.as_str(), stream])
-                    .inc_by(claimed.len() as u64);
+                self.metrics.claimed(stream, claimed.len());
                 tracing::info!(flow = %self.cfg.name, %stream, count = claimed.len(), "claimed idle pending entries");
                 self.fill_delivery_counts(stream, &mut claimed).await?;
                 if chunks.send(claimed).await.is_err() {
@@ -394,7 +391,16 @@ impl Flow {
             if batch.is_empty() {
                 continue;
             }
-            let span = tracing::info_span!("batch", flow = %self.cfg.name, rows = batch.messages.len(), dead = batch.dead.len());
+            let span = tracing::info_span!(
+                "batch",
+                flow = %self.cfg.name,
+                rows = batch.messages.len(),
+                dead = batch.dead.len(),
+                inserted = tracing::field::Empty,
+                dead_lettered = tracing::field::Empty,
+            );
+            // Continue the producers' traces (`traceparent` fields), if traces are exported.
+            crate::telemetry::continue_producer_traces(&span, &batch.messages);
             if let Err(e) = committer.commit(batch).instrument(span).await {
                 tracing::error!(flow = %self.cfg.name, error = %e);
                 all_committed = false;

@@ -43,7 +43,8 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    sluice::telemetry::init();
+    // Held to the end of main: dropping it flushes exported traces.
+    let _telemetry = sluice::telemetry::init();
     match cli.command {
         Command::Run { config } => {
             let config = sluice::config::Config::load(&config)?;

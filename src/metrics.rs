@@ -1,14 +1,35 @@
 //! Prometheus metrics (`sluice_` prefix, base units, bounded labels: flow,
-//! stream, group, sink, reason — never ids) and the `/metrics` endpoint.
+//! stream, group, sink, reason, kind — never ids) and the `/metrics` endpoint.
+//!
+//! Two kinds of metric:
+//! - counters and histograms, updated by every replica on its hot path
+//!   through [`FlowMetrics`]: handles resolved once per flow, so a message
+//!   costs an atomic add (or nothing, when metrics are off), never a label
+//!   lookup;
+//! - per-stream gauges (length, lag, pending, …) sampled from Redis by the one
+//!   replica holding the sampler lease (see [`crate::status`]).
+//!
+//! Metrics are recorded only when `[metrics] listen` is set: without an
+//! endpoint nobody can read them, so the hot path skips them entirely.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio_util::sync::CancellationToken;
+
+use crate::stream::Message;
+
+/// Dead-letter reasons (the `reason` label), created at zero for every flow
+/// so that `increase()` sees the first dead letter too.
+pub const DEAD_LETTER_REASONS: &[&str] = &["convert", "rejected", "max_deliveries", "payload"];
+
+/// Sink error kinds (the `kind` label of `sluice_sink_errors_total`).
+pub const SINK_ERROR_KINDS: &[&str] = &["retry", "bisect"];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -31,6 +52,7 @@ pub struct Metrics {
     pub group_lag_seconds: GaugeVec,
     pub group_consumers: IntGaugeVec,
     pub dead_letter_length: IntGaugeVec,
+    pub build_info: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -203,8 +225,35 @@ impl Metrics {
                 "XLEN of the flow's dead-letter stream.",
                 &["flow", "stream"],
             ),
+            build_info: int_gauge(
+                &r,
+                "sluice_build_info",
+                "Always 1; the version label tells which build runs.",
+                &["version"],
+            ),
             registry: r,
         })
+        .init_build_info()
+    }
+
+    fn init_build_info(self: Arc<Self>) -> Arc<Self> {
+        self.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        self
+    }
+
+    /// Drops every sampled gauge series: called when this replica stops
+    /// holding the sampler lease, so that it does not go on exporting values
+    /// frozen at the moment it lost it next to the new holder's live ones.
+    pub fn reset_sampled(&self) {
+        self.stream_length.reset();
+        self.dead_letter_length.reset();
+        self.group_lag.reset();
+        self.group_pending.reset();
+        self.group_oldest_pending_idle.reset();
+        self.group_lag_seconds.reset();
+        self.group_consumers.reset();
     }
 
     pub fn render(&self) -> String {
@@ -213,6 +262,194 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding");
         String::from_utf8(buf).expect("utf-8 metrics")
+    }
+}
+
+/// One flow's metric handles, resolved once when the flow opens.
+///
+/// `with_label_values` hashes the label values and takes a lock on every
+/// call; at a few hundred thousand messages a second that is measurable, so
+/// the hot path goes through these pre-resolved handles instead. Cloning is
+/// cheap (an `Arc`). A disabled `FlowMetrics` records nothing.
+#[derive(Clone, Default)]
+pub struct FlowMetrics {
+    inner: Option<Arc<FlowHandles>>,
+}
+
+struct FlowHandles {
+    flow: String,
+    metrics: Arc<Metrics>,
+    streams: Vec<(Arc<str>, StreamHandles)>,
+    retried: IntCounter,
+    sink_rows: IntCounter,
+    sink_bytes: IntCounter,
+    insert_duration: Histogram,
+    batch_rows: Histogram,
+    end_to_end: Histogram,
+    errors_retry: IntCounter,
+    errors_bisect: IntCounter,
+    dead_lettered: Vec<(&'static str, IntCounter)>,
+}
+
+struct StreamHandles {
+    read: IntCounter,
+    acked: IntCounter,
+    claimed: IntCounter,
+    lost: IntCounter,
+}
+
+/// The `sink` label of the ClickHouse sink.
+const SINK: &str = "clickhouse";
+
+impl FlowMetrics {
+    /// Handles for `flow` reading `streams`. Every series is created here, at
+    /// zero, so rates and `increase()` work from the first event on.
+    pub fn new(metrics: &Arc<Metrics>, flow: &str, streams: &[Arc<str>]) -> FlowMetrics {
+        let m = metrics;
+        let streams = streams
+            .iter()
+            .map(|s| {
+                let l = [flow, s.as_ref()];
+                let h = StreamHandles {
+                    read: m.messages_read.with_label_values(&l),
+                    acked: m.messages_acked.with_label_values(&l),
+                    claimed: m.messages_claimed.with_label_values(&l),
+                    lost: m.messages_lost.with_label_values(&l),
+                };
+                (s.clone(), h)
+            })
+            .collect();
+        let error = |kind: &str| m.sink_errors.with_label_values(&[flow, SINK, kind]);
+        let handles = FlowHandles {
+            flow: flow.to_string(),
+            metrics: m.clone(),
+            streams,
+            retried: m.messages_retried.with_label_values(&[flow]),
+            sink_rows: m.sink_rows.with_label_values(&[flow, SINK]),
+            sink_bytes: m.sink_bytes.with_label_values(&[flow, SINK]),
+            insert_duration: m.insert_duration.with_label_values(&[flow, SINK]),
+            batch_rows: m.batch_rows.with_label_values(&[flow]),
+            end_to_end: m.end_to_end_latency.with_label_values(&[flow]),
+            errors_retry: error(SINK_ERROR_KINDS[0]),
+            errors_bisect: error(SINK_ERROR_KINDS[1]),
+            dead_lettered: DEAD_LETTER_REASONS
+                .iter()
+                .map(|&r| (r, m.messages_dead_lettered.with_label_values(&[flow, r])))
+                .collect(),
+        };
+        FlowMetrics {
+            inner: Some(Arc::new(handles)),
+        }
+    }
+
+    /// Records nothing.
+    pub fn disabled() -> FlowMetrics {
+        FlowMetrics { inner: None }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Messages carry a clone of the flow's own `Arc<str>`, so a pointer
+    /// compare finds the stream; the string compare covers anything else.
+    fn stream(&self, stream: &Arc<str>) -> Option<&StreamHandles> {
+        let h = self.inner.as_ref()?;
+        h.streams
+            .iter()
+            .find(|(s, _)| Arc::ptr_eq(s, stream))
+            .or_else(|| h.streams.iter().find(|(s, _)| **s == **stream))
+            .map(|(_, sh)| sh)
+    }
+
+    /// One XREADGROUP's entries: one add per stream, not per message.
+    pub fn read(&self, entries: &[Message]) {
+        let Some(h) = &self.inner else { return };
+        if let [(_, only)] = h.streams.as_slice() {
+            only.read.inc_by(entries.len() as u64);
+            return;
+        }
+        for (name, sh) in &h.streams {
+            let n = entries
+                .iter()
+                .filter(|m| Arc::ptr_eq(&m.stream, name) || *m.stream == **name)
+                .count();
+            if n > 0 {
+                sh.read.inc_by(n as u64);
+            }
+        }
+    }
+
+    pub fn acked(&self, stream: &Arc<str>, n: usize) {
+        if let Some(sh) = self.stream(stream) {
+            sh.acked.inc_by(n as u64);
+        }
+    }
+
+    pub fn claimed(&self, stream: &Arc<str>, n: usize) {
+        if let Some(sh) = self.stream(stream) {
+            sh.claimed.inc_by(n as u64);
+        }
+    }
+
+    pub fn lost(&self, stream: &Arc<str>, n: usize) {
+        if let Some(sh) = self.stream(stream) {
+            sh.lost.inc_by(n as u64);
+        }
+    }
+
+    /// A confirmed insert of `rows` rows, `bytes` bytes, taking `took`.
+    pub fn inserted(&self, rows: usize, bytes: usize, took: Duration) {
+        let Some(h) = &self.inner else { return };
+        h.insert_duration.observe(took.as_secs_f64());
+        h.sink_rows.inc_by(rows as u64);
+        h.sink_bytes.inc_by(bytes as u64);
+        h.batch_rows.observe(rows as f64);
+    }
+
+    /// A transient insert error: the `rows` will be sent again.
+    pub fn insert_retried(&self, rows: usize) {
+        let Some(h) = &self.inner else { return };
+        h.errors_retry.inc();
+        h.retried.inc_by(rows as u64);
+    }
+
+    /// ClickHouse refused the data: the batch is bisected.
+    pub fn insert_refused(&self) {
+        if let Some(h) = &self.inner {
+            h.errors_bisect.inc();
+        }
+    }
+
+    pub fn dead_lettered(&self, reason: &'static str) {
+        let Some(h) = &self.inner else { return };
+        match h.dead_lettered.iter().find(|(r, _)| *r == reason) {
+            Some((_, c)) => c.inc(),
+            // A reason added without updating DEAD_LETTER_REASONS still counts.
+            None => h
+                .metrics
+                .messages_dead_lettered
+                .with_label_values(&[h.flow.as_str(), reason])
+                .inc(),
+        }
+    }
+
+    /// End-to-end latency of acked messages: now minus each id's milliseconds.
+    /// Observed into a thread-local buffer and flushed once per call, so a
+    /// batch costs one round of atomics, not one per message.
+    pub fn end_to_end(&self, acked: &[Message]) {
+        let Some(h) = &self.inner else { return };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let local = h.end_to_end.local();
+        for m in acked {
+            if let Some(ms) = m.id_millis() {
+                local.observe(now_ms.saturating_sub(ms) as f64 / 1000.0);
+            }
+        }
+        local.flush();
     }
 }
 

@@ -1,18 +1,38 @@
 //! Group state per flow and stream: what `sluice status` prints and what the
 //! lag gauges export.
 //!
-//! Lag in entries comes from XINFO GROUPS `lag`. Redis reports it as nil when
-//! it cannot know (after XDEL or trimming inside the unread range); then we
-//! count it ourselves: the entries after the group's last-delivered id, read
-//! with XRANGE in pages up to [`LAG_SCAN_LIMIT`] (beyond that the value is a
-//! lower bound). Lag in seconds is the age of the first undelivered entry,
-//! from its id's millisecond part.
+//! # Lag in entries
+//! The true lag is the number of entries in the stream after the group's
+//! last-delivered id: what the next `XREADGROUP >` calls would return.
+//! XINFO GROUPS `lag` (entries-added minus entries-read) is that number only
+//! while nothing was removed from the unread range, so it is checked first
+//! ([`lag_shortcut`]):
+//! - nothing after last-delivered → 0;
+//! - the stream's first entry is after last-delivered (trimming, `MAXLEN`
+//!   on XADD or XDEL removed everything the group had seen, and maybe
+//!   unread entries too) → every entry is unread: XLEN. Redis still counts
+//!   the trimmed unread entries here, and over-reports;
+//! - otherwise Redis's value, when it has one;
+//! - Redis says nil (an XDEL inside the unread range, common with
+//!   `on_success = "ack_del"`) → counted with XRANGE ([`count_undelivered`]):
+//!   the entries after last-delivered, and in alternation the entries up to
+//!   it; whichever side ends first gives the exact answer (lag = counted
+//!   after, or XLEN − counted up to). With `ack_del` the second side is just
+//!   the pending entries, so this is cheap. Past [`LAG_SCAN_LIMIT`] entries
+//!   the count stops and is a lower bound.
 //!
-//! Only one replica samples at a time (a Redis lease, `SET NX PX`), so N
-//! replicas do not multiply the load on Redis.
+//! Lag in seconds is the age of the first undelivered entry, from its id's
+//! millisecond part (0 when nothing is undelivered).
+//!
+//! # Who samples
+//! Only one replica samples at a time (a Redis lease, `SET NX PX`, renewed
+//! every [`crate::config::MetricsConfig::sample_every`]), so N replicas do not
+//! multiply the load on Redis. A replica that loses the lease drops its
+//! gauge series, so dashboards see one live value per stream, never a
+//! frozen one next to it.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fred::prelude::*;
@@ -22,10 +42,14 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::stream::group::{consumers, ConsumerInfo};
-use crate::stream::{client, commands, reply, Result};
+use crate::stream::{client, commands, parse_id, reply, Result};
 
-/// Most entries counted by hand when Redis reports lag as nil.
-pub const LAG_SCAN_LIMIT: usize = 100_000;
+/// Most entries read with XRANGE (both directions together) to count the
+/// lag when Redis reports it as nil.
+pub const LAG_SCAN_LIMIT: u64 = 100_000;
+
+/// Entries per XRANGE page while counting.
+const LAG_SCAN_PAGE: usize = 5_000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StreamStatus {
@@ -35,14 +59,36 @@ pub struct StreamStatus {
     pub length: u64,
     pub group_exists: bool,
     pub lag: u64,
-    /// True when lag was counted by hand (Redis had it as nil).
-    pub lag_counted: bool,
+    /// How `lag` was obtained: `redis` (XINFO GROUPS), `empty` (nothing
+    /// after last-delivered), `length` (every entry is unread), `counted`
+    /// (XRANGE, Redis had nil) or `lower_bound` (counting stopped at
+    /// [`LAG_SCAN_LIMIT`]).
+    pub lag_source: LagSource,
+    /// Redis's own `lag` field, for comparison (None = nil).
+    pub redis_lag: Option<u64>,
     pub lag_seconds: f64,
     pub pending: u64,
     pub oldest_pending_idle_seconds: f64,
     pub consumers: Vec<ConsumerInfo>,
     pub dead_letter_stream: String,
     pub dead_letter_length: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LagSource {
+    Redis,
+    Empty,
+    Length,
+    Counted,
+    LowerBound,
+}
+
+impl LagSource {
+    /// Lag not taken from Redis as it is.
+    pub fn is_computed(self) -> bool {
+        !matches!(self, LagSource::Redis)
+    }
 }
 
 fn now_ms() -> u64 {
@@ -86,35 +132,72 @@ async fn group_info(
     Ok(None)
 }
 
-/// The first entry after `last_delivered` and, when `count` is set, how
-/// many there are (up to [`LAG_SCAN_LIMIT`]).
-async fn undelivered(
+/// The lag when it follows without counting: see the module docs.
+/// `first` is the stream's first id, `next` the first id after
+/// `last_delivered` (both None when there is none).
+pub fn lag_shortcut(
+    length: u64,
+    last_delivered: &[u8],
+    first: Option<&[u8]>,
+    next: Option<&[u8]>,
+    redis_lag: Option<u64>,
+) -> Option<(u64, LagSource)> {
+    let (Some(first), Some(_)) = (first, next) else {
+        return Some((0, LagSource::Empty));
+    };
+    match (parse_id(first), parse_id(last_delivered)) {
+        (Some(f), Some(l)) if f > l => return Some((length, LagSource::Length)),
+        _ => {}
+    }
+    redis_lag.map(|l| (l, LagSource::Redis))
+}
+
+fn after(id: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(id.len() + 1);
+    v.push(b'(');
+    v.extend_from_slice(id);
+    v
+}
+
+/// Counts the entries after `last_delivered` exactly (see the module docs),
+/// or returns a lower bound once [`LAG_SCAN_LIMIT`] entries were read.
+pub async fn count_undelivered(
     client: &Client,
     stream: &Arc<str>,
     last_delivered: &[u8],
-    count: bool,
-) -> Result<(Option<u64>, u64)> {
-    let mut start = Vec::with_capacity(last_delivered.len() + 1);
-    start.push(b'(');
-    start.extend_from_slice(last_delivered);
-    let page = if count { 10_000 } else { 1 };
-    let mut first_ms = None;
-    let mut n = 0u64;
+    length: u64,
+) -> Result<(u64, LagSource)> {
+    let mut forward_from = after(last_delivered);
+    let mut backward_from: Vec<u8> = b"-".to_vec();
+    let (mut unread, mut read) = (0u64, 0u64);
     loop {
-        let entries = commands::range(client, stream, &start, b"+", page).await?;
-        if first_ms.is_none() {
-            first_ms = entries.first().and_then(|m| m.id_millis());
+        let page = commands::range(client, stream, &forward_from, b"+", LAG_SCAN_PAGE).await?;
+        unread += page.len() as u64;
+        if page.len() < LAG_SCAN_PAGE {
+            return Ok((unread, LagSource::Counted));
         }
-        n += entries.len() as u64;
-        if !count || entries.len() < page || n as usize >= LAG_SCAN_LIMIT {
-            break;
+        forward_from = after(&page.last().expect("full page").id);
+
+        // Entries up to last-delivered, inclusive, still in the stream.
+        let page = commands::range(
+            client,
+            stream,
+            &backward_from,
+            last_delivered,
+            LAG_SCAN_PAGE,
+        )
+        .await?;
+        read += page.len() as u64;
+        if page.len() < LAG_SCAN_PAGE {
+            // XLEN was read before the scan; entries added since are unread too.
+            return Ok((length.saturating_sub(read).max(unread), LagSource::Counted));
         }
-        let last = &entries.last().expect("non-empty").id;
-        start.clear();
-        start.push(b'(');
-        start.extend_from_slice(last);
+        backward_from = after(&page.last().expect("full page").id);
+
+        if unread + read >= LAG_SCAN_LIMIT {
+            return Ok((unread, LagSource::LowerBound));
+        }
     }
-    Ok((first_ms, n))
 }
 
 pub async fn stream_status(
@@ -134,7 +217,8 @@ pub async fn stream_status(
         length,
         group_exists: false,
         lag: 0,
-        lag_counted: false,
+        lag_source: LagSource::Empty,
+        redis_lag: None,
         lag_seconds: 0.0,
         pending: 0,
         oldest_pending_idle_seconds: 0.0,
@@ -147,15 +231,22 @@ pub async fn stream_status(
     };
     s.group_exists = true;
     s.pending = pending;
-    let (first_ms, counted) = undelivered(client, &stream_arc, &last, lag.is_none()).await?;
-    match lag {
-        Some(l) => s.lag = l.max(0) as u64,
-        None => {
-            s.lag = counted;
-            s.lag_counted = true;
-        }
-    }
-    if let Some(ms) = first_ms {
+    s.redis_lag = lag.map(|l| l.max(0) as u64);
+    let first = commands::range(client, &stream_arc, b"-", b"+", 1).await?;
+    let next = commands::range(client, &stream_arc, &after(&last), b"+", 1).await?;
+    let (first, next) = (first.first(), next.first());
+    let shortcut = lag_shortcut(
+        length,
+        &last,
+        first.map(|m| m.id.as_ref()),
+        next.map(|m| m.id.as_ref()),
+        s.redis_lag,
+    );
+    (s.lag, s.lag_source) = match shortcut {
+        Some(known) => known,
+        None => count_undelivered(client, &stream_arc, &last, length).await?,
+    };
+    if let Some(ms) = next.and_then(|m| m.id_millis()) {
         s.lag_seconds = now_ms().saturating_sub(ms) as f64 / 1000.0;
     }
     if pending > 0 {
@@ -213,11 +304,9 @@ pub fn export(metrics: &Metrics, s: &StreamStatus) {
         .set(s.consumers.len() as i64);
 }
 
-/// Every [`SAMPLE_EVERY`], the replica holding the lease samples all streams
-/// into the gauges. Others keep their last values untouched... they export
-/// nothing for gauges, so dashboards should aggregate with `max`.
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
-
+/// Every `metrics.sample_every`, the replica holding the lease samples all
+/// streams into the gauges; the others export no gauge series at all, so
+/// dashboards aggregate with `max by (flow, stream, group)`.
 pub async fn sample_loop(config: Config, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     if config.metrics.listen.is_none() {
         return; // nobody would read the gauges
@@ -229,6 +318,7 @@ pub async fn sample_loop(config: Config, metrics: Arc<Metrics>, shutdown: Cancel
             return;
         }
     };
+    let every = config.metrics.sample_every;
     let me = crate::stream::group::consumer_name(config.worker.consumer_prefix.as_deref());
     let lease_key = format!(
         "sluice:sampler:{}",
@@ -239,36 +329,62 @@ pub async fn sample_loop(config: Config, metrics: Arc<Metrics>, shutdown: Cancel
             .collect::<Vec<_>>()
             .join(",")
     );
-    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    // Three missed renewals and another replica takes over.
+    let lease_ms = (every.as_millis() * 3).min(i64::MAX as u128) as i64;
+    let mut holding = false;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        let lease_ms = (SAMPLE_EVERY.as_millis() * 3) as i64;
-        let got: Option<String> = client
-            .set(
-                &lease_key,
-                &me,
-                Some(fred::types::Expiration::PX(lease_ms)),
-                Some(fred::types::SetOptions::NX),
-                true,
-            )
-            .await
-            .ok()
-            .flatten();
-        let holder: Option<String> = match got {
-            Some(previous) => Some(previous),
-            None => client.get(&lease_key).await.ok().flatten(),
+        let holds = match hold_lease(&client, &lease_key, &me, lease_ms).await {
+            Ok(h) => h,
+            Err(e) => {
+                // Keep the last values: Redis is unreachable, not the stream idle.
+                tracing::warn!(error = %e, "metrics sampler lease check failed");
+                continue;
+            }
         };
-        if holder.as_deref() != Some(me.as_str()) {
+        if !holds {
+            if holding {
+                tracing::info!("another replica samples the stream gauges now");
+                metrics.reset_sampled();
+                holding = false;
+            }
             continue;
         }
-        let _: std::result::Result<(), _> = client.pexpire(&lease_key, lease_ms, None).await;
+        if !holding {
+            tracing::info!(every = ?every, "this replica samples the stream gauges");
+            holding = true;
+        }
         match all(&client, &config).await {
             Ok(list) => list.iter().for_each(|s| export(&metrics, s)),
             Err(e) => tracing::warn!(error = %e, "sampling stream state failed"),
         }
+    }
+}
+
+/// Takes or renews the sampler lease; true if `me` holds it.
+async fn hold_lease(client: &Client, key: &str, me: &str, lease_ms: i64) -> Result<bool> {
+    // SET NX GET: sets when free and returns the previous holder, if any.
+    let previous: Option<String> = client
+        .set(
+            key,
+            me,
+            Some(fred::types::Expiration::PX(lease_ms)),
+            Some(fred::types::SetOptions::NX),
+            true,
+        )
+        .await?;
+    match previous {
+        None => Ok(true),
+        Some(holder) if holder == me => {
+            let _: bool = client.pexpire(key, lease_ms, None).await?;
+            Ok(true)
+        }
+        Some(_) => Ok(false),
     }
 }
 
@@ -293,7 +409,9 @@ pub fn render_table(list: &[StreamStatus]) -> String {
     for s in list {
         let lag = if !s.group_exists {
             "no group".to_string()
-        } else if s.lag_counted {
+        } else if s.lag_source == LagSource::LowerBound {
+            format!(">={}*", s.lag)
+        } else if s.lag_source.is_computed() && s.redis_lag != Some(s.lag) {
             format!("{}*", s.lag)
         } else {
             s.lag.to_string()
@@ -322,11 +440,80 @@ pub fn render_table(list: &[StreamStatus]) -> String {
             );
         }
     }
-    if list.iter().any(|s| s.lag_counted) {
+    if list
+        .iter()
+        .any(|s| s.lag_source.is_computed() && s.redis_lag != Some(s.lag))
+    {
         let _ = writeln!(
             out,
-            "* lag counted with XRANGE: Redis reports it as nil after XDEL/trim"
+            "* lag computed by sluice: Redis reports it as nil after XDEL, or too high after trimming"
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shortcut(
+        length: u64,
+        last: &str,
+        first: Option<&str>,
+        next: Option<&str>,
+        redis: Option<u64>,
+    ) -> Option<(u64, LagSource)> {
+        lag_shortcut(
+            length,
+            last.as_bytes(),
+            first.map(str::as_bytes),
+            next.map(str::as_bytes),
+            redis,
+        )
+    }
+
+    #[test]
+    fn nothing_after_last_delivered_is_zero_whatever_redis_says() {
+        assert_eq!(
+            shortcut(5, "9-0", Some("5-0"), None, Some(3)),
+            Some((0, LagSource::Empty))
+        );
+        assert_eq!(
+            shortcut(0, "0-0", None, None, None),
+            Some((0, LagSource::Empty))
+        );
+    }
+
+    #[test]
+    fn trimmed_past_the_group_means_every_entry_is_unread() {
+        // XADD 1..10, group read 1,2, XTRIM MINID 5: Redis says 8, truth is 6.
+        assert_eq!(
+            shortcut(6, "2-0", Some("5-0"), Some("5-0"), Some(8)),
+            Some((6, LagSource::Length))
+        );
+        // Same with Redis at nil.
+        assert_eq!(
+            shortcut(6, "2-0", Some("5-0"), Some("5-0"), None),
+            Some((6, LagSource::Length))
+        );
+        // Ids compare as numbers, not text.
+        assert_eq!(
+            shortcut(2, "9-0", Some("10-0"), Some("10-0"), None),
+            Some((2, LagSource::Length))
+        );
+    }
+
+    #[test]
+    fn redis_value_is_used_when_the_unread_range_is_intact() {
+        assert_eq!(
+            shortcut(10, "2-0", Some("1-0"), Some("3-0"), Some(8)),
+            Some((8, LagSource::Redis))
+        );
+    }
+
+    #[test]
+    fn nil_inside_the_stream_needs_counting() {
+        assert_eq!(shortcut(10, "2-0", Some("1-0"), Some("3-0"), None), None);
+        assert_eq!(shortcut(10, "2-0", Some("2-0"), Some("4-0"), None), None);
+    }
 }

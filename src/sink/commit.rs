@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +13,7 @@ use super::clickhouse::ClickHouseSink;
 use super::retry::{classify, Backoff, Disposition};
 use crate::batch::SealedBatch;
 use crate::config::OnSuccess;
-use crate::metrics::Metrics;
+use crate::metrics::FlowMetrics;
 use crate::stream::dead_letter::{dead_letter_and_ack, DeadLetter};
 use crate::stream::{commands, Message};
 
@@ -30,7 +30,7 @@ pub struct Committer {
     pub on_success: OnSuccess,
     pub sink: Arc<ClickHouseSink>,
     pub redis: fred::prelude::Client,
-    pub metrics: Arc<Metrics>,
+    pub metrics: FlowMetrics,
     /// Cancelled when the shutdown deadline passes: stop retrying.
     pub hard_stop: CancellationToken,
 }
@@ -102,48 +102,22 @@ impl Committer {
     /// One insert, retried while the error is transient. Ok(None) = landed;
     /// Ok(Some(error)) = the data was refused; Err = hard stop.
     async fn insert_with_retry(&self, block: Bytes, rows: usize) -> Result<Option<String>, ()> {
-        let labels = [self.flow.as_str(), "clickhouse"];
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let started = Instant::now();
-            let size = block.len() as u64;
+            let size = block.len();
             match self.sink.insert(block.clone()).await {
                 Ok(()) => {
-                    self.metrics
-                        .insert_duration
-                        .with_label_values(&labels)
-                        .observe(started.elapsed().as_secs_f64());
-                    self.metrics
-                        .sink_rows
-                        .with_label_values(&labels)
-                        .inc_by(rows as u64);
-                    self.metrics
-                        .sink_bytes
-                        .with_label_values(&labels)
-                        .inc_by(size);
-                    self.metrics
-                        .batch_rows
-                        .with_label_values(&[self.flow.as_str()])
-                        .observe(rows as f64);
+                    self.metrics.inserted(rows, size, started.elapsed());
                     return Ok(None);
                 }
                 Err(error) => match classify(&error) {
                     Disposition::Bisect => {
-                        self.metrics
-                            .sink_errors
-                            .with_label_values(&[self.flow.as_str(), "clickhouse", "bisect"])
-                            .inc();
+                        self.metrics.insert_refused();
                         return Ok(Some(error.to_string()));
                     }
                     Disposition::Retry => {
-                        self.metrics
-                            .sink_errors
-                            .with_label_values(&[self.flow.as_str(), "clickhouse", "retry"])
-                            .inc();
-                        self.metrics
-                            .messages_retried
-                            .with_label_values(&[self.flow.as_str()])
-                            .inc_by(rows as u64);
+                        self.metrics.insert_retried(rows);
                         tracing::warn!(flow = %self.flow, table = %self.sink.table_name(), attempt = backoff.attempts() + 1, %error, "insert failed; will retry (nothing acked)");
                         if !self.wait(&mut backoff).await {
                             return Err(());
@@ -175,10 +149,7 @@ impl Committer {
         }
         for d in &dead {
             tracing::warn!(flow = %self.flow, stream = %d.message.stream, id = %String::from_utf8_lossy(&d.message.id), reason = %d.reason, "dead-lettered");
-            self.metrics
-                .messages_dead_lettered
-                .with_label_values(&[self.flow.as_str(), d.kind])
-                .inc();
+            self.metrics.dead_lettered(d.kind);
         }
         let mut by_stream: HashMap<Arc<str>, Vec<Bytes>> = HashMap::new();
         for m in &landed {
@@ -197,28 +168,12 @@ impl Committer {
                     return Err(());
                 }
             }
-            self.metrics
-                .messages_acked
-                .with_label_values(&[self.flow.as_str(), stream])
-                .inc_by(ids.len() as u64);
+            self.metrics.acked(stream, ids.len());
         }
-        self.observe_latency(&landed);
+        self.metrics.end_to_end(&landed);
+        let span = tracing::Span::current();
+        span.record("inserted", landed.len());
+        span.record("dead_lettered", dead.len());
         Ok(())
-    }
-
-    fn observe_latency(&self, landed: &[Message]) {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let h = self
-            .metrics
-            .end_to_end_latency
-            .with_label_values(&[self.flow.as_str()]);
-        for m in landed {
-            if let Some(ms) = m.id_millis() {
-                h.observe(now_ms.saturating_sub(ms) as f64 / 1000.0);
-            }
-        }
     }
 }

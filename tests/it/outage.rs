@@ -1,0 +1,50 @@
+//! ClickHouse down for a while: nothing is acked, reads stop at the batch
+//! limits (bounded memory), and everything lands once it is back.
+
+use crate::common::*;
+use crate::harness::{unique_name, wait_for, TcpProxy, Worker};
+
+#[tokio::test]
+async fn clickhouse_outage_acks_nothing_bounds_memory_and_recovers() {
+    let s = Stack::start().await;
+    let (stream, table) = (unique_name("outage"), unique_name("outage"));
+    s.ch.exec(&format!("CREATE TABLE {table} ({SEED_TABLE_COLUMNS}) ENGINE = MergeTree ORDER BY rec_id")).await;
+    const N: usize = 100_000;
+    xadd_many(&s.rc, &stream, N, seed_job).await;
+
+    let proxy = TcpProxy::start(s.ch.http_addr());
+    proxy.refuse();
+    let extra = r#"batch = { max_rows = 2000, max_wait = "100ms" }
+read_count = 500
+metadata = { id = "_id" }"#;
+    // The worker must start while ClickHouse answers (it reads the schema),
+    // so point it at the proxy only for inserts: start passing, then refuse.
+    proxy.pass();
+    let w = Worker::spawn(&s.config(&proxy.url(), "outage", &stream, &table, extra));
+    wait_for(LONG, "worker started", || async { !consumer_names(&s.rc, &stream, "g").await.is_empty() }).await;
+    proxy.refuse();
+    wait_for(LONG, "three failed insert attempts", || async {
+        w.log_contents().matches("will retry").count() >= 3
+    })
+    .await;
+    let rows_during = s.ch.count(&table).await;
+    let pending_during = pending(&s.rc, &stream, "g").await;
+    // Reads stop once the bounded pipeline is full: at most the batch being
+    // committed, one queued, one open, two chunks in the channel and one read.
+    assert!(pending_during <= 2000 * 3 + 500 * 3, "read {pending_during} entries while ClickHouse was down");
+    // Nothing acked: every row that did land before the outage was acked,
+    // and nothing since; entries pending stay pending.
+    wait_for(LONG, "two more failed attempts", || async {
+        w.log_contents().matches("will retry").count() >= 5
+    })
+    .await;
+    assert_eq!(s.ch.count(&table).await, rows_during);
+    assert_eq!(pending(&s.rc, &stream, "g").await, pending_during, "pending changed while ClickHouse was down");
+    let rss_kb = w.peak_rss_kb().expect("rss");
+    assert!(rss_kb < 200 * 1024, "worker peak RSS {rss_kb} KiB");
+
+    proxy.pass();
+    wait_for(LONG, "all rows after recovery", || async { s.ch.query_u64(&format!("SELECT uniqExact(_id) FROM {table}")).await == N as u64 }).await;
+    wait_for(LONG, "nothing pending", || async { pending(&s.rc, &stream, "g").await == 0 }).await;
+    assert_eq!(xlen(&s.rc, &format!("{stream}:dead")).await, 0);
+}
