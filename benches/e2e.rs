@@ -25,7 +25,10 @@ fn cmd(name: &'static str) -> CustomCommand {
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 async fn enqueue(client: &Client, stream: &str, from: usize, n: usize) {
@@ -35,11 +38,16 @@ async fn enqueue(client: &Client, stream: &str, from: usize, n: usize) {
         let pipeline = client.pipeline();
         for j in i..end {
             let args: Vec<Value> = vec![
-                stream.into(), "*".into(),
-                "rec_id".into(), j.to_string().into(),
-                "task_for".into(), ["a", "b", "c"][j % 3].into(),
-                "function_type".into(), if j % 2 == 0 { "sum" } else { "avg" }.into(),
-                "data".into(), format!("{{\"x\":{j}}}").into(),
+                stream.into(),
+                "*".into(),
+                "rec_id".into(),
+                j.to_string().into(),
+                "task_for".into(),
+                ["a", "b", "c"][j % 3].into(),
+                "function_type".into(),
+                if j % 2 == 0 { "sum" } else { "avg" }.into(),
+                "data".into(),
+                format!("{{\"x\":{j}}}").into(),
             ];
             let _: Value = pipeline.custom(cmd("XADD"), args).await.unwrap();
         }
@@ -50,11 +58,18 @@ async fn enqueue(client: &Client, stream: &str, from: usize, n: usize) {
 
 /// `cmdstat_xreadgroup:calls=…,usec=…` → command → (calls, usec).
 async fn commandstats(client: &Client) -> HashMap<String, (u64, u64)> {
-    let info: String = client.info(Some(fred::types::InfoKind::CommandStats)).await.unwrap();
+    let info: String = client
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .unwrap();
     let mut out = HashMap::new();
     for line in info.lines() {
-        let Some(rest) = line.strip_prefix("cmdstat_") else { continue };
-        let Some((name, stats)) = rest.split_once(':') else { continue };
+        let Some(rest) = line.strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let Some((name, stats)) = rest.split_once(':') else {
+            continue;
+        };
         let mut calls = 0;
         let mut usec = 0;
         for kv in stats.split(',') {
@@ -81,7 +96,11 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
                 return prev.0;
             }
             let span = count - prev.1;
-            let frac = if span > 0.0 { (rank - prev.1) / span } else { 0.0 };
+            let frac = if span > 0.0 {
+                (rank - prev.1) / span
+            } else {
+                0.0
+            };
             return prev.0 + (le - prev.0) * frac;
         }
         prev = (le, count);
@@ -93,7 +112,8 @@ async fn latency_buckets(metrics_port: u16) -> Vec<(f64, f64)> {
     let body = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
@@ -103,8 +123,16 @@ async fn latency_buckets(metrics_port: u16) -> Vec<(f64, f64)> {
     let mut out = Vec::new();
     for line in body.lines() {
         if let Some(rest) = line.strip_prefix("sluice_end_to_end_latency_seconds_bucket{") {
-            let le = rest.split("le=\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() };
+            let le = rest
+                .split("le=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap();
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
             let count: f64 = rest.rsplit(' ').next().unwrap().parse().unwrap();
             out.push((le, count));
         }
@@ -119,16 +147,30 @@ struct Run {
     peak_rss_mb: f64,
 }
 
-async fn drain_backlog(redis: &RedisServer, ch: &ClickHouseServer, n: usize, with_metrics: bool, label: &'static str) -> Run {
+async fn drain_backlog(
+    redis: &RedisServer,
+    ch: &ClickHouseServer,
+    n: usize,
+    with_metrics: bool,
+    label: &'static str,
+) -> Run {
     let rc = redis.client().await;
     let stream = harness::unique_name("bench");
     let table = harness::unique_name("bench");
     ch.exec(&format!("CREATE TABLE {table} (rec_id UInt64, task_for String, function_type String, data String) ENGINE = MergeTree ORDER BY tuple()")).await;
     let t = Instant::now();
     enqueue(&rc, &stream, 0, n).await;
-    eprintln!("[{label}] enqueued {n} in {:.2}s ({:.0}/s)", t.elapsed().as_secs_f64(), n as f64 / t.elapsed().as_secs_f64());
+    eprintln!(
+        "[{label}] enqueued {n} in {:.2}s ({:.0}/s)",
+        t.elapsed().as_secs_f64(),
+        n as f64 / t.elapsed().as_secs_f64()
+    );
     let _: Value = rc.custom(cmd("CONFIG"), vec!["RESETSTAT"]).await.unwrap();
-    let metrics = if with_metrics { format!("[metrics]\nlisten = \"127.0.0.1:{}\"\n", free_port()) } else { String::new() };
+    let metrics = if with_metrics {
+        format!("[metrics]\nlisten = \"127.0.0.1:{}\"\n", free_port())
+    } else {
+        String::new()
+    };
     let config = format!(
         r#"[redis]
 url = "{}"
@@ -146,7 +188,10 @@ batch = {{ max_rows = 50000, max_bytes = "16MiB", max_wait = "1s" }}
     );
     let started = Instant::now();
     let worker = Worker::spawn(&config);
-    wait_for(Duration::from_secs(600), "backlog drained", || async { ch.count(&table).await >= n as u64 }).await;
+    wait_for(Duration::from_secs(600), "backlog drained", || async {
+        ch.count(&table).await >= n as u64
+    })
+    .await;
     let secs = started.elapsed().as_secs_f64();
     let stats = commandstats(&rc).await;
     let usec = |c: &str| stats.get(c).map(|s| s.1).unwrap_or(0) as f64;
@@ -154,10 +199,20 @@ batch = {{ max_rows = 50000, max_bytes = "16MiB", max_wait = "1s" }}
     let rss = worker.peak_rss_kb().unwrap_or(0) as f64 / 1024.0;
     drop(worker);
     let _: Value = rc.custom(cmd("DEL"), vec![stream.as_str()]).await.unwrap();
-    Run { label, rate: n as f64 / secs, redis_us_per_entry: redis_us, peak_rss_mb: rss }
+    Run {
+        label,
+        rate: n as f64 / secs,
+        redis_us_per_entry: redis_us,
+        peak_rss_mb: rss,
+    }
 }
 
-async fn steady_latency(redis: &RedisServer, ch: &ClickHouseServer, rate: usize, secs: u64) -> (f64, f64, f64) {
+async fn steady_latency(
+    redis: &RedisServer,
+    ch: &ClickHouseServer,
+    rate: usize,
+    secs: u64,
+) -> (f64, f64, f64) {
     let rc = redis.client().await;
     let stream = harness::unique_name("lat");
     let table = harness::unique_name("lat");
@@ -180,7 +235,10 @@ batch = {{ max_rows = 50000, max_bytes = "16MiB", max_wait = "100ms" }}
         ch.url()
     );
     let worker = Worker::spawn(&config);
-    wait_for(Duration::from_secs(30), "metrics up", || async { harness::port_open(port).await }).await;
+    wait_for(Duration::from_secs(30), "metrics up", || async {
+        harness::port_open(port).await
+    })
+    .await;
     // Producer: every 10 ms, rate/100 messages.
     let per_tick = (rate / 100).max(1);
     let total = per_tick * 100 * secs as usize;
@@ -191,10 +249,17 @@ batch = {{ max_rows = 50000, max_bytes = "16MiB", max_wait = "100ms" }}
         enqueue(&rc, &stream, sent, per_tick).await;
         sent += per_tick;
     }
-    wait_for(Duration::from_secs(120), "steady phase landed", || async { ch.count(&table).await >= total as u64 }).await;
+    wait_for(Duration::from_secs(120), "steady phase landed", || async {
+        ch.count(&table).await >= total as u64
+    })
+    .await;
     let buckets = latency_buckets(port).await;
     drop(worker);
-    (quantile(&buckets, 0.5), quantile(&buckets, 0.99), total as f64)
+    (
+        quantile(&buckets, 0.5),
+        quantile(&buckets, 0.99),
+        total as f64,
+    )
 }
 
 fn main() {

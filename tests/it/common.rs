@@ -23,12 +23,26 @@ impl Stack {
     }
 
     /// A config with one flow; `flow_extra` is appended inside `[[flow]]`.
-    pub fn config(&self, ch_url: &str, flow: &str, stream: &str, table: &str, flow_extra: &str) -> String {
+    pub fn config(
+        &self,
+        ch_url: &str,
+        flow: &str,
+        stream: &str,
+        table: &str,
+        flow_extra: &str,
+    ) -> String {
         config_text(&self.redis.url(), ch_url, flow, stream, table, flow_extra)
     }
 }
 
-pub fn config_text(redis_url: &str, ch_url: &str, flow: &str, stream: &str, table: &str, flow_extra: &str) -> String {
+pub fn config_text(
+    redis_url: &str,
+    ch_url: &str,
+    flow: &str,
+    stream: &str,
+    table: &str,
+    flow_extra: &str,
+) -> String {
     format!(
         r#"
 [redis]
@@ -55,7 +69,10 @@ fn cmd(name: &'static str) -> CustomCommand {
 }
 
 pub async fn raw(client: &Client, name: &'static str, args: Vec<Value>) -> Value {
-    client.custom::<Value, Value>(cmd(name), args).await.unwrap_or_else(|e| panic!("{name}: {e}"))
+    client
+        .custom::<Value, Value>(cmd(name), args)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// Like [`raw`], but a missing key or group reads as nil (the worker may
@@ -63,7 +80,9 @@ pub async fn raw(client: &Client, name: &'static str, args: Vec<Value>) -> Value
 pub async fn raw_or_nil(client: &Client, name: &'static str, args: Vec<Value>) -> Value {
     match client.custom::<Value, Value>(cmd(name), args).await {
         Ok(v) => v,
-        Err(e) if e.to_string().contains("NOGROUP") || e.to_string().contains("no such key") => Value::Null,
+        Err(e) if e.to_string().contains("NOGROUP") || e.to_string().contains("no such key") => {
+            Value::Null
+        }
         Err(e) => panic!("{name}: {e}"),
     }
 }
@@ -79,7 +98,12 @@ pub async fn xadd(client: &Client, stream: &str, fields: &[(&str, &str)]) -> Str
 }
 
 /// XADDs `n` messages built by `make(i)` in pipelined chunks; returns their ids.
-pub async fn xadd_many(client: &Client, stream: &str, n: usize, make: impl Fn(usize) -> Vec<(String, Vec<u8>)>) -> Vec<String> {
+pub async fn xadd_many(
+    client: &Client,
+    stream: &str,
+    n: usize,
+    make: impl Fn(usize) -> Vec<(String, Vec<u8>)>,
+) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
     let mut i = 0;
     while i < n {
@@ -104,8 +128,18 @@ pub async fn xadd_many(client: &Client, stream: &str, n: usize, make: impl Fn(us
 pub fn seed_job(i: usize) -> Vec<(String, Vec<u8>)> {
     vec![
         ("rec_id".into(), i.to_string().into_bytes()),
-        ("task_for".into(), ["a", "b", "c"][i % 3].as_bytes().to_vec()),
-        ("function_type".into(), if i % 2 == 0 { b"sum".to_vec() } else { b"avg".to_vec() }),
+        (
+            "task_for".into(),
+            ["a", "b", "c"][i % 3].as_bytes().to_vec(),
+        ),
+        (
+            "function_type".into(),
+            if i.is_multiple_of(2) {
+                b"sum".to_vec()
+            } else {
+                b"avg".to_vec()
+            },
+        ),
         ("data".into(), format!("{{\"x\":{i}}}").into_bytes()),
     ]
 }
@@ -114,7 +148,10 @@ pub const SEED_TABLE_COLUMNS: &str =
     "rec_id UInt64, task_for String, function_type String, data String, _id String";
 
 pub async fn xlen(client: &Client, stream: &str) -> u64 {
-    raw(client, "XLEN", vec![stream.into()]).await.as_u64().unwrap_or(0)
+    raw(client, "XLEN", vec![stream.into()])
+        .await
+        .as_u64()
+        .unwrap_or(0)
 }
 
 /// The group's pending count (XPENDING summary).
@@ -128,12 +165,17 @@ pub async fn pending(client: &Client, stream: &str, group: &str) -> u64 {
 /// Pending count per consumer name.
 pub async fn pending_by_consumer(client: &Client, stream: &str, group: &str) -> Vec<(String, u64)> {
     let mut out = Vec::new();
-    if let Value::Array(items) = raw_or_nil(client, "XPENDING", vec![stream.into(), group.into()]).await {
+    if let Value::Array(items) =
+        raw_or_nil(client, "XPENDING", vec![stream.into(), group.into()]).await
+    {
         if let Some(Value::Array(consumers)) = items.get(3) {
             for c in consumers {
                 if let Value::Array(pair) = c {
                     let name = pair[0].as_string().unwrap_or_default();
-                    let n = pair[1].as_string().and_then(|s| s.parse().ok()).unwrap_or(0);
+                    let n = pair[1]
+                        .as_string()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
                     out.push((name, n));
                 }
             }
@@ -145,7 +187,13 @@ pub async fn pending_by_consumer(client: &Client, stream: &str, group: &str) -> 
 /// Consumer names of the group.
 pub async fn consumer_names(client: &Client, stream: &str, group: &str) -> Vec<String> {
     let mut out = Vec::new();
-    if let Value::Array(items) = raw_or_nil(client, "XINFO", vec!["CONSUMERS".into(), stream.into(), group.into()]).await {
+    if let Value::Array(items) = raw_or_nil(
+        client,
+        "XINFO",
+        vec!["CONSUMERS".into(), stream.into(), group.into()],
+    )
+    .await
+    {
         for item in items {
             if let Value::Array(kv) = item {
                 for pair in kv.chunks(2) {
@@ -162,14 +210,23 @@ pub async fn consumer_names(client: &Client, stream: &str, group: &str) -> Vec<S
 /// All entries of a stream as (id, field map).
 pub async fn entries(client: &Client, stream: &str) -> Vec<(String, Vec<(String, String)>)> {
     let mut out = Vec::new();
-    if let Value::Array(items) = raw(client, "XRANGE", vec![stream.into(), "-".into(), "+".into()]).await {
+    if let Value::Array(items) = raw(
+        client,
+        "XRANGE",
+        vec![stream.into(), "-".into(), "+".into()],
+    )
+    .await
+    {
         for item in items {
             if let Value::Array(parts) = item {
                 let id = parts[0].as_string().unwrap_or_default();
                 let mut fields = Vec::new();
                 if let Value::Array(flat) = &parts[1] {
                     for pair in flat.chunks(2) {
-                        fields.push((pair[0].as_string().unwrap_or_default(), pair[1].as_string().unwrap_or_default()));
+                        fields.push((
+                            pair[0].as_string().unwrap_or_default(),
+                            pair[1].as_string().unwrap_or_default(),
+                        ));
                     }
                 }
                 out.push((id, fields));
@@ -180,7 +237,10 @@ pub async fn entries(client: &Client, stream: &str) -> Vec<(String, Vec<(String,
 }
 
 pub fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 pub const LONG: Duration = Duration::from_secs(60);

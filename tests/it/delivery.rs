@@ -13,7 +13,10 @@ use crate::harness::{unique_name, wait_for, TcpProxy, Worker};
 async fn sigkilled_replica_work_is_claimed_and_nothing_is_lost() {
     let s = Stack::start().await;
     let (stream, table) = (unique_name("kill"), unique_name("kill"));
-    s.ch.exec(&format!("CREATE TABLE {table} ({SEED_TABLE_COLUMNS}) ENGINE = MergeTree ORDER BY rec_id")).await;
+    s.ch.exec(&format!(
+        "CREATE TABLE {table} ({SEED_TABLE_COLUMNS}) ENGINE = MergeTree ORDER BY rec_id"
+    ))
+    .await;
     // Replica A reaches ClickHouse through a proxy that stalls once A is up:
     // it reads a batch and hangs inside the insert, holding entries pending.
     let proxy = TcpProxy::start(s.ch.http_addr());
@@ -21,10 +24,16 @@ async fn sigkilled_replica_work_is_claimed_and_nothing_is_lost() {
 claim = { min_idle = "1s", every = "300ms" }
 metadata = { id = "_id" }"#;
     let mut a = Worker::spawn(&s.config(&proxy.url(), "kill", &stream, &table, extra));
-    wait_for(LONG, "replica A running", || async { a.log_contents().contains("flow running") }).await;
+    wait_for(LONG, "replica A running", || async {
+        a.log_contents().contains("flow running")
+    })
+    .await;
     proxy.stall();
     let ids = xadd_many(&s.rc, &stream, 3000, seed_job).await;
-    wait_for(LONG, "replica A holds pending entries", || async { pending(&s.rc, &stream, "g").await > 0 }).await;
+    wait_for(LONG, "replica A holds pending entries", || async {
+        pending(&s.rc, &stream, "g").await > 0
+    })
+    .await;
     a.kill();
     a.wait_exit(LONG).await.expect("A exited");
     let held = pending(&s.rc, &stream, "g").await;
@@ -32,9 +41,22 @@ metadata = { id = "_id" }"#;
 
     // Replica B talks to ClickHouse directly and claims A's entries.
     let b = Worker::spawn(&s.config(&s.ch.url(), "kill", &stream, &table, extra));
-    wait_for(LONG, "all rows", || async { s.ch.query_u64(&format!("SELECT uniqExact(_id) FROM {table}")).await == 3000 }).await;
-    wait_for(LONG, "nothing pending", || async { pending(&s.rc, &stream, "g").await == 0 }).await;
-    let landed: BTreeSet<String> = s.ch.query_tsv(&format!("SELECT _id FROM {table} FORMAT TSV")).await.lines().map(str::to_string).collect();
+    wait_for(LONG, "all rows", || async {
+        s.ch.query_u64(&format!("SELECT uniqExact(_id) FROM {table}"))
+            .await
+            == 3000
+    })
+    .await;
+    wait_for(LONG, "nothing pending", || async {
+        pending(&s.rc, &stream, "g").await == 0
+    })
+    .await;
+    let landed: BTreeSet<String> =
+        s.ch.query_tsv(&format!("SELECT _id FROM {table} FORMAT TSV"))
+            .await
+            .lines()
+            .map(str::to_string)
+            .collect();
     let sent: BTreeSet<String> = ids.into_iter().collect();
     assert_eq!(landed, sent, "{}", b.log_contents());
     assert!(b.log_contents().contains("claimed idle pending entries"));
@@ -52,34 +74,67 @@ async fn poison_rows_are_dead_lettered_and_the_rest_inserted() {
     .await;
     xadd_many(&s.rc, &stream, 200, |i| {
         let x = match i {
-            7 => "abc".to_string(),   // fails conversion
-            50 => "-13".to_string(),  // refused by ClickHouse
+            7 => "abc".to_string(),           // fails conversion
+            50 => "-13".to_string(),          // refused by ClickHouse
             120 => "99999999999".to_string(), // overflows Int32
             _ => i.to_string(),
         };
-        vec![("id".into(), i.to_string().into_bytes()), ("x".into(), x.into_bytes())]
+        vec![
+            ("id".into(), i.to_string().into_bytes()),
+            ("x".into(), x.into_bytes()),
+        ]
     })
     .await;
-    let w = Worker::spawn(&s.config(&s.ch.url(), "poison", &stream, &table, r#"batch = { max_rows = 500, max_wait = "200ms" }"#));
+    let w = Worker::spawn(&s.config(
+        &s.ch.url(),
+        "poison",
+        &stream,
+        &table,
+        r#"batch = { max_rows = 500, max_wait = "200ms" }"#,
+    ));
     let dead_stream = format!("{stream}:dead");
-    wait_for(LONG, "three dead letters", || async { xlen(&s.rc, &dead_stream).await == 3 }).await;
-    wait_for(LONG, "197 rows", || async { s.ch.count(&table).await == 197 }).await;
-    wait_for(LONG, "nothing pending", || async { pending(&s.rc, &stream, "g").await == 0 }).await;
-    let ids = s.ch.query_tsv(&format!("SELECT count() FROM {table} WHERE id IN (7, 50, 120)")).await;
+    wait_for(LONG, "three dead letters", || async {
+        xlen(&s.rc, &dead_stream).await == 3
+    })
+    .await;
+    wait_for(LONG, "197 rows", || async {
+        s.ch.count(&table).await == 197
+    })
+    .await;
+    wait_for(LONG, "nothing pending", || async {
+        pending(&s.rc, &stream, "g").await == 0
+    })
+    .await;
+    let ids =
+        s.ch.query_tsv(&format!(
+            "SELECT count() FROM {table} WHERE id IN (7, 50, 120)"
+        ))
+        .await;
     assert_eq!(ids.trim(), "0");
 
     let dead = entries(&s.rc, &dead_stream).await;
-    let by_id = |n: &str| dead.iter().find(|(_, f)| field(f, "id") == Some(n)).map(|(_, f)| f.clone()).unwrap_or_else(|| panic!("no dead letter for id {n}: {dead:?}"));
+    let by_id = |n: &str| {
+        dead.iter()
+            .find(|(_, f)| field(f, "id") == Some(n))
+            .map(|(_, f)| f.clone())
+            .unwrap_or_else(|| panic!("no dead letter for id {n}: {dead:?}"))
+    };
     let r7 = by_id("7");
     let reason = field(&r7, "sluice.reason").unwrap();
-    assert!(reason.contains("`x`") && reason.contains("Int32") && reason.contains("abc"), "{reason}");
+    assert!(
+        reason.contains("`x`") && reason.contains("Int32") && reason.contains("abc"),
+        "{reason}"
+    );
     assert_eq!(field(&r7, "sluice.stream"), Some(stream.as_str()));
     assert_eq!(field(&r7, "sluice.group"), Some("g"));
     assert_eq!(field(&r7, "sluice.deliveries"), Some("1"));
     assert!(field(&r7, "sluice.id").is_some());
     let r50 = by_id("50");
     let reason = field(&r50, "sluice.reason").unwrap();
-    assert!(reason.contains("rejected by ClickHouse") && reason.contains("throwIf"), "{reason}");
+    assert!(
+        reason.contains("rejected by ClickHouse") && reason.contains("throwIf"),
+        "{reason}"
+    );
     let r120 = by_id("120");
     let reason = field(&r120, "sluice.reason").unwrap();
     assert!(reason.contains("99999999999"), "{reason}");
@@ -90,26 +145,89 @@ async fn poison_rows_are_dead_lettered_and_the_rest_inserted() {
 async fn entry_over_max_deliveries_is_dead_lettered() {
     let s = Stack::start().await;
     let (stream, table) = (unique_name("maxdel"), unique_name("maxdel"));
-    s.ch.exec(&format!("CREATE TABLE {table} (id UInt32) ENGINE = MergeTree ORDER BY id")).await;
-    raw(&s.rc, "XGROUP", vec!["CREATE".into(), stream.as_str().into(), "g".into(), "0".into(), "MKSTREAM".into()]).await;
+    s.ch.exec(&format!(
+        "CREATE TABLE {table} (id UInt32) ENGINE = MergeTree ORDER BY id"
+    ))
+    .await;
+    raw(
+        &s.rc,
+        "XGROUP",
+        vec![
+            "CREATE".into(),
+            stream.as_str().into(),
+            "g".into(),
+            "0".into(),
+            "MKSTREAM".into(),
+        ],
+    )
+    .await;
     let id = xadd(&s.rc, &stream, &[("id", "1")]).await;
     // A consumer that keeps failing: read it, then record 9 more deliveries.
-    raw(&s.rc, "XREADGROUP", vec!["GROUP".into(), "g".into(), "ghost".into(), "STREAMS".into(), stream.as_str().into(), ">".into()]).await;
-    raw(&s.rc, "XCLAIM", vec![stream.as_str().into(), "g".into(), "ghost".into(), "0".into(), id.as_str().into(), "RETRYCOUNT".into(), Value::Integer(9), "IDLE".into(), Value::Integer(600_000)]).await;
+    raw(
+        &s.rc,
+        "XREADGROUP",
+        vec![
+            "GROUP".into(),
+            "g".into(),
+            "ghost".into(),
+            "STREAMS".into(),
+            stream.as_str().into(),
+            ">".into(),
+        ],
+    )
+    .await;
+    raw(
+        &s.rc,
+        "XCLAIM",
+        vec![
+            stream.as_str().into(),
+            "g".into(),
+            "ghost".into(),
+            "0".into(),
+            id.as_str().into(),
+            "RETRYCOUNT".into(),
+            Value::Integer(9),
+            "IDLE".into(),
+            Value::Integer(600_000),
+        ],
+    )
+    .await;
     let ok = xadd(&s.rc, &stream, &[("id", "2")]).await;
 
-    let w = Worker::spawn(&s.config(&s.ch.url(), "maxdel", &stream, &table, r#"batch = { max_rows = 10, max_wait = "100ms" }
+    let w = Worker::spawn(&s.config(
+        &s.ch.url(),
+        "maxdel",
+        &stream,
+        &table,
+        r#"batch = { max_rows = 10, max_wait = "100ms" }
 claim = { min_idle = "1s", every = "200ms" }
-max_deliveries = 5"#));
+max_deliveries = 5"#,
+    ));
     let dead_stream = format!("{stream}:dead");
-    wait_for(LONG, "dead letter", || async { xlen(&s.rc, &dead_stream).await == 1 }).await;
-    wait_for(LONG, "nothing pending", || async { pending(&s.rc, &stream, "g").await == 0 }).await;
+    wait_for(LONG, "dead letter", || async {
+        xlen(&s.rc, &dead_stream).await == 1
+    })
+    .await;
+    wait_for(LONG, "nothing pending", || async {
+        pending(&s.rc, &stream, "g").await == 0
+    })
+    .await;
     let dead = entries(&s.rc, &dead_stream).await;
     assert_eq!(field(&dead[0].1, "sluice.id"), Some(id.as_str()));
     assert_eq!(field(&dead[0].1, "sluice.deliveries"), Some("10"));
     let reason = field(&dead[0].1, "sluice.reason").unwrap();
     assert!(reason.contains("max_deliveries = 5"), "{reason}");
     // The healthy entry landed; the dead one did not.
-    wait_for(LONG, "healthy row", || async { s.ch.count(&table).await == 1 }).await;
-    assert_eq!(s.ch.query_tsv(&format!("SELECT id FROM {table} FORMAT TSV")).await.trim(), "2", "{ok} {}", w.log_contents());
+    wait_for(LONG, "healthy row", || async {
+        s.ch.count(&table).await == 1
+    })
+    .await;
+    assert_eq!(
+        s.ch.query_tsv(&format!("SELECT id FROM {table} FORMAT TSV"))
+            .await
+            .trim(),
+        "2",
+        "{ok} {}",
+        w.log_contents()
+    );
 }

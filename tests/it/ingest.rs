@@ -27,22 +27,44 @@ async fn all_types_land_as_typed_rows() {
         .await
         .unwrap();
     let full = [
-        ("i8", "-8"), ("i16", "-1600"), ("i32", "1"), ("i64", "-6400000000"),
-        ("u8", "255"), ("u16", "65535"), ("u32", "4000000000"), ("u64", "18446744073709551615"),
-        ("f32", "1.5"), ("f64", "-2.25"), ("s", "héllo\ttab"), ("fs", "ab"),
-        ("d", "2024-02-29"), ("dt", "2024-02-29 12:34:56"), ("uuid", "61f0c404-5cb3-11e7-907b-a6006ad3dba0"),
-        ("e8", "b"), ("e16", "2000"), ("dec", "12345.6789"), ("flag", "true"),
-        ("n", "42"), ("ns", "x"), ("lc", "low"),
-        ("arr", "[1,-2,3]"), ("arrs", r#"["p",null,"q"]"#),
+        ("i8", "-8"),
+        ("i16", "-1600"),
+        ("i32", "1"),
+        ("i64", "-6400000000"),
+        ("u8", "255"),
+        ("u16", "65535"),
+        ("u32", "4000000000"),
+        ("u64", "18446744073709551615"),
+        ("f32", "1.5"),
+        ("f64", "-2.25"),
+        ("s", "héllo\ttab"),
+        ("fs", "ab"),
+        ("d", "2024-02-29"),
+        ("dt", "2024-02-29 12:34:56"),
+        ("uuid", "61f0c404-5cb3-11e7-907b-a6006ad3dba0"),
+        ("e8", "b"),
+        ("e16", "2000"),
+        ("dec", "12345.6789"),
+        ("flag", "true"),
+        ("n", "42"),
+        ("ns", "x"),
+        ("lc", "low"),
+        ("arr", "[1,-2,3]"),
+        ("arrs", r#"["p",null,"q"]"#),
         ("unknown_field", "ignored"),
     ];
     let id1 = xadd(&s.rc, &stream, &full).await;
     // Missing fields take their column's default; Nullable ones become NULL.
     let id2 = xadd(&s.rc, &stream, &[("i32", "2")]).await;
 
-    let config = s.config(&s.ch.url(), "types", &stream, &table,
+    let config = s.config(
+        &s.ch.url(),
+        "types",
+        &stream,
+        &table,
         r#"batch = { max_rows = 100, max_wait = "100ms" }
-metadata = { id = "_id", stream = "_stream", enqueued_at = "_ts", deliveries = "_deliveries" }"#);
+metadata = { id = "_id", stream = "_stream", enqueued_at = "_ts", deliveries = "_deliveries" }"#,
+    );
     let worker = Worker::spawn(&config);
     wait_for(LONG, "2 rows", || async { s.ch.count(&table).await == 2 }).await;
 
@@ -51,7 +73,9 @@ metadata = { id = "_id", stream = "_stream", enqueued_at = "_ts", deliveries = "
                 n, ns, lc, arr, arrs, _id, _stream, toUnixTimestamp(_ts), _deliveries
          FROM {table} ORDER BY i32 FORMAT TSV")).await;
     // 18.16 prints the zero Date/DateTime as 0000-00-00; newer servers as 1970-01-01.
-    let rows = rows.replace("0000-00-00 00:00:00", "1970-01-01 00:00:00").replace("0000-00-00", "1970-01-01");
+    let rows = rows
+        .replace("0000-00-00 00:00:00", "1970-01-01 00:00:00")
+        .replace("0000-00-00", "1970-01-01");
     let lines: Vec<&str> = rows.lines().collect();
     let ts1 = id1.split('-').next().unwrap().parse::<u64>().unwrap() / 1000;
     let ts2 = id2.split('-').next().unwrap().parse::<u64>().unwrap() / 1000;
@@ -63,7 +87,12 @@ metadata = { id = "_id", stream = "_stream", enqueued_at = "_ts", deliveries = "
         lines[1],
         format!("0\t0\t2\t0\t0\t0\t0\t0\t0\t0\t\t0\t1970-01-01\t1970-01-01 00:00:00\t00000000-0000-0000-0000-000000000000\ta\tx\t0.0000\t0\t\\N\t\\N\t\t[]\t[]\t{id2}\t{stream}\t{ts2}\t1")
     );
-    assert_eq!(pending(&s.rc, &stream, "g").await, 0, "{}", worker.log_contents());
+    assert_eq!(
+        pending(&s.rc, &stream, "g").await,
+        0,
+        "{}",
+        worker.log_contents()
+    );
     assert_eq!(xlen(&s.rc, &format!("{stream}:dead")).await, 0);
 }
 
@@ -83,20 +112,43 @@ async fn json_and_msgpack_payloads_expand_into_columns() {
             _ => rmp_serde::to_vec_named(&object).unwrap(),
         };
         // Plain fields and the payload combine; the payload's keys win.
-        xadd_many(&s.rc, &stream, 1, |_| vec![("payload".into(), encoded.clone()), ("source".into(), b"web".to_vec())]).await;
+        xadd_many(&s.rc, &stream, 1, |_| {
+            vec![
+                ("payload".into(), encoded.clone()),
+                ("source".into(), b"web".to_vec()),
+            ]
+        })
+        .await;
         // A payload that is not an object is dead-lettered with the reason.
         xadd(&s.rc, &stream, &[("payload", "[1,2]")]).await;
         let config = s.config(&s.ch.url(), format, &stream, &table, &format!(
             "batch = {{ max_rows = 10, max_wait = \"100ms\" }}\npayload = {{ field = \"payload\", format = \"{format}\" }}"));
         let worker = Worker::spawn(&config);
-        wait_for(LONG, "payload row", || async { s.ch.count(&table).await == 1 }).await;
-        let row = s.ch.query_tsv(&format!("SELECT id, name, score, tags, n, source FROM {table} FORMAT TSV")).await;
-        assert_eq!(row.trim_end(), "7\tseven\t1.25\t['a','b']\t\\N\tweb", "{format}");
+        wait_for(LONG, "payload row", || async {
+            s.ch.count(&table).await == 1
+        })
+        .await;
+        let row =
+            s.ch.query_tsv(&format!(
+                "SELECT id, name, score, tags, n, source FROM {table} FORMAT TSV"
+            ))
+            .await;
+        assert_eq!(
+            row.trim_end(),
+            "7\tseven\t1.25\t['a','b']\t\\N\tweb",
+            "{format}"
+        );
         let dead_stream = format!("{stream}:dead");
-        wait_for(LONG, "dead letter", || async { xlen(&s.rc, &dead_stream).await == 1 }).await;
+        wait_for(LONG, "dead letter", || async {
+            xlen(&s.rc, &dead_stream).await == 1
+        })
+        .await;
         let dead = entries(&s.rc, &dead_stream).await;
         let reason = field(&dead[0].1, "sluice.reason").unwrap();
-        assert!(reason.contains("payload") && reason.contains("object"), "{format}: {reason}");
+        assert!(
+            reason.contains("payload") && reason.contains("object"),
+            "{format}: {reason}"
+        );
         drop(worker);
     }
 }

@@ -8,7 +8,10 @@ use crate::harness::{unique_name, wait_for, TcpProxy, Worker};
 async fn clickhouse_outage_acks_nothing_bounds_memory_and_recovers() {
     let s = Stack::start().await;
     let (stream, table) = (unique_name("outage"), unique_name("outage"));
-    s.ch.exec(&format!("CREATE TABLE {table} ({SEED_TABLE_COLUMNS}) ENGINE = MergeTree ORDER BY rec_id")).await;
+    s.ch.exec(&format!(
+        "CREATE TABLE {table} ({SEED_TABLE_COLUMNS}) ENGINE = MergeTree ORDER BY rec_id"
+    ))
+    .await;
     const N: usize = 100_000;
     xadd_many(&s.rc, &stream, N, seed_job).await;
 
@@ -21,7 +24,10 @@ metadata = { id = "_id" }"#;
     // so point it at the proxy only for inserts: start passing, then refuse.
     proxy.pass();
     let w = Worker::spawn(&s.config(&proxy.url(), "outage", &stream, &table, extra));
-    wait_for(LONG, "worker started", || async { !consumer_names(&s.rc, &stream, "g").await.is_empty() }).await;
+    wait_for(LONG, "worker started", || async {
+        !consumer_names(&s.rc, &stream, "g").await.is_empty()
+    })
+    .await;
     proxy.refuse();
     wait_for(LONG, "three failed insert attempts", || async {
         w.log_contents().matches("will retry").count() >= 3
@@ -31,7 +37,10 @@ metadata = { id = "_id" }"#;
     let pending_during = pending(&s.rc, &stream, "g").await;
     // Reads stop once the bounded pipeline is full: at most the batch being
     // committed, one queued, one open, two chunks in the channel and one read.
-    assert!(pending_during <= 2000 * 3 + 500 * 3, "read {pending_during} entries while ClickHouse was down");
+    assert!(
+        pending_during <= 2000 * 3 + 500 * 3,
+        "read {pending_during} entries while ClickHouse was down"
+    );
     // Nothing acked: every row that did land before the outage was acked,
     // and nothing since; entries pending stay pending.
     wait_for(LONG, "two more failed attempts", || async {
@@ -39,12 +48,24 @@ metadata = { id = "_id" }"#;
     })
     .await;
     assert_eq!(s.ch.count(&table).await, rows_during);
-    assert_eq!(pending(&s.rc, &stream, "g").await, pending_during, "pending changed while ClickHouse was down");
+    assert_eq!(
+        pending(&s.rc, &stream, "g").await,
+        pending_during,
+        "pending changed while ClickHouse was down"
+    );
     let rss_kb = w.peak_rss_kb().expect("rss");
     assert!(rss_kb < 200 * 1024, "worker peak RSS {rss_kb} KiB");
 
     proxy.pass();
-    wait_for(LONG, "all rows after recovery", || async { s.ch.query_u64(&format!("SELECT uniqExact(_id) FROM {table}")).await == N as u64 }).await;
-    wait_for(LONG, "nothing pending", || async { pending(&s.rc, &stream, "g").await == 0 }).await;
+    wait_for(LONG, "all rows after recovery", || async {
+        s.ch.query_u64(&format!("SELECT uniqExact(_id) FROM {table}"))
+            .await
+            == N as u64
+    })
+    .await;
+    wait_for(LONG, "nothing pending", || async {
+        pending(&s.rc, &stream, "g").await == 0
+    })
+    .await;
     assert_eq!(xlen(&s.rc, &format!("{stream}:dead")).await, 0);
 }
