@@ -12,7 +12,7 @@ use crate::config::{BatchConfig, MetadataColumns, PayloadConfig};
 use crate::convert::FieldValue;
 use crate::native::BlockEncoder;
 use crate::payload;
-use crate::schema::{ColumnSpec, TableSchema};
+use crate::schema::{ColumnSpec, DefaultKind, TableSchema};
 use crate::stream::dead_letter::DeadLetter;
 use crate::stream::Message;
 
@@ -42,6 +42,8 @@ pub struct RowMapper {
     by_name: HashMap<Box<[u8]>, usize>,
     meta: MetadataSlots,
     payload: Option<PayloadConfig>,
+    /// Positions of columns with a DEFAULT expression (at most 64 tracked).
+    default_columns: Vec<usize>,
 }
 
 impl RowMapper {
@@ -76,11 +78,19 @@ impl RowMapper {
             enqueued_at: slot(&metadata.enqueued_at, "metadata.enqueued_at")?,
             deliveries: slot(&metadata.deliveries, "metadata.deliveries")?,
         };
+        let default_columns = columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.default_kind == DefaultKind::Default)
+            .map(|(i, _)| i)
+            .take(64)
+            .collect();
         Ok(RowMapper {
             columns,
             by_name,
             meta,
             payload,
+            default_columns,
         })
     }
 
@@ -92,9 +102,13 @@ impl RowMapper {
         BlockEncoder::new(&self.columns)
     }
 
-    /// Encodes one message as a row; on failure returns the reason, and the
-    /// encoder is left as it was.
-    pub fn push(&self, encoder: &mut BlockEncoder, m: &Message) -> Result<(), String> {
+    /// Calls `f` with the message's values in column order, or returns why
+    /// the message cannot be mapped (e.g. a payload that does not decode).
+    fn with_values<R>(
+        &self,
+        m: &Message,
+        f: impl FnOnce(&[Option<FieldValue<'_>>]) -> R,
+    ) -> Result<R, String> {
         let decoded;
         let mut values: Vec<Option<FieldValue<'_>>> = vec![None; self.columns.len()];
         let mut payload_raw = None;
@@ -118,12 +132,11 @@ impl RowMapper {
                 }
             }
         }
-        let stream_bytes = m.stream.as_bytes();
         if let Some(i) = self.meta.id {
             values[i] = Some(FieldValue::Text(&m.id));
         }
         if let Some(i) = self.meta.stream {
-            values[i] = Some(FieldValue::Text(stream_bytes));
+            values[i] = Some(FieldValue::Text(m.stream.as_bytes()));
         }
         if let Some(i) = self.meta.enqueued_at {
             values[i] = m.id_millis().map(FieldValue::UnixMillis);
@@ -131,34 +144,109 @@ impl RowMapper {
         if let Some(i) = self.meta.deliveries {
             values[i] = Some(FieldValue::Int(m.deliveries as i64));
         }
-        encoder.push_row(&values).map_err(|e| e.to_string())
+        Ok(f(&values))
     }
 
-    /// Encodes `messages` (already known to convert) into one Native block.
+    /// Which DEFAULT-expression columns the row leaves empty: bit k stands
+    /// for the k-th such column (up to 64; later ones are always sent).
+    fn absent_defaults(&self, values: &[Option<FieldValue<'_>>]) -> u64 {
+        let mut mask = 0;
+        for (bit, &col) in self.default_columns.iter().enumerate() {
+            if values[col].is_none() {
+                mask |= 1 << bit;
+            }
+        }
+        mask
+    }
+
+    /// The omit flags for a block whose rows all leave `absent` empty.
+    fn omit_flags(&self, absent: u64) -> Vec<bool> {
+        let mut omit = vec![false; self.columns.len()];
+        for (bit, &col) in self.default_columns.iter().enumerate() {
+            omit[col] = absent & (1 << bit) != 0;
+        }
+        omit
+    }
+
+    /// Encodes `messages` (already known to convert) into Native blocks.
     pub fn encode_all(&self, messages: &[Message]) -> Bytes {
-        let mut encoder = self.new_encoder();
+        let mut blocks = Blocks::default();
         for m in messages {
             // Rows were checked when the batch was built; a failure here
             // would be a bug, and the row is skipped rather than panicking.
-            if let Err(e) = self.push(&mut encoder, m) {
+            if let Err(e) = blocks.push(self, m) {
                 tracing::error!(id = ?m.id, error = %e, "row failed to re-encode");
             }
         }
-        let mut out = Vec::with_capacity(encoder.encoded_len() + 64);
-        encoder.finish_into(&mut out);
+        blocks.seal(self)
+    }
+}
+
+/// Most distinct "which DEFAULT columns are absent" shapes per batch; rows
+/// of further shapes send those columns with their type's default.
+const MAX_SHAPES: usize = 8;
+
+/// One Native block per row shape, so that a column with a DEFAULT
+/// expression is left out of the blocks whose rows lack it, and ClickHouse
+/// computes it. All blocks go in the same insert.
+#[derive(Default)]
+struct Blocks {
+    shapes: Vec<(u64, BlockEncoder)>,
+    encoded_len: usize,
+}
+
+impl Blocks {
+    fn push(&mut self, mapper: &RowMapper, m: &Message) -> Result<(), String> {
+        mapper.with_values(m, |values| {
+            let absent = mapper.absent_defaults(values);
+            let index = match self.shapes.iter().position(|(s, _)| *s == absent) {
+                Some(i) => i,
+                None if self.shapes.len() < MAX_SHAPES => {
+                    self.shapes.push((absent, mapper.new_encoder()));
+                    self.shapes.len() - 1
+                }
+                // Too many shapes: send every column (shape 0).
+                None => match self.shapes.iter().position(|(s, _)| *s == 0) {
+                    Some(i) => i,
+                    None => {
+                        self.shapes.push((0, mapper.new_encoder()));
+                        self.shapes.len() - 1
+                    }
+                },
+            };
+            let encoder = &mut self.shapes[index].1;
+            let before = encoder.encoded_len();
+            encoder.push_row(values).map_err(|e| e.to_string())?;
+            self.encoded_len += encoder.encoded_len() - before;
+            Ok(())
+        })?
+    }
+
+    fn seal(&mut self, mapper: &RowMapper) -> Bytes {
+        let mut out = Vec::with_capacity(self.encoded_len + 64 * self.shapes.len());
+        for (absent, encoder) in &mut self.shapes {
+            encoder.finish_into_without(&mut out, &mapper.omit_flags(*absent));
+        }
+        self.encoded_len = 0;
         Bytes::from(out)
     }
 }
 
 /// A batch being filled.
 pub struct OpenBatch {
-    encoder: BlockEncoder,
+    blocks: Blocks,
     /// Messages whose rows are in the block, in block order.
     pub messages: Vec<Message>,
     /// Messages refused at conversion.
     pub dead: Vec<DeadLetter>,
     opened: Option<Instant>,
     raw_bytes: usize,
+}
+
+impl Default for OpenBatch {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A batch ready to insert.
@@ -176,9 +264,9 @@ impl SealedBatch {
 }
 
 impl OpenBatch {
-    pub fn new(mapper: &RowMapper) -> Self {
+    pub fn new() -> Self {
         OpenBatch {
-            encoder: mapper.new_encoder(),
+            blocks: Blocks::default(),
             messages: Vec::new(),
             dead: Vec::new(),
             opened: None,
@@ -196,7 +284,7 @@ impl OpenBatch {
 
     pub fn add(&mut self, mapper: &RowMapper, m: Message) {
         self.opened.get_or_insert_with(Instant::now);
-        match mapper.push(&mut self.encoder, &m) {
+        match self.blocks.push(mapper, &m) {
             Ok(()) => {
                 self.raw_bytes += m.approx_size();
                 self.messages.push(m);
@@ -218,15 +306,13 @@ impl OpenBatch {
     /// Full by rows, or by bytes (the larger of raw and encoded size).
     pub fn is_full(&self, limits: &BatchConfig) -> bool {
         self.messages.len() + self.dead.len() >= limits.max_rows
-            || self.raw_bytes.max(self.encoder.encoded_len()) as u64 >= limits.max_bytes.as_u64()
+            || self.raw_bytes.max(self.blocks.encoded_len) as u64 >= limits.max_bytes.as_u64()
     }
 
-    pub fn seal(&mut self) -> SealedBatch {
-        let mut out = Vec::with_capacity(self.encoder.encoded_len() + 64);
-        self.encoder.finish_into(&mut out);
+    pub fn seal(&mut self, mapper: &RowMapper) -> SealedBatch {
         self.raw_bytes = 0;
         SealedBatch {
-            block: Bytes::from(out),
+            block: self.blocks.seal(mapper),
             messages: std::mem::take(&mut self.messages),
             dead: std::mem::take(&mut self.dead),
             opened: self.opened.take().unwrap_or_else(Instant::now),

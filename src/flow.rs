@@ -330,7 +330,7 @@ impl Flow {
         batches: mpsc::Sender<SealedBatch>,
     ) {
         let mapper: &RowMapper = &self.sink.mapper;
-        let mut open = OpenBatch::new(mapper);
+        let mut open = OpenBatch::new();
         loop {
             let deadline = open
                 .opened()
@@ -339,7 +339,7 @@ impl Flow {
                 Some(deadline) => tokio::select! {
                     c = chunks.recv() => c,
                     _ = tokio::time::sleep_until(deadline) => {
-                        if batches.send(open.seal()).await.is_err() { return; }
+                        if batches.send(open.seal(mapper)).await.is_err() { return; }
                         continue;
                     }
                 },
@@ -360,13 +360,13 @@ impl Flow {
                 } else {
                     open.add(mapper, m);
                 }
-                if open.is_full(&self.cfg.batch) && batches.send(open.seal()).await.is_err() {
+                if open.is_full(&self.cfg.batch) && batches.send(open.seal(mapper)).await.is_err() {
                     return;
                 }
             }
         }
         if !open.is_empty() {
-            let _ = batches.send(open.seal()).await;
+            let _ = batches.send(open.seal(mapper)).await;
         }
     }
 

@@ -124,13 +124,30 @@ impl BlockEncoder {
     /// Appends one complete Native block to `out` and clears the encoder,
     /// keeping allocations for reuse. With 0 rows, appends nothing.
     pub fn finish_into(&mut self, out: &mut Vec<u8>) {
+        self.finish_into_without(out, &[]);
+    }
+
+    /// Like [`finish_into`](Self::finish_into), but leaves out the columns
+    /// whose `omit` flag is set, so that ClickHouse fills them from their
+    /// DEFAULT expressions. `omit` may be shorter than the column list
+    /// (missing flags = keep). At least one column is always written.
+    pub fn finish_into_without(&mut self, out: &mut Vec<u8>, omit: &[bool]) {
         if self.rows == 0 {
             return;
         }
+        let skip = |i: usize| omit.get(i).copied().unwrap_or(false);
+        let mut kept = (0..self.columns.len()).filter(|&i| !skip(i)).count();
+        let keep_first = kept == 0;
+        if keep_first {
+            kept = 1;
+        }
         out.reserve(self.encoded_len());
-        put_varuint(out, self.columns.len() as u64);
+        put_varuint(out, kept as u64);
         put_varuint(out, self.rows as u64);
-        for column in &self.columns {
+        for (i, column) in self.columns.iter().enumerate() {
+            if skip(i) && !(keep_first && i == 0) {
+                continue;
+            }
             put_bytes(out, column.name.as_bytes());
             put_bytes(out, column.type_name.as_bytes());
             column.node.write_prefix(out);
@@ -831,6 +848,20 @@ mod tests {
         header.extend_from_slice(type_name.as_bytes());
         assert_eq!(&out[..header.len()], &header[..], "block header");
         out[header.len()..].to_vec()
+    }
+
+    #[test]
+    fn omitted_columns_are_left_out_of_the_block() {
+        let mut enc = BlockEncoder::new(&[spec("a", "UInt8"), spec("b", "UInt8")]);
+        enc.push_row(&[t("1"), t("2")]).unwrap();
+        let mut out = Vec::new();
+        enc.finish_into_without(&mut out, &[false, true]);
+        assert_eq!(out, [&[1u8, 1, 1, b'a', 5][..], b"UInt8", &[1]].concat());
+        // Omitting everything still writes one column: a block needs one.
+        enc.push_row(&[t("3"), t("4")]).unwrap();
+        let mut out = Vec::new();
+        enc.finish_into_without(&mut out, &[true, true]);
+        assert_eq!(out, [&[1u8, 1, 1, b'a', 5][..], b"UInt8", &[3]].concat());
     }
 
     fn le64(v: u64) -> Vec<u8> {

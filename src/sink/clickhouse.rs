@@ -89,16 +89,12 @@ impl ClickHouseSink {
         let (db, table) = split_table(&cfg.database, table);
         let schema = TableSchema::load(&client, db, table).await?;
         let mapper = RowMapper::new(&schema, &flow.metadata, flow.payload.clone())?;
-        let columns: Vec<String> = mapper
-            .columns()
-            .iter()
-            .map(|c| quote_identifier(&c.name))
-            .collect();
+        // No column list: each Native block names its columns, and a block
+        // may leave out DEFAULT-expression columns its rows lack.
         let insert_sql = format!(
-            "INSERT INTO {}.{} ({}) FORMAT Native",
+            "INSERT INTO {}.{} FORMAT Native",
             quote_identifier(db),
-            quote_identifier(table),
-            columns.join(", ")
+            quote_identifier(table)
         );
         Ok(ClickHouseSink {
             client,

@@ -152,3 +152,44 @@ async fn json_and_msgpack_payloads_expand_into_columns() {
         drop(worker);
     }
 }
+
+#[tokio::test]
+async fn missing_fields_get_the_columns_default_expressions() {
+    let s = Stack::start().await;
+    let (stream, table) = (unique_name("dflt"), unique_name("dflt"));
+    s.ch.exec(&format!(
+        "CREATE TABLE {table} (id UInt32, n UInt32 DEFAULT 42, note String DEFAULT concat('row-', toString(id)), plain Int32,
+                               twice UInt32 MATERIALIZED id * 2)
+         ENGINE = MergeTree ORDER BY id"
+    ))
+    .await;
+    // One batch mixing rows with and without the defaulted fields.
+    xadd(&s.rc, &stream, &[("id", "1")]).await;
+    xadd(&s.rc, &stream, &[("id", "2"), ("n", "7")]).await;
+    xadd(
+        &s.rc,
+        &stream,
+        &[("id", "3"), ("note", "given"), ("plain", "-1")],
+    )
+    .await;
+    xadd(&s.rc, &stream, &[("id", "4"), ("n", "8"), ("note", "both")]).await;
+    let w = Worker::spawn(&s.config(
+        &s.ch.url(),
+        "dflt",
+        &stream,
+        &table,
+        r#"batch = { max_rows = 100, max_wait = "300ms" }"#,
+    ));
+    wait_for(LONG, "4 rows", || async { s.ch.count(&table).await == 4 }).await;
+    let rows =
+        s.ch.query_tsv(&format!(
+            "SELECT id, n, note, plain, twice FROM {table} ORDER BY id FORMAT TSV"
+        ))
+        .await;
+    assert_eq!(
+        rows,
+        "1\t42\trow-1\t0\t2\n2\t7\trow-2\t0\t4\n3\t42\tgiven\t-1\t6\n4\t8\tboth\t0\t8\n",
+        "{}",
+        w.log_contents()
+    );
+}
