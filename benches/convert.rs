@@ -2,6 +2,10 @@
 //! `finish_into` for the Native block, on seed-shaped text rows
 //! (`rec_id, task_for, function_type, data`) in batches of 10,000.
 //! Throughput is rows per second.
+//!
+//! `worker_path` measures what the worker does per message end to end
+//! inside the process: parse the raw XREADGROUP reply frame into messages,
+//! map fields to columns, convert, encode, and seal the Native block.
 
 use std::hint::black_box;
 
@@ -92,5 +96,73 @@ fn seed(c: &mut Criterion) {
     bench_rows(c, "seed_6_columns_datetime_nullable_f64", &wider, &rows);
 }
 
-criterion_group!(benches, seed);
+/// Raw reply → messages → batch → sealed Native block, 10,000 messages.
+fn worker_path(c: &mut Criterion) {
+    use bytes::Bytes;
+    use fred::types::Resp3Frame as Frame;
+    use sluice::batch::{OpenBatch, RowMapper};
+    use sluice::config::MetadataColumns;
+    use sluice::schema::TableSchema;
+    use std::sync::Arc;
+
+    let blob = |s: String| Frame::BlobString {
+        data: Bytes::from(s),
+        attributes: None,
+    };
+    let array = |data: Vec<Frame>| Frame::Array {
+        data,
+        attributes: None,
+    };
+    let entries: Vec<Frame> = (0..ROWS)
+        .map(|i| {
+            array(vec![
+                blob(format!("1700000000000-{i}")),
+                array(vec![
+                    blob("rec_id".into()),
+                    blob((123_456 + i).to_string()),
+                    blob("task_for".into()),
+                    blob(["a", "b", "c"][i % 3].into()),
+                    blob("function_type".into()),
+                    blob(["sum", "avg"][i % 2].into()),
+                    blob("data".into()),
+                    blob(format!("{{\"x\":{i}}}")),
+                ]),
+            ])
+        })
+        .collect();
+    let reply = array(vec![array(vec![blob("events".into()), array(entries)])]);
+    let streams: Vec<Arc<str>> = vec![Arc::from("events")];
+    let schema = TableSchema {
+        database: "default".into(),
+        table: "events".into(),
+        columns: vec![
+            spec("rec_id", "UInt64"),
+            spec("task_for", "String"),
+            spec("function_type", "String"),
+            spec("data", "String"),
+        ],
+    };
+    let mapper = RowMapper::new(&schema, &MetadataColumns::default(), None).expect("mapper");
+
+    let mut group = c.benchmark_group("worker_path");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    group.bench_function("decode_convert_encode_seed_4_fields", |b| {
+        b.iter_batched(
+            || reply.clone(),
+            |frame| {
+                let mut messages = Vec::with_capacity(ROWS);
+                sluice::stream::reply::read_group(frame, &streams, &mut messages).expect("parse");
+                let mut batch = OpenBatch::new();
+                for m in messages {
+                    batch.add(&mapper, m);
+                }
+                black_box(batch.seal(&mapper).block.len())
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, seed, worker_path);
 criterion_main!(benches);

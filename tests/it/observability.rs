@@ -769,6 +769,29 @@ async fn group_row(rc: &Client, stream: &str) -> (String, Option<u64>) {
     panic!("no group g on {stream}");
 }
 
+/// Waits until the group's last-delivered id and pending count have held
+/// still for a second (the worker's pipeline is full), and returns the id.
+async fn stalled_position(rc: &Client, stream: &str) -> String {
+    let deadline = Instant::now() + LONG;
+    let mut seen: Option<((String, u64), Instant)> = None;
+    loop {
+        let now = (
+            (group_row(rc, stream).await.0),
+            pending(rc, stream, "g").await,
+        );
+        match &seen {
+            Some((prev, since)) if *prev == now => {
+                if now.1 > 0 && since.elapsed() >= Duration::from_secs(1) {
+                    return now.0;
+                }
+            }
+            _ => seen = Some((now, Instant::now())),
+        }
+        assert!(Instant::now() < deadline, "reading never stalled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_gauges_are_exact_after_xdel_and_trim_with_ack_del() {
     let s = Stack::start().await;
@@ -815,59 +838,30 @@ claim = { min_idle = "60s", every = "1s" }"#,
     })
     .await;
 
-    // 2. The sink goes away; new entries pile up undelivered.
+    // 2. The sink goes away; new entries pile up undelivered. Reading stops
+    // once the pipeline is full: wait until the group's position holds still.
     proxy.refuse();
     let ids = xadd_many(&s.rc, &stream, 60, |i| {
         vec![("id".into(), (100 + i).to_string().into_bytes())]
     })
     .await;
-    let stalled = wait_some(LONG, || async {
-        let p = pending(&s.rc, &stream, "g").await;
-        let (last, _) = group_row(&s.rc, &stream).await;
-        (p > 0 && count_after(&ids, &last) > 40).then_some(last)
-    })
-    .await;
+    let last = stalled_position(&s.rc, &stream).await;
+    let delivered = ids.len() - count_after(&ids, &last) as usize;
     assert!(
-        count_after(&ids, &stalled) > 40,
-        "reader should stall early"
+        delivered > 0 && delivered + 30 < ids.len(),
+        "delivered {delivered}"
     );
 
-    // 3. Trim away the delivered entries and some unread ones: Redis's lag
-    // (entries-added − entries-read) still counts the trimmed unread ones.
-    let cut = &ids[15];
-    raw(
-        &s.rc,
-        "XTRIM",
-        vec![stream.as_str().into(), "MINID".into(), cut.as_str().into()],
-    )
-    .await;
-    let remaining: Vec<String> = ids[15..].to_vec();
-    let (last, redis_lag) = group_row(&s.rc, &stream).await;
-    let truth = count_after(&remaining, &last);
-    assert_eq!(
-        truth,
-        xlen(&s.rc, &stream).await,
-        "everything left is unread"
-    );
-    assert_ne!(
-        redis_lag,
-        Some(truth),
-        "Redis's own lag is off after trimming: the case under test"
-    );
-    wait_for(LONG, "lag gauge = undelivered after trim", || async {
-        let (last, _) = group_row(&s.rc, &stream).await;
-        gauge("sluice_group_lag").await == Some(count_after(&remaining, &last) as f64)
-    })
-    .await;
-
-    // 4. XDEL inside the unread range: Redis reports lag as nil.
-    let deleted: Vec<String> = vec![ids[30].clone(), ids[41].clone(), ids[52].clone()];
+    // 3. XDEL inside the unread range (delivered entries are still in the
+    // stream, pending): Redis reports lag as nil; sluice counts.
+    let deleted = [delivered + 3, delivered + 5, delivered + 8].map(|i| ids[i].clone());
     let mut args: Vec<Value> = vec![stream.as_str().into()];
     args.extend(deleted.iter().map(|id| Value::from(id.as_str())));
     raw(&s.rc, "XDEL", args).await;
-    let remaining: Vec<String> = remaining
-        .into_iter()
+    let remaining: Vec<String> = ids
+        .iter()
         .filter(|id| !deleted.contains(id))
+        .cloned()
         .collect();
     let (last, redis_lag) = group_row(&s.rc, &stream).await;
     assert_eq!(
@@ -875,22 +869,54 @@ claim = { min_idle = "60s", every = "1s" }"#,
         "XINFO GROUPS lag is nil after XDEL in the unread range"
     );
     let truth = count_after(&remaining, &last);
+    assert_eq!(truth, ids.len() as u64 - delivered as u64 - 3);
     wait_for(LONG, "lag gauge = undelivered after XDEL", || async {
-        let (last, _) = group_row(&s.rc, &stream).await;
-        gauge("sluice_group_lag").await == Some(count_after(&remaining, &last) as f64)
+        gauge("sluice_group_lag").await == Some(truth as f64)
             && gauge("sluice_stream_length").await == Some(xlen(&s.rc, &stream).await as f64)
     })
     .await;
     let age = gauge("sluice_group_lag_seconds").await.unwrap();
     assert!(age > 0.0 && age < 600.0, "lag seconds {age}");
     // The library view agrees, and says how it got there.
-    let status =
-        sluice::status::stream_status(&s.rc, &flow, &stream, "g", &format!("{stream}:dead"))
-            .await
-            .unwrap();
-    assert_eq!(status.lag, truth);
-    assert_eq!(status.lag_source, sluice::status::LagSource::Counted);
+    let status = sluice::status::stream_status(&s.rc, &flow, &stream, "g", "unused:dead")
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.lag, status.lag_source),
+        (truth, sluice::status::LagSource::Counted)
+    );
     assert_eq!(status.redis_lag, None);
+
+    // 4. Trim past the deleted ids, cutting delivered and unread entries:
+    // no tombstone is left in the stream, so Redis has a number again, but it
+    // still counts the trimmed unread entries (entries-added − entries-read).
+    let cut = delivered + 12;
+    raw(
+        &s.rc,
+        "XTRIM",
+        vec![
+            stream.as_str().into(),
+            "MINID".into(),
+            ids[cut].as_str().into(),
+        ],
+    )
+    .await;
+    let remaining: Vec<String> = ids[cut..].to_vec();
+    let (last, redis_lag) = group_row(&s.rc, &stream).await;
+    let truth = count_after(&remaining, &last);
+    assert_eq!(
+        truth,
+        xlen(&s.rc, &stream).await,
+        "everything left is unread"
+    );
+    assert!(
+        redis_lag.is_some_and(|l| l > truth),
+        "Redis over-counts after trimming unread entries: {redis_lag:?} vs {truth}"
+    );
+    wait_for(LONG, "lag gauge = undelivered after trim", || async {
+        gauge("sluice_group_lag").await == Some(truth as f64)
+    })
+    .await;
 
     // 5. The sink is back: everything drains, the stream empties (ack_del),
     // the gauges go to zero. Rows: phase 1, the entries delivered before the
