@@ -231,3 +231,147 @@ max_deliveries = 5"#,
         w.log_contents()
     );
 }
+
+#[tokio::test]
+async fn deleted_pending_entries_are_counted_as_lost_and_acked() {
+    let s = Stack::start().await;
+    let (stream, table) = (unique_name("lost"), unique_name("lost"));
+    s.ch.exec(&format!(
+        "CREATE TABLE {table} (id UInt32) ENGINE = MergeTree ORDER BY id"
+    ))
+    .await;
+    raw(
+        &s.rc,
+        "XGROUP",
+        vec![
+            "CREATE".into(),
+            stream.as_str().into(),
+            "g".into(),
+            "0".into(),
+            "MKSTREAM".into(),
+        ],
+    )
+    .await;
+    let gone = xadd(&s.rc, &stream, &[("id", "1")]).await;
+    xadd(&s.rc, &stream, &[("id", "2")]).await;
+    // A consumer reads both and dies; one entry is then deleted from the stream.
+    raw(
+        &s.rc,
+        "XREADGROUP",
+        vec![
+            "GROUP".into(),
+            "g".into(),
+            "ghost".into(),
+            "STREAMS".into(),
+            stream.as_str().into(),
+            ">".into(),
+        ],
+    )
+    .await;
+    raw(
+        &s.rc,
+        "XDEL",
+        vec![stream.as_str().into(), gone.as_str().into()],
+    )
+    .await;
+
+    let w = Worker::spawn(&s.config(
+        &s.ch.url(),
+        "lost",
+        &stream,
+        &table,
+        r#"batch = { max_rows = 10, max_wait = "100ms" }
+claim = { min_idle = "300ms", every = "200ms" }"#,
+    ));
+    wait_for(LONG, "surviving entry landed", || async {
+        s.ch.count(&table).await == 1
+    })
+    .await;
+    wait_for(LONG, "nothing pending", || async {
+        pending(&s.rc, &stream, "g").await == 0
+    })
+    .await;
+    let log = w.log_contents();
+    assert!(
+        log.contains("deleted from the stream before delivery") && log.contains(&gone),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn consumers_of_departed_replicas_are_pruned() {
+    let s = Stack::start().await;
+    let (stream, table) = (unique_name("prune"), unique_name("prune"));
+    s.ch.exec(&format!(
+        "CREATE TABLE {table} (id UInt32) ENGINE = MergeTree ORDER BY id"
+    ))
+    .await;
+    raw(
+        &s.rc,
+        "XGROUP",
+        vec![
+            "CREATE".into(),
+            stream.as_str().into(),
+            "g".into(),
+            "0".into(),
+            "MKSTREAM".into(),
+        ],
+    )
+    .await;
+    raw(
+        &s.rc,
+        "XGROUP",
+        vec![
+            "CREATECONSUMER".into(),
+            stream.as_str().into(),
+            "g".into(),
+            "departed".into(),
+        ],
+    )
+    .await;
+    // A consumer that still holds work is kept until its entries are claimed.
+    xadd(&s.rc, &stream, &[("id", "1")]).await;
+    raw(
+        &s.rc,
+        "XREADGROUP",
+        vec![
+            "GROUP".into(),
+            "g".into(),
+            "holder".into(),
+            "STREAMS".into(),
+            stream.as_str().into(),
+            ">".into(),
+        ],
+    )
+    .await;
+
+    let w = Worker::spawn(
+        &s.config(
+            &s.ch.url(),
+            "prune",
+            &stream,
+            &table,
+            r#"batch = { max_rows = 10, max_wait = "100ms" }
+claim = { min_idle = "2s", every = "200ms" }"#,
+        )
+        .replace("[worker]\n", "[worker]\nprune_idle = \"1s\"\n"),
+    );
+    wait_for(LONG, "idle empty consumer pruned", || async {
+        !consumer_names(&s.rc, &stream, "g")
+            .await
+            .contains(&"departed".to_string())
+    })
+    .await;
+    // `holder` is kept while it has pending work, then claimed and pruned.
+    wait_for(LONG, "holder's entry landed", || async {
+        s.ch.count(&table).await == 1
+    })
+    .await;
+    wait_for(LONG, "holder pruned", || async {
+        !consumer_names(&s.rc, &stream, "g")
+            .await
+            .contains(&"holder".to_string())
+    })
+    .await;
+    assert!(w.log_contents().contains("pruned idle consumers"));
+}
