@@ -18,6 +18,8 @@ use crate::stream::Message;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
+    #[error("batch id column `{column}` (batch_id_column) is not a column of {table}")]
+    MissingBatchIdColumn { column: String, table: String },
     #[error("metadata column `{column}` ({key}) is not a column of {table}")]
     MissingMetadataColumn {
         column: String,
@@ -44,6 +46,8 @@ pub struct RowMapper {
     payload: Option<PayloadConfig>,
     /// Positions of columns with a DEFAULT expression (at most 64 tracked).
     default_columns: Vec<usize>,
+    /// Column receiving the batch id (exactly-once delivery).
+    batch_id: Option<usize>,
 }
 
 impl RowMapper {
@@ -51,6 +55,17 @@ impl RowMapper {
         schema: &TableSchema,
         metadata: &MetadataColumns,
         payload: Option<PayloadConfig>,
+    ) -> Result<Self, MappingError> {
+        Self::with_batch_id_column(schema, metadata, payload, None)
+    }
+
+    /// Like [`new`](Self::new), also filling `batch_id_column` with each
+    /// row's batch id.
+    pub fn with_batch_id_column(
+        schema: &TableSchema,
+        metadata: &MetadataColumns,
+        payload: Option<PayloadConfig>,
+        batch_id_column: Option<&str>,
     ) -> Result<Self, MappingError> {
         let columns: Vec<ColumnSpec> = schema.insertable().cloned().collect();
         let by_name = columns
@@ -85,12 +100,22 @@ impl RowMapper {
             .map(|(i, _)| i)
             .take(64)
             .collect();
+        let batch_id = match batch_id_column {
+            None => None,
+            Some(c) => Some(*by_name.get(c.as_bytes()).ok_or_else(|| {
+                MappingError::MissingBatchIdColumn {
+                    column: c.to_string(),
+                    table: table.clone(),
+                }
+            })?),
+        };
         Ok(RowMapper {
             columns,
             by_name,
             meta,
             payload,
             default_columns,
+            batch_id,
         })
     }
 
@@ -107,6 +132,7 @@ impl RowMapper {
     fn with_values<R>(
         &self,
         m: &Message,
+        batch_id: Option<&str>,
         f: impl FnOnce(&[Option<FieldValue<'_>>]) -> R,
     ) -> Result<R, String> {
         let decoded;
@@ -144,6 +170,9 @@ impl RowMapper {
         if let Some(i) = self.meta.deliveries {
             values[i] = Some(FieldValue::Int(m.deliveries as i64));
         }
+        if let (Some(i), Some(id)) = (self.batch_id, batch_id) {
+            values[i] = Some(FieldValue::Text(id.as_bytes()));
+        }
         Ok(f(&values))
     }
 
@@ -169,12 +198,12 @@ impl RowMapper {
     }
 
     /// Encodes `messages` (already known to convert) into Native blocks.
-    pub fn encode_all(&self, messages: &[Message]) -> Bytes {
+    pub fn encode_all(&self, messages: &[Message], batch_id: Option<&str>) -> Bytes {
         let mut blocks = Blocks::default();
         for m in messages {
             // Rows were checked when the batch was built; a failure here
             // would be a bug, and the row is skipped rather than panicking.
-            if let Err(e) = blocks.push(self, m) {
+            if let Err(e) = blocks.push(self, m, batch_id) {
                 tracing::error!(id = ?m.id, error = %e, "row failed to re-encode");
             }
         }
@@ -196,8 +225,13 @@ struct Blocks {
 }
 
 impl Blocks {
-    fn push(&mut self, mapper: &RowMapper, m: &Message) -> Result<(), String> {
-        mapper.with_values(m, |values| {
+    fn push(
+        &mut self,
+        mapper: &RowMapper,
+        m: &Message,
+        batch_id: Option<&str>,
+    ) -> Result<(), String> {
+        mapper.with_values(m, batch_id, |values| {
             let absent = mapper.absent_defaults(values);
             let index = match self.shapes.iter().position(|(s, _)| *s == absent) {
                 Some(i) => i,
@@ -241,6 +275,8 @@ pub struct OpenBatch {
     pub dead: Vec<DeadLetter>,
     opened: Option<Instant>,
     raw_bytes: usize,
+    /// The id every row of this batch carries (exactly-once), if any.
+    batch_id: Option<String>,
 }
 
 impl Default for OpenBatch {
@@ -255,6 +291,8 @@ pub struct SealedBatch {
     pub messages: Vec<Message>,
     pub dead: Vec<DeadLetter>,
     pub opened: Instant,
+    /// The batch id in the block's rows (exactly-once), if any.
+    pub batch_id: Option<String>,
 }
 
 impl SealedBatch {
@@ -271,6 +309,15 @@ impl OpenBatch {
             dead: Vec::new(),
             opened: None,
             raw_bytes: 0,
+            batch_id: None,
+        }
+    }
+
+    /// A batch whose rows carry a fresh batch id, renewed at every seal.
+    pub fn with_batch_ids() -> Self {
+        OpenBatch {
+            batch_id: Some(crate::sink::ledger::new_batch_id()),
+            ..Self::new()
         }
     }
 
@@ -284,7 +331,7 @@ impl OpenBatch {
 
     pub fn add(&mut self, mapper: &RowMapper, m: Message) {
         self.opened.get_or_insert_with(Instant::now);
-        match self.blocks.push(mapper, &m) {
+        match self.blocks.push(mapper, &m, self.batch_id.as_deref()) {
             Ok(()) => {
                 self.raw_bytes += m.approx_size();
                 self.messages.push(m);
@@ -316,6 +363,10 @@ impl OpenBatch {
             messages: std::mem::take(&mut self.messages),
             dead: std::mem::take(&mut self.dead),
             opened: self.opened.take().unwrap_or_else(Instant::now),
+            batch_id: self
+                .batch_id
+                .as_mut()
+                .map(|id| std::mem::replace(id, crate::sink::ledger::new_batch_id())),
         }
     }
 }

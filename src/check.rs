@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+pub use crate::config::redact_url;
 use crate::config::{Config, SinkConfig};
 use crate::sink::clickhouse::{self, ClickHouseSink};
 use crate::stream::{client, commands};
@@ -31,13 +32,14 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
     )?;
     if let Some(ch) = &config.clickhouse {
         let client = clickhouse::client(ch);
-        let v = clickhouse::server_version(&client)
-            .await
-            .map_err(|e| anyhow::anyhow!("clickhouse.url: cannot query {}: {e}", ch.url))?;
+        let v = clickhouse::server_version(&client).await.map_err(|e| {
+            anyhow::anyhow!("clickhouse.url: cannot query {}: {e}", redact_url(&ch.url))
+        })?;
         writeln!(
             out,
             "clickhouse: {} (version {v}) as user `{}` ok",
-            ch.url, ch.user
+            redact_url(&ch.url),
+            ch.user
         )?;
     }
     for f in &config.flows {
@@ -50,7 +52,15 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
                 f.group, f.start_id
             )?;
         }
+        if let Some(h) = &f.handler {
+            writeln!(out, "  handler: {}", crate::handler::describe(h))?;
+        }
         match &f.sink {
+            SinkConfig::Stream(s) => {
+                for line in crate::sink::stream::describe(s, config) {
+                    writeln!(out, "  {line}")?;
+                }
+            }
             SinkConfig::Clickhouse { table } => {
                 let ch = config.clickhouse.as_ref().expect("validated");
                 let sink = ClickHouseSink::open(ch, f, table)
@@ -90,20 +100,6 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Hides the password of a `redis://user:pass@host` URL.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map(|(u, _)| u).unwrap_or(userinfo);
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +112,12 @@ mod tests {
         );
         assert_eq!(redact_url("redis://:secret@h"), "redis://:***@h");
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(
+            redact_url("https://u:p@ss@h:8443/x?y=a@b"),
+            "https://u:***@h:8443/x?y=a@b"
+        );
+        assert_eq!(redact_url("rediss://h/0?x=@"), "rediss://h/0?x=@");
+        assert_eq!(redact_url("redis://u:pa/ss@h/0"), "redis://u:***@h/0");
+        assert_eq!(redact_url("redis://sluice@h/0"), "redis://sluice@h/0");
     }
 }

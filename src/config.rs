@@ -7,7 +7,7 @@
 //! when it parses as one (`1000`, `true`, `["a","b"]`), else as a string.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -55,19 +55,72 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default, rename = "flow")]
     pub flows: Vec<FlowConfig>,
+    /// The HTTP entry (`POST /v1/streams/{stream}/messages`); off when absent.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+    /// Per-stream settings honoured by everything in sluice that writes to
+    /// the stream: the HTTP entry, `sluice enqueue` and stream sinks.
+    #[serde(default)]
+    pub streams: BTreeMap<String, StreamSettings>,
+    /// The schedule loop and delayed-job promoter every worker runs.
+    #[serde(default)]
+    pub scheduler: crate::schedule::SchedulerConfig,
+    /// Entries added to streams on a cron / interval / one-off trigger.
+    #[serde(default, rename = "schedule")]
+    pub schedules: Vec<crate::schedule::ScheduleConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Secrets (`password`, the URL's password) never appear in its `Debug`
+/// output: see [`redact_url`].
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS.
     pub url: String,
+    /// ACL user name; overrides the URL's.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Overrides the URL's password. Prefer `password_file` or the
+    /// `SLUICE_REDIS__PASSWORD` variable to a password in the file.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A file holding the password (one trailing newline is dropped), e.g. a
+    /// mounted secret; read at start-up into `password`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// Timeout for every non-blocking command.
     #[serde(default = "default_redis_timeout", with = "humantime_serde")]
     pub command_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+impl RedisConfig {
+    /// A config for `url` with every other key at its default.
+    pub fn from_url(url: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            username: None,
+            password: None,
+            password_file: None,
+            command_timeout: default_redis_timeout(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password_file", &self.password_file)
+            .field("command_timeout", &self.command_timeout)
+            .finish()
+    }
+}
+
+/// Secrets (`password`, the URL's password) never appear in its `Debug`
+/// output.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClickHouseConfig {
     pub url: String,
@@ -75,14 +128,66 @@ pub struct ClickHouseConfig {
     pub database: String,
     #[serde(default = "default_user")]
     pub user: String,
+    /// Prefer `password_file` or `SLUICE_CLICKHOUSE__PASSWORD`.
     #[serde(default)]
     pub password: String,
+    /// A file holding the password (one trailing newline is dropped); read
+    /// at start-up into `password`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// LZ4-compress insert bodies (ClickHouse's own block compression).
     #[serde(default = "yes")]
     pub compression: bool,
     /// Upper bound for one insert, from first byte sent to the server's answer.
     #[serde(default = "default_insert_timeout", with = "humantime_serde")]
     pub insert_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field(
+                "password",
+                &if self.password.is_empty() { "" } else { "***" },
+            )
+            .field("password_file", &self.password_file)
+            .field("compression", &self.compression)
+            .field("insert_timeout", &self.insert_timeout)
+            .finish()
+    }
+}
+
+/// Hides the password of a `scheme://user:pass@host…` URL, for logs and
+/// `sluice check`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    // The userinfo ends at the last `@` before any query; err towards
+    // hiding (a password may hold an unescaped `/`).
+    let query = rest.find(['?', '#']).unwrap_or(rest.len());
+    match rest[..query].rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{}", &rest[query..]),
+            None => url.to_string(), // a user name alone
+        },
+        None => url.to_string(),
+    }
+}
+
+/// Reads a secret file: its text, without one trailing newline. Errors
+/// name the key and the path, never the content.
+fn read_secret(key: &str, path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Key {
+        key: key.to_string(),
+        message: format!("cannot read {}: {e}", path.display()),
+    })?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    Ok(text.to_string())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -160,13 +265,35 @@ pub struct FlowConfig {
     pub dead_letter: Option<String>,
     #[serde(default)]
     pub on_success: OnSuccess,
+    /// `at_least_once` (default) or `exactly_once` (ClickHouse sinks; needs
+    /// `batch_id_column`): see docs/EXACTLY_ONCE.md.
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// Column receiving each row's batch id (String, FixedString(36) or UUID).
+    #[serde(default)]
+    pub batch_id_column: Option<String>,
+    /// How long a batch's ledger record outlives a crash (exactly-once).
+    #[serde(default = "default_ledger_ttl", with = "humantime_serde")]
+    pub ledger_ttl: Duration,
     /// Entries per XREADGROUP call.
     #[serde(default = "default_read_count")]
     pub read_count: usize,
+    /// A message with a field name or value longer than this is
+    /// dead-lettered with the reason, before any handler or sink sees it.
+    #[serde(default = "default_max_field_bytes")]
+    pub max_field_bytes: ByteSize,
     #[serde(default)]
     pub metadata: MetadataColumns,
     #[serde(default)]
     pub payload: Option<PayloadConfig>,
+    /// Runs each message through a handler before the sink (exec, http, rust).
+    #[serde(default)]
+    pub handler: Option<HandlerConfig>,
+    /// Retry failed messages later through the delayed set, with backoff
+    /// (`{ backoff = "exponential", base = "1s", max = "5m" }`); unset =
+    /// retry by redelivery after `claim.min_idle`.
+    #[serde(default)]
+    pub retry: Option<crate::retry_queue::RetryConfig>,
 }
 
 impl FlowConfig {
@@ -180,7 +307,245 @@ impl FlowConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkConfig {
-    Clickhouse { table: String },
+    Clickhouse {
+        table: String,
+    },
+    /// XADD to other streams, then XACK at the source (the original s2s).
+    Stream(StreamSinkConfig),
+}
+
+/// `sink = { type = "stream", … }`: where each message goes. A message's
+/// targets are, in order of precedence: `routes[value of route_by]`, then
+/// `to` (a name, or a template such as `"jobs.{task_for}"` whose
+/// placeholders name fields), then `default`. A message no rule places is
+/// dead-lettered. Any of them may list several targets (fan-out).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSinkConfig {
+    #[serde(default)]
+    pub to: Option<Targets>,
+    /// The field whose value selects an entry of `routes`.
+    #[serde(default)]
+    pub route_by: Option<String>,
+    /// Value of `route_by` → target(s).
+    #[serde(default)]
+    pub routes: BTreeMap<String, Targets>,
+    /// Target(s) for messages no route or template places.
+    #[serde(default)]
+    pub default: Option<Targets>,
+    /// Length cap of every target that has none of its own (a target's
+    /// `max_len`, then `[streams."name"].max_len`, win over this). A full
+    /// target pauses the flow until it drains below the cap.
+    #[serde(default)]
+    pub max_len: Option<u64>,
+    /// How often a paused flow re-reads the length of a full target.
+    #[serde(default = "default_check_every", with = "humantime_serde")]
+    pub check_every: Duration,
+}
+
+/// One or more target streams: `"name"`, `{ stream = "name", max_len = N }`,
+/// or a list of those.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Targets(pub Vec<TargetSpec>);
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// A stream name, or a template with `{field}` placeholders.
+    pub stream: String,
+    #[serde(default)]
+    pub max_len: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for Targets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Targets;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a stream name, { stream = \"name\", max_len = N }, or a list of those")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Targets, E> {
+                Ok(Targets(vec![TargetSpec {
+                    stream: v.to_string(),
+                    max_len: None,
+                }]))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<Targets, A::Error> {
+                let t = TargetSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Targets(vec![t]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Targets, A::Error> {
+                let mut out = Vec::new();
+                while let Some(t) = seq.next_element::<Targets>()? {
+                    out.extend(t.0);
+                }
+                Ok(Targets(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The `{field}` placeholders of a target template, or why it is malformed.
+pub fn template_fields(template: &str) -> std::result::Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find(['{', '}']) {
+        if rest.as_bytes()[open] == b'}' {
+            return Err(format!("unmatched `}}` in {template:?}"));
+        }
+        let after = &rest[open + 1..];
+        let close = after
+            .find(['{', '}'])
+            .filter(|&i| after.as_bytes()[i] == b'}')
+            .ok_or_else(|| format!("unclosed `{{` in {template:?}"))?;
+        let name = &after[..close];
+        if name.is_empty() {
+            return Err(format!("empty placeholder `{{}}` in {template:?}"));
+        }
+        out.push(name);
+        rest = &after[close + 1..];
+    }
+    Ok(out)
+}
+
+/// `handler = { type = "exec" | "http" | "rust", … }`: the processing step
+/// between a flow's source and its sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum HandlerConfig {
+    /// Long-running child processes speaking JSON lines on stdin/stdout.
+    Exec(ExecHandlerConfig),
+    /// POST each message as JSON to a URL.
+    Http(HttpHandlerConfig),
+    /// A Rust `Handler` registered by name by the program embedding sluice.
+    Rust(RustHandlerConfig),
+}
+
+impl HandlerConfig {
+    /// Messages handled at once by this flow.
+    pub fn concurrency(&self) -> usize {
+        match self {
+            HandlerConfig::Exec(e) => e.workers,
+            HandlerConfig::Http(h) => h.concurrency,
+            HandlerConfig::Rust(r) => r.concurrency,
+        }
+    }
+
+    /// Upper bound for handling one message.
+    pub fn timeout(&self) -> Duration {
+        match self {
+            HandlerConfig::Exec(e) => e.timeout,
+            HandlerConfig::Http(h) => h.timeout,
+            HandlerConfig::Rust(r) => r.timeout,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecHandlerConfig {
+    /// Program and arguments, e.g. `["python3", "handler.py"]`.
+    pub command: Vec<String>,
+    /// Child processes in the pool (= messages handled at once).
+    #[serde(default = "default_exec_workers")]
+    pub workers: usize,
+    /// Per message; a child that does not answer in time is killed and restarted.
+    #[serde(default = "default_handler_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra environment variables for the children.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the children (default: the worker's).
+    #[serde(default)]
+    pub dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHandlerConfig {
+    /// `http://host:port/path`.
+    pub url: String,
+    #[serde(default = "default_http_handler_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Requests in flight at once.
+    #[serde(default = "default_handler_concurrency")]
+    pub concurrency: usize,
+    /// Extra request headers, e.g. `{ authorization = "Bearer …" }`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RustHandlerConfig {
+    /// The name the embedding program registered its handler under.
+    pub name: String,
+    #[serde(default = "default_handler_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_handler_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// `[http]`: the HTTP entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `host:port` to listen on.
+    pub listen: String,
+    /// Largest request body; larger ones get 413.
+    #[serde(default = "default_body_limit")]
+    pub body_limit: ByteSize,
+    /// Most items in one request; more get 413.
+    #[serde(default = "default_max_items")]
+    pub max_items: usize,
+    /// Length cap of streams without `[streams."name"].max_len`; a request
+    /// that would pass it gets 429. Unset = no cap.
+    #[serde(default)]
+    pub max_len: Option<u64>,
+    /// The `Retry-After` sent with 429 and 503.
+    #[serde(default = "default_retry_after", with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// Bearer tokens, each limited to a list of streams.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// Accept requests without a token (only when `tokens` is empty).
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub token: String,
+    /// Stream names this token may write and read; `prefix*` matches by prefix.
+    pub streams: Vec<String>,
+}
+
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("token", &"***")
+            .field("streams", &self.streams)
+            .finish()
+    }
+}
+
+/// `[streams."name"]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSettings {
+    /// The stream's capacity: the HTTP entry refuses (429), `sluice enqueue`
+    /// waits and stream sinks pause while it is full.
+    #[serde(default)]
+    pub max_len: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,6 +597,20 @@ pub enum OnSuccess {
     Ack,
     /// XACK then XDEL, as the original s2ch did.
     AckDel,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    #[default]
+    AtLeastOnce,
+    /// Batch ledger in Redis + batch id in every row: a recovered batch is
+    /// re-inserted only if ClickHouse does not hold it already.
+    ExactlyOnce,
+}
+
+fn default_ledger_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// Column names that receive per-message metadata.
@@ -311,6 +690,9 @@ fn default_max_deliveries() -> u64 {
 fn default_read_count() -> usize {
     5000
 }
+fn default_max_field_bytes() -> ByteSize {
+    ByteSize::mib(1)
+}
 fn default_max_rows() -> usize {
     50_000
 }
@@ -325,6 +707,30 @@ fn default_min_idle() -> Duration {
 }
 fn default_claim_every() -> Duration {
     Duration::from_secs(5)
+}
+fn default_check_every() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_exec_workers() -> usize {
+    1
+}
+fn default_handler_concurrency() -> usize {
+    8
+}
+fn default_handler_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_http_handler_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_limit() -> ByteSize {
+    ByteSize::mib(1)
+}
+fn default_max_items() -> usize {
+    10_000
+}
+fn default_retry_after() -> Duration {
+    Duration::from_secs(1)
 }
 
 impl Config {
@@ -360,7 +766,8 @@ impl Config {
         }
         loop {
             let err = match serde_path_to_error::deserialize::<_, Config>(doc.clone()) {
-                Ok(config) => {
+                Ok(mut config) => {
+                    config.load_secrets()?;
                     config.validate()?;
                     return Ok(config);
                 }
@@ -393,6 +800,29 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// Reads `*.password_file`s into the passwords.
+    fn load_secrets(&mut self) -> Result<()> {
+        let both = |key: &str| ConfigError::Key {
+            key: key.to_string(),
+            message: "set either password or password_file, not both".into(),
+        };
+        if let Some(path) = &self.redis.password_file {
+            if self.redis.password.is_some() {
+                return Err(both("redis.password_file"));
+            }
+            self.redis.password = Some(read_secret("redis.password_file", path)?);
+        }
+        if let Some(ch) = &mut self.clickhouse {
+            if let Some(path) = &ch.password_file {
+                if !ch.password.is_empty() {
+                    return Err(both("clickhouse.password_file"));
+                }
+                ch.password = read_secret("clickhouse.password_file", path)?;
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<()> {
@@ -464,11 +894,22 @@ impl Config {
             if flow.read_count == 0 {
                 return Err(bad(key("read_count"), "must be > 0"));
             }
+            if flow.max_field_bytes.as_u64() == 0 {
+                return Err(bad(key("max_field_bytes"), "must be > 0"));
+            }
             if flow.max_deliveries == 0 {
                 return Err(bad(key("max_deliveries"), "must be >= 1"));
             }
             if flow.claim.every.is_zero() {
                 return Err(bad(key("claim.every"), "must be > 0"));
+            }
+            // Live replicas refresh entries idle past min_idle/4 on every
+            // claim tick; a slower tick would let others steal live work.
+            if flow.claim.every * 2 > flow.claim.min_idle {
+                return Err(bad(
+                    key("claim.every"),
+                    "must be at most half of claim.min_idle",
+                ));
             }
             if flow.streams.contains(&flow.dead_letter_stream()) {
                 return Err(bad(
@@ -488,6 +929,21 @@ impl Config {
                         return Err(bad(key("sink.table"), "must not be empty"));
                     }
                 }
+                SinkConfig::Stream(sink) => validate_stream_sink(flow, sink, &key("sink"))?,
+            }
+            if let Some(handler) = &flow.handler {
+                validate_handler(flow, handler, &key("handler"))?;
+            }
+            if flow.delivery == Delivery::ExactlyOnce {
+                if !matches!(flow.sink, SinkConfig::Clickhouse { .. }) {
+                    return Err(bad(key("delivery"), "exactly_once needs a clickhouse sink"));
+                }
+                if flow.batch_id_column.as_deref().unwrap_or("").is_empty() {
+                    return Err(bad(
+                        key("batch_id_column"),
+                        "exactly_once needs a column for the batch id",
+                    ));
+                }
             }
             let mut seen = std::collections::HashSet::new();
             for column in flow.metadata.names() {
@@ -503,9 +959,228 @@ impl Config {
                     return Err(bad(key("payload.field"), "must not be empty"));
                 }
             }
+            if let Some(r) = &flow.retry {
+                r.validate().map_err(|m| bad(key("retry"), &m))?;
+            }
+        }
+        crate::schedule::validate(&self.scheduler, &self.schedules)
+            .map_err(|(key, message)| ConfigError::Key { key, message })?;
+        for (name, s) in &self.streams {
+            if name.is_empty() {
+                return Err(bad("streams".into(), "stream name must not be empty"));
+            }
+            if s.max_len == Some(0) {
+                return Err(bad(format!("streams.{name:?}.max_len"), "must be >= 1"));
+            }
+        }
+        if let Some(http) = &self.http {
+            validate_http(http)?;
         }
         Ok(())
     }
+
+    /// The capacity of `stream` from `[streams."name"]`, if it has one.
+    pub fn stream_max_len(&self, stream: &str) -> Option<u64> {
+        self.streams.get(stream).and_then(|s| s.max_len)
+    }
+}
+
+fn key_error(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+fn validate_stream_sink(flow: &FlowConfig, sink: &StreamSinkConfig, key: &str) -> Result<()> {
+    if sink.to.is_none() && sink.routes.is_empty() && sink.default.is_none() {
+        return Err(key_error(
+            key,
+            "a stream sink needs `to`, `routes` or `default`",
+        ));
+    }
+    if !sink.routes.is_empty() && sink.route_by.is_none() {
+        return Err(key_error(
+            &format!("{key}.routes"),
+            "needs `route_by` (the field whose value picks a route)",
+        ));
+    }
+    if sink.route_by.as_deref() == Some("") {
+        return Err(key_error(&format!("{key}.route_by"), "must not be empty"));
+    }
+    if sink.max_len == Some(0) {
+        return Err(key_error(&format!("{key}.max_len"), "must be >= 1"));
+    }
+    if sink.check_every.is_zero() {
+        return Err(key_error(&format!("{key}.check_every"), "must be > 0"));
+    }
+    let dead = flow.dead_letter_stream();
+    let mut lists: Vec<(String, &Targets)> = Vec::new();
+    if let Some(t) = &sink.to {
+        lists.push((format!("{key}.to"), t));
+    }
+    for (value, t) in &sink.routes {
+        lists.push((format!("{key}.routes.{value}"), t));
+    }
+    if let Some(t) = &sink.default {
+        lists.push((format!("{key}.default"), t));
+    }
+    for (k, targets) in lists {
+        if targets.0.is_empty() {
+            return Err(key_error(&k, "names no target stream"));
+        }
+        for t in &targets.0 {
+            if t.stream.is_empty() {
+                return Err(key_error(&k, "target stream name must not be empty"));
+            }
+            if t.max_len == Some(0) {
+                return Err(key_error(&k, "max_len must be >= 1"));
+            }
+            let fields = template_fields(&t.stream).map_err(|m| key_error(&k, m))?;
+            if fields.is_empty() && (flow.streams.contains(&t.stream) || t.stream == dead) {
+                return Err(key_error(
+                    &k,
+                    format!(
+                        "target {:?} is one of the flow's own streams or its dead-letter stream",
+                        t.stream
+                    ),
+                ));
+            }
+            if !fields.is_empty() && k.ends_with(".default") {
+                return Err(key_error(
+                    &k,
+                    "the default target must be a plain name (it is used when fields are missing)",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_handler(flow: &FlowConfig, handler: &HandlerConfig, key: &str) -> Result<()> {
+    let field = |k: &str| format!("{key}.{k}");
+    if flow.delivery == Delivery::ExactlyOnce {
+        // Recovery re-inserts a batch from its source entries; a handler's
+        // outputs are not in the source stream.
+        return Err(key_error(
+            key,
+            "cannot be combined with delivery = \"exactly_once\"",
+        ));
+    }
+    match handler {
+        HandlerConfig::Exec(e) => {
+            if e.command.is_empty() || e.command[0].is_empty() {
+                return Err(key_error(&field("command"), "must name a program"));
+            }
+            if e.workers == 0 {
+                return Err(key_error(&field("workers"), "must be >= 1"));
+            }
+        }
+        HandlerConfig::Http(h) => {
+            if h.url.starts_with("https://") {
+                return Err(key_error(
+                    &field("url"),
+                    "https is not supported by the http handler; use http:// (e.g. through a local proxy)",
+                ));
+            }
+            if !h.url.starts_with("http://") || h.url.parse::<axum::http::Uri>().is_err() {
+                return Err(key_error(&field("url"), "must be an http:// URL"));
+            }
+            if h.concurrency == 0 {
+                return Err(key_error(&field("concurrency"), "must be >= 1"));
+            }
+            for (name, value) in &h.headers {
+                if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || axum::http::HeaderValue::from_str(value).is_err()
+                {
+                    return Err(key_error(
+                        &field("headers"),
+                        format!("invalid header {name:?}"),
+                    ));
+                }
+            }
+        }
+        HandlerConfig::Rust(r) => {
+            if r.name.is_empty() {
+                return Err(key_error(&field("name"), "must not be empty"));
+            }
+            if r.concurrency == 0 {
+                return Err(key_error(&field("concurrency"), "must be >= 1"));
+            }
+        }
+    }
+    let timeout = handler.timeout();
+    if timeout.is_zero() {
+        return Err(key_error(&field("timeout"), "must be > 0"));
+    }
+    // A message still being handled when min_idle passes could be claimed
+    // and handled twice.
+    if timeout >= flow.claim.min_idle {
+        return Err(key_error(
+            &field("timeout"),
+            format!(
+                "must be shorter than claim.min_idle ({:?})",
+                flow.claim.min_idle
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_http(http: &HttpConfig) -> Result<()> {
+    if http.listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(key_error(
+            "http.listen",
+            "must be host:port, e.g. 0.0.0.0:8080",
+        ));
+    }
+    if http.body_limit.as_u64() == 0 {
+        return Err(key_error("http.body_limit", "must be > 0"));
+    }
+    if http.max_items == 0 {
+        return Err(key_error("http.max_items", "must be > 0"));
+    }
+    if http.max_len == Some(0) {
+        return Err(key_error("http.max_len", "must be >= 1"));
+    }
+    if http.tokens.is_empty() && !http.allow_unauthenticated {
+        return Err(key_error(
+            "http.tokens",
+            "needs at least one token (or allow_unauthenticated = true)",
+        ));
+    }
+    if !http.tokens.is_empty() && http.allow_unauthenticated {
+        return Err(key_error(
+            "http.allow_unauthenticated",
+            "cannot be combined with tokens",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, t) in http.tokens.iter().enumerate() {
+        let k = format!("http.tokens[{i}]");
+        if t.token.len() < 16 {
+            return Err(key_error(
+                &format!("{k}.token"),
+                "must be at least 16 characters",
+            ));
+        }
+        if t.token.len() > 512 || t.token.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+            return Err(key_error(
+                &format!("{k}.token"),
+                "must be at most 512 visible ASCII characters",
+            ));
+        }
+        if !seen.insert(t.token.as_str()) {
+            return Err(key_error(&format!("{k}.token"), "is listed twice"));
+        }
+        if t.streams.is_empty() || t.streams.iter().any(|s| s.is_empty()) {
+            return Err(key_error(
+                &format!("{k}.streams"),
+                "must list stream names or `prefix*` patterns",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Sets the key addressed by `SLUICE_A__B__0__C` inside `doc`, creating
@@ -696,9 +1371,417 @@ on_success = "ack"              # or "ack_del": XACK then XDEL, as the original 
     }
 
     #[test]
+    fn exactly_once_needs_a_batch_id_column() {
+        let text = EXAMPLE.replace(
+            "on_success = \"ack\"",
+            "on_success = \"ack\"\ndelivery = \"exactly_once\"",
+        );
+        let err = parse(&text, &[]).unwrap_err().to_string();
+        assert!(err.contains("flow[0].batch_id_column"), "{err}");
+        let text = text.replace("delivery = ", "batch_id_column = \"_batch\"\ndelivery = ");
+        let c = parse(&text, &[]).unwrap();
+        assert_eq!(c.flows[0].delivery, Delivery::ExactlyOnce);
+        assert_eq!(c.flows[0].ledger_ttl, Duration::from_secs(86400));
+    }
+
+    #[test]
     fn clickhouse_sink_requires_section() {
         let text = EXAMPLE.replace("[clickhouse]", "[unused]");
         let err = parse(&text, &[]).unwrap_err().to_string();
         assert!(err.contains("unused"), "{err}");
+    }
+
+    const DATAFLOW: &str = r#"
+[redis]
+url = "redis://127.0.0.1:6379"
+[clickhouse]
+url = "http://127.0.0.1:8123"
+
+[streams."jobs.in"]
+max_len = 100000
+
+[http]
+listen = "127.0.0.1:8080"
+body_limit = "1MiB"
+max_len = 50000
+[[http.tokens]]
+token = "0123456789abcdef-producer"
+streams = ["jobs.in", "events.*"]
+
+[[flow]]
+name = "move"
+streams = ["jobs.raw"]
+sink = { type = "stream", to = "jobs.out" }
+
+[[flow]]
+name = "route"
+streams = ["jobs.in"]
+sink = { type = "stream", route_by = "task_for", to = "jobs.{task_for}" }
+
+[[flow]]
+name = "map"
+streams = ["jobs.mixed"]
+max_deliveries = 3
+handler = { type = "exec", command = ["python3", "handler.py"], workers = 4, timeout = "5s" }
+[flow.sink]
+type = "stream"
+route_by = "task_for"
+routes = { a = "jobs.a", b = ["jobs.b", { stream = "audit", max_len = 1000 }] }
+default = "jobs.other"
+max_len = 20000
+
+[[flow]]
+name = "enrich"
+streams = ["jobs.b"]
+handler = { type = "http", url = "http://127.0.0.1:9000/enrich", concurrency = 16 }
+sink = { type = "clickhouse", table = "jobs" }
+"#;
+
+    fn stream_sink(c: &Config, i: usize) -> &StreamSinkConfig {
+        match &c.flows[i].sink {
+            SinkConfig::Stream(s) => s,
+            other => panic!("not a stream sink: {other:?}"),
+        }
+    }
+
+    fn dataflow_err(from: &str, to: &str) -> String {
+        let text = DATAFLOW.replace(from, to);
+        assert_ne!(text, DATAFLOW, "replacement {from:?} did not apply");
+        parse(&text, &[]).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn dataflow_examples_parse() {
+        let c = parse(DATAFLOW, &[]).unwrap();
+        let to = |s: &str| TargetSpec {
+            stream: s.into(),
+            max_len: None,
+        };
+        assert_eq!(stream_sink(&c, 0).to, Some(Targets(vec![to("jobs.out")])));
+        let route = stream_sink(&c, 1);
+        assert_eq!(route.route_by.as_deref(), Some("task_for"));
+        assert_eq!(route.to, Some(Targets(vec![to("jobs.{task_for}")])));
+        let map = stream_sink(&c, 2);
+        assert_eq!(map.routes["a"], Targets(vec![to("jobs.a")]));
+        assert_eq!(
+            map.routes["b"],
+            Targets(vec![
+                to("jobs.b"),
+                TargetSpec {
+                    stream: "audit".into(),
+                    max_len: Some(1000)
+                }
+            ])
+        );
+        assert_eq!(map.default, Some(Targets(vec![to("jobs.other")])));
+        assert_eq!(map.max_len, Some(20000));
+        assert_eq!(map.check_every, Duration::from_millis(200));
+        match &c.flows[2].handler {
+            Some(HandlerConfig::Exec(e)) => {
+                assert_eq!(e.command, ["python3", "handler.py"]);
+                assert_eq!(e.workers, 4);
+                assert_eq!(e.timeout, Duration::from_secs(5));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            &c.flows[3].handler,
+            Some(HandlerConfig::Http(h)) if h.concurrency == 16 && h.timeout == Duration::from_secs(10)
+        ));
+        let http = c.http.as_ref().unwrap();
+        assert_eq!(http.max_len, Some(50000));
+        assert_eq!(http.tokens[0].streams, ["jobs.in", "events.*"]);
+        assert!(
+            !format!("{http:?}").contains("producer"),
+            "tokens are redacted"
+        );
+        assert_eq!(c.stream_max_len("jobs.in"), Some(100000));
+        assert_eq!(c.stream_max_len("jobs.out"), None);
+    }
+
+    #[test]
+    fn stream_sink_needs_no_clickhouse_section() {
+        let text = "[redis]\nurl = \"redis://h:1\"\n[[flow]]\nname = \"m\"\nstreams = [\"a\"]\nsink = { type = \"stream\", to = \"b\" }\n";
+        parse(text, &[]).unwrap();
+    }
+
+    #[test]
+    fn stream_sink_unknown_key_is_named() {
+        let err = dataflow_err("to = \"jobs.out\"", "to = \"jobs.out\", max_lenn = 3");
+        assert!(
+            err.contains("flow[0].sink") && err.contains("max_lenn"),
+            "{err}"
+        );
+        let err = dataflow_err(
+            "{ stream = \"audit\", max_len = 1000 }",
+            "{ stream = \"audit\", cap = 1 }",
+        );
+        assert!(err.contains("flow[2].sink") && err.contains("cap"), "{err}");
+    }
+
+    #[test]
+    fn stream_sink_needs_a_target() {
+        let err = dataflow_err(
+            "sink = { type = \"stream\", to = \"jobs.out\" }",
+            "sink = { type = \"stream\" }",
+        );
+        assert!(
+            err.contains("flow[0].sink") && err.contains("`to`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn routes_need_route_by() {
+        let err = dataflow_err("route_by = \"task_for\"\nroutes", "routes");
+        assert!(
+            err.contains("flow[2].sink.routes") && err.contains("route_by"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn empty_route_by_is_refused() {
+        let err = dataflow_err("route_by = \"task_for\", to", "route_by = \"\", to");
+        assert!(err.contains("flow[1].sink.route_by"), "{err}");
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        let err = dataflow_err("\"jobs.{task_for}\"", "\"jobs.{task_for\"");
+        assert!(
+            err.contains("flow[1].sink.to") && err.contains("unclosed"),
+            "{err}"
+        );
+        let err = dataflow_err("\"jobs.{task_for}\"", "\"jobs.{}\"");
+        assert!(err.contains("empty placeholder"), "{err}");
+        let err = dataflow_err("\"jobs.{task_for}\"", "\"jobs.}x\"");
+        assert!(err.contains("unmatched"), "{err}");
+        let err = dataflow_err("default = \"jobs.other\"", "default = \"jobs.{x}\"");
+        assert!(err.contains("flow[2].sink.default"), "{err}");
+        assert_eq!(template_fields("a.{x}.{y}").unwrap(), vec!["x", "y"]);
+    }
+
+    #[test]
+    fn target_may_not_loop_back() {
+        let err = dataflow_err("to = \"jobs.out\"", "to = \"jobs.raw\"");
+        assert!(
+            err.contains("flow[0].sink.to") && err.contains("own streams"),
+            "{err}"
+        );
+        let err = dataflow_err("to = \"jobs.out\"", "to = \"jobs.raw:dead\"");
+        assert!(err.contains("flow[0].sink.to"), "{err}");
+    }
+
+    #[test]
+    fn max_len_must_be_positive() {
+        let err = dataflow_err("max_len = 20000", "max_len = 0");
+        assert!(err.contains("flow[2].sink.max_len"), "{err}");
+        let err = dataflow_err("max_len = 1000 }", "max_len = 0 }");
+        assert!(err.contains("flow[2].sink.routes.b"), "{err}");
+        let err = dataflow_err("max_len = 100000", "max_len = 0");
+        assert!(err.contains("streams.\"jobs.in\".max_len"), "{err}");
+        let err = dataflow_err("max_len = 50000", "max_len = 0");
+        assert!(err.contains("http.max_len"), "{err}");
+    }
+
+    #[test]
+    fn empty_target_list_is_refused() {
+        let err = dataflow_err("default = \"jobs.other\"", "default = []");
+        assert!(
+            err.contains("flow[2].sink.default") && err.contains("no target"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn exec_handler_rules() {
+        let err = dataflow_err("command = [\"python3\", \"handler.py\"]", "command = []");
+        assert!(err.contains("flow[2].handler.command"), "{err}");
+        let err = dataflow_err("workers = 4", "workers = 0");
+        assert!(err.contains("flow[2].handler.workers"), "{err}");
+        let err = dataflow_err("workers = 4", "workers = 4, shell = true");
+        assert!(
+            err.contains("flow[2].handler") && err.contains("shell"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn handler_timeout_must_be_below_min_idle() {
+        let err = dataflow_err("timeout = \"5s\"", "timeout = \"60s\"");
+        assert!(
+            err.contains("flow[2].handler.timeout") && err.contains("min_idle"),
+            "{err}"
+        );
+        let err = dataflow_err("timeout = \"5s\"", "timeout = \"0s\"");
+        assert!(err.contains("flow[2].handler.timeout"), "{err}");
+    }
+
+    #[test]
+    fn http_handler_rules() {
+        let err = dataflow_err("\"http://127.0.0.1:9000/enrich\"", "\"https://x/enrich\"");
+        assert!(
+            err.contains("flow[3].handler.url") && err.contains("https"),
+            "{err}"
+        );
+        let err = dataflow_err("\"http://127.0.0.1:9000/enrich\"", "\"ftp://x\"");
+        assert!(err.contains("flow[3].handler.url"), "{err}");
+        let err = dataflow_err("concurrency = 16", "concurrency = 0");
+        assert!(err.contains("flow[3].handler.concurrency"), "{err}");
+        let err = dataflow_err(
+            "concurrency = 16",
+            "concurrency = 1, headers = { \"bad header\" = \"x\" }",
+        );
+        assert!(err.contains("flow[3].handler.headers"), "{err}");
+    }
+
+    #[test]
+    fn check_every_must_be_positive() {
+        let err = dataflow_err(
+            "to = \"jobs.out\" }",
+            "to = \"jobs.out\", check_every = \"0s\" }",
+        );
+        assert!(err.contains("flow[0].sink.check_every"), "{err}");
+    }
+
+    #[test]
+    fn handler_excludes_exactly_once() {
+        let err = dataflow_err(
+            "concurrency = 16 }",
+            "concurrency = 16 }\ndelivery = \"exactly_once\"\nbatch_id_column = \"b\"",
+        );
+        assert!(
+            err.contains("flow[3].handler") && err.contains("exactly_once"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rust_handler_needs_a_name() {
+        let err = dataflow_err(
+            "{ type = \"http\", url = \"http://127.0.0.1:9000/enrich\", concurrency = 16 }",
+            "{ type = \"rust\", name = \"\" }",
+        );
+        assert!(err.contains("flow[3].handler.name"), "{err}");
+    }
+
+    #[test]
+    fn http_section_rules() {
+        let err = dataflow_err("listen = \"127.0.0.1:8080\"", "listen = \"eight\"");
+        assert!(err.contains("http.listen"), "{err}");
+        let err = dataflow_err("body_limit = \"1MiB\"", "body_limit = \"1MiB\"\nport = 1");
+        assert!(err.contains("http") && err.contains("port"), "{err}");
+        let err = dataflow_err("body_limit = \"1MiB\"", "body_limit = 0");
+        assert!(err.contains("http.body_limit"), "{err}");
+        let err = dataflow_err("body_limit = \"1MiB\"", "max_items = 0");
+        assert!(err.contains("http.max_items"), "{err}");
+    }
+
+    #[test]
+    fn http_tokens_rules() {
+        let err = dataflow_err("\"0123456789abcdef-producer\"", "\"short\"");
+        assert!(
+            err.contains("http.tokens[0].token") && err.contains("16"),
+            "{err}"
+        );
+        let err = dataflow_err(
+            "\"0123456789abcdef-producer\"",
+            "\"0123456789abcdef producer\"",
+        );
+        assert!(err.contains("http.tokens[0].token"), "{err}");
+        let err = dataflow_err("streams = [\"jobs.in\", \"events.*\"]", "streams = []");
+        assert!(err.contains("http.tokens[0].streams"), "{err}");
+        let err = dataflow_err(
+            "[[http.tokens]]\ntoken = \"0123456789abcdef-producer\"\nstreams = [\"jobs.in\", \"events.*\"]",
+            "",
+        );
+        assert!(
+            err.contains("http.tokens") && err.contains("allow_unauthenticated"),
+            "{err}"
+        );
+        let err = dataflow_err(
+            "max_len = 50000",
+            "max_len = 50000\nallow_unauthenticated = true",
+        );
+        assert!(err.contains("http.allow_unauthenticated"), "{err}");
+        let twice = "[[http.tokens]]\ntoken = \"0123456789abcdef-producer\"\nstreams = [\"x\"]\n[[flow]]\nname = \"move\"";
+        let err = dataflow_err("[[flow]]\nname = \"move\"", twice);
+        assert!(
+            err.contains("http.tokens[1].token") && err.contains("twice"),
+            "{err}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[redis]
+url = "redis://sluice:url-secret@127.0.0.1:6379/0"
+[clickhouse]
+url = "http://127.0.0.1:8123"
+user = "writer"
+"#;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config> {
+        Config::from_toml_with_env(
+            text,
+            "test.toml",
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn password_files_are_read_and_never_debug_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, c) = (dir.path().join("redis"), dir.path().join("ch"));
+        std::fs::write(&r, "redis-file-secret\n").unwrap();
+        std::fs::write(&c, "ch-file-secret\r\n").unwrap();
+        let text = BASE.replace("[redis]\n", &format!("[redis]\npassword_file = {r:?}\n"))
+            + &format!("password_file = {c:?}\n");
+        let cfg = parse(&text, &[]).unwrap();
+        assert_eq!(cfg.redis.password.as_deref(), Some("redis-file-secret"));
+        let ch = cfg.clickhouse.as_ref().unwrap();
+        assert_eq!(ch.password, "ch-file-secret");
+        let debug = format!("{cfg:?}");
+        for secret in ["redis-file-secret", "ch-file-secret", "url-secret"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(
+            debug.contains("redis://sluice:***@127.0.0.1:6379/0"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn password_from_env_and_conflicts_name_the_key() {
+        let cfg = parse(BASE, &[("SLUICE_REDIS__PASSWORD", "12345")]).unwrap();
+        assert_eq!(cfg.redis.password.as_deref(), Some("12345"));
+        let err = parse(
+            BASE,
+            &[
+                ("SLUICE_REDIS__PASSWORD", "x"),
+                ("SLUICE_REDIS__PASSWORD_FILE", "/nonexistent"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("redis.password_file") && err.contains("not both"),
+            "{err}"
+        );
+        let err = parse(
+            BASE,
+            &[("SLUICE_CLICKHOUSE__PASSWORD_FILE", "/nonexistent/pw")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("clickhouse.password_file") && err.contains("/nonexistent/pw"),
+            "{err}"
+        );
     }
 }

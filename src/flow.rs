@@ -9,6 +9,12 @@
 //! ```
 //! The channels are bounded, so a slow or absent sink stops the reads: memory
 //! stays bounded and nothing more is taken from Redis than can be held.
+//!
+//! A flow with a handler runs it between the chunks and the batcher
+//! ([`crate::handler::stage`]); a flow with a stream sink batches and
+//! commits with [`crate::sink::stream`] instead of the ClickHouse pair, and
+//! its committer can pause the reader and the claim loop ([`Pause`]) while
+//! a target stream is full.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,12 +25,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::batch::{OpenBatch, RowMapper, SealedBatch};
-use crate::config::{Config, FlowConfig, SinkConfig};
+use crate::config::{Config, Delivery, FlowConfig, SinkConfig};
+use crate::handler::{Handler, Handlers};
 use crate::metrics::{FlowMetrics, Metrics};
 use crate::sink::clickhouse::ClickHouseSink;
 use crate::sink::commit::Committer;
+use crate::sink::ledger::Ledger;
+use crate::sink::recover::Recovery;
 use crate::sink::retry::Backoff;
+use crate::sink::stream::{same_stream, Pause, StreamSink};
 use crate::stream::dead_letter::DeadLetter;
+use crate::stream::held::Held;
 use crate::stream::{client, commands, group, Message, StreamError};
 
 /// Everything a flow needs, resolved at start-up.
@@ -32,12 +43,50 @@ pub struct Flow {
     pub cfg: FlowConfig,
     pub consumer: String,
     pub streams: Vec<Arc<str>>,
-    pub sink: Arc<ClickHouseSink>,
+    pub sink: FlowSink,
+    /// Runs before the sink; None = messages go to the sink as read.
+    pub handler: Option<Arc<dyn Handler>>,
+    /// Set while a stream sink's target is full: no reads, no claims.
+    pub pause: Arc<Pause>,
     pub read_client: Client,
     pub command_client: Client,
     pub metrics: FlowMetrics,
     pub block: Duration,
     pub prune_idle: Duration,
+    /// Pending entries this process holds; the only ones kept alive.
+    pub held: Held,
+    /// Exactly-once delivery: the ledger and the recovery of dead replicas' batches.
+    pub recovery: Option<Arc<Recovery>>,
+}
+
+/// Where a flow's messages land.
+pub enum FlowSink {
+    Clickhouse(Arc<ClickHouseSink>),
+    Stream(Arc<StreamSink>),
+}
+
+/// Why `m` is dead before anything else looks at it: a field name or value
+/// longer than `max` bytes (`max_field_bytes`).
+pub fn oversized_field(m: &Message, max: u64) -> Option<String> {
+    let (name, len) = m.fields.iter().find_map(|(k, v)| {
+        let len = k.len().max(v.len()) as u64;
+        (len > max).then_some((k, len))
+    })?;
+    let shown = String::from_utf8_lossy(&name[..name.len().min(64)]);
+    let more = if name.len() > 64 { "…" } else { "" };
+    Some(format!(
+        "field `{shown}{more}` is {len} bytes, more than max_field_bytes = {max}"
+    ))
+}
+
+/// Why `m` is dead before being handled: delivered more than `max` times.
+pub fn over_max_deliveries(m: &Message, max: u64) -> Option<String> {
+    (m.deliveries > max).then(|| {
+        format!(
+            "delivered {} times, more than max_deliveries = {max}",
+            m.deliveries
+        )
+    })
 }
 
 impl Flow {
@@ -48,6 +97,17 @@ impl Flow {
         consumer: String,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Flow> {
+        Self::open_with_handlers(config, cfg, consumer, metrics, &Handlers::new()).await
+    }
+
+    /// Like [`Flow::open`]; Rust handlers named by the config come from `handlers`.
+    pub async fn open_with_handlers(
+        config: &Config,
+        cfg: &FlowConfig,
+        consumer: String,
+        metrics: Arc<Metrics>,
+        handlers: &Handlers,
+    ) -> anyhow::Result<Flow> {
         let read_client = client::connect_blocking(&config.redis, config.worker.block).await?;
         let command_client = client::connect(&config.redis).await?;
         for stream in &cfg.streams {
@@ -55,16 +115,23 @@ impl Flow {
                 tracing::info!(flow = %cfg.name, %stream, group = %cfg.group, "created consumer group");
             }
         }
-        let sink = match &cfg.sink {
+        let clickhouse = match &cfg.sink {
             SinkConfig::Clickhouse { table } => {
                 let ch = config
                     .clickhouse
                     .as_ref()
                     .expect("validated: clickhouse sink has a section");
-                ClickHouseSink::open(ch, cfg, table)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("flow `{}`: {e}", cfg.name))?
+                Some(Arc::new(
+                    ClickHouseSink::open(ch, cfg, table)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("flow `{}`: {e}", cfg.name))?,
+                ))
             }
+            SinkConfig::Stream(_) => None,
+        };
+        let handler = match &cfg.handler {
+            Some(h) => Some(crate::handler::open(&cfg.name, h, handlers).await?),
+            None => None,
         };
         let streams: Vec<Arc<str>> = cfg.streams.iter().map(|s| Arc::from(s.as_str())).collect();
         // No endpoint, nobody to read them: the hot path skips metrics.
@@ -73,16 +140,55 @@ impl Flow {
         } else {
             FlowMetrics::disabled()
         };
+        let exactly_once = clickhouse
+            .as_ref()
+            .filter(|_| cfg.delivery == Delivery::ExactlyOnce);
+        let recovery = exactly_once.map(|sink| {
+            Arc::new(Recovery {
+                flow: cfg.name.clone(),
+                group: cfg.group.clone(),
+                consumer: consumer.clone(),
+                sink: sink.clone(),
+                ledger: Arc::new(Ledger::new(
+                    command_client.clone(),
+                    &cfg.name,
+                    cfg.ledger_ttl,
+                )),
+                redis: command_client.clone(),
+                batch_id_column: cfg.batch_id_column.clone().unwrap_or_default(),
+                id_column: cfg.metadata.id.clone(),
+                on_success: cfg.on_success,
+                lock_hold: (cfg.claim.min_idle * 2).max(Duration::from_secs(60)),
+            })
+        });
+        let sink = match (clickhouse, &cfg.sink) {
+            (Some(ch), _) => FlowSink::Clickhouse(ch),
+            (None, SinkConfig::Stream(s)) => {
+                let caps = config
+                    .streams
+                    .iter()
+                    .filter_map(|(name, st)| st.max_len.map(|m| (name.clone(), m)))
+                    .collect();
+                let mut forbidden = cfg.streams.clone();
+                forbidden.push(cfg.dead_letter_stream());
+                FlowSink::Stream(Arc::new(StreamSink::new(s, caps, forbidden)))
+            }
+            (None, SinkConfig::Clickhouse { .. }) => unreachable!("opened above"),
+        };
         Ok(Flow {
             cfg: cfg.clone(),
             consumer,
             streams,
-            sink: Arc::new(sink),
+            sink,
+            handler,
+            pause: Arc::new(Pause::default()),
+            recovery,
             read_client,
             command_client,
             metrics,
             block: config.worker.block,
             prune_idle: config.worker.prune_idle,
+            held: Held::default(),
         })
     }
 
@@ -97,16 +203,45 @@ impl Flow {
         tracing::info!(flow = %self.cfg.name, streams = ?self.cfg.streams, group = %self.cfg.group, consumer = %self.consumer, "flow running");
         let flow = Arc::new(self);
         let (chunk_tx, chunk_rx) = mpsc::channel::<Vec<Message>>(2);
-        let (batch_tx, batch_rx) = mpsc::channel::<SealedBatch>(1);
 
         let reader = tokio::spawn(flow.clone().read_loop(chunk_tx.clone(), shutdown.clone()));
         let claimer = tokio::spawn(flow.clone().claim_loop(chunk_tx, shutdown.clone()));
-        let committer = tokio::spawn(flow.clone().commit_loop(batch_rx, hard_stop.clone()));
-        flow.batch_loop(chunk_rx, batch_tx).await;
+        let (chunk_rx, stage) = match (&flow.handler, &flow.cfg.handler) {
+            (Some(handler), Some(cfg)) => {
+                let (out_tx, out_rx) = mpsc::channel::<Vec<Message>>(2);
+                let stage = crate::handler::stage::Stage {
+                    flow: flow.clone(),
+                    handler: handler.clone(),
+                    concurrency: cfg.concurrency(),
+                    timeout: crate::handler::outer_timeout(cfg),
+                    hard_stop: hard_stop.clone(),
+                };
+                (out_rx, Some(tokio::spawn(stage.run(chunk_rx, out_tx))))
+            }
+            _ => (chunk_rx, None),
+        };
+        let committed = match &flow.sink {
+            FlowSink::Clickhouse(sink) => {
+                let (batch_tx, batch_rx) = mpsc::channel::<SealedBatch>(1);
+                let committer = tokio::spawn(flow.clone().commit_loop(
+                    sink.clone(),
+                    batch_rx,
+                    hard_stop.clone(),
+                ));
+                flow.batch_loop(sink, chunk_rx, batch_tx).await;
+                committer.await?
+            }
+            FlowSink::Stream(sink) => {
+                crate::sink::stream::run(flow.clone(), sink.clone(), chunk_rx, hard_stop.clone())
+                    .await
+            }
+        };
 
         reader.await?;
         claimer.await?;
-        let committed = committer.await?;
+        if let Some(stage) = stage {
+            stage.await?;
+        }
         if committed {
             for stream in &flow.streams {
                 match group::remove_self_if_idle(
@@ -144,6 +279,12 @@ impl Flow {
     ) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         while !shutdown.is_cancelled() {
+            if self.pause.is_paused() {
+                tokio::select! {
+                    _ = self.pause.wait_resumed() => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
             let mut entries = Vec::with_capacity(self.cfg.read_count.min(10_000));
             let read = commands::read_group(
                 &self.read_client,
@@ -169,11 +310,60 @@ impl Flow {
                 continue;
             }
             self.metrics.read(&entries);
+            self.held.insert_read(&entries);
+            self.dead_letter_oversized(&mut entries, &shutdown).await;
             // Whatever was read is handed on even during shutdown: it is
             // pending for us now and must be committed, not dropped.
             if chunks.send(entries).await.is_err() {
                 break;
             }
+        }
+    }
+
+    /// Takes the messages with a field over `max_field_bytes` out of
+    /// `entries` and dead-letters (and acks) them, retrying Redis errors
+    /// until shutdown (then they stay pending for another replica).
+    async fn dead_letter_oversized(
+        &self,
+        entries: &mut Vec<Message>,
+        shutdown: &CancellationToken,
+    ) {
+        let max = self.cfg.max_field_bytes.as_u64();
+        if !entries.iter().any(|m| oversized_field(m, max).is_some()) {
+            return;
+        }
+        let mut dead = Vec::new();
+        for m in std::mem::take(entries) {
+            match oversized_field(&m, max) {
+                Some(reason) => dead.push(DeadLetter {
+                    message: m,
+                    reason,
+                    kind: "oversized",
+                }),
+                None => entries.push(m),
+            }
+        }
+        let delete = self.cfg.on_success == crate::config::OnSuccess::AckDel;
+        let dead_stream = self.cfg.dead_letter_stream();
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        while let Err(e) = crate::stream::dead_letter::dead_letter_and_ack(
+            &self.command_client,
+            &dead_stream,
+            &self.cfg.group,
+            &dead,
+            delete,
+        )
+        .await
+        {
+            tracing::warn!(flow = %self.cfg.name, count = dead.len(), error = %e, "dead-lettering oversized messages failed; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        for d in &dead {
+            tracing::warn!(flow = %self.cfg.name, stream = %d.message.stream, id = %String::from_utf8_lossy(&d.message.id), reason = %d.reason, "dead-lettered");
+            self.metrics.dead_lettered(d.kind);
         }
     }
 
@@ -212,7 +402,22 @@ impl Flow {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
+            let mut listed_all = true;
             for stream in &self.streams {
+                if let Err(e) = self.keep_alive(stream).await {
+                    listed_all = false;
+                    tracing::warn!(flow = %self.cfg.name, %stream, error = %e, "refreshing in-flight entries failed");
+                }
+            }
+            if listed_all {
+                // A held entry is idle past min_idle/4 again within this many
+                // passes (claim.every apart) and is then seen.
+                let every = self.cfg.claim.every.as_millis().max(1);
+                let threshold = (self.cfg.claim.min_idle / 4).as_millis();
+                self.held.end_pass(threshold.div_ceil(every) as u64 + 2);
+            }
+            // Paused (a target is full): take on no more work.
+            for stream in self.streams.iter().filter(|_| !self.pause.is_paused()) {
                 if let Err(e) = self.claim_stream(stream, &chunks, &shutdown).await {
                     tracing::warn!(flow = %self.cfg.name, %stream, error = %e, "claim pass failed");
                 }
@@ -238,6 +443,47 @@ impl Flow {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Resets the idle time of entries this process holds (read, not yet
+    /// acked: e.g. a batch retrying through a ClickHouse outage), so that
+    /// neither other replicas nor our own claim pass take them over while we
+    /// are alive. Only entries in `held`: one pending under our name that we
+    /// never received (its reply was lost on a cut connection) is left to go
+    /// idle, and a claim pass delivers it again. XCLAIM JUSTID does not count
+    /// a delivery.
+    async fn keep_alive(&self, stream: &Arc<str>) -> Result<(), StreamError> {
+        let threshold = self.cfg.claim.min_idle / 4;
+        loop {
+            let ids = commands::pending_idle_ids(
+                &self.command_client,
+                stream,
+                &self.cfg.group,
+                &self.consumer,
+                threshold,
+                10_000,
+            )
+            .await?;
+            let listed = ids.len();
+            let (ids, orphans) = self.held.split(stream, ids);
+            if !orphans.is_empty() {
+                tracing::info!(flow = %self.cfg.name, %stream, count = orphans.len(), "entries pending under our name that we never received (reply lost on a cut connection); left for the claim pass");
+            }
+            if ids.is_empty() {
+                return Ok(());
+            }
+            commands::touch(
+                &self.command_client,
+                stream,
+                &self.cfg.group,
+                &self.consumer,
+                &ids,
+            )
+            .await?;
+            if listed < 10_000 {
+                return Ok(());
             }
         }
     }
@@ -280,9 +526,21 @@ impl Flow {
             let mut claimed = page.claimed;
             if !claimed.is_empty() {
                 self.metrics.claimed(stream, claimed.len());
+                self.held.insert_claimed(&claimed);
+                self.dead_letter_oversized(&mut claimed, shutdown).await;
                 tracing::info!(flow = %self.cfg.name, %stream, count = claimed.len(), "claimed idle pending entries");
                 self.fill_delivery_counts(stream, &mut claimed).await?;
-                if chunks.send(claimed).await.is_err() {
+                if let Some(recovery) = &self.recovery {
+                    let (rest, batches) = recovery.split(claimed).await?;
+                    for record in batches {
+                        tracing::info!(flow = %self.cfg.name, batch = %record.id, members = record.members.len(), "recovering a dead replica's batch");
+                        let (recovery, chunks, stop) =
+                            (recovery.clone(), chunks.clone(), shutdown.clone());
+                        tokio::spawn(async move { recovery.run(record, chunks, stop).await });
+                    }
+                    claimed = rest;
+                }
+                if !claimed.is_empty() && chunks.send(claimed).await.is_err() {
                     return Ok(());
                 }
             }
@@ -326,11 +584,18 @@ impl Flow {
 
     async fn batch_loop(
         &self,
+        sink: &ClickHouseSink,
         mut chunks: mpsc::Receiver<Vec<Message>>,
         batches: mpsc::Sender<SealedBatch>,
     ) {
-        let mapper: &RowMapper = &self.sink.mapper;
-        let mut open = OpenBatch::new();
+        let mapper: &RowMapper = &sink.mapper;
+        // A handler's outputs of one message share its id: never seal between them.
+        let siblings = self.handler.is_some();
+        let mut open = if self.recovery.is_some() {
+            OpenBatch::with_batch_ids()
+        } else {
+            OpenBatch::new()
+        };
         loop {
             let deadline = open
                 .opened()
@@ -346,7 +611,12 @@ impl Flow {
                 None => chunks.recv().await,
             };
             let Some(chunk) = chunk else { break };
-            for m in chunk {
+            let mut chunk = chunk.into_iter().peekable();
+            while let Some(m) = chunk.next() {
+                let boundary = !siblings
+                    || chunk
+                        .peek()
+                        .is_none_or(|n| n.id != m.id || !same_stream(&n.stream, &m.stream));
                 if m.deliveries > self.cfg.max_deliveries {
                     let reason = format!(
                         "delivered {} times, more than max_deliveries = {}",
@@ -360,7 +630,10 @@ impl Flow {
                 } else {
                     open.add(mapper, m);
                 }
-                if open.is_full(&self.cfg.batch) && batches.send(open.seal(mapper)).await.is_err() {
+                if boundary
+                    && open.is_full(&self.cfg.batch)
+                    && batches.send(open.seal(mapper)).await.is_err()
+                {
                     return;
                 }
             }
@@ -373,6 +646,7 @@ impl Flow {
     /// Returns false if a batch had to be abandoned at the hard stop.
     async fn commit_loop(
         self: Arc<Self>,
+        sink: Arc<ClickHouseSink>,
         mut batches: mpsc::Receiver<SealedBatch>,
         hard_stop: CancellationToken,
     ) -> bool {
@@ -381,10 +655,11 @@ impl Flow {
             group: self.cfg.group.clone(),
             dead_letter_stream: self.cfg.dead_letter_stream(),
             on_success: self.cfg.on_success,
-            sink: self.sink.clone(),
+            sink,
             redis: self.command_client.clone(),
             metrics: self.metrics.clone(),
             hard_stop,
+            ledger: self.recovery.as_ref().map(|r| r.ledger.clone()),
         };
         let mut all_committed = true;
         while let Some(batch) = batches.recv().await {

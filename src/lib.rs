@@ -10,22 +10,43 @@
 //! - [`native`]: the dynamic Native-format block encoder.
 //! - [`payload`]: JSON / MessagePack payload fields expanded into columns.
 //! - [`batch`]: field→column mapping and batches closed by rows/bytes/time.
-//! - [`sink`]: the ClickHouse sink, retry-or-bisect decision, commit + ack.
+//! - [`sink`]: the ClickHouse sink, retry-or-bisect decision, commit + ack,
+//!   and the exactly-once batch ledger with its recovery.
+//!   The stream sink: routing, `max_len` backpressure, XADD then XACK.
 //! - [`flow`]: one flow's reader, claim loop, batcher and committer tasks.
-//! - [`worker`]: runs all flows; shutdown with a deadline.
-//! - [`status`]: per-stream group state for `sluice status` and the gauges.
+//! - [`handler`]: the processing step before a sink: exec (JSON-lines child
+//!   processes), http (POST per message) or a Rust [`handler::Handler`].
+//! - [`flat`]: flat JSON objects → stream fields (HTTP entry, enqueue).
+//! - [`enqueue`]: `sluice enqueue` — JSON lines / CSV into a stream, pipelined.
+//! - [`http_entry`]: `POST /v1/streams/{stream}/messages` (all-or-nothing,
+//!   429 at `max_len`), stream state, health; bearer tokens per stream.
+//! - [`worker`]: runs all flows (and the HTTP entry); shutdown with a deadline.
+//! - [`status`]: per-stream group state (exact lag) for `sluice status` and
+//!   the gauges, sampled by one replica holding a lease.
 //! - [`check`]: `sluice check` — validate, connect, show the plan.
-//! - [`metrics`]: Prometheus registry and `/metrics`.
-//! - [`telemetry`]: logging setup.
+//! - [`metrics`]: Prometheus registry, per-flow hot-path handles, `/metrics`.
+//! - [`telemetry`]: logging, OTLP trace export, producer `traceparent`s.
+//! - [`schedule`]: cron/every/at schedules, once per tick fleet-wide, state in Redis.
+//! - [`delayed`]: delayed jobs in a sorted set per stream, moved in when due.
+//! - [`retry_queue`]: retry with exponential backoff + jitter via the delayed set.
+//! - [`dead`]: `sluice dead list|show|replay|purge`.
 
 pub mod batch;
 pub mod check;
 pub mod config;
 pub mod convert;
+pub mod dead;
+pub mod delayed;
+pub mod enqueue;
+pub mod flat;
 pub mod flow;
+pub mod handler;
+pub mod http_entry;
 pub mod metrics;
 pub mod native;
 pub mod payload;
+pub mod retry_queue;
+pub mod schedule;
 pub mod schema;
 pub mod sink;
 pub mod status;

@@ -38,6 +38,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Schedules (state in Redis): list, pause, resume, trigger, add, remove.
+    Schedule(sluice::schedule::cli::ScheduleArgs),
+    /// Dead letters: list, show, replay to their source stream, purge.
+    Dead(sluice::dead::DeadArgs),
+    /// Add JSON lines or CSV rows (file or stdin) to a stream, pipelined;
+    /// waits while the stream is at its max_len.
+    Enqueue(sluice::enqueue::EnqueueArgs),
 }
 
 #[tokio::main]
@@ -72,6 +79,9 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Schedule(args) => sluice::schedule::cli::main(args).await,
+        Command::Dead(args) => sluice::dead::main(args).await,
+        Command::Enqueue(args) => sluice::enqueue::main(args).await,
     }
 }
 

@@ -26,7 +26,13 @@ use crate::stream::Message;
 
 /// Dead-letter reasons (the `reason` label), created at zero for every flow
 /// so that `increase()` sees the first dead letter too.
-pub const DEAD_LETTER_REASONS: &[&str] = &["convert", "rejected", "max_deliveries", "payload"];
+pub const DEAD_LETTER_REASONS: &[&str] = &[
+    "convert",
+    "rejected",
+    "max_deliveries",
+    "payload",
+    "oversized",
+];
 
 /// Sink error kinds (the `kind` label of `sluice_sink_errors_total`).
 pub const SINK_ERROR_KINDS: &[&str] = &["retry", "bisect"];

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::flow::Flow;
+use crate::handler::Handlers;
 use crate::metrics::Metrics;
 use crate::stream::group::consumer_name;
 
@@ -22,8 +23,21 @@ pub async fn run_with_metrics(
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
-    if config.flows.is_empty() {
-        anyhow::bail!("config has no [[flow]]: nothing to do");
+    run_with_handlers(config, shutdown, metrics, Handlers::new()).await
+}
+
+/// Like [`run_with_metrics`]; flows whose config says
+/// `handler = { type = "rust", name = "…" }` get their handler from `handlers`.
+pub async fn run_with_handlers(
+    config: Config,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+    handlers: Handlers,
+) -> anyhow::Result<()> {
+    if config.flows.is_empty() && !config.scheduler.enabled && config.http.is_none() {
+        anyhow::bail!(
+            "config has no [[flow]], no [http] and [scheduler] is disabled: nothing to do"
+        );
     }
     let consumer = consumer_name(config.worker.consumer_prefix.as_deref());
     tracing::info!(%consumer, flows = config.flows.len(), "starting worker");
@@ -43,13 +57,22 @@ pub async fn run_with_metrics(
 
     let mut flows = Vec::new();
     for cfg in &config.flows {
-        flows.push(Flow::open(&config, cfg, consumer.clone(), metrics.clone()).await?);
+        flows.push(
+            Flow::open_with_handlers(&config, cfg, consumer.clone(), metrics.clone(), &handlers)
+                .await?,
+        );
     }
+    let http_entry = match &config.http {
+        Some(_) => Some(crate::http_entry::start(&config, shutdown.clone()).await?),
+        None => None,
+    };
     let sampler = tokio::spawn(crate::status::sample_loop(
         config.clone(),
         metrics.clone(),
         shutdown.clone(),
     ));
+    // Schedules and delayed-job promotion (every replica; Redis arbitrates).
+    let scheduling = crate::schedule::spawn(&config, &consumer, shutdown.clone()).await?;
 
     let hard_stop = CancellationToken::new();
     let deadline = config.worker.shutdown_timeout;
@@ -75,7 +98,16 @@ pub async fn run_with_metrics(
             Err(e) => result = Err(anyhow::anyhow!("flow task panicked: {e}")),
         }
     }
+    if config.flows.is_empty() {
+        shutdown.cancelled().await; // schedules only: run until told to stop
+    }
     shutdown.cancel();
+    if let Some(t) = http_entry {
+        let _ = t.await;
+    }
+    for t in scheduling {
+        let _ = t.await;
+    }
     let _ = sampler.await;
     if let Some(t) = metrics_task {
         let _ = t.await;

@@ -76,6 +76,8 @@ pub struct ClickHouseSink {
     pub schema: TableSchema,
     pub mapper: RowMapper,
     insert_timeout: Duration,
+    /// `insert_deduplication_token` exists (ClickHouse 22.1+).
+    pub dedup_token: bool,
 }
 
 impl ClickHouseSink {
@@ -88,7 +90,14 @@ impl ClickHouseSink {
         let client = client(cfg);
         let (db, table) = split_table(&cfg.database, table);
         let schema = TableSchema::load(&client, db, table).await?;
-        let mapper = RowMapper::new(&schema, &flow.metadata, flow.payload.clone())?;
+        let mapper = RowMapper::with_batch_id_column(
+            &schema,
+            &flow.metadata,
+            flow.payload.clone(),
+            flow.batch_id_column.as_deref(),
+        )?;
+        let version = server_version(&client).await?;
+        let dedup_token = version_at_least(&version, 22, 1);
         // No column list: each Native block names its columns, and a block
         // may leave out DEFAULT-expression columns its rows lack.
         let insert_sql = format!(
@@ -102,6 +111,7 @@ impl ClickHouseSink {
             schema,
             mapper,
             insert_timeout: cfg.insert_timeout,
+            dedup_token,
         })
     }
 
@@ -109,19 +119,68 @@ impl ClickHouseSink {
         format!("{}.{}", self.schema.database, self.schema.table)
     }
 
-    /// Sends one Native block as one insert and waits for the server's confirmation.
-    pub async fn insert(&self, block: Bytes) -> Result<(), clickhouse::error::Error> {
+    /// Sends one Native block as one insert and waits for the server's
+    /// confirmation. `batch_id` becomes the deduplication token where the
+    /// server has one.
+    pub async fn insert(
+        &self,
+        block: Bytes,
+        batch_id: Option<&str>,
+    ) -> Result<(), clickhouse::error::Error> {
         let mut insert = self
             .client
             .insert_formatted_with(self.insert_sql.clone())
             .with_timeouts(Some(self.insert_timeout), Some(self.insert_timeout));
+        if let (true, Some(id)) = (self.dedup_token, batch_id) {
+            insert = insert.with_setting("insert_deduplication_token", id);
+        }
         insert.send(block).await?;
         insert.end().await
     }
 }
 
+impl ClickHouseSink {
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Rows carrying `batch_id` in `column` (exactly-once recovery).
+    pub async fn count_batch(
+        &self,
+        column: &str,
+        batch_id: &str,
+    ) -> Result<u64, clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT count() FROM {}.{} WHERE {} = ?",
+            quote_identifier(&self.schema.database),
+            quote_identifier(&self.schema.table),
+            quote_identifier(column)
+        );
+        self.client
+            .query(&sql)
+            .bind(batch_id)
+            .fetch_one::<u64>()
+            .await
+    }
+}
+
+/// `major.minor` of a `SELECT version()` string is at least the given one.
+pub fn version_at_least(version: &str, major: u32, minor: u32) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (ma, mi) >= (major, minor)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(!super::version_at_least("18.16.1", 22, 1));
+        assert!(super::version_at_least("22.1.3.7", 22, 1));
+        assert!(super::version_at_least("24.8.4.13", 22, 1));
+        assert!(!super::version_at_least("21.12.1", 22, 1));
+    }
+
     use super::*;
 
     #[test]

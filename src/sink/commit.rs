@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::clickhouse::ClickHouseSink;
+use super::ledger::{new_batch_id, Ledger};
 use super::retry::{classify, Backoff, Disposition};
 use crate::batch::SealedBatch;
 use crate::config::OnSuccess;
@@ -33,6 +34,8 @@ pub struct Committer {
     pub metrics: FlowMetrics,
     /// Cancelled when the shutdown deadline passes: stop retrying.
     pub hard_stop: CancellationToken,
+    /// The exactly-once ledger; None in at-least-once mode.
+    pub ledger: Option<Arc<Ledger>>,
 }
 
 impl Committer {
@@ -47,11 +50,12 @@ impl Committer {
     pub async fn commit(&self, batch: SealedBatch) -> Result<(), Abandoned> {
         let total = batch.messages.len() + batch.dead.len();
         let mut dead = batch.dead;
+        let mut batch_ids = Vec::new();
         let inserted = if batch.messages.is_empty() {
             Vec::new()
         } else {
             let (ok, rejected) = self
-                .insert_isolating(batch.messages, batch.block)
+                .insert_isolating(batch.messages, batch.block, batch.batch_id, &mut batch_ids)
                 .await
                 .map_err(|_| Abandoned(total))?;
             dead.extend(rejected);
@@ -59,24 +63,67 @@ impl Committer {
         };
         self.finish(inserted, dead)
             .await
-            .map_err(|_| Abandoned(total))
+            .map_err(|_| Abandoned(total))?;
+        if let Some(ledger) = &self.ledger {
+            for id in &batch_ids {
+                // Best effort: a record left behind expires with ledger_ttl,
+                // and its members are acked, so nobody will look it up.
+                if let Err(e) = ledger.forget(id).await {
+                    tracing::warn!(flow = %self.flow, batch = %id, error = %e, "could not drop ledger record");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `messages` as batch `id` in the ledger (exactly-once), retrying
+    /// Redis errors until the hard stop.
+    async fn record(&self, id: &str, messages: &[Message]) -> Result<(), ()> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(());
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        while let Err(error) = ledger.record(id, messages).await {
+            tracing::warn!(flow = %self.flow, %error, "recording the batch in the ledger failed; retrying");
+            if !self.wait(&mut backoff).await {
+                return Err(());
+            }
+        }
+        Ok(())
     }
 
     /// Inserts `messages` (encoded as `block`); on a data error splits the
     /// batch in halves until the refused rows are alone. Returns the messages
     /// that landed and those refused, with ClickHouse's reason.
+    /// With batch ids (exactly-once), every insert — the whole batch, or a
+    /// part while bisecting — is recorded under its own id first; the ids
+    /// used are appended to `batch_ids`.
     async fn insert_isolating(
         &self,
         messages: Vec<Message>,
         block: Bytes,
+        batch_id: Option<String>,
+        batch_ids: &mut Vec<String>,
     ) -> Result<(Vec<Message>, Vec<DeadLetter>), ()> {
+        let with_ids = batch_id.is_some();
         let mut landed = Vec::with_capacity(messages.len());
         let mut refused = Vec::new();
-        // Work list of (messages, pre-encoded block if any).
-        let mut todo: Vec<(Vec<Message>, Option<Bytes>)> = vec![(messages, Some(block))];
-        while let Some((part, block)) = todo.pop() {
-            let block = block.unwrap_or_else(|| self.sink.mapper.encode_all(&part));
-            match self.insert_with_retry(block, part.len()).await? {
+        // Work list of (messages, pre-encoded block and its batch id, if any).
+        type Part = (Vec<Message>, Option<(Bytes, Option<String>)>);
+        let mut todo: Vec<Part> = vec![(messages, Some((block, batch_id)))];
+        while let Some((part, encoded)) = todo.pop() {
+            let (block, id) = encoded.unwrap_or_else(|| {
+                let id = with_ids.then(new_batch_id);
+                (self.sink.mapper.encode_all(&part, id.as_deref()), id)
+            });
+            if let Some(id) = &id {
+                self.record(id, &part).await?;
+                batch_ids.push(id.clone());
+            }
+            match self
+                .insert_with_retry(block, part.len(), id.as_deref())
+                .await?
+            {
                 None => landed.extend(part),
                 Some(error) if part.len() == 1 => {
                     let message = part.into_iter().next().expect("one message");
@@ -101,12 +148,17 @@ impl Committer {
 
     /// One insert, retried while the error is transient. Ok(None) = landed;
     /// Ok(Some(error)) = the data was refused; Err = hard stop.
-    async fn insert_with_retry(&self, block: Bytes, rows: usize) -> Result<Option<String>, ()> {
+    async fn insert_with_retry(
+        &self,
+        block: Bytes,
+        rows: usize,
+        batch_id: Option<&str>,
+    ) -> Result<Option<String>, ()> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let started = Instant::now();
             let size = block.len();
-            match self.sink.insert(block.clone()).await {
+            match self.sink.insert(block.clone(), batch_id).await {
                 Ok(()) => {
                     self.metrics.inserted(rows, size, started.elapsed());
                     return Ok(None);

@@ -3,4 +3,7 @@
 
 pub mod clickhouse;
 pub mod commit;
+pub mod ledger;
+pub mod recover;
 pub mod retry;
+pub mod stream;

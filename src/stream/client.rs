@@ -24,7 +24,13 @@ async fn connect_with_timeout(
     redis: &RedisConfig,
     timeout: Duration,
 ) -> Result<Client, fred::error::Error> {
-    let config = Config::from_url(&redis.url)?;
+    let mut config = Config::from_url(&redis.url)?;
+    if let Some(user) = &redis.username {
+        config.username = Some(user.clone());
+    }
+    if let Some(password) = &redis.password {
+        config.password = Some(password.clone());
+    }
     let client = Builder::from_config(config)
         .with_performance_config(|p| {
             p.default_command_timeout = timeout;

@@ -149,6 +149,57 @@ pub async fn pending(
     reply::pending_entries(frame)
 }
 
+/// Ids of `consumer`'s pending entries idle at least `min_idle` (up to `count`).
+pub async fn pending_idle_ids(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    min_idle: Duration,
+    count: usize,
+) -> Result<Vec<Bytes>> {
+    let args: Vec<Value> = vec![
+        key_arg(stream),
+        key_arg(group),
+        "IDLE".into(),
+        Value::Integer(min_idle.as_millis() as i64),
+        "-".into(),
+        "+".into(),
+        Value::Integer(count as i64),
+        key_arg(consumer),
+    ];
+    let frame = client.custom_raw(command("XPENDING", false), args).await?;
+    Ok(reply::pending_entries(frame)?
+        .into_iter()
+        .map(|p| p.id)
+        .collect())
+}
+
+/// `XCLAIM … 0 ids JUSTID` to ourselves: resets the entries' idle time
+/// without counting a delivery. Returns how many were still pending.
+pub async fn touch(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    ids: &[Bytes],
+) -> Result<usize> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut args: Vec<Value> = Vec::with_capacity(ids.len() + 5);
+    args.extend([
+        key_arg(stream),
+        key_arg(group),
+        key_arg(consumer),
+        Value::Integer(0),
+    ]);
+    args.extend(ids.iter().map(|id| Value::Bytes(id.clone())));
+    args.push("JUSTID".into());
+    let frame = reply::check(client.custom_raw(command("XCLAIM", false), args).await?)?;
+    Ok(reply::array_of(frame, "XCLAIM")?.len())
+}
+
 /// XRANGE start end COUNT n.
 pub async fn range(
     client: &Client,

@@ -8,6 +8,7 @@ pub mod client;
 pub mod commands;
 pub mod dead_letter;
 pub mod group;
+pub mod held;
 pub mod reply;
 
 use std::sync::Arc;

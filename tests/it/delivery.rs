@@ -281,7 +281,7 @@ async fn deleted_pending_entries_are_counted_as_lost_and_acked() {
         &stream,
         &table,
         r#"batch = { max_rows = 10, max_wait = "100ms" }
-claim = { min_idle = "300ms", every = "200ms" }"#,
+claim = { min_idle = "400ms", every = "200ms" }"#,
     ));
     wait_for(LONG, "surviving entry landed", || async {
         s.ch.count(&table).await == 1

@@ -3,10 +3,20 @@
 //! own stream and table names, so tests run in parallel and can stop,
 //! restart and fault-inject their servers.
 
+mod bad_input;
+mod chaos;
 mod common;
+mod dataflow;
+mod dead;
+mod delayed;
 mod delivery;
+mod exactly_once;
 mod harness;
 mod harness_selftest;
+mod http_entry;
 mod ingest;
 mod lifecycle;
+mod observability;
 mod outage;
+mod schedule;
+mod security;

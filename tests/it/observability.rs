@@ -499,6 +499,24 @@ fn dashboard_and_alerts_are_well_formed() {
     }
 }
 
+/// `promtool test rules`: each alert fires on the series it is meant for,
+/// after its `for:`, with its annotations rendered, and stays quiet otherwise.
+#[test]
+fn alert_rules_unit_tests_pass() {
+    let bin = std::env::var("PROMTOOL_BIN").unwrap_or_else(|_| "promtool".into());
+    let out = Command::new(&bin)
+        .args(["test", "rules", "alerts.test.yml"])
+        .current_dir(repo_file("ops/prometheus"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {bin}: {e} (apt-get install prometheus)"));
+    assert!(
+        out.status.success(),
+        "promtool test rules failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 // -------------------------------------------------------------- load ----
 
 /// XADDs seed-like rows until stopped (or 3 minutes at most): 50 every 50 ms.
@@ -1093,7 +1111,7 @@ async fn batch_span_is_exported_over_otlp_and_continues_the_producer_trace() {
         &table,
         r#"batch = { max_rows = 100, max_wait = "300ms" }"#,
     );
-    let worker = Worker::spawn_with_env(
+    let mut worker = Worker::spawn_with_env(
         &config,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
@@ -1140,5 +1158,11 @@ async fn batch_span_is_exported_over_otlp_and_continues_the_producer_trace() {
             first.attributes
         );
     }
-    drop(worker);
+    // SIGTERM: the exporter flushes and the worker still exits cleanly.
+    worker.term();
+    let status = worker
+        .wait_exit(LONG)
+        .await
+        .expect("worker exits after SIGTERM");
+    assert!(status.success(), "exit status {status}");
 }

@@ -1,5 +1,6 @@
-//! ClickHouse down for a while: nothing is acked, reads stop at the batch
-//! limits (bounded memory), and everything lands once it is back.
+//! ClickHouse down for a while (longer than claim.min_idle): nothing is
+//! acked, reads stop at the batch limits (bounded memory), the worker keeps
+//! its in-flight entries, and everything lands once, when it is back.
 
 use crate::common::*;
 use crate::harness::{unique_name, wait_for, TcpProxy, Worker};
@@ -19,6 +20,7 @@ async fn clickhouse_outage_acks_nothing_bounds_memory_and_recovers() {
     proxy.refuse();
     let extra = r#"batch = { max_rows = 2000, max_wait = "100ms" }
 read_count = 500
+claim = { min_idle = "1s", every = "200ms" }
 metadata = { id = "_id" }"#;
     // The worker must start while ClickHouse answers (it reads the schema),
     // so point it at the proxy only for inserts: start passing, then refuse.

@@ -1,0 +1,322 @@
+//! Dataflow benchmarks against a private Redis, with the `sluice` binary:
+//!
+//! 1. stream→stream forwarding: a backlog of seed-shaped 4-field jobs moved
+//!    by one worker (XREADGROUP → XADD to the target(s) → XACK), plain and
+//!    routed by `task_for` through a template to three streams;
+//! 2. the HTTP entry: a loopback load generator (keep-alive HTTP/1.1
+//!    connections, each with one request in flight) POSTs JSON arrays of
+//!    seed-shaped items for a few seconds; requests/s, items/s, latency.
+//!
+//! Everything shares the machine's cores (Redis, the worker, the load
+//! generator): the numbers are for this box, not limits of the design.
+//! `cargo bench --bench dataflow`; knobs: `SLUICE_BENCH_N` (backlog,
+//! default 500,000), `SLUICE_BENCH_SECS` (HTTP phase per size, default 5),
+//! `SLUICE_BENCH_CONNS` (HTTP connections, default 32).
+
+#[path = "../tests/it/harness/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod harness;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::prelude::*;
+use fred::types::{CustomCommand, Value};
+use harness::{free_port, port_open, wait_for, RedisServer, Worker};
+use http_body_util::{BodyExt, Full};
+
+fn cmd(name: &'static str) -> CustomCommand {
+    CustomCommand::new_static(name, fred::types::ClusterHash::FirstKey, false)
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn enqueue(client: &Client, stream: &str, n: usize) {
+    let mut i = 0;
+    while i < n {
+        let end = (i + 5000).min(n);
+        let pipeline = client.pipeline();
+        for j in i..end {
+            let args: Vec<Value> = vec![
+                stream.into(),
+                "*".into(),
+                "rec_id".into(),
+                j.to_string().into(),
+                "task_for".into(),
+                ["a", "b", "c"][j % 3].into(),
+                "function_type".into(),
+                if j % 2 == 0 { "sum" } else { "avg" }.into(),
+                "data".into(),
+                format!("{{\"x\":{j}}}").into(),
+            ];
+            let _: Value = pipeline.custom(cmd("XADD"), args).await.unwrap();
+        }
+        let _: Vec<Value> = pipeline.all().await.unwrap();
+        i = end;
+    }
+}
+
+async fn xlen(client: &Client, stream: &str) -> u64 {
+    let v: Value = client
+        .custom(cmd("XLEN"), vec![stream.to_string()])
+        .await
+        .unwrap();
+    v.as_u64().unwrap_or(0)
+}
+
+/// `INFO commandstats`: command → (calls, usec).
+async fn commandstats(client: &Client) -> HashMap<String, (u64, u64)> {
+    let info: String = client
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .unwrap();
+    let mut out = HashMap::new();
+    for line in info.lines() {
+        let Some((name, stats)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|r| r.split_once(':'))
+        else {
+            continue;
+        };
+        let (mut calls, mut usec) = (0, 0);
+        for kv in stats.split(',') {
+            match kv.split_once('=') {
+                Some(("calls", v)) => calls = v.parse().unwrap_or(0),
+                Some(("usec", v)) => usec = v.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        out.insert(name.to_string(), (calls, usec));
+    }
+    out
+}
+
+struct Forward {
+    label: &'static str,
+    rate: f64,
+    redis_us: f64,
+    rss_mb: f64,
+}
+
+async fn forward(redis: &RedisServer, n: usize, routed: bool) -> Forward {
+    let rc = redis.client().await;
+    let src = harness::unique_name("fwd_src");
+    let dst = harness::unique_name("fwd_dst");
+    enqueue(&rc, &src, n).await;
+    let _: Value = rc.custom(cmd("CONFIG"), vec!["RESETSTAT"]).await.unwrap();
+    let sink = if routed {
+        format!(r#"sink = {{ type = "stream", route_by = "task_for", to = "{dst}.{{task_for}}" }}"#)
+    } else {
+        format!(r#"sink = {{ type = "stream", to = "{dst}" }}"#)
+    };
+    let config = format!(
+        r#"[redis]
+url = "{}"
+[[flow]]
+name = "fwd"
+streams = ["{src}"]
+batch = {{ max_rows = 5000, max_wait = "100ms" }}
+{sink}
+"#,
+        redis.url()
+    );
+    let started = Instant::now();
+    let worker = Worker::spawn(&config);
+    let targets: Vec<String> = if routed {
+        ["a", "b", "c"]
+            .iter()
+            .map(|t| format!("{dst}.{t}"))
+            .collect()
+    } else {
+        vec![dst.clone()]
+    };
+    wait_for(Duration::from_secs(600), "backlog forwarded", || async {
+        let mut total = 0;
+        for t in &targets {
+            total += xlen(&rc, t).await;
+        }
+        total >= n as u64
+    })
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    let stats = commandstats(&rc).await;
+    let usec = |c: &str| stats.get(c).map(|s| s.1).unwrap_or(0) as f64;
+    let redis_us = (usec("xreadgroup") + usec("xadd") + usec("xack")) / n as f64;
+    let rss_mb = worker.peak_rss_kb().unwrap_or(0) as f64 / 1024.0;
+    drop(worker);
+    let mut del: Vec<String> = targets;
+    del.push(src);
+    let _: Value = rc.custom(cmd("DEL"), del).await.unwrap();
+    Forward {
+        label: if routed {
+            "routed by task_for → 3 streams"
+        } else {
+            "plain → 1 stream"
+        },
+        rate: n as f64 / secs,
+        redis_us,
+        rss_mb,
+    }
+}
+
+struct Load {
+    items_per_request: usize,
+    requests: u64,
+    secs: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    refused: u64,
+}
+
+async fn http_load(redis: &RedisServer, items: usize, conns: usize, secs: u64) -> Load {
+    let port = free_port();
+    let stream = harness::unique_name("entry");
+    let token = "bench-token-0123456789abcdef";
+    let config = format!(
+        r#"[redis]
+url = "{}"
+[http]
+listen = "127.0.0.1:{port}"
+body_limit = "8MiB"
+[[http.tokens]]
+token = "{token}"
+streams = ["{stream}"]
+"#,
+        redis.url()
+    );
+    let worker = Worker::spawn(&config);
+    wait_for(Duration::from_secs(30), "entry up", || async {
+        port_open(port).await
+    })
+    .await;
+    let body: Bytes = {
+        let list: Vec<String> = (0..items)
+            .map(|j| {
+                format!(
+                    r#"{{"rec_id":{j},"task_for":"{}","function_type":"sum","data":"{{\"x\":{j}}}"}}"#,
+                    ["a", "b", "c"][j % 3]
+                )
+            })
+            .collect();
+        Bytes::from(format!("[{}]", list.join(",")))
+    };
+    let url: axum::http::Uri = format!("http://127.0.0.1:{port}/v1/streams/{stream}/messages")
+        .parse()
+        .unwrap();
+    let done = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (body, url, done, refused) = (body.clone(), url.clone(), done.clone(), refused.clone());
+        tasks.push(tokio::spawn(async move {
+            // One client (one keep-alive connection) per task.
+            let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .pool_max_idle_per_host(1)
+                    .build_http();
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let req = axum::http::Request::post(url.clone())
+                    .header("authorization", format!("Bearer {token}"))
+                    .header("content-type", "application/json")
+                    .body(Full::new(body.clone()))
+                    .unwrap();
+                let t = Instant::now();
+                let resp = client.request(req).await.unwrap();
+                let status = resp.status().as_u16();
+                let _ = resp.into_body().collect().await.unwrap();
+                lat.push(t.elapsed());
+                if status == 200 {
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            lat
+        }));
+    }
+    let started = Instant::now();
+    let mut lat: Vec<Duration> = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
+    let rc = redis.client().await;
+    let requests = done.load(Ordering::Relaxed);
+    assert_eq!(
+        xlen(&rc, &stream).await,
+        requests * items as u64,
+        "every accepted item landed"
+    );
+    let _: Value = rc.custom(cmd("DEL"), vec![stream]).await.unwrap();
+    drop(worker);
+    Load {
+        items_per_request: items,
+        requests,
+        secs,
+        p50_ms: q(0.5),
+        p99_ms: q(0.99),
+        refused: refused.load(Ordering::Relaxed),
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("dataflow: skipped (run with `cargo bench --bench dataflow`)");
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let n = env_usize("SLUICE_BENCH_N", 500_000);
+        let secs = env_usize("SLUICE_BENCH_SECS", 5) as u64;
+        let conns = env_usize("SLUICE_BENCH_CONNS", 32);
+        let redis = RedisServer::start().await;
+        let forwards = vec![
+            forward(&redis, n, false).await,
+            forward(&redis, n, true).await,
+        ];
+        let mut loads = Vec::new();
+        for items in [1, 100] {
+            loads.push(http_load(&redis, items, conns, secs).await);
+        }
+        println!("\nsluice dataflow bench (1 worker, 1 Redis, same 2-core box)");
+        println!("stream→stream forwarding of {n} seed-shaped 4-field jobs (batch 5,000):");
+        println!(
+            "  {:<32} {:>12} {:>34} {:>16}",
+            "run", "msgs/s", "redis µs/entry (XREADGROUP+XADD+XACK)", "worker peak RSS"
+        );
+        for f in &forwards {
+            println!(
+                "  {:<32} {:>12.0} {:>34.2} {:>12.1} MiB",
+                f.label, f.rate, f.redis_us, f.rss_mb
+            );
+        }
+        println!("HTTP entry, {conns} keep-alive connections for {secs}s each:");
+        println!(
+            "  {:>14} {:>12} {:>12} {:>10} {:>10} {:>8}",
+            "items/request", "requests/s", "items/s", "p50 ms", "p99 ms", "non-200"
+        );
+        for l in &loads {
+            println!(
+                "  {:>14} {:>12.0} {:>12.0} {:>10.2} {:>10.2} {:>8}",
+                l.items_per_request,
+                l.requests as f64 / l.secs,
+                (l.requests * l.items_per_request as u64) as f64 / l.secs,
+                l.p50_ms,
+                l.p99_ms,
+                l.refused
+            );
+        }
+    });
+}

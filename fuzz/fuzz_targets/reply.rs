@@ -1,0 +1,31 @@
+//! Redis reply parsing: arbitrary bytes decoded as a RESP2/RESP3 frame and
+//! handed to every stream reply parser sluice uses. Must never panic.
+#![no_main]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use redis_protocol::resp3::decode::complete::decode_bytes;
+use sluice::stream::reply;
+
+fuzz_target!(|data: &[u8]| {
+    let buf = Bytes::copy_from_slice(data);
+    let Ok(Some((frame, _))) = decode_bytes(&buf) else {
+        return;
+    };
+    let streams: Vec<Arc<str>> = vec![Arc::from("events"), Arc::from("other")];
+    let mut out = Vec::new();
+    if reply::read_group(frame.clone(), &streams, &mut out).is_ok() {
+        for m in &out {
+            let _ = m.id_millis();
+            let _ = m.approx_size();
+        }
+    }
+    if let Ok(claim) = reply::auto_claim(frame.clone(), &streams[0]) {
+        let _ = claim.claimed.len() + claim.deleted.len();
+    }
+    let _ = reply::pending_entries(frame.clone());
+    let _ = reply::key_values(frame.clone(), "XINFO");
+    let _ = reply::check(frame);
+});

@@ -1,0 +1,436 @@
+//! The HTTP entry (the original message_hub): producers POST lists of flat
+//! objects, which land in a stream all together or not at all.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `POST /v1/streams/{stream}/messages`, body `[{…}, …]` | 200 `{"stream", "ids": […]}` |
+//! | the same with `?not_before=TIME` (RFC 3339 or Unix ms, future) | 202 `{"stream", "delayed": n, "not_before": ms}` |
+//! | `GET /v1/streams/{stream}` | 200 length, cap and group state |
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 when Redis answers, else 503 |
+//!
+//! Refusals, all leaving the stream unchanged: 400 (bad JSON, not an array,
+//! an item that is not an object, a nested value, an empty or bad field
+//! name, an item without fields; the body names `item` and `field`), 401
+//! (no or unknown bearer token), 403 (token not valid for this stream), 413
+//! (body over `body_limit`, more than `max_items`), 429 + `Retry-After`
+//! (length + items would pass `max_len`), 409 (the key is not a stream),
+//! 503 + `Retry-After` (Redis unavailable).
+
+pub mod append;
+pub mod auth;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use fred::prelude::*;
+use http_body_util::BodyExt;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use self::append::{Appended, Appender};
+use self::auth::{Auth, Denied};
+use crate::config::{Config, HttpConfig};
+use crate::flat::{self, Refusal};
+use crate::stream::{client, commands, reply};
+
+/// Longest stream name accepted in a path.
+const MAX_STREAM_NAME: usize = 512;
+
+pub struct Entry {
+    redis: Client,
+    cfg: HttpConfig,
+    caps: BTreeMap<String, u64>,
+    auth: Auth,
+    appender: Appender,
+}
+
+/// A JSON error body: `{"error": …, "item": n, "field": …}`.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    item: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    length: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_len: Option<u64>,
+}
+
+fn json(status: StatusCode, body: &impl Serialize) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        bytes,
+    )
+        .into_response()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    json(
+        status,
+        &ErrorBody {
+            error: message,
+            item: None,
+            field: None,
+            length: None,
+            max_len: None,
+        },
+    )
+}
+
+fn retry_after(mut resp: Response, after: Duration) -> Response {
+    let secs = after.as_secs_f64().ceil().max(1.0) as u64;
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
+}
+
+fn denied(d: Denied, stream: &str) -> Response {
+    match d {
+        Denied::Missing => {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "missing bearer token (Authorization: Bearer <token>)",
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
+        Denied::Unknown => {
+            let mut r = error(StatusCode::UNAUTHORIZED, "unknown bearer token");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+            r
+        }
+        Denied::Forbidden => error(
+            StatusCode::FORBIDDEN,
+            &format!("this token may not use stream `{stream}`"),
+        ),
+    }
+}
+
+fn bad_stream_name(stream: &str) -> Option<&'static str> {
+    if stream.is_empty() {
+        Some("empty stream name")
+    } else if stream.len() > MAX_STREAM_NAME {
+        Some("stream name longer than 512 bytes")
+    } else if stream.chars().any(char::is_control) {
+        Some("stream name contains a control character")
+    } else {
+        None
+    }
+}
+
+fn redis_unavailable(entry: &Entry, e: impl std::fmt::Display) -> Response {
+    let text = e.to_string();
+    if text.contains("WRONGTYPE") {
+        return error(StatusCode::CONFLICT, "the key exists and is not a stream");
+    }
+    tracing::warn!(error = %text, "HTTP entry: Redis command failed");
+    retry_after(
+        error(StatusCode::SERVICE_UNAVAILABLE, "redis is unavailable"),
+        entry.cfg.retry_after,
+    )
+}
+
+impl Entry {
+    pub async fn open(config: &Config) -> anyhow::Result<Arc<Entry>> {
+        let cfg = config.http.clone().expect("called with an [http] section");
+        let redis = client::connect(&config.redis).await?;
+        if cfg.allow_unauthenticated {
+            tracing::warn!(
+                "HTTP entry accepts requests without a token (http.allow_unauthenticated)"
+            );
+        }
+        Ok(Arc::new(Entry {
+            redis,
+            caps: config
+                .streams
+                .iter()
+                .filter_map(|(name, s)| s.max_len.map(|m| (name.clone(), m)))
+                .collect(),
+            auth: Auth::new(&cfg),
+            appender: Appender::new(),
+            cfg,
+        }))
+    }
+
+    /// The cap of `stream`: `[streams."name"].max_len`, else `http.max_len`.
+    pub fn max_len(&self, stream: &str) -> Option<u64> {
+        self.caps.get(stream).copied().or(self.cfg.max_len)
+    }
+
+    pub fn router(self: Arc<Self>) -> axum::Router {
+        axum::Router::new()
+            .route("/v1/streams/{stream}/messages", post(post_messages))
+            .route("/v1/streams/{stream}", get(get_stream))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .with_state(self)
+    }
+}
+
+/// Binds `http.listen` and serves the entry until `shutdown`; fails at
+/// once if Redis or the address cannot be had.
+pub async fn start(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let entry = Entry::open(config).await?;
+    let addr: std::net::SocketAddr = entry.cfg.listen.parse()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("http.listen {addr}: {e}"))?;
+    tracing::info!(%addr, "HTTP entry listening");
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, entry.router())
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP entry stopped");
+        }
+    }))
+}
+
+fn refusal(r: &Refusal) -> Response {
+    let status = match r {
+        Refusal::TooManyItems { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    json(
+        status,
+        &ErrorBody {
+            error: &r.to_string(),
+            item: r.index(),
+            field: r.field(),
+            length: None,
+            max_len: None,
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct Accepted<'a> {
+    stream: &'a str,
+    ids: Vec<String>,
+}
+
+async fn post_messages(
+    State(entry): State<Arc<Entry>>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    body: Body,
+) -> Response {
+    if let Err(d) = entry
+        .auth
+        .check(headers.get(header::AUTHORIZATION), &stream)
+    {
+        return denied(d, &stream);
+    }
+    if let Some(why) = bad_stream_name(&stream) {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
+    let limit = entry.cfg.body_limit.as_u64() as usize;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("body is larger than http.body_limit ({limit} bytes)"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
+    let body = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("reading the body failed: {e}"),
+            )
+        }
+    };
+    let items = match flat::parse_items(&body, entry.cfg.max_items) {
+        Ok(items) => items,
+        Err(r) => return refusal(&r),
+    };
+    if items.is_empty() {
+        return json(
+            StatusCode::OK,
+            &Accepted {
+                stream: &stream,
+                ids: Vec::new(),
+            },
+        );
+    }
+    // `?not_before=TIME`: held in the stream's delayed set until then.
+    match crate::delayed::not_before(uri.query()) {
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+        Ok(Some(due)) => {
+            let due = crate::delayed::Due::At(due);
+            return match crate::delayed::enqueue(&entry.redis, &stream, &items, due).await {
+                Ok(due) => json(
+                    StatusCode::ACCEPTED,
+                    &serde_json::json!({ "stream": stream, "delayed": items.len(), "not_before": due }),
+                ),
+                Err(e) => redis_unavailable(&entry, e),
+            };
+        }
+        Ok(None) => {}
+    }
+    let max_len = entry.max_len(&stream);
+    match entry
+        .appender
+        .append(&entry.redis, &stream, &items, max_len)
+        .await
+    {
+        Ok(Appended::Ids(ids)) => json(
+            StatusCode::OK,
+            &Accepted {
+                stream: &stream,
+                ids,
+            },
+        ),
+        Ok(Appended::Full { length }) => {
+            let max = max_len.expect("only refused with a cap");
+            let message = format!(
+                "stream `{stream}` is full: length {length} + {} items would pass max_len {max}",
+                items.len()
+            );
+            retry_after(
+                json(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &ErrorBody {
+                        error: &message,
+                        item: None,
+                        field: None,
+                        length: Some(length),
+                        max_len: Some(max),
+                    },
+                ),
+                entry.cfg.retry_after,
+            )
+        }
+        Err(e) => redis_unavailable(&entry, e),
+    }
+}
+
+#[derive(Serialize)]
+struct GroupState {
+    name: String,
+    consumers: u64,
+    pending: u64,
+    last_delivered_id: String,
+    /// Redis's own lag figure (null when Redis cannot tell).
+    lag: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct StreamState {
+    stream: String,
+    exists: bool,
+    length: u64,
+    max_len: Option<u64>,
+    groups: Vec<GroupState>,
+}
+
+async fn stream_state(entry: &Entry, stream: &str) -> crate::stream::Result<StreamState> {
+    let length = commands::len(&entry.redis, stream).await?;
+    let mut state = StreamState {
+        stream: stream.to_string(),
+        exists: false,
+        length,
+        max_len: entry.max_len(stream),
+        groups: Vec::new(),
+    };
+    let frame = match commands::info(&entry.redis, "GROUPS", &[stream]).await {
+        Ok(f) => f,
+        Err(crate::stream::StreamError::Reply(m)) if m.contains("no such key") => return Ok(state),
+        Err(e) => return Err(e),
+    };
+    state.exists = true;
+    for item in reply::array_of(frame, "XINFO GROUPS")? {
+        let mut g = GroupState {
+            name: String::new(),
+            consumers: 0,
+            pending: 0,
+            last_delivered_id: String::new(),
+            lag: None,
+        };
+        for (k, v) in reply::key_values(item, "XINFO GROUPS")? {
+            let text = |v| {
+                reply::bytes_of(v, "XINFO GROUPS").map(|b| String::from_utf8_lossy(&b).into_owned())
+            };
+            match k.as_str() {
+                "name" => g.name = text(v)?,
+                "consumers" => g.consumers = reply::int_of(&v, "XINFO GROUPS")?.max(0) as u64,
+                "pending" => g.pending = reply::int_of(&v, "XINFO GROUPS")?.max(0) as u64,
+                "last-delivered-id" => g.last_delivered_id = text(v)?,
+                "lag" => {
+                    g.lag = reply::int_of(&v, "XINFO GROUPS")
+                        .ok()
+                        .map(|l| l.max(0) as u64)
+                }
+                _ => {}
+            }
+        }
+        state.groups.push(g);
+    }
+    Ok(state)
+}
+
+async fn get_stream(
+    State(entry): State<Arc<Entry>>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(d) = entry
+        .auth
+        .check(headers.get(header::AUTHORIZATION), &stream)
+    {
+        return denied(d, &stream);
+    }
+    if let Some(why) = bad_stream_name(&stream) {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
+    match stream_state(&entry, &stream).await {
+        Ok(state) => json(StatusCode::OK, &state),
+        Err(e) => redis_unavailable(&entry, e),
+    }
+}
+
+async fn readyz(State(entry): State<Arc<Entry>>) -> Response {
+    let ping = entry.redis.custom_raw(
+        fred::types::CustomCommand::new_static("PING", fred::types::ClusterHash::Random, false),
+        Vec::<fred::types::Value>::new(),
+    );
+    match tokio::time::timeout(Duration::from_secs(2), ping).await {
+        Ok(Ok(frame)) if !matches!(frame, fred::types::Resp3Frame::SimpleError { .. }) => {
+            (StatusCode::OK, "ready\n").into_response()
+        }
+        _ => retry_after(
+            (StatusCode::SERVICE_UNAVAILABLE, "redis is unavailable\n").into_response(),
+            entry.cfg.retry_after,
+        ),
+    }
+}

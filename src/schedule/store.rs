@@ -1,0 +1,539 @@
+//! Schedule state in Redis: the documented keys, and the Lua scripts that
+//! change them atomically. Both `sluice schedule …` and plain `redis-cli`
+//! work on these keys (see docs/SCHEDULING.md).
+//!
+//! ```text
+//! sluice:schedules                  SET   names of all schedules
+//! sluice:schedule:{name}            HASH  definition + state + progress
+//! sluice:schedule:{name}:tick:{ms}  STRING  exactly-once guard of one tick
+//!                                         (SET NX PX; value = the replica that took it)
+//! ```
+
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use super::spec::{format_time, Millis, Spec, SpecError};
+
+pub const INDEX_KEY: &str = "sluice:schedules";
+
+pub fn hash_key(name: &str) -> String {
+    format!("sluice:schedule:{name}")
+}
+
+pub fn tick_key(name: &str, tick: Millis) -> String {
+    format!("sluice:schedule:{name}:tick:{tick}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("no schedule named `{0}`")]
+    NotFound(String),
+    #[error("schedule `{name}` is {from}; cannot {action} it")]
+    Transition {
+        name: String,
+        from: String,
+        action: &'static str,
+    },
+    #[error("schedule `{0}` exists ({1}); pass --replace to overwrite it")]
+    Exists(String, String),
+    #[error("schedule `{name}` has an invalid definition: {error}")]
+    Invalid { name: String, error: SpecError },
+    #[error("unexpected script reply: {0}")]
+    Reply(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The state machine of the original scheduler: `init → running ⇄ paused`,
+/// and any state `→ removed`. Values are stored as these lowercase words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Defined, not yet taken up by a worker (which sets it running and
+    /// starts counting ticks from then).
+    Init,
+    Running,
+    /// Ticks pass without entries (each is consumed, so resuming does not
+    /// fire the ticks that fell inside the pause).
+    Paused,
+    /// Never fires again; kept as a tombstone so that a config listing the
+    /// schedule does not bring it back. `add` (or DEL of the hash) undoes it.
+    Removed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Init => "init",
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Removed => "removed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        Some(match s {
+            "init" => State::Init,
+            "running" => State::Running,
+            "paused" => State::Paused,
+            "removed" => State::Removed,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A schedule as stored in Redis.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub name: String,
+    /// The raw `state` value (an unknown word is kept as written).
+    pub state: String,
+    pub spec: std::result::Result<Spec, SpecError>,
+    /// The last tick dealt with (fired, or passed while paused).
+    pub last_tick: Option<Millis>,
+    pub last_fired_at: Option<Millis>,
+    pub last_id: Option<String>,
+    pub fired: u64,
+    pub triggered: u64,
+    pub source: Option<String>,
+    pub raw: HashMap<String, String>,
+}
+
+impl Stored {
+    fn from_hash(name: &str, raw: HashMap<String, String>) -> Stored {
+        let num = |k: &str| raw.get(k).and_then(|v| v.trim().parse::<u64>().ok());
+        Stored {
+            name: name.to_string(),
+            state: raw.get("state").cloned().unwrap_or_default(),
+            spec: Spec::from_hash(name, &raw),
+            last_tick: num("last_tick"),
+            last_fired_at: num("last_fired_at"),
+            last_id: raw.get("last_id").cloned(),
+            fired: num("fired").unwrap_or(0),
+            triggered: num("triggered").unwrap_or(0),
+            source: raw.get("source").cloned(),
+            raw,
+        }
+    }
+
+    pub fn state(&self) -> Option<State> {
+        State::parse(&self.state)
+    }
+}
+
+fn script(cell: &'static OnceLock<Script>, lua: &'static str) -> &'static Script {
+    cell.get_or_init(|| Script::from_lua(lua))
+}
+
+/// Fires one tick: exactly once across replicas, atomically with its entry.
+/// KEYS: hash, tick key, stream. ARGV: tick, ttl ms, owner, now, fields….
+const FIRE: &str = r#"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'gone' end
+if state == 'removed' then return 'removed' end
+local tick = tonumber(ARGV[1])
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_tick'))
+if last and tick <= last then return 'done' end
+if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[2]) then return 'done' end
+if state ~= 'running' then
+  redis.call('HSET', KEYS[1], 'last_tick', ARGV[1])
+  return 'passed:' .. state
+end
+local id = redis.call('XADD', KEYS[3], '*', unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], 'last_tick', ARGV[1], 'last_fired_at', ARGV[4], 'last_id', id)
+redis.call('HINCRBY', KEYS[1], 'fired', 1)
+return 'fired:' .. id
+"#;
+
+/// init → running, starting the tick count at ARGV[1]. KEYS: hash.
+const ACTIVATE: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') == 'init' then
+  redis.call('HSET', KEYS[1], 'state', 'running', 'last_tick', ARGV[1], 'activated_at', ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+/// Writes a config-defined schedule, keeping its state and progress; a
+/// removed one stays removed. KEYS: hash, index. ARGV: name, initial
+/// state, now, then definition field/value pairs (empty value = delete).
+const UPSERT_CONFIG: &str = r#"
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'removed' then return 'removed' end
+for i = 4, #ARGV, 2 do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+redis.call('HSET', KEYS[1], 'source', 'config', 'updated_at', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+if not state then
+  redis.call('HSET', KEYS[1], 'state', ARGV[2], 'created_at', ARGV[3])
+  return 'created'
+end
+return 'kept:' .. state
+"#;
+
+/// Creates (or with ARGV[3] = 1 replaces) a schedule at run time.
+/// KEYS: hash, index. ARGV: name, state, replace, now, definition pairs.
+const ADD: &str = r#"
+local state = redis.call('HGET', KEYS[1], 'state')
+if state and state ~= 'removed' and ARGV[3] ~= '1' then return 'exists:' .. state end
+redis.call('DEL', KEYS[1])
+for i = 5, #ARGV, 2 do
+  if ARGV[i + 1] ~= '' then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'source', 'cli', 'created_at', ARGV[4], 'updated_at', ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 'ok'
+"#;
+
+/// Moves to ARGV[1] if the current state is listed in ARGV[3] (comma
+/// separated). Entering `running` without a tick count starts it at ARGV[2].
+/// KEYS: hash.
+const SET_STATE: &str = r#"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if not string.find(',' .. ARGV[3] .. ',', ',' .. state .. ',', 1, true) then return 'from:' .. state end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[2])
+if ARGV[1] == 'running' and not redis.call('HGET', KEYS[1], 'last_tick') then
+  redis.call('HSET', KEYS[1], 'last_tick', ARGV[2])
+end
+return 'ok:' .. state
+"#;
+
+/// Fires once now, outside the tick sequence. KEYS: hash, stream. ARGV: now, fields….
+const TRIGGER: &str = r#"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state == 'removed' then return 'removed' end
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], 'last_triggered_at', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'triggered', 1)
+return 'fired:' .. id
+"#;
+
+static FIRE_S: OnceLock<Script> = OnceLock::new();
+static ACTIVATE_S: OnceLock<Script> = OnceLock::new();
+static UPSERT_S: OnceLock<Script> = OnceLock::new();
+static ADD_S: OnceLock<Script> = OnceLock::new();
+static SET_STATE_S: OnceLock<Script> = OnceLock::new();
+static TRIGGER_S: OnceLock<Script> = OnceLock::new();
+
+async fn eval(
+    client: &Client,
+    (cell, lua): (&'static OnceLock<Script>, &'static str),
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> Result<String> {
+    let v: fred::types::Value = script(cell, lua)
+        .evalsha_with_reload(client, keys, args)
+        .await?;
+    Ok(match v {
+        fred::types::Value::Integer(i) => i.to_string(),
+        other => other.as_string().unwrap_or_default(),
+    })
+}
+
+/// Reads one schedule.
+pub async fn load(client: &Client, name: &str) -> Result<Option<Stored>> {
+    let raw: HashMap<String, String> = client.hgetall(hash_key(name)).await?;
+    Ok((!raw.is_empty()).then(|| Stored::from_hash(name, raw)))
+}
+
+/// Reads every schedule named in the index, sorted by name.
+pub async fn load_all(client: &Client) -> Result<Vec<Stored>> {
+    let mut names: Vec<String> = client.smembers(INDEX_KEY).await?;
+    names.sort();
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pipeline = client.pipeline();
+    for n in &names {
+        let _: () = pipeline.hgetall(hash_key(n)).await?;
+    }
+    let hashes: Vec<HashMap<String, String>> = pipeline.all().await?;
+    Ok(names
+        .into_iter()
+        .zip(hashes)
+        .filter(|(_, h)| !h.is_empty())
+        .map(|(n, h)| Stored::from_hash(&n, h))
+        .collect())
+}
+
+/// What happened to one tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FireOutcome {
+    /// This replica fired it; the entry id.
+    Fired(String),
+    /// Another replica (or an earlier pass) dealt with it.
+    AlreadyDone,
+    /// Consumed without an entry: the schedule is in this (non-running) state.
+    Passed(String),
+    /// The schedule was removed, or its hash deleted.
+    Removed,
+}
+
+pub async fn fire(
+    client: &Client,
+    spec: &Spec,
+    tick: Millis,
+    now: Millis,
+    owner: &str,
+) -> Result<FireOutcome> {
+    let mut args = vec![
+        tick.to_string(),
+        (spec.tick_key_ttl().as_millis() as u64).to_string(),
+        owner.to_string(),
+        now.to_string(),
+    ];
+    for (k, v) in spec.render(tick, now) {
+        args.push(k);
+        args.push(v);
+    }
+    let reply = eval(
+        client,
+        (&FIRE_S, FIRE),
+        vec![
+            hash_key(&spec.name),
+            tick_key(&spec.name, tick),
+            spec.stream.clone(),
+        ],
+        args,
+    )
+    .await?;
+    Ok(if let Some(id) = reply.strip_prefix("fired:") {
+        FireOutcome::Fired(id.to_string())
+    } else if let Some(state) = reply.strip_prefix("passed:") {
+        FireOutcome::Passed(state.to_string())
+    } else {
+        match reply.as_str() {
+            "done" => FireOutcome::AlreadyDone,
+            "removed" | "gone" => FireOutcome::Removed,
+            _ => return Err(StoreError::Reply(reply)),
+        }
+    })
+}
+
+/// init → running from `now`. Returns whether this call made the change.
+pub async fn activate(client: &Client, name: &str, now: Millis) -> Result<bool> {
+    let r = eval(
+        client,
+        (&ACTIVATE_S, ACTIVATE),
+        vec![hash_key(name)],
+        vec![now.to_string()],
+    )
+    .await?;
+    Ok(r == "1")
+}
+
+fn definition_args(spec: &Spec) -> Vec<String> {
+    let mut args = Vec::new();
+    for (k, v) in spec.hash_fields() {
+        args.push(k.to_string());
+        args.push(v);
+    }
+    args
+}
+
+/// What writing a config-defined schedule did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upserted {
+    Created,
+    /// Definition updated; state and progress kept (the state given).
+    Kept(String),
+    /// It was removed at run time and stays removed.
+    Removed,
+}
+
+pub async fn upsert_from_config(
+    client: &Client,
+    spec: &Spec,
+    paused: bool,
+    now: Millis,
+) -> Result<Upserted> {
+    let initial = if paused { State::Paused } else { State::Init };
+    let mut args = vec![
+        spec.name.clone(),
+        initial.as_str().to_string(),
+        now.to_string(),
+    ];
+    args.extend(definition_args(spec));
+    let r = eval(
+        client,
+        (&UPSERT_S, UPSERT_CONFIG),
+        vec![hash_key(&spec.name), INDEX_KEY.to_string()],
+        args,
+    )
+    .await?;
+    Ok(match r.as_str() {
+        "created" => Upserted::Created,
+        "removed" => Upserted::Removed,
+        other => Upserted::Kept(other.trim_start_matches("kept:").to_string()),
+    })
+}
+
+/// `sluice schedule add`.
+pub async fn add(
+    client: &Client,
+    spec: &Spec,
+    paused: bool,
+    replace: bool,
+    now: Millis,
+) -> Result<()> {
+    let state = if paused { State::Paused } else { State::Init };
+    let mut args = vec![
+        spec.name.clone(),
+        state.as_str().to_string(),
+        if replace { "1" } else { "0" }.to_string(),
+        now.to_string(),
+    ];
+    args.extend(definition_args(spec));
+    let r = eval(
+        client,
+        (&ADD_S, ADD),
+        vec![hash_key(&spec.name), INDEX_KEY.to_string()],
+        args,
+    )
+    .await?;
+    match r.strip_prefix("exists:") {
+        Some(state) => Err(StoreError::Exists(spec.name.clone(), state.to_string())),
+        None => Ok(()),
+    }
+}
+
+/// A state change asked for by an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pause,
+    Resume,
+    Remove,
+}
+
+impl Action {
+    fn verb(self) -> &'static str {
+        match self {
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Remove => "remove",
+        }
+    }
+
+    fn target(self) -> State {
+        match self {
+            Action::Pause => State::Paused,
+            Action::Resume => State::Running,
+            Action::Remove => State::Removed,
+        }
+    }
+
+    /// States the action may start from (repeating an action is allowed).
+    fn allowed_from(self) -> &'static str {
+        match self {
+            Action::Pause => "init,running,paused",
+            Action::Resume => "init,running,paused",
+            Action::Remove => "init,running,paused,removed",
+        }
+    }
+}
+
+/// Applies `action`; returns the state it left.
+pub async fn set_state(client: &Client, name: &str, action: Action, now: Millis) -> Result<String> {
+    let r = eval(
+        client,
+        (&SET_STATE_S, SET_STATE),
+        vec![hash_key(name)],
+        vec![
+            action.target().as_str().to_string(),
+            now.to_string(),
+            action.allowed_from().to_string(),
+        ],
+    )
+    .await?;
+    if r == "missing" {
+        return Err(StoreError::NotFound(name.to_string()));
+    }
+    if let Some(from) = r.strip_prefix("from:") {
+        return Err(StoreError::Transition {
+            name: name.to_string(),
+            from: from.to_string(),
+            action: action.verb(),
+        });
+    }
+    Ok(r.trim_start_matches("ok:").to_string())
+}
+
+/// `sluice schedule trigger`: one entry now, with `{tick}` = now; the tick
+/// sequence is not touched. Returns the entry id.
+pub async fn trigger(client: &Client, name: &str, now: Millis) -> Result<String> {
+    let stored = load(client, name)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+    let spec = stored.spec.map_err(|error| StoreError::Invalid {
+        name: name.to_string(),
+        error,
+    })?;
+    let mut args = vec![now.to_string()];
+    for (k, v) in spec.render(now, now) {
+        args.push(k);
+        args.push(v);
+    }
+    let r = eval(
+        client,
+        (&TRIGGER_S, TRIGGER),
+        vec![hash_key(name), spec.stream.clone()],
+        args,
+    )
+    .await?;
+    match r.as_str() {
+        "missing" => Err(StoreError::NotFound(name.to_string())),
+        "removed" => Err(StoreError::Transition {
+            name: name.to_string(),
+            from: "removed".into(),
+            action: "trigger",
+        }),
+        _ => r
+            .strip_prefix("fired:")
+            .map(str::to_string)
+            .ok_or(StoreError::Reply(r)),
+    }
+}
+
+/// One line of `sluice schedule list`.
+pub fn describe(s: &Stored, now: Millis) -> serde_json::Value {
+    let (trigger, stream, next) = match &s.spec {
+        Ok(spec) => {
+            let from = s.last_tick.unwrap_or(now).max(now);
+            let next = if matches!(s.state(), Some(State::Running | State::Init)) {
+                spec.next_after(from).map(format_time)
+            } else {
+                None
+            };
+            (spec.trigger.describe(), spec.stream.clone(), next)
+        }
+        Err(e) => (format!("invalid: {e}"), String::new(), None),
+    };
+    serde_json::json!({
+        "name": s.name,
+        "state": s.state,
+        "trigger": trigger,
+        "stream": stream,
+        "next": next,
+        "last_tick": s.last_tick.map(format_time),
+        "last_fired_at": s.last_fired_at.map(format_time),
+        "fired": s.fired,
+        "triggered": s.triggered,
+        "source": s.source,
+    })
+}

@@ -1,0 +1,205 @@
+//! The exactly-once batch ledger (`delivery = "exactly_once"`).
+//!
+//! Before a batch is inserted, its id and member entry ids are recorded in
+//! Redis; every row carries the batch id in a configured column (and, on
+//! servers that have it, the insert carries `insert_deduplication_token`).
+//! After the ack the record is dropped. A replica that claims entries of a
+//! dead replica looks them up here: if ClickHouse already holds the batch,
+//! it only acks; otherwise it re-inserts the identical batch (same members,
+//! same order, same batch id). See docs/EXACTLY_ONCE.md for the guarantees.
+//!
+//! Keys (per flow): `sluice:eo:{flow}:open` (set of open batch ids),
+//! `sluice:eo:{flow}:batch:{id}` (JSON `[[stream, entry id], …]`, expiring
+//! after `ledger_ttl`), `sluice:eo:{flow}:recover:{id}` (a short lock so one
+//! replica recovers a batch at a time).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::prelude::*;
+use fred::types::{Expiration, SetOptions};
+
+use crate::stream::{Message, Result, StreamError};
+
+/// One recorded batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchRecord {
+    pub id: String,
+    /// (stream, entry id) in block order.
+    pub members: Vec<(Arc<str>, Bytes)>,
+}
+
+pub struct Ledger {
+    client: Client,
+    prefix: String,
+    ttl: Duration,
+}
+
+/// A random UUID (v4) as text: valid for String, FixedString(36) and UUID columns.
+pub fn new_batch_id() -> String {
+    let b: [u8; 16] = rand::random();
+    let hex =
+        |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    // Version 4, variant 10xx.
+    let mut b6 = b[6];
+    b6 = (b6 & 0x0f) | 0x40;
+    let mut b8 = b[8];
+    b8 = (b8 & 0x3f) | 0x80;
+    format!(
+        "{}-{}-{:02x}{:02x}-{:02x}{:02x}-{}",
+        hex(0..4),
+        hex(4..6),
+        b6,
+        b[7],
+        b8,
+        b[9],
+        hex(10..16)
+    )
+}
+
+fn encode_members(messages: &[Message]) -> String {
+    let pairs: Vec<(&str, String)> = messages
+        .iter()
+        .map(|m| (&*m.stream, String::from_utf8_lossy(&m.id).into_owned()))
+        .collect();
+    serde_json::to_string(&pairs).expect("plain strings serialize")
+}
+
+fn decode_members(text: &str) -> Option<Vec<(Arc<str>, Bytes)>> {
+    let pairs: Vec<(String, String)> = serde_json::from_str(text).ok()?;
+    Some(
+        pairs
+            .into_iter()
+            .map(|(s, id)| (Arc::from(s.as_str()), Bytes::from(id)))
+            .collect(),
+    )
+}
+
+impl Ledger {
+    pub fn new(client: Client, flow: &str, ttl: Duration) -> Self {
+        Ledger {
+            client,
+            prefix: format!("sluice:eo:{flow}"),
+            ttl,
+        }
+    }
+
+    fn batch_key(&self, id: &str) -> String {
+        format!("{}:batch:{id}", self.prefix)
+    }
+
+    fn open_key(&self) -> String {
+        format!("{}:open", self.prefix)
+    }
+
+    /// Records a batch before its insert.
+    pub async fn record(&self, id: &str, messages: &[Message]) -> Result<()> {
+        let pipeline = self.client.pipeline();
+        let _: () = pipeline
+            .set(
+                self.batch_key(id),
+                encode_members(messages),
+                Some(Expiration::PX(self.ttl.as_millis() as i64)),
+                None,
+                false,
+            )
+            .await?;
+        let _: () = pipeline.sadd(self.open_key(), id).await?;
+        for r in pipeline.try_all::<Value>().await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Drops a batch's record once its members are acked.
+    pub async fn forget(&self, id: &str) -> Result<()> {
+        let pipeline = self.client.pipeline();
+        let _: () = pipeline.del(self.batch_key(id)).await?;
+        let _: () = pipeline.srem(self.open_key(), id).await?;
+        for r in pipeline.try_all::<Value>().await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Every open batch; ids whose record expired are removed from the set.
+    pub async fn open_batches(&self) -> Result<Vec<BatchRecord>> {
+        let ids: Vec<String> = self.client.smembers(self.open_key()).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.batch_key(id)).collect();
+        let texts: Vec<Option<String>> = self.client.mget(keys).await?;
+        let mut out = Vec::new();
+        let mut expired = Vec::new();
+        for (id, text) in ids.into_iter().zip(texts) {
+            match text.as_deref().and_then(decode_members) {
+                Some(members) => out.push(BatchRecord { id, members }),
+                None => expired.push(id),
+            }
+        }
+        if !expired.is_empty() {
+            let _: () = self.client.srem(self.open_key(), expired).await?;
+        }
+        Ok(out)
+    }
+
+    /// Takes the recovery lock of a batch for `hold`; false if another
+    /// replica holds it.
+    pub async fn lock_recovery(&self, id: &str, me: &str, hold: Duration) -> Result<bool> {
+        let set: Option<String> = self
+            .client
+            .set(
+                format!("{}:recover:{id}", self.prefix),
+                me,
+                Some(Expiration::PX(hold.as_millis() as i64)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(StreamError::from)?;
+        Ok(set.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_ids_are_uuid_v4_text() {
+        let id = new_batch_id();
+        assert_eq!(id.len(), 36);
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'), "{id}");
+        assert!(
+            matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
+            "{id}"
+        );
+        assert_ne!(new_batch_id(), id);
+    }
+
+    #[test]
+    fn members_round_trip_in_order() {
+        let m = |s: &str, id: &str| Message {
+            stream: Arc::from(s),
+            id: Bytes::from(id.to_string()),
+            fields: vec![],
+            deliveries: 1,
+        };
+        let text = encode_members(&[m("a", "1-0"), m("b\"x", "2-5")]);
+        let back = decode_members(&text).unwrap();
+        assert_eq!(
+            back,
+            vec![
+                (Arc::from("a"), Bytes::from("1-0")),
+                (Arc::from("b\"x"), Bytes::from("2-5"))
+            ]
+        );
+    }
+}

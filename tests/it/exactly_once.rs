@@ -1,0 +1,166 @@
+//! Exactly-once delivery: a replica killed after ClickHouse confirmed its
+//! batch but before the ack leaves nothing to re-insert; one killed before
+//! the insert has its identical batch inserted once by another replica.
+
+use fred::types::Value;
+
+use crate::common::*;
+use crate::harness::{unique_name, wait_for, TcpProxy, Worker};
+
+const N: usize = 2000;
+
+fn config(redis_url: &str, ch_url: &str, flow: &str, stream: &str, table: &str) -> String {
+    config_text(
+        redis_url,
+        ch_url,
+        flow,
+        stream,
+        table,
+        r#"delivery = "exactly_once"
+batch_id_column = "_batch"
+metadata = { id = "_id" }
+batch = { max_rows = 5000, max_wait = "1s" }
+claim = { min_idle = "1s", every = "300ms" }"#,
+    )
+}
+
+async fn open_batches(s: &Stack, flow: &str) -> usize {
+    match raw(
+        &s.rc,
+        "SCARD",
+        vec![format!("sluice:eo:{flow}:open").into()],
+    )
+    .await
+    {
+        Value::Integer(n) => n as usize,
+        _ => 0,
+    }
+}
+
+async fn setup(s: &Stack) -> (String, String, String) {
+    let (flow, stream, table) = (unique_name("eo"), unique_name("eo"), unique_name("eo"));
+    s.ch.exec(&format!("CREATE TABLE {table} ({SEED_TABLE_COLUMNS}, _batch String) ENGINE = MergeTree ORDER BY rec_id")).await;
+    (flow, stream, table)
+}
+
+async fn assert_exactly_once(s: &Stack, table: &str, ids: &[String]) {
+    assert_eq!(
+        s.ch.count(table).await,
+        ids.len() as u64,
+        "duplicates or losses"
+    );
+    assert_eq!(
+        s.ch.query_u64(&format!("SELECT uniqExact(_id) FROM {table}"))
+            .await,
+        ids.len() as u64
+    );
+    // Every row carries a batch id.
+    assert_eq!(
+        s.ch.query_u64(&format!("SELECT countIf(_batch = '') FROM {table}"))
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn killed_between_insert_and_ack_is_acked_without_reinsert() {
+    let s = Stack::start().await;
+    let (flow, stream, table) = setup(&s).await;
+    let redis_proxy = TcpProxy::start(s.redis.addr());
+    let ch_proxy = TcpProxy::start(s.ch.http_addr());
+    let mut a = Worker::spawn(&config(
+        &redis_proxy.redis_url(),
+        &ch_proxy.url(),
+        &flow,
+        &stream,
+        &table,
+    ));
+    wait_for(LONG, "A running", || async {
+        a.log_contents().contains("flow running")
+    })
+    .await;
+    ch_proxy.stall();
+    let ids = xadd_many(&s.rc, &stream, N, seed_job).await;
+    wait_for(LONG, "batch recorded in the ledger", || async {
+        open_batches(&s, &flow).await == 1
+    })
+    .await;
+    // Let the insert through but hold every Redis command: the ack never leaves.
+    redis_proxy.stall();
+    ch_proxy.pass();
+    wait_for(LONG, "rows inserted", || async {
+        s.ch.count(&table).await == N as u64
+    })
+    .await;
+    a.kill();
+    a.wait_exit(LONG).await.expect("A exited");
+    assert_eq!(
+        pending(&s.rc, &stream, "g").await,
+        N as u64,
+        "A acked before dying"
+    );
+
+    let b = Worker::spawn(&config(&s.redis.url(), &s.ch.url(), &flow, &stream, &table));
+    wait_for(LONG, "B settled A's batch", || async {
+        pending(&s.rc, &stream, "g").await == 0
+    })
+    .await;
+    wait_for(LONG, "ledger emptied", || async {
+        open_batches(&s, &flow).await == 0
+    })
+    .await;
+    assert_exactly_once(&s, &table, &ids).await;
+    assert!(
+        b.log_contents()
+            .contains("already holds the recovered batch"),
+        "{}",
+        b.log_contents()
+    );
+}
+
+#[tokio::test]
+async fn killed_before_insert_has_its_batch_inserted_once() {
+    let s = Stack::start().await;
+    let (flow, stream, table) = setup(&s).await;
+    let ch_proxy = TcpProxy::start(s.ch.http_addr());
+    let mut a = Worker::spawn(&config(
+        &s.redis.url(),
+        &ch_proxy.url(),
+        &flow,
+        &stream,
+        &table,
+    ));
+    wait_for(LONG, "A running", || async {
+        a.log_contents().contains("flow running")
+    })
+    .await;
+    ch_proxy.refuse();
+    let ids = xadd_many(&s.rc, &stream, N, seed_job).await;
+    wait_for(LONG, "batch recorded in the ledger", || async {
+        open_batches(&s, &flow).await == 1
+    })
+    .await;
+    wait_for(LONG, "A retrying the insert", || async {
+        a.log_contents().contains("will retry")
+    })
+    .await;
+    a.kill();
+    a.wait_exit(LONG).await.expect("A exited");
+    assert_eq!(s.ch.count(&table).await, 0);
+
+    let b = Worker::spawn(&config(&s.redis.url(), &s.ch.url(), &flow, &stream, &table));
+    wait_for(LONG, "B settled A's batch", || async {
+        pending(&s.rc, &stream, "g").await == 0
+    })
+    .await;
+    wait_for(LONG, "ledger emptied", || async {
+        open_batches(&s, &flow).await == 0
+    })
+    .await;
+    assert_exactly_once(&s, &table, &ids).await;
+    assert!(
+        b.log_contents().contains("re-inserted the recovered batch"),
+        "{}",
+        b.log_contents()
+    );
+}
