@@ -30,6 +30,7 @@ use crate::handler::{Handler, Handlers};
 use crate::metrics::{FlowMetrics, Metrics};
 use crate::sink::clickhouse::ClickHouseSink;
 use crate::sink::commit::Committer;
+use crate::sink::exactly_once::ExactlyOnce;
 use crate::sink::ledger::Ledger;
 use crate::sink::recover::Recovery;
 use crate::sink::retry::Backoff;
@@ -144,21 +145,27 @@ impl Flow {
             .as_ref()
             .filter(|_| cfg.delivery == Delivery::ExactlyOnce);
         let recovery = exactly_once.map(|sink| {
+            // The lease only has to outlast one attempt's steps to spare
+            // needless takeovers; correctness comes from the fence.
+            let lease = (sink.insert_timeout() + Duration::from_secs(5)).max(cfg.claim.min_idle);
             Arc::new(Recovery {
-                flow: cfg.name.clone(),
-                group: cfg.group.clone(),
-                consumer: consumer.clone(),
-                sink: sink.clone(),
-                ledger: Arc::new(Ledger::new(
-                    command_client.clone(),
-                    &cfg.name,
-                    cfg.ledger_ttl,
-                )),
-                redis: command_client.clone(),
-                batch_id_column: cfg.batch_id_column.clone().unwrap_or_default(),
-                id_column: cfg.metadata.id.clone(),
+                eo: Arc::new(ExactlyOnce {
+                    flow: cfg.name.clone(),
+                    group: cfg.group.clone(),
+                    consumer: consumer.clone(),
+                    sink: sink.clone(),
+                    ledger: Arc::new(Ledger::new(
+                        command_client.clone(),
+                        &cfg.name,
+                        cfg.ledger_ttl,
+                        lease,
+                    )),
+                    redis: command_client.clone(),
+                    batch_id_column: cfg.batch_id_column.clone().unwrap_or_default(),
+                    id_column: cfg.metadata.id.clone(),
+                    metrics: metrics.clone(),
+                }),
                 on_success: cfg.on_success,
-                lock_hold: (cfg.claim.min_idle * 2).max(Duration::from_secs(60)),
             })
         });
         let sink = match (clickhouse, &cfg.sink) {
@@ -479,6 +486,7 @@ impl Flow {
                 stream,
                 &self.cfg.group,
                 &self.consumer,
+                threshold,
                 &ids,
             )
             .await?;
@@ -533,10 +541,20 @@ impl Flow {
                 if let Some(recovery) = &self.recovery {
                     let (rest, batches) = recovery.split(claimed).await?;
                     for record in batches {
+                        let Some(holder) = recovery.take(&record).await? else {
+                            // Its inserter is alive (or another replica
+                            // recovers it): let the entries go idle, so a
+                            // later pass finds them settled or the batch free.
+                            tracing::info!(flow = %self.cfg.name, batch = %record.id, "claimed entries of a batch whose lease is held; leaving them");
+                            self.held.release(stream, &record.members);
+                            continue;
+                        };
                         tracing::info!(flow = %self.cfg.name, batch = %record.id, members = record.members.len(), "recovering a dead replica's batch");
                         let (recovery, chunks, stop) =
                             (recovery.clone(), chunks.clone(), shutdown.clone());
-                        tokio::spawn(async move { recovery.run(record, chunks, stop).await });
+                        tokio::spawn(
+                            async move { recovery.run(record, holder, chunks, stop).await },
+                        );
                     }
                     claimed = rest;
                 }
@@ -659,7 +677,7 @@ impl Flow {
             redis: self.command_client.clone(),
             metrics: self.metrics.clone(),
             hard_stop,
-            ledger: self.recovery.as_ref().map(|r| r.ledger.clone()),
+            exactly_once: self.recovery.as_ref().map(|r| r.eo.clone()),
         };
         let mut all_committed = true;
         while let Some(batch) = batches.recv().await {

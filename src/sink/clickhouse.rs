@@ -78,6 +78,9 @@ pub struct ClickHouseSink {
     insert_timeout: Duration,
     /// `insert_deduplication_token` exists (ClickHouse 22.1+).
     pub dedup_token: bool,
+    /// Before 19.1: LowCardinality needs an experimental setting in DDL, and
+    /// `DROP … SYNC` does not exist (nor is it needed: drops are eager).
+    pub legacy_server: bool,
 }
 
 impl ClickHouseSink {
@@ -98,6 +101,7 @@ impl ClickHouseSink {
         )?;
         let version = server_version(&client).await?;
         let dedup_token = version_at_least(&version, 22, 1);
+        let legacy_server = !version_at_least(&version, 19, 1);
         // No column list: each Native block names its columns, and a block
         // may leave out DEFAULT-expression columns its rows lack.
         let insert_sql = format!(
@@ -112,6 +116,7 @@ impl ClickHouseSink {
             mapper,
             insert_timeout: cfg.insert_timeout,
             dedup_token,
+            legacy_server,
         })
     }
 
@@ -127,15 +132,44 @@ impl ClickHouseSink {
         block: Bytes,
         batch_id: Option<&str>,
     ) -> Result<(), clickhouse::error::Error> {
+        self.send_native(self.insert_sql.clone(), block, batch_id)
+            .await
+    }
+
+    /// Sends one Native block into `table_sql` (a quoted `db.table`).
+    pub async fn insert_native(
+        &self,
+        table_sql: &str,
+        block: Bytes,
+        batch_id: Option<&str>,
+    ) -> Result<(), clickhouse::error::Error> {
+        self.send_native(
+            format!("INSERT INTO {table_sql} FORMAT Native"),
+            block,
+            batch_id,
+        )
+        .await
+    }
+
+    async fn send_native(
+        &self,
+        sql: String,
+        block: Bytes,
+        batch_id: Option<&str>,
+    ) -> Result<(), clickhouse::error::Error> {
         let mut insert = self
             .client
-            .insert_formatted_with(self.insert_sql.clone())
+            .insert_formatted_with(sql)
             .with_timeouts(Some(self.insert_timeout), Some(self.insert_timeout));
         if let (true, Some(id)) = (self.dedup_token, batch_id) {
             insert = insert.with_setting("insert_deduplication_token", id);
         }
         insert.send(block).await?;
         insert.end().await
+    }
+
+    pub fn insert_timeout(&self) -> Duration {
+        self.insert_timeout
     }
 }
 
@@ -161,6 +195,26 @@ impl ClickHouseSink {
             .bind(batch_id)
             .fetch_one::<u64>()
             .await
+    }
+}
+
+impl ClickHouseSink {
+    /// Entry ids (`id_column`) of the rows carrying `batch_id` in `batch_column`.
+    pub async fn present_ids(
+        &self,
+        id_column: &str,
+        batch_column: &str,
+        batch_id: &str,
+    ) -> Result<std::collections::HashSet<Vec<u8>>, clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT {} FROM {}.{} WHERE {} = ?",
+            quote_identifier(id_column),
+            quote_identifier(&self.schema.database),
+            quote_identifier(&self.schema.table),
+            quote_identifier(batch_column)
+        );
+        let ids: Vec<String> = self.client.query(&sql).bind(batch_id).fetch_all().await?;
+        Ok(ids.into_iter().map(String::into_bytes).collect())
     }
 }
 

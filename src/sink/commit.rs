@@ -10,7 +10,8 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::clickhouse::ClickHouseSink;
-use super::ledger::{new_batch_id, Ledger};
+use super::exactly_once::{ExactlyOnce, Outcome};
+use super::ledger::new_batch_id;
 use super::retry::{classify, Backoff, Disposition};
 use crate::batch::SealedBatch;
 use crate::config::OnSuccess;
@@ -34,8 +35,8 @@ pub struct Committer {
     pub metrics: FlowMetrics,
     /// Cancelled when the shutdown deadline passes: stop retrying.
     pub hard_stop: CancellationToken,
-    /// The exactly-once ledger; None in at-least-once mode.
-    pub ledger: Option<Arc<Ledger>>,
+    /// The exactly-once insert; None in at-least-once mode.
+    pub exactly_once: Option<Arc<ExactlyOnce>>,
 }
 
 impl Committer {
@@ -64,29 +65,13 @@ impl Committer {
         self.finish(inserted, dead)
             .await
             .map_err(|_| Abandoned(total))?;
-        if let Some(ledger) = &self.ledger {
+        if let Some(eo) = &self.exactly_once {
             for id in &batch_ids {
                 // Best effort: a record left behind expires with ledger_ttl,
                 // and its members are acked, so nobody will look it up.
-                if let Err(e) = ledger.forget(id).await {
+                if let Err(e) = eo.ledger.forget(id).await {
                     tracing::warn!(flow = %self.flow, batch = %id, error = %e, "could not drop ledger record");
                 }
-            }
-        }
-        Ok(())
-    }
-
-    /// Records `messages` as batch `id` in the ledger (exactly-once), retrying
-    /// Redis errors until the hard stop.
-    async fn record(&self, id: &str, messages: &[Message]) -> Result<(), ()> {
-        let Some(ledger) = &self.ledger else {
-            return Ok(());
-        };
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-        while let Err(error) = ledger.record(id, messages).await {
-            tracing::warn!(flow = %self.flow, %error, "recording the batch in the ledger failed; retrying");
-            if !self.wait(&mut backoff).await {
-                return Err(());
             }
         }
         Ok(())
@@ -96,8 +81,9 @@ impl Committer {
     /// batch in halves until the refused rows are alone. Returns the messages
     /// that landed and those refused, with ClickHouse's reason.
     /// With batch ids (exactly-once), every insert — the whole batch, or a
-    /// part while bisecting — is recorded under its own id first; the ids
-    /// used are appended to `batch_ids`.
+    /// part while bisecting — is recorded under its own id first and goes
+    /// through [`ExactlyOnce::insert`]; the ids used are appended to
+    /// `batch_ids`.
     async fn insert_isolating(
         &self,
         messages: Vec<Message>,
@@ -116,14 +102,44 @@ impl Committer {
                 let id = with_ids.then(new_batch_id);
                 (self.sink.mapper.encode_all(&part, id.as_deref()), id)
             });
-            if let Some(id) = &id {
-                self.record(id, &part).await?;
-                batch_ids.push(id.clone());
-            }
-            match self
-                .insert_with_retry(block, part.len(), id.as_deref())
-                .await?
-            {
+            let (part, result) = match (&self.exactly_once, id) {
+                (Some(eo), Some(id)) => {
+                    let before = part.len();
+                    let part = eo
+                        .record_owned(&id, part, &self.hard_stop)
+                        .await
+                        .map_err(|_| ())?;
+                    if part.is_empty() {
+                        continue;
+                    }
+                    let block = if part.len() == before {
+                        block
+                    } else {
+                        self.sink.mapper.encode_all(&part, Some(&id))
+                    };
+                    batch_ids.push(id.clone());
+                    match eo
+                        .insert(&id, &eo.committer(), &part, block, false, &self.hard_stop)
+                        .await
+                        .map_err(|_| ())?
+                    {
+                        Outcome::Landed => (part, None),
+                        Outcome::Refused(error) => (part, Some(error)),
+                        Outcome::LeaseLost => {
+                            // Our lease lapsed (Redis was unreachable for
+                            // long) and a replica that claimed the entries
+                            // recovers the batch: nothing of ours to ack.
+                            tracing::warn!(flow = %self.flow, batch = %id, rows = part.len(), "another replica took over the batch");
+                            continue;
+                        }
+                    }
+                }
+                _ => {
+                    let result = self.insert_with_retry(block, part.len()).await?;
+                    (part, result)
+                }
+            };
+            match result {
                 None => landed.extend(part),
                 Some(error) if part.len() == 1 => {
                     let message = part.into_iter().next().expect("one message");
@@ -148,17 +164,12 @@ impl Committer {
 
     /// One insert, retried while the error is transient. Ok(None) = landed;
     /// Ok(Some(error)) = the data was refused; Err = hard stop.
-    async fn insert_with_retry(
-        &self,
-        block: Bytes,
-        rows: usize,
-        batch_id: Option<&str>,
-    ) -> Result<Option<String>, ()> {
+    async fn insert_with_retry(&self, block: Bytes, rows: usize) -> Result<Option<String>, ()> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let started = Instant::now();
             let size = block.len();
-            match self.sink.insert(block.clone(), batch_id).await {
+            match self.sink.insert(block.clone(), None).await {
                 Ok(()) => {
                     self.metrics.inserted(rows, size, started.elapsed());
                     return Ok(None);

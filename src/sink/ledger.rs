@@ -10,15 +10,17 @@
 //!
 //! Keys (per flow): `sluice:eo:{flow}:open` (set of open batch ids),
 //! `sluice:eo:{flow}:batch:{id}` (JSON `[[stream, entry id], …]`, expiring
-//! after `ledger_ttl`), `sluice:eo:{flow}:recover:{id}` (a short lock so one
-//! replica recovers a batch at a time).
+//! after `ledger_ttl`), `sluice:eo:{flow}:lease:{id}` (the consumer that may
+//! insert the batch now, expiring unless renewed: the inserting replica takes
+//! it with the record, a recovering one once it has expired).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::*;
-use fred::types::{Expiration, SetOptions};
+use fred::types::scripts::Script;
+use fred::types::Expiration;
 
 use crate::stream::{Message, Result, StreamError};
 
@@ -34,7 +36,20 @@ pub struct Ledger {
     client: Client,
     prefix: String,
     ttl: Duration,
+    /// How long a lease lasts without renewal.
+    lease: Duration,
 }
+
+/// Renews the lease if we hold it, takes it if nobody does; 0 if another
+/// consumer holds it.
+const RENEW_LEASE: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] or not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
 
 /// A random UUID (v4) as text: valid for String, FixedString(36) and UUID columns.
 pub fn new_batch_id() -> String {
@@ -77,12 +92,18 @@ fn decode_members(text: &str) -> Option<Vec<(Arc<str>, Bytes)>> {
 }
 
 impl Ledger {
-    pub fn new(client: Client, flow: &str, ttl: Duration) -> Self {
+    /// `lease` must outlast one insert attempt (see `Committer`).
+    pub fn new(client: Client, flow: &str, ttl: Duration, lease: Duration) -> Self {
         Ledger {
             client,
             prefix: format!("sluice:eo:{flow}"),
             ttl,
+            lease,
         }
+    }
+
+    fn lease_key(&self, id: &str) -> String {
+        format!("{}:lease:{id}", self.prefix)
     }
 
     fn batch_key(&self, id: &str) -> String {
@@ -93,9 +114,20 @@ impl Ledger {
         format!("{}:open", self.prefix)
     }
 
-    /// Records a batch before its insert.
-    pub async fn record(&self, id: &str, messages: &[Message]) -> Result<()> {
+    /// Records a batch before its insert, with `holder`'s lease on it (a
+    /// new batch id, so nobody else can hold it). Recording again replaces
+    /// the member list.
+    pub async fn record(&self, id: &str, holder: &str, messages: &[Message]) -> Result<()> {
         let pipeline = self.client.pipeline();
+        let _: () = pipeline
+            .set(
+                self.lease_key(id),
+                holder,
+                Some(Expiration::PX(self.lease.as_millis() as i64)),
+                None,
+                false,
+            )
+            .await?;
         let _: () = pipeline
             .set(
                 self.batch_key(id),
@@ -116,6 +148,7 @@ impl Ledger {
     pub async fn forget(&self, id: &str) -> Result<()> {
         let pipeline = self.client.pipeline();
         let _: () = pipeline.del(self.batch_key(id)).await?;
+        let _: () = pipeline.del(self.lease_key(id)).await?;
         let _: () = pipeline.srem(self.open_key(), id).await?;
         for r in pipeline.try_all::<Value>().await {
             r?;
@@ -145,21 +178,23 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Takes the recovery lock of a batch for `hold`; false if another
-    /// replica holds it.
-    pub async fn lock_recovery(&self, id: &str, me: &str, hold: Duration) -> Result<bool> {
-        let set: Option<String> = self
-            .client
-            .set(
-                format!("{}:recover:{id}", self.prefix),
-                me,
-                Some(Expiration::PX(hold.as_millis() as i64)),
-                Some(SetOptions::NX),
-                false,
+    /// Renews `holder`'s lease on batch `id`, or takes it if it expired;
+    /// false if another holder has it. Only the holder inserts a batch, so a
+    /// replica recovers a batch only once its inserter stopped renewing.
+    /// Holders are per task (committer, each recovery), not per process, so
+    /// a process never races itself.
+    pub async fn renew_lease(&self, id: &str, holder: &str) -> Result<bool> {
+        static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| Script::from_lua(RENEW_LEASE));
+        let held: i64 = script
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.lease_key(id)],
+                vec![holder.to_string(), self.lease.as_millis().to_string()],
             )
             .await
             .map_err(StreamError::from)?;
-        Ok(set.is_some())
+        Ok(held == 1)
     }
 }
 

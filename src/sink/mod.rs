@@ -3,6 +3,8 @@
 
 pub mod clickhouse;
 pub mod commit;
+pub mod exactly_once;
+pub mod fenced;
 pub mod ledger;
 pub mod recover;
 pub mod retry;

@@ -1,49 +1,30 @@
 //! Exactly-once recovery: settles claimed entries that belong to a batch a
-//! dead replica recorded in the ledger. If ClickHouse holds the batch (rows
-//! with its batch id), the members are only acked; if it holds none, the
-//! identical batch (same members, same order, same batch id and dedup
-//! token) is inserted and then acked; if it holds part of it (an insert cut
-//! across partitions), the missing members are inserted when `metadata.id`
-//! names the id column, otherwise the whole batch is (and duplicates are
-//! logged).
+//! dead replica recorded in the ledger. Once the batch's lease has expired
+//! (its inserter stopped renewing it), the recovering replica takes it,
+//! fences and counts the batch in ClickHouse (`fenced::settle`), and then
+//! only acks (all rows present), inserts the identical batch (same members,
+//! same order, same batch id; none present), or completes it (part present:
+//! the missing members when `metadata.id` names the id column, otherwise the
+//! whole batch, logging the duplicates).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fred::prelude::Client;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::clickhouse::{quote_identifier, ClickHouseSink};
-use super::ledger::{BatchRecord, Ledger};
-use super::retry::{classify, Backoff, Disposition};
+use super::exactly_once::{ExactlyOnce, Outcome};
+use super::ledger::BatchRecord;
+use super::retry::Backoff;
 use crate::config::OnSuccess;
 use crate::stream::{commands, Message, StreamError};
 
 pub struct Recovery {
-    pub flow: String,
-    pub group: String,
-    pub consumer: String,
-    pub sink: Arc<ClickHouseSink>,
-    pub ledger: Arc<Ledger>,
-    pub redis: Client,
-    pub batch_id_column: String,
-    /// The column holding entry ids (`metadata.id`), if configured.
-    pub id_column: Option<String>,
+    /// The shared exactly-once insert (ledger, lease, fenced inserts).
+    pub eo: Arc<ExactlyOnce>,
     pub on_success: OnSuccess,
-    /// How long one replica may hold a batch's recovery lock.
-    pub lock_hold: Duration,
-}
-
-/// Why a recovery pass did not finish; it is retried.
-#[derive(Debug, thiserror::Error)]
-enum RecoverError {
-    #[error(transparent)]
-    Redis(#[from] StreamError),
-    #[error("clickhouse: {0}")]
-    ClickHouse(#[from] clickhouse::error::Error),
 }
 
 impl Recovery {
@@ -53,7 +34,7 @@ impl Recovery {
         &self,
         claimed: Vec<Message>,
     ) -> Result<(Vec<Message>, Vec<BatchRecord>), StreamError> {
-        let open = self.ledger.open_batches().await?;
+        let open = self.eo.ledger.open_batches().await?;
         if open.is_empty() {
             return Ok((claimed, Vec::new()));
         }
@@ -82,35 +63,73 @@ impl Recovery {
         Ok((rest, batches))
     }
 
-    /// Recovers one batch, retrying until done or `stop`. Members ClickHouse
-    /// refuses as data go to `fallback` for normal batching (and bisection).
+    /// Takes the lease of a batch found among claimed entries for a new
+    /// recovery task, returning its holder name; None while its inserter (or
+    /// another recovery) still renews it. The caller then lets go of the
+    /// entries; they are claimed again later.
+    pub async fn take(&self, record: &BatchRecord) -> Result<Option<String>, StreamError> {
+        let holder = self.eo.recoverer();
+        let taken = self.eo.ledger.renew_lease(&record.id, &holder).await?;
+        Ok(taken.then_some(holder))
+    }
+
+    /// Recovers one batch whose lease we hold, retrying until done or
+    /// `stop`. Members ClickHouse refuses as data go to `fallback` for
+    /// normal batching (and bisection).
     pub async fn run(
         &self,
         record: BatchRecord,
+        holder: String,
         fallback: mpsc::Sender<Vec<Message>>,
         stop: CancellationToken,
     ) {
-        match self
-            .ledger
-            .lock_recovery(&record.id, &self.consumer, self.lock_hold)
+        let flow = &self.eo.flow;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let messages = loop {
+            match self.fetch(&record.members).await {
+                Ok(m) => break m,
+                Err(e) => {
+                    tracing::warn!(%flow, batch = %record.id, error = %e, "reading a recovered batch's members failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        };
+        let block = self.eo.sink.mapper.encode_all(&messages, Some(&record.id));
+        let outcome = match self
+            .eo
+            .insert(&record.id, &holder, &messages, block, true, &stop)
             .await
         {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::info!(flow = %self.flow, batch = %record.id, "another replica is recovering this batch");
+            Ok(outcome) => outcome,
+            Err(_stopped) => return,
+        };
+        match outcome {
+            Outcome::Landed => {}
+            Outcome::LeaseLost => {
+                tracing::info!(%flow, batch = %record.id, "another replica took over the batch");
                 return;
             }
-            Err(e) => {
-                tracing::warn!(flow = %self.flow, batch = %record.id, error = %e, "could not lock batch for recovery; the next claim pass retries");
+            Outcome::Refused(error) => {
+                // The data is refused: settle it the normal way.
+                tracing::warn!(%flow, batch = %record.id, %error, "recovered batch refused; batching its members again to isolate bad rows");
+                let _ = fallback.send(messages).await;
+                let _ = self.eo.ledger.forget(&record.id).await;
                 return;
             }
         }
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        backoff.reset();
         loop {
-            match self.once(&record, &fallback).await {
+            let done = match self.ack_all(&record.members).await {
+                Ok(()) => self.eo.ledger.forget(&record.id).await,
+                Err(e) => Err(e),
+            };
+            match done {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::warn!(flow = %self.flow, batch = %record.id, error = %e, "batch recovery failed; retrying");
+                    tracing::warn!(%flow, batch = %record.id, error = %e, "acking a recovered batch failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff.next_delay()) => {}
                         _ = stop.cancelled() => return,
@@ -120,59 +139,12 @@ impl Recovery {
         }
     }
 
-    async fn once(
-        &self,
-        record: &BatchRecord,
-        fallback: &mpsc::Sender<Vec<Message>>,
-    ) -> Result<(), RecoverError> {
-        let held = self
-            .sink
-            .count_batch(&self.batch_id_column, &record.id)
-            .await?;
-        let members = record.members.len() as u64;
-        if held >= members {
-            tracing::info!(flow = %self.flow, batch = %record.id, rows = held, "ClickHouse already holds the recovered batch; acking only");
-        } else {
-            let mut messages = self.fetch(&record.members).await?;
-            if held > 0 {
-                match &self.id_column {
-                    Some(col) => {
-                        let present = self.present_ids(col, &record.id).await?;
-                        messages.retain(|m| !present.contains(m.id.as_ref()));
-                    }
-                    None => {
-                        tracing::warn!(flow = %self.flow, batch = %record.id, held, members, "ClickHouse holds part of the batch and no metadata.id column tells which rows: inserting all again (duplicates)")
-                    }
-                }
-            }
-            if !messages.is_empty() {
-                let block = self.sink.mapper.encode_all(&messages, Some(&record.id));
-                match self.sink.insert(block, Some(&record.id)).await {
-                    Ok(()) => {
-                        tracing::info!(flow = %self.flow, batch = %record.id, rows = messages.len(), "re-inserted the recovered batch")
-                    }
-                    Err(e) if classify(&e) == Disposition::Bisect => {
-                        // The data is refused: settle it the normal way.
-                        tracing::warn!(flow = %self.flow, batch = %record.id, error = %e, "recovered batch refused; batching its members again to isolate bad rows");
-                        let _ = fallback.send(messages).await;
-                        self.ledger.forget(&record.id).await?;
-                        return Ok(());
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        self.ack_all(&record.members).await?;
-        self.ledger.forget(&record.id).await?;
-        Ok(())
-    }
-
     /// The members' current content; members deleted from the stream are
     /// counted as lost.
     async fn fetch(&self, members: &[(Arc<str>, Bytes)]) -> Result<Vec<Message>, StreamError> {
         let mut out = Vec::with_capacity(members.len());
         for (stream, id) in members {
-            match commands::range(&self.redis, stream, id, id, 1)
+            match commands::range(&self.eo.redis, stream, id, id, 1)
                 .await?
                 .into_iter()
                 .next()
@@ -182,33 +154,11 @@ impl Recovery {
                     out.push(m);
                 }
                 None => {
-                    tracing::error!(flow = %self.flow, %stream, id = %String::from_utf8_lossy(id), "member of a recovered batch was deleted from the stream; lost")
+                    tracing::error!(flow = %self.eo.flow, %stream, id = %String::from_utf8_lossy(id), "member of a recovered batch was deleted from the stream; lost")
                 }
             }
         }
         Ok(out)
-    }
-
-    async fn present_ids(
-        &self,
-        id_column: &str,
-        batch_id: &str,
-    ) -> Result<HashSet<Vec<u8>>, clickhouse::error::Error> {
-        let sql = format!(
-            "SELECT {} FROM {}.{} WHERE {} = ?",
-            quote_identifier(id_column),
-            quote_identifier(&self.sink.schema.database),
-            quote_identifier(&self.sink.schema.table),
-            quote_identifier(&self.batch_id_column)
-        );
-        let ids: Vec<String> = self
-            .sink
-            .client()
-            .query(&sql)
-            .bind(batch_id)
-            .fetch_all()
-            .await?;
-        Ok(ids.into_iter().map(String::into_bytes).collect())
     }
 
     async fn ack_all(&self, members: &[(Arc<str>, Bytes)]) -> Result<(), StreamError> {
@@ -218,9 +168,9 @@ impl Recovery {
         }
         for (stream, ids) in by_stream {
             commands::ack(
-                &self.redis,
+                &self.eo.redis,
                 stream,
-                &self.group,
+                &self.eo.group,
                 &ids,
                 self.on_success == OnSuccess::AckDel,
             )

@@ -175,13 +175,16 @@ pub async fn pending_idle_ids(
         .collect())
 }
 
-/// `XCLAIM … 0 ids JUSTID` to ourselves: resets the entries' idle time
-/// without counting a delivery. Returns how many were still pending.
+/// `XCLAIM … min_idle ids JUSTID` to ourselves: resets the entries' idle
+/// time without counting a delivery. Returns how many were claimed. An entry
+/// idle less than `min_idle` was just claimed by another replica (the
+/// caller listed it idle longer): it is left to that replica.
 pub async fn touch(
     client: &Client,
     stream: &str,
     group: &str,
     consumer: &str,
+    min_idle: Duration,
     ids: &[Bytes],
 ) -> Result<usize> {
     if ids.is_empty() {
@@ -192,7 +195,7 @@ pub async fn touch(
         key_arg(stream),
         key_arg(group),
         key_arg(consumer),
-        Value::Integer(0),
+        Value::Integer(min_idle.as_millis() as i64),
     ]);
     args.extend(ids.iter().map(|id| Value::Bytes(id.clone())));
     args.push("JUSTID".into());

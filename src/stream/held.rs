@@ -111,6 +111,23 @@ impl Held {
         }
     }
 
+    /// Lets go of claimed entries of `stream` that another replica's batch
+    /// owns: the keep-alive stops refreshing them, so they go idle and are
+    /// claimed again once that batch is settled.
+    pub fn release(&self, stream: &str, members: &[(Arc<str>, Bytes)]) {
+        let mut guard = self.lock();
+        let Some(s) = guard.streams.get_mut(stream) else {
+            return;
+        };
+        for (member_stream, id) in members {
+            if &**member_stream == stream {
+                if let Some(id) = parse_id(id) {
+                    s.claimed.remove(&id);
+                }
+            }
+        }
+    }
+
     /// Splits `idle` (entries of `stream` pending under our consumer and
     /// idle past the keep-alive threshold) into those we hold — marked as
     /// seen — and orphans.

@@ -20,23 +20,14 @@ fn seed() -> u64 {
     seed
 }
 
+/// Runs `case` and fails on any problem (loss; duplicates in exactly-once mode).
 async fn check(case: Case, params: Params) -> Report {
-    checked(case, params, false).await
-}
-
-/// Runs `case` and fails on any problem; with `allow_duplicates`,
-/// exactly-once duplicates are printed but not failed on.
-async fn checked(case: Case, params: Params, allow_duplicates: bool) -> Report {
     let report = engine::run(case, &params).await;
     eprintln!("{}\n{}", Report::header(), report.row());
     for note in &report.notes {
         eprintln!("note: {note}");
     }
-    let problems: Vec<String> = report
-        .problems(&params)
-        .into_iter()
-        .filter(|p| !(allow_duplicates && p.contains("duplicates in exactly-once mode")))
-        .collect();
+    let problems = report.problems(&params);
     assert!(
         problems.is_empty(),
         "{} (seed {}): {problems:?}\nnotes: {}",
@@ -219,22 +210,12 @@ async fn chaos_exactly_once_redis_connections_cut_no_loss_no_duplicates() {
     check(Case::RedisCut, exactly_once(seed())).await;
 }
 
-/// Zero loss; duplicates are reported, not failed on. On a server without
-/// insert deduplication (18.16 here) an insert held in transit past
-/// `insert_timeout` (the proxy's stall) lands after its retry, and a Redis
-/// outage longer than `claim.min_idle` (2 s in these cases) lets a replica
-/// claim entries another one holds but has not recorded yet: see
-/// docs/RELIABILITY.md.
-async fn check_loss_only(case: Case, params: Params) {
-    checked(case, params, true).await;
+#[tokio::test]
+async fn chaos_exactly_once_clickhouse_faults_no_loss_no_duplicates() {
+    check(Case::ClickHouseFaults, exactly_once(seed())).await;
 }
 
 #[tokio::test]
-async fn chaos_exactly_once_clickhouse_faults_lose_nothing() {
-    check_loss_only(Case::ClickHouseFaults, exactly_once(seed())).await;
-}
-
-#[tokio::test]
-async fn chaos_exactly_once_redis_restart_loses_nothing() {
-    check_loss_only(Case::RedisRestart, exactly_once(seed())).await;
+async fn chaos_exactly_once_redis_restart_no_loss_no_duplicates() {
+    check(Case::RedisRestart, exactly_once(seed())).await;
 }

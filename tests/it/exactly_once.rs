@@ -22,6 +22,11 @@ metadata = { id = "_id" }
 batch = { max_rows = 5000, max_wait = "1s" }
 claim = { min_idle = "1s", every = "300ms" }"#,
     )
+    // A short insert timeout keeps the batch lease (timeout + 5 s) short.
+    .replace(
+        "database = \"default\"",
+        "database = \"default\"\ninsert_timeout = \"3s\"",
+    )
 }
 
 async fn open_batches(s: &Stack, flow: &str) -> usize {
@@ -85,13 +90,16 @@ async fn killed_between_insert_and_ack_is_acked_without_reinsert() {
         open_batches(&s, &flow).await == 1
     })
     .await;
-    // Let the insert through but hold every Redis command: the ack never leaves.
-    redis_proxy.stall();
+    // Slow every Redis command down, let the insert through, and kill A as
+    // soon as the rows are in: its ack is still held in the proxy, and is
+    // dropped with the cut.
+    redis_proxy.delay(std::time::Duration::from_millis(1500));
     ch_proxy.pass();
     wait_for(LONG, "rows inserted", || async {
         s.ch.count(&table).await == N as u64
     })
     .await;
+    redis_proxy.refuse();
     a.kill();
     a.wait_exit(LONG).await.expect("A exited");
     assert_eq!(
@@ -112,7 +120,7 @@ async fn killed_between_insert_and_ack_is_acked_without_reinsert() {
     assert_exactly_once(&s, &table, &ids).await;
     assert!(
         b.log_contents()
-            .contains("already holds the recovered batch"),
+            .contains("ClickHouse holds the whole batch"),
         "{}",
         b.log_contents()
     );
@@ -141,7 +149,7 @@ async fn killed_before_insert_has_its_batch_inserted_once() {
     })
     .await;
     wait_for(LONG, "A retrying the insert", || async {
-        a.log_contents().contains("will retry")
+        a.log_contents().contains("insert failed; settling")
     })
     .await;
     a.kill();
@@ -159,7 +167,8 @@ async fn killed_before_insert_has_its_batch_inserted_once() {
     .await;
     assert_exactly_once(&s, &table, &ids).await;
     assert!(
-        b.log_contents().contains("re-inserted the recovered batch"),
+        b.log_contents()
+            .contains("no earlier attempt had landed it"),
         "{}",
         b.log_contents()
     );

@@ -1,0 +1,311 @@
+//! The exactly-once insert of one batch, shared by the committer (a batch
+//! this replica read) and recovery (a batch a dead replica recorded).
+//!
+//! The rules that make it exact (docs/EXACTLY_ONCE.md):
+//! - a batch is recorded in the ledger before any insert, and only entries
+//!   still pending under our consumer after the record stay in it — an entry
+//!   another replica claimed first is its to insert;
+//! - only the holder of the batch's lease inserts, and it renews the lease
+//!   right before each step that can land rows;
+//! - rows land through a fenced stage (`fenced`), and after any failure the
+//!   batch is settled (stages dropped, rows counted) before another attempt.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::prelude::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::clickhouse::ClickHouseSink;
+use super::fenced;
+use super::ledger::Ledger;
+use super::retry::{classify, Backoff, Disposition};
+use crate::metrics::FlowMetrics;
+use crate::stream::{commands, parse_id, Message, StreamError};
+
+pub struct ExactlyOnce {
+    pub flow: String,
+    pub group: String,
+    pub consumer: String,
+    pub sink: Arc<ClickHouseSink>,
+    pub ledger: Arc<Ledger>,
+    pub redis: Client,
+    pub batch_id_column: String,
+    /// The column holding entry ids (`metadata.id`), if configured: lets a
+    /// partly landed batch be completed exactly.
+    pub id_column: Option<String>,
+    pub metrics: FlowMetrics,
+}
+
+/// How an exactly-once insert ended.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// Every row of the batch is in the table (now or from an earlier attempt).
+    Landed,
+    /// ClickHouse refused the data and none of it landed.
+    Refused(String),
+    /// Another replica holds the batch's lease: it is theirs to finish.
+    LeaseLost,
+}
+
+/// The stop token fired before the work was done.
+#[derive(Debug)]
+pub struct Stopped;
+
+/// Sleeps for the backoff delay; false if `stop` came first.
+async fn wait(backoff: &mut Backoff, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(backoff.next_delay()) => true,
+        _ = stop.cancelled() => false,
+    }
+}
+
+impl ExactlyOnce {
+    /// The lease holder name of this process's committer.
+    pub fn committer(&self) -> String {
+        format!("{}#commit", self.consumer)
+    }
+
+    /// A fresh lease holder name for one recovery task.
+    pub fn recoverer(&self) -> String {
+        format!("{}#recover-{:08x}", self.consumer, rand::random::<u32>())
+    }
+
+    /// Records `part` as batch `id`, then keeps only the members still
+    /// pending under our consumer (re-recording if some were taken). Entries
+    /// another replica claimed before the record existed are batched by it.
+    pub async fn record_owned(
+        &self,
+        id: &str,
+        mut part: Vec<Message>,
+        stop: &CancellationToken,
+    ) -> Result<Vec<Message>, Stopped> {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            let ours = match self.ledger.record(id, &self.committer(), &part).await {
+                Ok(()) => self.still_ours(&part).await,
+                Err(e) => Err(e),
+            };
+            match ours {
+                Ok(ours) => {
+                    let before = part.len();
+                    part.retain(|m| ours.contains(&(m.stream.clone(), m.id.clone())));
+                    if part.len() == before {
+                        return Ok(part);
+                    }
+                    tracing::warn!(flow = %self.flow, batch = %id, taken = before - part.len(), "entries were claimed by another replica before the batch was recorded; leaving them to it");
+                    if part.is_empty() {
+                        let _ = self.ledger.forget(id).await;
+                        return Ok(part);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(flow = %self.flow, batch = %id, %error, "recording the batch in the ledger failed; retrying");
+                    if !wait(&mut backoff, stop).await {
+                        return Err(Stopped);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The members of `part` pending under our consumer (XPENDING over each
+    /// stream's id range, paged).
+    async fn still_ours(
+        &self,
+        part: &[Message],
+    ) -> Result<HashSet<(Arc<str>, Bytes)>, StreamError> {
+        const PAGE: usize = 10_000;
+        type Id = (u64, u64);
+        let mut ranges: HashMap<Arc<str>, (Id, Id)> = HashMap::new();
+        for m in part {
+            let Some(id) = parse_id(&m.id) else { continue };
+            let r = ranges.entry(m.stream.clone()).or_insert((id, id));
+            r.0 = r.0.min(id);
+            r.1 = r.1.max(id);
+        }
+        let mut ours = HashSet::new();
+        for (stream, (lo, hi)) in ranges {
+            let mut start = format!("{}-{}", lo.0, lo.1);
+            let end = format!("{}-{}", hi.0, hi.1);
+            loop {
+                let page = commands::pending(
+                    &self.redis,
+                    &stream,
+                    &self.group,
+                    start.as_bytes(),
+                    end.as_bytes(),
+                    PAGE,
+                    Some(&self.consumer),
+                )
+                .await?;
+                let full = page.len() == PAGE;
+                let last = page.last().map(|p| p.id.clone());
+                ours.extend(page.into_iter().map(|p| (stream.clone(), p.id)));
+                match last {
+                    Some(last) if full => {
+                        start = format!("({}", String::from_utf8_lossy(&last));
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Ok(ours)
+    }
+
+    /// Inserts recorded batch `id` (`messages`, encoded as `block`) exactly
+    /// once, retrying until it lands, is refused, the lease goes to another
+    /// replica, or `stop`. `settle_first`: an earlier attempt (maybe another
+    /// replica's) may have landed some or all of it.
+    pub async fn insert(
+        &self,
+        id: &str,
+        holder: &str,
+        messages: &[Message],
+        block: Bytes,
+        mut settle_first: bool,
+        stop: &CancellationToken,
+    ) -> Result<Outcome, Stopped> {
+        let rows = messages.len();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut next = block.clone();
+        // The last attempt's error, when it was a refusal of the data.
+        let mut refused: Option<String> = None;
+        let mut settled = false;
+        loop {
+            if !self.hold_lease(id, holder, &mut backoff, stop).await? {
+                return Ok(Outcome::LeaseLost);
+            }
+            if settle_first {
+                match self.settle(id, messages, &block).await {
+                    Ok(Settled::All) => return Ok(Outcome::Landed),
+                    // Data errors surface while staging, before anything
+                    // can reach the table, so a refusal normally settles
+                    // as "nothing landed".
+                    Ok(_) if refused.is_some() => {
+                        return Ok(Outcome::Refused(refused.take().unwrap_or_default()))
+                    }
+                    Ok(Settled::Nothing) => {
+                        next = block.clone();
+                        settled = true;
+                    }
+                    Ok(Settled::Part(missing)) => {
+                        next = missing;
+                        settled = true;
+                    }
+                    Err(error) => {
+                        tracing::warn!(flow = %self.flow, batch = %id, %error, "settling the batch failed; retrying before any new insert");
+                        if !wait(&mut backoff, stop).await {
+                            return Err(Stopped);
+                        }
+                        continue;
+                    }
+                }
+            }
+            let started = Instant::now();
+            let result = match fenced::stage(&self.sink, next.clone(), id).await {
+                // The last step that can land rows: only with the lease.
+                Ok(stage) => match self.ledger.renew_lease(id, holder).await {
+                    Ok(true) => fenced::commit(&self.sink, stage, id).await,
+                    other => {
+                        fenced::discard(&self.sink, stage).await;
+                        if matches!(other, Ok(false)) {
+                            return Ok(Outcome::LeaseLost);
+                        }
+                        settle_first = true;
+                        continue;
+                    }
+                },
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    self.metrics.inserted(rows, next.len(), started.elapsed());
+                    if settled {
+                        tracing::info!(flow = %self.flow, batch = %id, "batch inserted after settling: no earlier attempt had landed it");
+                    }
+                    return Ok(Outcome::Landed);
+                }
+                Err(error) => {
+                    settle_first = true;
+                    if classify(&error) == Disposition::Bisect {
+                        self.metrics.insert_refused();
+                        refused = Some(error.to_string());
+                        continue; // settle at once: did anything land?
+                    }
+                    self.metrics.insert_retried(rows);
+                    tracing::warn!(flow = %self.flow, table = %self.sink.table_name(), batch = %id, %error, "insert failed; settling, then retrying (nothing acked)");
+                    if !wait(&mut backoff, stop).await {
+                        return Err(Stopped);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Renews our lease on `id`, retrying Redis errors: Ok(false) if another
+    /// replica holds it.
+    async fn hold_lease(
+        &self,
+        id: &str,
+        holder: &str,
+        backoff: &mut Backoff,
+        stop: &CancellationToken,
+    ) -> Result<bool, Stopped> {
+        loop {
+            match self.ledger.renew_lease(id, holder).await {
+                Ok(held) => return Ok(held),
+                Err(error) => {
+                    tracing::warn!(flow = %self.flow, batch = %id, %error, "could not renew the batch's lease; not inserting until it is");
+                    if !wait(backoff, stop).await {
+                        return Err(Stopped);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fences the batch and counts what landed.
+    async fn settle(
+        &self,
+        id: &str,
+        messages: &[Message],
+        block: &Bytes,
+    ) -> Result<Settled, clickhouse::error::Error> {
+        let held = fenced::settle(&self.sink, &self.batch_id_column, id).await? as usize;
+        if held >= messages.len() {
+            tracing::info!(flow = %self.flow, batch = %id, rows = held, "ClickHouse holds the whole batch");
+            return Ok(Settled::All);
+        }
+        if held == 0 {
+            return Ok(Settled::Nothing);
+        }
+        let Some(id_column) = &self.id_column else {
+            tracing::warn!(flow = %self.flow, batch = %id, held, members = messages.len(), "ClickHouse holds part of the batch and no metadata.id column tells which rows: inserting all again (duplicates)");
+            return Ok(Settled::Part(block.clone()));
+        };
+        let present = self
+            .sink
+            .present_ids(id_column, &self.batch_id_column, id)
+            .await?;
+        let missing: Vec<Message> = messages
+            .iter()
+            .filter(|m| !present.contains(m.id.as_ref()))
+            .cloned()
+            .collect();
+        tracing::info!(flow = %self.flow, batch = %id, held, missing = missing.len(), "completing a partly landed batch");
+        Ok(Settled::Part(
+            self.sink.mapper.encode_all(&missing, Some(id)),
+        ))
+    }
+}
+
+/// What a settle found in the table.
+enum Settled {
+    All,
+    Nothing,
+    /// Part of the batch landed: the block still to insert.
+    Part(Bytes),
+}
