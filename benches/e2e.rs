@@ -152,12 +152,18 @@ async fn drain_backlog(
     ch: &ClickHouseServer,
     n: usize,
     with_metrics: bool,
+    exactly_once: bool,
     label: &'static str,
 ) -> Run {
     let rc = redis.client().await;
     let stream = harness::unique_name("bench");
     let table = harness::unique_name("bench");
-    ch.exec(&format!("CREATE TABLE {table} (rec_id UInt64, task_for String, function_type String, data String) ENGINE = MergeTree ORDER BY tuple()")).await;
+    ch.exec(&format!("CREATE TABLE {table} (rec_id UInt64, task_for String, function_type String, data String, _batch String, _id String) ENGINE = MergeTree ORDER BY tuple()")).await;
+    let delivery = if exactly_once {
+        "delivery = \"exactly_once\"\nbatch_id_column = \"_batch\"\nmetadata = { id = \"_id\" }"
+    } else {
+        ""
+    };
     let t = Instant::now();
     enqueue(&rc, &stream, 0, n).await;
     eprintln!(
@@ -182,6 +188,7 @@ name = "bench"
 streams = ["{stream}"]
 sink = {{ type = "clickhouse", table = "{table}" }}
 batch = {{ max_rows = 50000, max_bytes = "16MiB", max_wait = "1s" }}
+{delivery}
 "#,
         redis.url(),
         ch.url()
@@ -276,19 +283,21 @@ fn main() {
         let secs = env_usize("SLUICE_BENCH_SECS", 10) as u64;
         let (redis, ch) = tokio::join!(RedisServer::start(), ClickHouseServer::start());
         let runs = vec![
-            drain_backlog(&redis, &ch, n, true, "metrics on").await,
-            drain_backlog(&redis, &ch, n, false, "metrics off").await,
+            drain_backlog(&redis, &ch, n, true, false, "metrics on").await,
+            drain_backlog(&redis, &ch, n, false, false, "metrics off").await,
+            drain_backlog(&redis, &ch, n, true, true, "exactly-once").await,
         ];
         let (p50, p99, sent) = steady_latency(&redis, &ch, rate, secs).await;
         println!("\nsluice e2e bench: {n} seed-shaped 4-field messages, 1 worker, batch 50,000 rows");
-        println!("{:<12} {:>12} {:>22} {:>22} {:>14}", "run", "msgs/s", "redis µs/entry (XREADGROUP+XACK)", "redis limit msgs/s", "worker peak RSS");
+        println!("{:<14} {:>12} {:>22} {:>22} {:>14}", "run", "msgs/s", "redis µs/entry (XREADGROUP+XACK)", "redis limit msgs/s", "worker peak RSS");
         for r in &runs {
             println!(
-                "{:<12} {:>12.0} {:>22.2} {:>22.0} {:>11.1} MiB",
+                "{:<14} {:>12.0} {:>22.2} {:>22.0} {:>11.1} MiB",
                 r.label, r.rate, r.redis_us_per_entry, 1e6 / r.redis_us_per_entry, r.peak_rss_mb
             );
         }
         println!("metrics cost: {:.1}% of throughput", (1.0 - runs[0].rate / runs[1].rate) * 100.0);
+        println!("exactly-once (ledger + fenced stage insert) cost: {:.1}% of throughput", (1.0 - runs[2].rate / runs[0].rate) * 100.0);
         println!("steady {rate} msgs/s for {secs}s ({sent} msgs, max_wait 100ms): enqueue→ack latency p50 {:.0} ms, p99 {:.0} ms", p50 * 1000.0, p99 * 1000.0);
     });
 }

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 pub use crate::config::redact_url;
-use crate::config::{Config, SinkConfig};
+use crate::config::{Config, OnSuccess, SinkConfig};
 use crate::sink::clickhouse::{self, ClickHouseSink};
 use crate::stream::{client, commands};
 
@@ -90,7 +90,15 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
                 }
             }
         }
-        writeln!(out, "  acks with {:?} after insert; dead letters → `{}` (after {} deliveries or on bad data)", f.on_success, f.dead_letter_stream(), f.max_deliveries)?;
+        let ack = match f.on_success {
+            OnSuccess::Ack => "XACK",
+            OnSuccess::AckDel => "XACK + XDEL",
+        };
+        let after = match &f.sink {
+            SinkConfig::Stream(_) => "the XADD to its targets",
+            SinkConfig::Clickhouse { .. } => "ClickHouse confirmed the insert",
+        };
+        writeln!(out, "  {ack} once {after}; dead letters → `{}` (after {} deliveries or on bad data)", f.dead_letter_stream(), f.max_deliveries)?;
         writeln!(
             out,
             "  claims entries idle > {:?} every {:?}",
