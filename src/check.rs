@@ -98,7 +98,12 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
             SinkConfig::Stream(_) => "the XADD to its targets",
             SinkConfig::Clickhouse { .. } => "ClickHouse confirmed the insert",
         };
-        writeln!(out, "  {ack} once {after}; dead letters → `{}` (after {} deliveries or on bad data)", f.dead_letter_stream(), f.max_deliveries)?;
+        writeln!(
+            out,
+            "  {ack} once {after}; dead letters → `{}` (after {} deliveries or on bad data)",
+            f.dead_letter_stream(),
+            f.max_deliveries
+        )?;
         writeln!(
             out,
             "  claims entries idle > {:?} every {:?}",

@@ -961,6 +961,27 @@ impl Config {
             }
             if let Some(r) = &flow.retry {
                 r.validate().map_err(|m| bad(key("retry"), &m))?;
+                if flow.handler.is_none() {
+                    return Err(bad(
+                        key("retry"),
+                        "retries handler failures; this flow has no handler",
+                    ));
+                }
+            }
+            if let SinkConfig::Stream(_) = &flow.sink {
+                // Column mapping keys mean nothing to a stream sink: say so
+                // rather than ignore them.
+                let column_keys = [
+                    ("payload", flow.payload.is_some()),
+                    ("metadata", flow.metadata.names().next().is_some()),
+                    ("batch_id_column", flow.batch_id_column.is_some()),
+                ];
+                if let Some((name, _)) = column_keys.iter().find(|(_, set)| *set) {
+                    return Err(bad(
+                        key(name),
+                        "only applies to clickhouse sinks (a stream sink forwards the fields as they are)",
+                    ));
+                }
             }
         }
         crate::schedule::validate(&self.scheduler, &self.schedules)
@@ -1643,6 +1664,31 @@ sink = { type = "clickhouse", table = "jobs" }
             "to = \"jobs.out\", check_every = \"0s\" }",
         );
         assert!(err.contains("flow[0].sink.check_every"), "{err}");
+    }
+
+    #[test]
+    fn keys_that_would_be_ignored_are_refused() {
+        let err = dataflow_err(
+            "streams = [\"jobs.raw\"]\n",
+            "streams = [\"jobs.raw\"]\nretry = { backoff = \"exponential\" }\n",
+        );
+        assert!(
+            err.contains("flow[0].retry") && err.contains("no handler"),
+            "{err}"
+        );
+        let err = dataflow_err(
+            "streams = [\"jobs.raw\"]\n",
+            "streams = [\"jobs.raw\"]\nmetadata = { id = \"_id\" }\n",
+        );
+        assert!(
+            err.contains("flow[0].metadata") && err.contains("clickhouse sinks"),
+            "{err}"
+        );
+        let err = dataflow_err(
+            "streams = [\"jobs.in\"]\n",
+            "streams = [\"jobs.in\"]\npayload = { field = \"p\" }\n",
+        );
+        assert!(err.contains("flow[1].payload"), "{err}");
     }
 
     #[test]
