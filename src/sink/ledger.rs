@@ -8,7 +8,8 @@
 //! it only acks; otherwise it re-inserts the identical batch (same members,
 //! same order, same batch id). See docs/EXACTLY_ONCE.md for the guarantees.
 //!
-//! Keys (per flow): `sluice:eo:{flow}:open` (set of open batch ids),
+//! Keys (per flow; the braces are literal, a Redis Cluster hash tag):
+//! `sluice:eo:{flow}:open` (set of open batch ids),
 //! `sluice:eo:{flow}:batch:{id}` (JSON `[[stream, entry id], …]`, expiring
 //! after `ledger_ttl`), `sluice:eo:{flow}:lease:{id}` (the consumer that may
 //! insert the batch now, expiring unless renewed: the inserting replica takes
@@ -96,7 +97,9 @@ impl Ledger {
     pub fn new(client: Client, flow: &str, ttl: Duration, lease: Duration) -> Self {
         Ledger {
             client,
-            prefix: format!("sluice:eo:{flow}"),
+            // The flow name is a hash tag: all of a flow's ledger keys sit in
+            // one Redis Cluster slot, so MGET over batch records works there.
+            prefix: format!("sluice:eo:{{{flow}}}"),
             ttl,
             lease,
         }

@@ -33,7 +33,7 @@ async fn open_batches(s: &Stack, flow: &str) -> usize {
     match raw(
         &s.rc,
         "SCARD",
-        vec![format!("sluice:eo:{flow}:open").into()],
+        vec![format!("sluice:eo:{{{flow}}}:open").into()],
     )
     .await
     {
