@@ -239,4 +239,19 @@ mod tests {
         }
         assert!(held.is_empty());
     }
+
+    #[test]
+    fn released_claims_are_no_longer_refreshed() {
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let held = Held::default();
+        held.insert_claimed(&[msg(&a, "1-0"), msg(&a, "2-0"), msg(&b, "1-0")]);
+        let member = |s: &Arc<str>, id: &str| (s.clone(), Bytes::copy_from_slice(id.as_bytes()));
+        // Another batch owns a:1-0 (and b:1-0, of another stream: untouched here).
+        held.release("a", &[member(&a, "1-0"), member(&b, "1-0")]);
+        let (ours, orphans) = held.split("a", ids(&["1-0", "2-0"]));
+        assert_eq!(ours, ids(&["2-0"]));
+        assert_eq!(orphans, ids(&["1-0"]));
+        let (ours, _) = held.split("b", ids(&["1-0"]));
+        assert_eq!(ours, ids(&["1-0"]));
+    }
 }
