@@ -1,14 +1,20 @@
 //! The ClickHouse sink: one Native-format insert per batch, LZ4-compressed,
 //! through the official crate. Works against 18.16 and current servers
 //! (validation off; no version-specific settings needed for plain inserts).
+//! Which endpoint takes an insert is [`super::endpoints`]' business; how a
+//! sharded flow splits a batch is [`super::shard`]'s.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use clickhouse::Client;
 
+use super::endpoints::{Endpoint, Endpoints};
+use super::shard::Sharding;
 use crate::batch::{MappingError, RowMapper};
-use crate::config::{ClickHouseConfig, FlowConfig};
+use crate::config::{ClickHouseConfig, FlowConfig, SinkConfig};
+use crate::metrics::Metrics;
 use crate::schema::{SchemaError, TableSchema};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,25 +25,14 @@ pub enum SinkError {
     Schema(#[from] SchemaError),
     #[error(transparent)]
     Mapping(#[from] MappingError),
+    #[error("no ClickHouse endpoint answered: {0}")]
+    NoEndpoint(String),
 }
 
-/// A client for `cfg`. Validation is off: it sends a setting 18.16 rejects.
+/// A client for `cfg`'s first endpoint. Validation is off: it sends a
+/// setting 18.16 rejects.
 pub fn client(cfg: &ClickHouseConfig) -> Client {
-    let client = Client::default()
-        .with_url(&cfg.url)
-        .with_database(&cfg.database)
-        .with_user(&cfg.user)
-        .with_validation(false);
-    let client = if cfg.password.is_empty() {
-        client
-    } else {
-        client.with_password(&cfg.password)
-    };
-    if cfg.compression {
-        client.with_compression(clickhouse::Compression::Lz4)
-    } else {
-        client.with_compression(clickhouse::Compression::None)
-    }
+    super::endpoints::client_for(cfg, cfg.endpoint_urls()[0])
 }
 
 /// `SELECT version()`.
@@ -69,15 +64,16 @@ pub fn split_table<'a>(default_db: &'a str, table: &'a str) -> (&'a str, &'a str
     }
 }
 
-/// A flow's ClickHouse table: its schema, column mapping and insert statement.
+/// A flow's ClickHouse table: its endpoints, schema, column mapping and
+/// insert statement.
 pub struct ClickHouseSink {
-    client: Client,
+    endpoints: Arc<Endpoints>,
     insert_sql: String,
     pub schema: TableSchema,
     pub mapper: RowMapper,
     insert_timeout: Duration,
-    /// `insert_deduplication_token` exists (ClickHouse 22.1+).
-    pub dedup_token: bool,
+    /// `shard_by`: the endpoints are shards, rows routed by this field.
+    pub sharding: Option<Sharding>,
 }
 
 impl ClickHouseSink {
@@ -87,17 +83,39 @@ impl ClickHouseSink {
         flow: &FlowConfig,
         table: &str,
     ) -> Result<Self, SinkError> {
-        let client = client(cfg);
+        Self::open_with_metrics(cfg, flow, table, None).await
+    }
+
+    /// Like [`open`](Self::open), exporting per-endpoint metrics to `metrics`.
+    /// Checks every endpoint, reads the schema from the first one that
+    /// answers (in `urls` order) and starts the background health checks.
+    pub async fn open_with_metrics(
+        cfg: &ClickHouseConfig,
+        flow: &FlowConfig,
+        table: &str,
+        metrics: Option<&Arc<Metrics>>,
+    ) -> Result<Self, SinkError> {
+        let endpoints = Arc::new(Endpoints::new(cfg, &flow.name, metrics));
+        endpoints.check_all().await;
+        let Some(first) = endpoints.iter().find(|e| e.is_up()) else {
+            let why: Vec<String> = endpoints
+                .statuses()
+                .into_iter()
+                .map(|s| format!("{} {}: {}", s.key, s.endpoint, s.error.unwrap_or_default()))
+                .collect();
+            return Err(SinkError::NoEndpoint(why.join("; ")));
+        };
+        for e in endpoints.iter().filter(|e| !e.is_up()) {
+            tracing::warn!(flow = %flow.name, endpoint = %e.label, error = e.status().error.unwrap_or_default(), "ClickHouse endpoint unreachable at start-up; the health checks bring it in when it answers");
+        }
         let (db, table) = split_table(&cfg.database, table);
-        let schema = TableSchema::load(&client, db, table).await?;
+        let schema = TableSchema::load(&first.client, db, table).await?;
         let mapper = RowMapper::with_batch_id_column(
             &schema,
             &flow.metadata,
             flow.payload.clone(),
             flow.batch_id_column.as_deref(),
         )?;
-        let version = server_version(&client).await?;
-        let dedup_token = version_at_least(&version, 22, 1);
         // No column list: each Native block names its columns, and a block
         // may leave out DEFAULT-expression columns its rows lack.
         let insert_sql = format!(
@@ -105,13 +123,21 @@ impl ClickHouseSink {
             quote_identifier(db),
             quote_identifier(table)
         );
+        let sharding = match &flow.sink {
+            SinkConfig::Clickhouse {
+                shard_by: Some(field),
+                ..
+            } => Some(Sharding::new(field, endpoints.len())),
+            _ => None,
+        };
+        endpoints.spawn_health_checks();
         Ok(ClickHouseSink {
-            client,
+            endpoints,
             insert_sql,
             schema,
             mapper,
             insert_timeout: cfg.insert_timeout,
-            dedup_token,
+            sharding,
         })
     }
 
@@ -119,32 +145,73 @@ impl ClickHouseSink {
         format!("{}.{}", self.schema.database, self.schema.table)
     }
 
-    /// Sends one Native block as one insert and waits for the server's
-    /// confirmation. `batch_id` becomes the deduplication token where the
-    /// server has one.
-    pub async fn insert(
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// One Native block as one insert to one endpoint, waiting for the
+    /// server's confirmation. `batch_id` becomes the deduplication token
+    /// where the endpoint has one.
+    async fn send(
         &self,
+        endpoint: &Endpoint,
         block: Bytes,
         batch_id: Option<&str>,
     ) -> Result<(), clickhouse::error::Error> {
-        let mut insert = self
+        let mut insert = endpoint
             .client
             .insert_formatted_with(self.insert_sql.clone())
             .with_timeouts(Some(self.insert_timeout), Some(self.insert_timeout));
-        if let (true, Some(id)) = (self.dedup_token, batch_id) {
+        if let (true, Some(id)) = (endpoint.has_dedup_token(), batch_id) {
             insert = insert.with_setting("insert_deduplication_token", id);
         }
         insert.send(block).await?;
         insert.end().await
     }
-}
 
-impl ClickHouseSink {
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// Inserts `block` (`rows` rows) on the endpoints as `clickhouse.endpoints`
+    /// says, moving on to the next healthy endpoint after a transient error
+    /// (see [`Endpoints::insert`]). Err = every endpoint tried failed, or
+    /// the data was refused.
+    pub async fn insert(
+        &self,
+        block: Bytes,
+        rows: usize,
+        batch_id: Option<&str>,
+    ) -> Result<(), clickhouse::error::Error> {
+        self.endpoints
+            .insert(rows, |i| {
+                self.send(self.endpoints.get(i), block.clone(), batch_id)
+            })
+            .await
     }
 
-    /// Rows carrying `batch_id` in `column` (exactly-once recovery).
+    /// Inserts `block` on shard `shard` only (`shard_by`).
+    pub async fn insert_shard(
+        &self,
+        shard: usize,
+        block: Bytes,
+        rows: usize,
+    ) -> Result<(), clickhouse::error::Error> {
+        self.endpoints
+            .insert_at(shard, rows, |i| {
+                self.send(self.endpoints.get(i), block, None)
+            })
+            .await
+    }
+
+    /// The endpoints a read for exactly-once recovery asks: the healthy
+    /// ones, or all when none is.
+    fn read_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        let any_up = self.endpoints.iter().any(|e| e.is_up());
+        self.endpoints.iter().filter(move |e| !any_up || e.is_up())
+    }
+
+    /// Rows carrying `batch_id` in `column` (exactly-once recovery): the
+    /// largest count any reachable endpoint gives. With replicas, a replica
+    /// that lags may not hold the batch yet; asking them all and taking the
+    /// largest count misses a batch only if no reachable replica has it
+    /// (see docs/CLICKHOUSE_CLUSTER.md). Err only if none answered.
     pub async fn count_batch(
         &self,
         column: &str,
@@ -156,11 +223,50 @@ impl ClickHouseSink {
             quote_identifier(&self.schema.table),
             quote_identifier(column)
         );
-        self.client
-            .query(&sql)
-            .bind(batch_id)
-            .fetch_one::<u64>()
-            .await
+        let mut best: Option<u64> = None;
+        let mut last_error = None;
+        for e in self.read_endpoints() {
+            match e.client.query(&sql).bind(batch_id).fetch_one::<u64>().await {
+                Ok(n) => best = Some(best.map_or(n, |b| b.max(n))),
+                Err(err) => {
+                    tracing::warn!(endpoint = %e.label, error = %err, "counting a batch failed on this endpoint");
+                    last_error = Some(err);
+                }
+            }
+        }
+        best.ok_or_else(|| last_error.expect("at least one endpoint"))
+    }
+
+    /// Values of `id_column` in rows carrying `batch_id` (exactly-once
+    /// recovery of a partial batch): the union over reachable endpoints.
+    pub async fn batch_ids(
+        &self,
+        id_column: &str,
+        batch_id_column: &str,
+        batch_id: &str,
+    ) -> Result<Vec<String>, clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT {} FROM {}.{} WHERE {} = ?",
+            quote_identifier(id_column),
+            quote_identifier(&self.schema.database),
+            quote_identifier(&self.schema.table),
+            quote_identifier(batch_id_column)
+        );
+        let mut out: Option<Vec<String>> = None;
+        let mut last_error = None;
+        for e in self.read_endpoints() {
+            match e
+                .client
+                .query(&sql)
+                .bind(batch_id)
+                .fetch_all::<String>()
+                .await
+            {
+                Ok(ids) => out.get_or_insert_with(Vec::new).extend(ids),
+                Err(err) => last_error = Some(err),
+            }
+        }
+        out.ok_or_else(|| last_error.expect("at least one endpoint"))
     }
 }
 

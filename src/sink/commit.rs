@@ -18,6 +18,15 @@ use crate::metrics::FlowMetrics;
 use crate::stream::dead_letter::{dead_letter_and_ack, DeadLetter};
 use crate::stream::{commands, Message};
 
+/// Where one insert may go.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// Any endpoint, as `clickhouse.endpoints` says (with failover).
+    Any,
+    /// This shard's endpoint only (`shard_by`).
+    Shard(usize),
+}
+
 /// The hard deadline passed while a sink or Redis was still failing; the
 /// batch stays pending and another replica will claim it.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +57,9 @@ impl Committer {
     }
 
     pub async fn commit(&self, batch: SealedBatch) -> Result<(), Abandoned> {
+        if self.sink.sharding.is_some() {
+            return self.commit_sharded(batch).await;
+        }
         let total = batch.messages.len() + batch.dead.len();
         let mut dead = batch.dead;
         let mut batch_ids = Vec::new();
@@ -55,7 +67,13 @@ impl Committer {
             Vec::new()
         } else {
             let (ok, rejected) = self
-                .insert_isolating(batch.messages, batch.block, batch.batch_id, &mut batch_ids)
+                .insert_isolating(
+                    Target::Any,
+                    batch.messages,
+                    batch.block,
+                    batch.batch_id,
+                    &mut batch_ids,
+                )
                 .await
                 .map_err(|_| Abandoned(total))?;
             dead.extend(rejected);
@@ -72,6 +90,36 @@ impl Committer {
                     tracing::warn!(flow = %self.flow, batch = %id, error = %e, "could not drop ledger record");
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A sharded flow's batch (`shard_by`): split by shard, each part
+    /// inserted to its own shard concurrently and acked as soon as it
+    /// landed. A down shard's part is retried (no other shard takes it)
+    /// while the other parts land; the next batch waits for all of them,
+    /// so a long shard outage stops the flow's reads (bounded memory)
+    /// instead of piling up its rows.
+    async fn commit_sharded(&self, batch: SealedBatch) -> Result<(), Abandoned> {
+        let sharding = self.sink.sharding.as_ref().expect("sharded sink");
+        let total = batch.messages.len() + batch.dead.len();
+        self.finish(Vec::new(), batch.dead)
+            .await
+            .map_err(|_| Abandoned(total))?;
+        // The batch's block holds every shard's rows: each part is encoded anew.
+        let parts = sharding
+            .split(batch.messages)
+            .into_iter()
+            .map(|(shard, part)| async move {
+                let block = self.sink.mapper.encode_all(&part, None);
+                let (landed, refused) = self
+                    .insert_isolating(Target::Shard(shard), part, block, None, &mut Vec::new())
+                    .await?;
+                self.finish(landed, refused).await
+            });
+        let results = futures_util::future::join_all(parts).await;
+        if results.iter().any(Result::is_err) {
+            return Err(Abandoned(total));
         }
         Ok(())
     }
@@ -100,6 +148,7 @@ impl Committer {
     /// used are appended to `batch_ids`.
     async fn insert_isolating(
         &self,
+        target: Target,
         messages: Vec<Message>,
         block: Bytes,
         batch_id: Option<String>,
@@ -121,7 +170,7 @@ impl Committer {
                 batch_ids.push(id.clone());
             }
             match self
-                .insert_with_retry(block, part.len(), id.as_deref())
+                .insert_with_retry(target, block, part.len(), id.as_deref())
                 .await?
             {
                 None => landed.extend(part),
@@ -147,9 +196,12 @@ impl Committer {
     }
 
     /// One insert, retried while the error is transient. Ok(None) = landed;
-    /// Ok(Some(error)) = the data was refused; Err = hard stop.
+    /// Ok(Some(error)) = the data was refused; Err = hard stop. Each try
+    /// with [`Target::Any`] is a pass over the healthy endpoints (failover
+    /// within the pass); the backoff is between passes.
     async fn insert_with_retry(
         &self,
+        target: Target,
         block: Bytes,
         rows: usize,
         batch_id: Option<&str>,
@@ -158,7 +210,11 @@ impl Committer {
         loop {
             let started = Instant::now();
             let size = block.len();
-            match self.sink.insert(block.clone(), batch_id).await {
+            let result = match target {
+                Target::Any => self.sink.insert(block.clone(), rows, batch_id).await,
+                Target::Shard(shard) => self.sink.insert_shard(shard, block.clone(), rows).await,
+            };
+            match result {
                 Ok(()) => {
                     self.metrics.inserted(rows, size, started.elapsed());
                     return Ok(None);
@@ -170,7 +226,11 @@ impl Committer {
                     }
                     Disposition::Retry => {
                         self.metrics.insert_retried(rows);
-                        tracing::warn!(flow = %self.flow, table = %self.sink.table_name(), attempt = backoff.attempts() + 1, %error, "insert failed; will retry (nothing acked)");
+                        let shard = match target {
+                            Target::Shard(s) => Some(self.sink.endpoints().get(s).label.as_str()),
+                            Target::Any => None,
+                        };
+                        tracing::warn!(flow = %self.flow, table = %self.sink.table_name(), shard, attempt = backoff.attempts() + 1, %error, "insert failed; will retry (nothing acked)");
                         if !self.wait(&mut backoff).await {
                             return Err(());
                         }

@@ -3,7 +3,9 @@
 
 pub mod clickhouse;
 pub mod commit;
+pub mod endpoints;
 pub mod ledger;
 pub mod recover;
 pub mod retry;
+pub mod shard;
 pub mod stream;

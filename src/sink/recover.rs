@@ -16,7 +16,7 @@ use fred::prelude::Client;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::clickhouse::{quote_identifier, ClickHouseSink};
+use super::clickhouse::ClickHouseSink;
 use super::ledger::{BatchRecord, Ledger};
 use super::retry::{classify, Backoff, Disposition};
 use crate::config::OnSuccess;
@@ -147,7 +147,11 @@ impl Recovery {
             }
             if !messages.is_empty() {
                 let block = self.sink.mapper.encode_all(&messages, Some(&record.id));
-                match self.sink.insert(block, Some(&record.id)).await {
+                match self
+                    .sink
+                    .insert(block, messages.len(), Some(&record.id))
+                    .await
+                {
                     Ok(()) => {
                         tracing::info!(flow = %self.flow, batch = %record.id, rows = messages.len(), "re-inserted the recovered batch")
                     }
@@ -194,19 +198,9 @@ impl Recovery {
         id_column: &str,
         batch_id: &str,
     ) -> Result<HashSet<Vec<u8>>, clickhouse::error::Error> {
-        let sql = format!(
-            "SELECT {} FROM {}.{} WHERE {} = ?",
-            quote_identifier(id_column),
-            quote_identifier(&self.sink.schema.database),
-            quote_identifier(&self.sink.schema.table),
-            quote_identifier(&self.batch_id_column)
-        );
-        let ids: Vec<String> = self
+        let ids = self
             .sink
-            .client()
-            .query(&sql)
-            .bind(batch_id)
-            .fetch_all()
+            .batch_ids(id_column, &self.batch_id_column, batch_id)
             .await?;
         Ok(ids.into_iter().map(String::into_bytes).collect())
     }
