@@ -3,6 +3,7 @@
 //! other and nothing is lost; restarted: round-robin uses it again. A data
 //! error does not fail over. With `shard_by`, every row lands on the shard
 //! its key hashes to, and a down shard holds back only its own rows.
+//! Exactly-once recovery finds a batch on whichever endpoint holds it.
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -392,4 +393,114 @@ async fn shard_by_places_rows_by_key_and_a_down_shard_holds_back_only_its_rows()
     let (on_a, on_b) = (ids(&c.a, &table).await, ids(&c.b, &table).await);
     let union: HashSet<&String> = on_a.iter().chain(&on_b).collect();
     assert_eq!(union.len(), sent.len());
+}
+
+/// Exactly-once recovery counts a batch on every healthy endpoint: a batch
+/// that worker A inserted on B (A failing over from a refused endpoint) and
+/// died before acking is found there by worker C, whose preferred endpoint
+/// never saw it, and is only acked, not inserted again.
+#[tokio::test]
+async fn exactly_once_recovery_finds_a_batch_on_any_endpoint() {
+    let c = Cluster::start().await;
+    let (flow, stream, table) = (
+        unique_name("chep_eo"),
+        unique_name("chep_eo"),
+        unique_name("chep_eo"),
+    );
+    c.exec_both(&format!(
+        "CREATE TABLE {table} ({SEED_TABLE_COLUMNS}, _batch String) ENGINE = MergeTree ORDER BY rec_id"
+    ))
+    .await;
+    let config = |redis_url: &str, a_url: &str, b_url: &str| {
+        format!(
+            r#"
+[redis]
+url = "{redis_url}"
+[clickhouse]
+urls = ["{a_url}", "{b_url}"]
+endpoints = "failover"
+health_check_every = "300ms"
+[worker]
+shutdown_timeout = "10s"
+block = "200ms"
+[[flow]]
+name = "{flow}"
+streams = ["{stream}"]
+group = "g"
+sink = {{ type = "clickhouse", table = "{table}" }}
+delivery = "exactly_once"
+batch_id_column = "_batch"
+metadata = {{ id = "_id" }}
+batch = {{ max_rows = 5000, max_wait = "1s" }}
+claim = {{ min_idle = "1s", every = "300ms" }}
+"#
+        )
+    };
+    let open_batches = || async {
+        match raw(
+            &c.rc,
+            "SCARD",
+            vec![format!("sluice:eo:{flow}:open").into()],
+        )
+        .await
+        {
+            fred::types::Value::Integer(n) => n,
+            _ => 0,
+        }
+    };
+    let redis_proxy = crate::harness::TcpProxy::start(c.redis.addr());
+    let (proxy_a, proxy_b) = (
+        crate::harness::TcpProxy::start(c.a.http_addr()),
+        crate::harness::TcpProxy::start(c.b.http_addr()),
+    );
+    let mut w1 = Worker::spawn(&config(
+        &redis_proxy.redis_url(),
+        &proxy_a.url(),
+        &proxy_b.url(),
+    ));
+    wait_for(LONG, "worker 1 running", || async {
+        w1.log_contents().contains("flow running")
+    })
+    .await;
+    // A refuses (the insert fails over to B); B holds the insert until the
+    // batch is recorded and Redis is cut, so the ack never leaves.
+    proxy_a.refuse();
+    proxy_b.stall();
+    const N: usize = 2000;
+    let sent = xadd_many(&c.rc, &stream, N, seed_job).await;
+    wait_for(LONG, "batch recorded in the ledger", || async {
+        open_batches().await == 1
+    })
+    .await;
+    redis_proxy.stall();
+    proxy_b.pass();
+    wait_for(LONG, "rows inserted on B", || async {
+        c.b.count(&table).await == N as u64
+    })
+    .await;
+    w1.kill();
+    w1.wait_exit(LONG).await.expect("worker 1 exited");
+    assert_eq!(
+        pending(&c.rc, &stream, "g").await,
+        N as u64,
+        "acked before dying"
+    );
+
+    // Worker 2 prefers A, which never saw the batch.
+    let w2 = Worker::spawn(&config(&c.redis.url(), &c.a.url(), &c.b.url()));
+    wait_for(LONG, "worker 2 settled the batch", || async {
+        pending(&c.rc, &stream, "g").await == 0 && open_batches().await == 0
+    })
+    .await;
+    assert!(
+        w2.log_contents()
+            .contains("already holds the recovered batch"),
+        "{}",
+        w2.log_contents()
+    );
+    assert_eq!(c.a.count(&table).await, 0, "inserted again on A");
+    assert_eq!(c.b.count(&table).await, N as u64);
+    let on_b: HashSet<String> = ids(&c.b, &table).await.into_iter().collect();
+    assert_eq!(on_b.len(), N);
+    assert!(sent.iter().all(|id| on_b.contains(id)));
 }
