@@ -3,7 +3,8 @@
 //! other and nothing is lost; restarted: round-robin uses it again. A data
 //! error does not fail over. With `shard_by`, every row lands on the shard
 //! its key hashes to, and a down shard holds back only its own rows.
-//! Exactly-once recovery finds a batch on whichever endpoint holds it.
+//! Exactly-once recovery finds a batch on whichever endpoint holds it. A
+//! Distributed table over both servers takes inserts through either node.
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -503,4 +504,112 @@ claim = {{ min_idle = "1s", every = "300ms" }}
     let on_b: HashSet<String> = ids(&c.b, &table).await.into_iter().collect();
     assert_eq!(on_b.len(), N);
     assert!(sent.iter().all(|id| on_b.contains(id)));
+}
+
+/// Defines cluster `sluice_test` (one shard per server) on both servers
+/// through `config.d`, and waits until both have loaded it.
+async fn define_cluster(c: &Cluster) {
+    let xml = format!(
+        r#"<?xml version="1.0"?>
+<yandex>
+    <remote_servers>
+        <sluice_test>
+            <shard><replica><host>127.0.0.1</host><port>{}</port></replica></shard>
+            <shard><replica><host>127.0.0.1</host><port>{}</port></replica></shard>
+        </sluice_test>
+    </remote_servers>
+</yandex>
+"#,
+        c.a.tcp_port(),
+        c.b.tcp_port()
+    );
+    for ch in [&c.a, &c.b] {
+        let dir = ch.dir().join("config.d");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("sluice_test_cluster.xml"), &xml).unwrap();
+    }
+    // ClickHouse reloads remote_servers from config.d while running.
+    let sql = "SELECT count() FROM system.clusters WHERE cluster = 'sluice_test'";
+    wait_for(LONG, "cluster loaded on both servers", || async {
+        c.a.query_u64(sql).await == 2 && c.b.query_u64(sql).await == 2
+    })
+    .await;
+}
+
+/// A Distributed table on both nodes, inserted through either
+/// (round-robin); a node stopped mid-run: the other takes the inserts (and
+/// queues the stopped shard's rows), and once it is back every row is in
+/// exactly one shard.
+#[tokio::test]
+async fn distributed_table_through_either_node_survives_a_stopped_node() {
+    let mut c = Cluster::start().await;
+    define_cluster(&c).await;
+    let (stream, table) = (unique_name("chep_dist"), unique_name("chep_dist"));
+    let local = format!("{table}_local");
+    c.exec_both(&format!(
+        "CREATE TABLE {local} ({SEED_TABLE_COLUMNS}) ENGINE = MergeTree ORDER BY rec_id"
+    ))
+    .await;
+    c.exec_both(&format!(
+        "CREATE TABLE {table} AS {local} ENGINE = Distributed(sluice_test, default, {local}, rec_id)"
+    ))
+    .await;
+    let port = free_port();
+    let _w = Worker::spawn(&c.config(
+        "endpoints = \"round_robin\"",
+        &format!(
+            "streams = [\"{stream}\"]\nsink = {{ type = \"clickhouse\", table = \"{table}\" }}"
+        ),
+        port,
+    ));
+    let (stop, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let producer = produce(c.rc.clone(), stream.clone(), stop.clone(), sent.clone());
+    wait_for(LONG, "rows on both shards", || async {
+        c.a.count(&local).await > 0 && c.b.count(&local).await > 0
+    })
+    .await;
+
+    c.a.stop().await;
+    let a_label = c.a.url();
+    wait_for(LONG, "node A marked down", || async {
+        metric(
+            port,
+            "sluice_clickhouse_endpoint_up",
+            &[("endpoint", &a_label)],
+        )
+        .await
+            == Some(0.0)
+    })
+    .await;
+    let b_at_stop = c.b.count(&local).await;
+    wait_for(LONG, "node B takes the inserts", || async {
+        c.b.count(&local).await >= b_at_stop + 500
+    })
+    .await;
+
+    c.a.start_again().await;
+    stop.store(true, Ordering::Relaxed);
+    let produced = producer.await.unwrap();
+    wait_for(LONG, "every row in its shard", || async {
+        pending(&c.rc, &stream, "g").await == 0
+            && c.a.count(&local).await + c.b.count(&local).await == produced.len() as u64
+    })
+    .await;
+    let (on_a, on_b) = (ids(&c.a, &local).await, ids(&c.b, &local).await);
+    let union: HashSet<&String> = on_a.iter().chain(&on_b).collect();
+    assert_eq!(union.len(), produced.len());
+    // The sharding key placed each row: A holds even rec_ids, B odd ones.
+    assert_eq!(
+        c.a.query_u64(&format!("SELECT countIf(rec_id % 2 != 0) FROM {local}"))
+            .await,
+        0
+    );
+    assert_eq!(
+        c.b.query_u64(&format!("SELECT countIf(rec_id % 2 != 1) FROM {local}"))
+            .await,
+        0
+    );
 }
