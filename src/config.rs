@@ -994,14 +994,6 @@ impl Config {
                                 "needs clickhouse.urls: the shards, in order",
                             ));
                         }
-                        // Recovery would have to count and re-insert per
-                        // shard; not built (see docs/CLICKHOUSE_CLUSTER.md).
-                        if flow.delivery == Delivery::ExactlyOnce {
-                            return Err(bad(
-                                key("sink.shard_by"),
-                                "is not supported with delivery = \"exactly_once\"",
-                            ));
-                        }
                     }
                 }
                 SinkConfig::Stream(sink) => validate_stream_sink(flow, sink, &key("sink"))?,
@@ -1551,7 +1543,7 @@ on_success = "ack"              # or "ack_del": XACK then XDEL, as the original 
     }
 
     #[test]
-    fn shard_by_needs_urls_and_no_exactly_once() {
+    fn shard_by_needs_urls() {
         let sharded = EXAMPLE.replace(
             "table = \"events\" }",
             "table = \"events_local\", shard_by = \"user_id\" }",
@@ -1574,10 +1566,9 @@ on_success = "ack"              # or "ack_del": XACK then XDEL, as the original 
             "on_success = \"ack\"",
             "batch_id_column = \"_batch\"\ndelivery = \"exactly_once\"",
         );
-        let err = parse(&eo, &[]).unwrap_err().to_string();
-        assert!(
-            err.contains("flow[0].sink.shard_by") && err.contains("exactly_once"),
-            "{err}"
+        assert_eq!(
+            parse(&eo, &[]).unwrap().flows[0].delivery,
+            Delivery::ExactlyOnce
         );
     }
 

@@ -16,6 +16,7 @@ use crate::batch::{MappingError, RowMapper};
 use crate::config::{ClickHouseConfig, FlowConfig, SinkConfig};
 use crate::metrics::Metrics;
 use crate::schema::{SchemaError, TableSchema};
+use crate::stream::Message;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -192,26 +193,84 @@ impl ClickHouseSink {
         shard: usize,
         block: Bytes,
         rows: usize,
+        batch_id: Option<&str>,
     ) -> Result<(), clickhouse::error::Error> {
         self.endpoints
             .insert_at(shard, rows, |i| {
-                self.send(self.endpoints.get(i), block, None)
+                self.send(self.endpoints.get(i), block, batch_id)
             })
             .await
     }
 
-    /// The endpoints a read for exactly-once recovery asks: the healthy
-    /// ones, or all when none is.
-    fn read_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
-        let any_up = self.endpoints.iter().any(|e| e.is_up());
-        self.endpoints.iter().filter(move |e| !any_up || e.is_up())
+    /// Encodes and inserts `messages` under `batch_id` once (exactly-once
+    /// recovery): on the endpoints as configured, or, sharded, each
+    /// shard's part on its shard. Err = some part failed (the caller
+    /// counts again before retrying, so parts that landed are not repeated).
+    pub async fn insert_messages(
+        &self,
+        messages: &[Message],
+        batch_id: &str,
+    ) -> Result<(), clickhouse::error::Error> {
+        let Some(sharding) = &self.sharding else {
+            let block = self.mapper.encode_all(messages, Some(batch_id));
+            return self.insert(block, messages.len(), Some(batch_id)).await;
+        };
+        for (shard, part) in sharding.split(messages.to_vec()) {
+            let block = self.mapper.encode_all(&part, Some(batch_id));
+            self.insert_shard(shard, block, part.len(), Some(batch_id))
+                .await?;
+        }
+        Ok(())
     }
 
-    /// Rows carrying `batch_id` in `column` (exactly-once recovery): the
-    /// largest count any reachable endpoint gives. With replicas, a replica
-    /// that lags may not hold the batch yet; asking them all and taking the
-    /// largest count misses a batch only if no reachable replica has it
-    /// (see docs/CLICKHOUSE_CLUSTER.md). Err only if none answered.
+    /// The endpoints a read for exactly-once recovery asks, and whether
+    /// each must answer. Shards: all of them, each must answer (a part is
+    /// on its shard only). Replicas / Distributed nodes: the healthy ones
+    /// (all when none is), one answer is enough.
+    fn read_endpoints(&self) -> (Vec<&Endpoint>, bool) {
+        if self.sharding.is_some() {
+            return (self.endpoints.iter().collect(), true);
+        }
+        let any_up = self.endpoints.iter().any(|e| e.is_up());
+        let list = self
+            .endpoints
+            .iter()
+            .filter(|e| !any_up || e.is_up())
+            .collect();
+        (list, false)
+    }
+
+    /// Runs `query` on the recovery read endpoints; the answers, or the
+    /// error that makes them incomplete.
+    async fn read_all<T, F, Fut>(&self, query: F) -> Result<Vec<T>, clickhouse::error::Error>
+    where
+        F: Fn(&Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, clickhouse::error::Error>>,
+    {
+        let (endpoints, all_needed) = self.read_endpoints();
+        let mut answers = Vec::new();
+        let mut last_error = None;
+        for e in endpoints {
+            match query(&e.client).await {
+                Ok(v) => answers.push(v),
+                Err(err) if all_needed => return Err(err),
+                Err(err) => {
+                    tracing::warn!(endpoint = %e.label, error = %err, "exactly-once recovery read failed on this endpoint");
+                    last_error = Some(err);
+                }
+            }
+        }
+        match (answers.is_empty(), last_error) {
+            (true, Some(err)) => Err(err),
+            _ => Ok(answers),
+        }
+    }
+
+    /// Rows carrying `batch_id` in `column` (exactly-once recovery).
+    /// Replicas / Distributed nodes: the largest count a healthy endpoint
+    /// gives — a lagging replica may not hold the batch yet, so the batch
+    /// is missed only if no reachable one has it (docs/CLICKHOUSE_CLUSTER.md).
+    /// Shards: the sum over every shard, all of which must answer.
     pub async fn count_batch(
         &self,
         column: &str,
@@ -223,22 +282,18 @@ impl ClickHouseSink {
             quote_identifier(&self.schema.table),
             quote_identifier(column)
         );
-        let mut best: Option<u64> = None;
-        let mut last_error = None;
-        for e in self.read_endpoints() {
-            match e.client.query(&sql).bind(batch_id).fetch_one::<u64>().await {
-                Ok(n) => best = Some(best.map_or(n, |b| b.max(n))),
-                Err(err) => {
-                    tracing::warn!(endpoint = %e.label, error = %err, "counting a batch failed on this endpoint");
-                    last_error = Some(err);
-                }
-            }
-        }
-        best.ok_or_else(|| last_error.expect("at least one endpoint"))
+        let counts = self
+            .read_all(|c| c.query(&sql).bind(batch_id).fetch_one::<u64>())
+            .await?;
+        Ok(if self.sharding.is_some() {
+            counts.iter().sum()
+        } else {
+            counts.into_iter().max().unwrap_or(0)
+        })
     }
 
     /// Values of `id_column` in rows carrying `batch_id` (exactly-once
-    /// recovery of a partial batch): the union over reachable endpoints.
+    /// recovery of a partial batch): the union over the endpoints read.
     pub async fn batch_ids(
         &self,
         id_column: &str,
@@ -252,21 +307,10 @@ impl ClickHouseSink {
             quote_identifier(&self.schema.table),
             quote_identifier(batch_id_column)
         );
-        let mut out: Option<Vec<String>> = None;
-        let mut last_error = None;
-        for e in self.read_endpoints() {
-            match e
-                .client
-                .query(&sql)
-                .bind(batch_id)
-                .fetch_all::<String>()
-                .await
-            {
-                Ok(ids) => out.get_or_insert_with(Vec::new).extend(ids),
-                Err(err) => last_error = Some(err),
-            }
-        }
-        out.ok_or_else(|| last_error.expect("at least one endpoint"))
+        let lists = self
+            .read_all(|c| c.query(&sql).bind(batch_id).fetch_all::<String>())
+            .await?;
+        Ok(lists.into_iter().flatten().collect())
     }
 }
 

@@ -82,21 +82,27 @@ impl Committer {
         self.finish(inserted, dead)
             .await
             .map_err(|_| Abandoned(total))?;
-        if let Some(ledger) = &self.ledger {
-            for id in &batch_ids {
-                // Best effort: a record left behind expires with ledger_ttl,
-                // and its members are acked, so nobody will look it up.
-                if let Err(e) = ledger.forget(id).await {
-                    tracing::warn!(flow = %self.flow, batch = %id, error = %e, "could not drop ledger record");
-                }
+        self.forget(&batch_ids).await;
+        Ok(())
+    }
+
+    /// Drops the ledger records of acked batches (exactly-once).
+    async fn forget(&self, batch_ids: &[String]) {
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        for id in batch_ids {
+            // Best effort: a record left behind expires with ledger_ttl,
+            // and its members are acked, so nobody will look it up.
+            if let Err(e) = ledger.forget(id).await {
+                tracing::warn!(flow = %self.flow, batch = %id, error = %e, "could not drop ledger record");
             }
         }
-        Ok(())
     }
 
     /// A sharded flow's batch (`shard_by`): split by shard, each part
     /// inserted to its own shard concurrently and acked as soon as it
-    /// landed. A down shard's part is retried (no other shard takes it)
+    /// landed (exactly-once: each part recorded under its own batch id). A down shard's part is retried (no other shard takes it)
     /// while the other parts land; the next batch waits for all of them,
     /// so a long shard outage stops the flow's reads (bounded memory)
     /// instead of piling up its rows.
@@ -106,16 +112,22 @@ impl Committer {
         self.finish(Vec::new(), batch.dead)
             .await
             .map_err(|_| Abandoned(total))?;
-        // The batch's block holds every shard's rows: each part is encoded anew.
+        // The batch's block holds every shard's rows: each part is encoded
+        // anew, and (exactly-once) is a batch of its own in the ledger.
+        let with_ids = self.ledger.is_some();
         let parts = sharding
             .split(batch.messages)
             .into_iter()
             .map(|(shard, part)| async move {
-                let block = self.sink.mapper.encode_all(&part, None);
+                let id = with_ids.then(new_batch_id);
+                let block = self.sink.mapper.encode_all(&part, id.as_deref());
+                let mut batch_ids = Vec::new();
                 let (landed, refused) = self
-                    .insert_isolating(Target::Shard(shard), part, block, None, &mut Vec::new())
+                    .insert_isolating(Target::Shard(shard), part, block, id, &mut batch_ids)
                     .await?;
-                self.finish(landed, refused).await
+                self.finish(landed, refused).await?;
+                self.forget(&batch_ids).await;
+                Ok::<(), ()>(())
             });
         let results = futures_util::future::join_all(parts).await;
         if results.iter().any(Result::is_err) {
@@ -212,7 +224,11 @@ impl Committer {
             let size = block.len();
             let result = match target {
                 Target::Any => self.sink.insert(block.clone(), rows, batch_id).await,
-                Target::Shard(shard) => self.sink.insert_shard(shard, block.clone(), rows).await,
+                Target::Shard(shard) => {
+                    self.sink
+                        .insert_shard(shard, block.clone(), rows, batch_id)
+                        .await
+                }
             };
             match result {
                 Ok(()) => {

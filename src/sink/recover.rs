@@ -146,12 +146,7 @@ impl Recovery {
                 }
             }
             if !messages.is_empty() {
-                let block = self.sink.mapper.encode_all(&messages, Some(&record.id));
-                match self
-                    .sink
-                    .insert(block, messages.len(), Some(&record.id))
-                    .await
-                {
+                match self.sink.insert_messages(&messages, &record.id).await {
                     Ok(()) => {
                         tracing::info!(flow = %self.flow, batch = %record.id, rows = messages.len(), "re-inserted the recovered batch")
                     }

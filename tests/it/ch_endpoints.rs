@@ -613,3 +613,123 @@ async fn distributed_table_through_either_node_survives_a_stopped_node() {
         0
     );
 }
+
+/// Exactly-once with `shard_by`: each shard's part of a batch is recorded
+/// under its own batch id. A worker killed after both shards confirmed
+/// their parts but before the acks leaves nothing to insert again: the next
+/// worker counts each part on the shards and only acks.
+#[tokio::test]
+async fn exactly_once_with_shard_by_recovers_each_part_once() {
+    let c = Cluster::start().await;
+    let (flow, stream, table) = (
+        unique_name("chep_eos"),
+        unique_name("chep_eos"),
+        unique_name("chep_eos"),
+    );
+    c.exec_both(&format!(
+        "CREATE TABLE {table} ({SEED_TABLE_COLUMNS}, _batch String) ENGINE = MergeTree ORDER BY rec_id"
+    ))
+    .await;
+    let config = |redis_url: &str, a_url: &str, b_url: &str| {
+        format!(
+            r#"
+[redis]
+url = "{redis_url}"
+[clickhouse]
+urls = ["{a_url}", "{b_url}"]
+health_check_every = "300ms"
+[worker]
+shutdown_timeout = "10s"
+block = "200ms"
+[[flow]]
+name = "{flow}"
+streams = ["{stream}"]
+group = "g"
+sink = {{ type = "clickhouse", table = "{table}", shard_by = "task_for" }}
+delivery = "exactly_once"
+batch_id_column = "_batch"
+metadata = {{ id = "_id" }}
+batch = {{ max_rows = 5000, max_wait = "1s" }}
+claim = {{ min_idle = "1s", every = "300ms" }}
+"#
+        )
+    };
+    let open_batches = || async {
+        match raw(
+            &c.rc,
+            "SCARD",
+            vec![format!("sluice:eo:{flow}:open").into()],
+        )
+        .await
+        {
+            fred::types::Value::Integer(n) => n,
+            _ => 0,
+        }
+    };
+    let redis_proxy = crate::harness::TcpProxy::start(c.redis.addr());
+    let (proxy_a, proxy_b) = (
+        crate::harness::TcpProxy::start(c.a.http_addr()),
+        crate::harness::TcpProxy::start(c.b.http_addr()),
+    );
+    let mut w1 = Worker::spawn(&config(
+        &redis_proxy.redis_url(),
+        &proxy_a.url(),
+        &proxy_b.url(),
+    ));
+    wait_for(LONG, "worker 1 running", || async {
+        w1.log_contents().contains("flow running")
+    })
+    .await;
+    proxy_a.stall();
+    proxy_b.stall();
+    const N: usize = 2000;
+    let sent = xadd_many(&c.rc, &stream, N, seed_job).await;
+    // task_for is a, b or c: both shards get a part, each its own record.
+    wait_for(LONG, "both parts recorded in the ledger", || async {
+        open_batches().await == 2
+    })
+    .await;
+    redis_proxy.stall();
+    proxy_a.pass();
+    proxy_b.pass();
+    wait_for(LONG, "both parts inserted", || async {
+        c.a.count(&table).await + c.b.count(&table).await == N as u64
+    })
+    .await;
+    w1.kill();
+    w1.wait_exit(LONG).await.expect("worker 1 exited");
+    assert_eq!(
+        pending(&c.rc, &stream, "g").await,
+        N as u64,
+        "acked before dying"
+    );
+    let (a_rows, b_rows) = (c.a.count(&table).await, c.b.count(&table).await);
+
+    let w2 = Worker::spawn(&config(&c.redis.url(), &c.a.url(), &c.b.url()));
+    wait_for(LONG, "worker 2 settled both parts", || async {
+        pending(&c.rc, &stream, "g").await == 0 && open_batches().await == 0
+    })
+    .await;
+    assert_eq!(
+        w2.log_contents()
+            .matches("already holds the recovered batch")
+            .count(),
+        2,
+        "{}",
+        w2.log_contents()
+    );
+    assert_eq!(c.a.count(&table).await, a_rows, "inserted again on A");
+    assert_eq!(c.b.count(&table).await, b_rows, "inserted again on B");
+    let (on_a, on_b) = (ids(&c.a, &table).await, ids(&c.b, &table).await);
+    let union: HashSet<&String> = on_a.iter().chain(&on_b).collect();
+    assert_eq!(union.len(), N);
+    assert!(sent.iter().all(|id| union.contains(id)));
+    for (shard, ch) in [(0, &c.a), (1, &c.b)] {
+        let wrong = ch
+            .query_u64(&format!(
+                "SELECT count() FROM {table} WHERE cityHash64(task_for) % 2 != {shard}"
+            ))
+            .await;
+        assert_eq!(wrong, 0, "shard {shard} holds rows of the other shard");
+    }
+}
