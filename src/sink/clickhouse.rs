@@ -215,7 +215,7 @@ impl ClickHouseSink {
             let block = self.mapper.encode_all(messages, Some(batch_id));
             return self.insert(block, messages.len(), Some(batch_id)).await;
         };
-        for (shard, part) in sharding.split(messages.to_vec()) {
+        for (shard, part) in sharding.split(messages.iter().cloned()) {
             let block = self.mapper.encode_all(&part, Some(batch_id));
             self.insert_shard(shard, block, part.len(), Some(batch_id))
                 .await?;

@@ -49,7 +49,7 @@ impl Sharding {
 
     /// Splits `messages` by shard, keeping their order within each shard.
     /// Returns only non-empty parts, in shard order.
-    pub fn split(&self, messages: Vec<Message>) -> Vec<(usize, Vec<Message>)> {
+    pub fn split(&self, messages: impl IntoIterator<Item = Message>) -> Vec<(usize, Vec<Message>)> {
         let mut parts: Vec<Vec<Message>> = (0..self.shards).map(|_| Vec::new()).collect();
         for m in messages {
             parts[self.shard_of(&m)].push(m);
