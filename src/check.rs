@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 pub use crate::config::redact_url;
 use crate::config::{Config, OnSuccess, SinkConfig};
-use crate::sink::clickhouse::{self, ClickHouseSink};
+use crate::sink::clickhouse::ClickHouseSink;
 use crate::stream::{client, commands};
 
 /// Returns the human-readable plan, or the first problem found.
@@ -31,16 +31,48 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
         redact_url(&config.redis.url)
     )?;
     if let Some(ch) = &config.clickhouse {
-        let client = clickhouse::client(ch);
-        let v = clickhouse::server_version(&client).await.map_err(|e| {
-            anyhow::anyhow!("clickhouse.url: cannot query {}: {e}", redact_url(&ch.url))
-        })?;
-        writeln!(
-            out,
-            "clickhouse: {} (version {v}) as user `{}` ok",
-            redact_url(&ch.url),
-            ch.user
-        )?;
+        let endpoints = crate::sink::endpoints::probe(ch).await;
+        let several = endpoints.len() > 1;
+        for e in &endpoints {
+            match (&e.version, &e.error) {
+                (Some(v), _) => writeln!(
+                    out,
+                    "clickhouse: {}{} (version {v}) as user `{}` ok",
+                    if several {
+                        format!("{} ", e.key)
+                    } else {
+                        String::new()
+                    },
+                    e.endpoint,
+                    ch.user
+                )?,
+                (None, error) => writeln!(
+                    out,
+                    "clickhouse: {} {} DOWN: {}",
+                    e.key,
+                    e.endpoint,
+                    error.as_deref().unwrap_or("?")
+                )?,
+            }
+        }
+        // One endpoint down of several is a warning (the others take its
+        // inserts); all down is an error.
+        if !endpoints.iter().any(|e| e.up) {
+            let e = &endpoints[0];
+            anyhow::bail!(
+                "{}: cannot query {}: {}",
+                e.key,
+                e.endpoint,
+                e.error.as_deref().unwrap_or("?")
+            );
+        }
+        if several {
+            writeln!(
+                out,
+                "clickhouse: endpoints = {:?}, health checks every {:?}",
+                ch.endpoints, ch.health_check_every
+            )?;
+        }
     }
     for f in &config.flows {
         writeln!(out, "flow `{}`:", f.name)?;
@@ -61,11 +93,18 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
                     writeln!(out, "  {line}")?;
                 }
             }
-            SinkConfig::Clickhouse { table } => {
+            SinkConfig::Clickhouse { table, shard_by } => {
                 let ch = config.clickhouse.as_ref().expect("validated");
                 let sink = ClickHouseSink::open(ch, f, table)
                     .await
                     .map_err(|e| anyhow::anyhow!("flow `{}`: {e}", f.name))?;
+                if let Some(field) = shard_by {
+                    writeln!(
+                        out,
+                        "  sharded by field `{field}`: row → shard cityHash64({field}) % {}, shards in clickhouse.urls order (no failover between shards)",
+                        sink.endpoints().len()
+                    )?;
+                }
                 writeln!(
                     out,
                     "  inserts into {} (Native, batches of ≤{} rows / ≤{} / ≤{:?}), columns:",

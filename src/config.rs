@@ -123,7 +123,22 @@ impl std::fmt::Debug for RedisConfig {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClickHouseConfig {
+    /// One server's HTTP(S) interface. Exactly one of `url` and `urls`.
+    #[serde(default)]
     pub url: String,
+    /// Several endpoints serving the same table (replicas, or nodes holding
+    /// a Distributed table), used as `endpoints` says; with a sink's
+    /// `shard_by`, the shards in order. See docs/CLICKHOUSE_CLUSTER.md.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// How inserts pick among `urls`: `failover` (the first healthy one, in
+    /// order) or `round_robin` (batches spread over the healthy ones).
+    #[serde(default)]
+    pub endpoints: EndpointMode,
+    /// How often every endpoint is checked (`SELECT version()`); an endpoint
+    /// marked down comes back only after such a check passes.
+    #[serde(default = "default_health_check_every", with = "humantime_serde")]
+    pub health_check_every: Duration,
     #[serde(default = "default_database")]
     pub database: String,
     #[serde(default = "default_user")]
@@ -147,6 +162,12 @@ impl std::fmt::Debug for ClickHouseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClickHouseConfig")
             .field("url", &redact_url(&self.url))
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
+            .field("endpoints", &self.endpoints)
+            .field("health_check_every", &self.health_check_every)
             .field("database", &self.database)
             .field("user", &self.user)
             .field(
@@ -158,6 +179,37 @@ impl std::fmt::Debug for ClickHouseConfig {
             .field("insert_timeout", &self.insert_timeout)
             .finish()
     }
+}
+
+impl ClickHouseConfig {
+    /// The endpoint URLs: `urls`, or `url` alone.
+    pub fn endpoint_urls(&self) -> Vec<&str> {
+        if self.urls.is_empty() {
+            vec![self.url.as_str()]
+        } else {
+            self.urls.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// The key the endpoint at `index` came from, for error messages.
+    pub fn endpoint_key(&self, index: usize) -> String {
+        if self.urls.is_empty() {
+            "clickhouse.url".into()
+        } else {
+            format!("clickhouse.urls[{index}]")
+        }
+    }
+}
+
+/// `clickhouse.endpoints`: how inserts choose among several URLs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointMode {
+    /// The first healthy endpoint in `urls` order takes every insert.
+    #[default]
+    Failover,
+    /// Each batch goes to the next healthy endpoint in turn.
+    RoundRobin,
 }
 
 /// Hides the password of a `scheme://user:pass@host…` URL, for logs and
@@ -309,6 +361,12 @@ impl FlowConfig {
 pub enum SinkConfig {
     Clickhouse {
         table: String,
+        /// Per-shard local tables: each row goes to shard
+        /// `cityHash64(value of this field) % len(clickhouse.urls)`, the
+        /// shards being `clickhouse.urls` in order (no failover between
+        /// them). Unset: every endpoint serves the whole table.
+        #[serde(default)]
+        shard_by: Option<String>,
     },
     /// XADD to other streams, then XACK at the source (the original s2s).
     Stream(StreamSinkConfig),
@@ -663,6 +721,9 @@ fn default_database() -> String {
 fn default_user() -> String {
     "default".into()
 }
+fn default_health_check_every() -> Duration {
+    Duration::from_secs(5)
+}
 fn default_insert_timeout() -> Duration {
     Duration::from_secs(60)
 }
@@ -837,12 +898,7 @@ impl Config {
             ));
         }
         if let Some(ch) = &self.clickhouse {
-            if !ch.url.starts_with("http://") && !ch.url.starts_with("https://") {
-                return Err(bad(
-                    "clickhouse.url".into(),
-                    "must start with http:// or https://",
-                ));
-            }
+            validate_clickhouse(ch)?;
         }
         if self.worker.block.is_zero() {
             return Err(bad(
@@ -918,15 +974,26 @@ impl Config {
                 ));
             }
             match &flow.sink {
-                SinkConfig::Clickhouse { table } => {
-                    if self.clickhouse.is_none() {
+                SinkConfig::Clickhouse { table, shard_by } => {
+                    let Some(ch) = &self.clickhouse else {
                         return Err(bad(
                             key("sink"),
                             "a clickhouse sink needs a [clickhouse] section",
                         ));
-                    }
+                    };
                     if table.is_empty() {
                         return Err(bad(key("sink.table"), "must not be empty"));
+                    }
+                    if let Some(field) = shard_by {
+                        if field.is_empty() {
+                            return Err(bad(key("sink.shard_by"), "must not be empty"));
+                        }
+                        if ch.urls.is_empty() {
+                            return Err(bad(
+                                key("sink.shard_by"),
+                                "needs clickhouse.urls: the shards, in order",
+                            ));
+                        }
                     }
                 }
                 SinkConfig::Stream(sink) => validate_stream_sink(flow, sink, &key("sink"))?,
@@ -1004,6 +1071,41 @@ impl Config {
     pub fn stream_max_len(&self, stream: &str) -> Option<u64> {
         self.streams.get(stream).and_then(|s| s.max_len)
     }
+}
+
+fn validate_clickhouse(ch: &ClickHouseConfig) -> Result<()> {
+    match (ch.url.is_empty(), ch.urls.is_empty()) {
+        (false, false) => {
+            return Err(key_error(
+                "clickhouse.urls",
+                "set either clickhouse.url or clickhouse.urls, not both",
+            ))
+        }
+        (true, true) => {
+            return Err(key_error(
+                "clickhouse.url",
+                "missing: set clickhouse.url (one server) or clickhouse.urls (several)",
+            ))
+        }
+        _ => {}
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, url) in ch.endpoint_urls().into_iter().enumerate() {
+        let key = ch.endpoint_key(i);
+        if !url.starts_with("http://") && !url.starts_with("https://") {
+            return Err(key_error(&key, "must start with http:// or https://"));
+        }
+        if !seen.insert(url.trim_end_matches('/')) {
+            return Err(key_error(&key, "duplicate endpoint"));
+        }
+    }
+    if ch.health_check_every < Duration::from_millis(100) {
+        return Err(key_error(
+            "clickhouse.health_check_every",
+            "must be at least 100ms",
+        ));
+    }
+    Ok(())
 }
 
 fn key_error(key: &str, message: impl Into<String>) -> ConfigError {
@@ -1403,6 +1505,92 @@ on_success = "ack"              # or "ack_del": XACK then XDEL, as the original 
         let c = parse(&text, &[]).unwrap();
         assert_eq!(c.flows[0].delivery, Delivery::ExactlyOnce);
         assert_eq!(c.flows[0].ledger_ttl, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn clickhouse_url_or_urls() {
+        let two = EXAMPLE.replace(
+            "url = \"http://127.0.0.1:8123\"",
+            "urls = [\"http://a:8123\", \"http://u:pw@b:8123\"]\nendpoints = \"round_robin\"",
+        );
+        let c = parse(&two, &[]).unwrap();
+        let ch = c.clickhouse.as_ref().unwrap();
+        assert_eq!(ch.endpoint_urls(), ["http://a:8123", "http://u:pw@b:8123"]);
+        assert_eq!(ch.endpoints, EndpointMode::RoundRobin);
+        assert_eq!(ch.health_check_every, Duration::from_secs(5));
+        assert!(!format!("{ch:?}").contains("pw"), "{ch:?}");
+
+        let both = EXAMPLE.replace(
+            "database = \"default\"",
+            "urls = [\"http://a:8123\"]\ndatabase = \"default\"",
+        );
+        let err = parse(&both, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("clickhouse.urls") && err.contains("not both"),
+            "{err}"
+        );
+
+        let none = EXAMPLE.replace("url = \"http://127.0.0.1:8123\"\n", "");
+        let err = parse(&none, &[]).unwrap_err().to_string();
+        assert!(err.contains("clickhouse.url"), "{err}");
+
+        let bad = two.replace("http://u:pw@b", "tcp://b");
+        let err = parse(&bad, &[]).unwrap_err().to_string();
+        assert!(err.contains("clickhouse.urls[1]"), "{err}");
+
+        let dup = two.replace("http://u:pw@b:8123", "http://a:8123/");
+        let err = parse(&dup, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("clickhouse.urls[1]") && err.contains("duplicate"),
+            "{err}"
+        );
+
+        let mode = two.replace("round_robin", "random");
+        let err = parse(&mode, &[]).unwrap_err().to_string();
+        assert!(err.contains("clickhouse.endpoints"), "{err}");
+
+        let env = parse(
+            EXAMPLE,
+            &[
+                ("SLUICE_CLICKHOUSE__URL", ""),
+                (
+                    "SLUICE_CLICKHOUSE__URLS",
+                    "[\"http://x:1\", \"http://y:2\"]",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(env.clickhouse.unwrap().endpoint_urls().len(), 2);
+    }
+
+    #[test]
+    fn shard_by_needs_urls() {
+        let sharded = EXAMPLE.replace(
+            "table = \"events\" }",
+            "table = \"events_local\", shard_by = \"user_id\" }",
+        );
+        let err = parse(&sharded, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("flow[0].sink.shard_by") && err.contains("urls"),
+            "{err}"
+        );
+        let sharded = sharded.replace(
+            "url = \"http://127.0.0.1:8123\"",
+            "urls = [\"http://a:8123\", \"http://b:8123\"]",
+        );
+        let c = parse(&sharded, &[]).unwrap();
+        assert!(matches!(
+            &c.flows[0].sink,
+            SinkConfig::Clickhouse { shard_by: Some(f), .. } if f == "user_id"
+        ));
+        let eo = sharded.replace(
+            "on_success = \"ack\"",
+            "batch_id_column = \"_batch\"\ndelivery = \"exactly_once\"",
+        );
+        assert_eq!(
+            parse(&eo, &[]).unwrap().flows[0].delivery,
+            Delivery::ExactlyOnce
+        );
     }
 
     #[test]

@@ -117,13 +117,14 @@ impl Flow {
             }
         }
         let clickhouse = match &cfg.sink {
-            SinkConfig::Clickhouse { table } => {
+            SinkConfig::Clickhouse { table, .. } => {
                 let ch = config
                     .clickhouse
                     .as_ref()
                     .expect("validated: clickhouse sink has a section");
+                let endpoint_metrics = config.metrics.listen.is_some().then_some(&metrics);
                 Some(Arc::new(
-                    ClickHouseSink::open(ch, cfg, table)
+                    ClickHouseSink::open_with_metrics(ch, cfg, table, endpoint_metrics)
                         .await
                         .map_err(|e| anyhow::anyhow!("flow `{}`: {e}", cfg.name))?,
                 ))

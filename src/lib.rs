@@ -10,8 +10,9 @@
 //! - [`native`]: the dynamic Native-format block encoder.
 //! - [`payload`]: JSON / MessagePack payload fields expanded into columns.
 //! - [`batch`]: field→column mapping and batches closed by rows/bytes/time.
-//! - [`sink`]: the ClickHouse sink, retry-or-bisect decision, commit + ack,
-//!   and the exactly-once batch ledger with its recovery.
+//! - [`sink`]: the ClickHouse sink, its endpoints (failover / round-robin,
+//!   health checks) and `shard_by` placement, retry-or-bisect decision,
+//!   commit + ack, and the exactly-once batch ledger with its recovery.
 //!   The stream sink: routing, `max_len` backpressure, XADD then XACK.
 //! - [`flow`]: one flow's reader, claim loop, batcher and committer tasks.
 //! - [`handler`]: the processing step before a sink: exec (JSON-lines child

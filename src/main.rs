@@ -76,6 +76,10 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 print!("{}", sluice::status::render_table(&list));
+                if let Some(ch) = &config.clickhouse {
+                    let endpoints = sluice::sink::endpoints::probe(ch).await;
+                    print!("{}", sluice::status::render_endpoints(&endpoints));
+                }
             }
             Ok(())
         }

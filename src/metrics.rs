@@ -37,6 +37,12 @@ pub const DEAD_LETTER_REASONS: &[&str] = &[
 /// Sink error kinds (the `kind` label of `sluice_sink_errors_total`).
 pub const SINK_ERROR_KINDS: &[&str] = &["retry", "bisect"];
 
+/// ClickHouse endpoint error kinds (the `kind` label of
+/// `sluice_clickhouse_endpoint_errors_total`): a transient insert failure
+/// (the endpoint is marked down, the insert moves on), a data error (no
+/// failover), a failed health check.
+pub const ENDPOINT_ERROR_KINDS: &[&str] = &["retry", "bisect", "health_check"];
+
 pub struct Metrics {
     pub registry: Registry,
     pub messages_read: IntCounterVec,
@@ -59,6 +65,10 @@ pub struct Metrics {
     pub group_consumers: IntGaugeVec,
     pub dead_letter_length: IntGaugeVec,
     pub build_info: IntGaugeVec,
+    pub endpoint_up: IntGaugeVec,
+    pub endpoint_inserts: IntCounterVec,
+    pub endpoint_rows: IntCounterVec,
+    pub endpoint_errors: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -236,6 +246,30 @@ impl Metrics {
                 "sluice_build_info",
                 "Always 1; the version label tells which build runs.",
                 &["version"],
+            ),
+            endpoint_up: int_gauge(
+                &r,
+                "sluice_clickhouse_endpoint_up",
+                "1 while the ClickHouse endpoint takes inserts, 0 while it is marked down.",
+                &["flow", "endpoint"],
+            ),
+            endpoint_inserts: counter(
+                &r,
+                "sluice_clickhouse_endpoint_inserts_total",
+                "Inserts the ClickHouse endpoint confirmed.",
+                &["flow", "endpoint"],
+            ),
+            endpoint_rows: counter(
+                &r,
+                "sluice_clickhouse_endpoint_rows_total",
+                "Rows in inserts the ClickHouse endpoint confirmed.",
+                &["flow", "endpoint"],
+            ),
+            endpoint_errors: counter(
+                &r,
+                "sluice_clickhouse_endpoint_errors_total",
+                "Failed inserts and health checks per ClickHouse endpoint, by kind (retry, bisect, health_check).",
+                &["flow", "endpoint", "kind"],
             ),
             registry: r,
         })

@@ -467,6 +467,29 @@ pub fn render_table(list: &[StreamStatus]) -> String {
     out
 }
 
+/// ClickHouse endpoints' health for `sluice status` (URLs without credentials).
+pub fn render_endpoints(list: &[crate::sink::endpoints::EndpointStatus]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{:<22} {:<40} {:<6} {:<12} ERROR",
+        "CLICKHOUSE", "ENDPOINT", "STATE", "VERSION"
+    );
+    for e in list {
+        let _ = writeln!(
+            out,
+            "{:<22} {:<40} {:<6} {:<12} {}",
+            e.key,
+            e.endpoint,
+            if e.up { "up" } else { "DOWN" },
+            e.version.as_deref().unwrap_or("-"),
+            e.error.as_deref().unwrap_or("")
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,15 +1,22 @@
 //! The ClickHouse sink: one Native-format insert per batch, LZ4-compressed,
 //! through the official crate. Works against 18.16 and current servers
 //! (validation off; no version-specific settings needed for plain inserts).
+//! Which endpoint takes an insert is [`super::endpoints`]' business; how a
+//! sharded flow splits a batch is [`super::shard`]'s.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use clickhouse::Client;
 
+use super::endpoints::{Endpoint, Endpoints};
+use super::shard::Sharding;
 use crate::batch::{MappingError, RowMapper};
-use crate::config::{ClickHouseConfig, FlowConfig};
+use crate::config::{ClickHouseConfig, FlowConfig, SinkConfig};
+use crate::metrics::Metrics;
 use crate::schema::{SchemaError, TableSchema};
+use crate::stream::Message;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -19,25 +26,14 @@ pub enum SinkError {
     Schema(#[from] SchemaError),
     #[error(transparent)]
     Mapping(#[from] MappingError),
+    #[error("no ClickHouse endpoint answered: {0}")]
+    NoEndpoint(String),
 }
 
-/// A client for `cfg`. Validation is off: it sends a setting 18.16 rejects.
+/// A client for `cfg`'s first endpoint. Validation is off: it sends a
+/// setting 18.16 rejects.
 pub fn client(cfg: &ClickHouseConfig) -> Client {
-    let client = Client::default()
-        .with_url(&cfg.url)
-        .with_database(&cfg.database)
-        .with_user(&cfg.user)
-        .with_validation(false);
-    let client = if cfg.password.is_empty() {
-        client
-    } else {
-        client.with_password(&cfg.password)
-    };
-    if cfg.compression {
-        client.with_compression(clickhouse::Compression::Lz4)
-    } else {
-        client.with_compression(clickhouse::Compression::None)
-    }
+    super::endpoints::client_for(cfg, cfg.endpoint_urls()[0])
 }
 
 /// `SELECT version()`.
@@ -69,18 +65,25 @@ pub fn split_table<'a>(default_db: &'a str, table: &'a str) -> (&'a str, &'a str
     }
 }
 
-/// A flow's ClickHouse table: its schema, column mapping and insert statement.
+/// Where one insert may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Any endpoint, as `clickhouse.endpoints` says (with failover).
+    Any,
+    /// This shard's endpoint only (`shard_by`).
+    Shard(usize),
+}
+
+/// A flow's ClickHouse table: its endpoints, schema, column mapping and
+/// insert statement.
 pub struct ClickHouseSink {
-    client: Client,
+    endpoints: Arc<Endpoints>,
     insert_sql: String,
     pub schema: TableSchema,
     pub mapper: RowMapper,
     insert_timeout: Duration,
-    /// `insert_deduplication_token` exists (ClickHouse 22.1+).
-    pub dedup_token: bool,
-    /// Before 19.1: LowCardinality needs an experimental setting in DDL, and
-    /// `DROP … SYNC` does not exist (nor is it needed: drops are eager).
-    pub legacy_server: bool,
+    /// `shard_by`: the endpoints are shards, rows routed by this field.
+    pub sharding: Option<Sharding>,
 }
 
 impl ClickHouseSink {
@@ -90,18 +93,39 @@ impl ClickHouseSink {
         flow: &FlowConfig,
         table: &str,
     ) -> Result<Self, SinkError> {
-        let client = client(cfg);
+        Self::open_with_metrics(cfg, flow, table, None).await
+    }
+
+    /// Like [`open`](Self::open), exporting per-endpoint metrics to `metrics`.
+    /// Checks every endpoint, reads the schema from the first one that
+    /// answers (in `urls` order) and starts the background health checks.
+    pub async fn open_with_metrics(
+        cfg: &ClickHouseConfig,
+        flow: &FlowConfig,
+        table: &str,
+        metrics: Option<&Arc<Metrics>>,
+    ) -> Result<Self, SinkError> {
+        let endpoints = Arc::new(Endpoints::new(cfg, &flow.name, metrics));
+        endpoints.check_all().await;
+        let Some(first) = endpoints.iter().find(|e| e.is_up()) else {
+            let why: Vec<String> = endpoints
+                .statuses()
+                .into_iter()
+                .map(|s| format!("{} {}: {}", s.key, s.endpoint, s.error.unwrap_or_default()))
+                .collect();
+            return Err(SinkError::NoEndpoint(why.join("; ")));
+        };
+        for e in endpoints.iter().filter(|e| !e.is_up()) {
+            tracing::warn!(flow = %flow.name, endpoint = %e.label, error = e.status().error.unwrap_or_default(), "ClickHouse endpoint unreachable at start-up; the health checks bring it in when it answers");
+        }
         let (db, table) = split_table(&cfg.database, table);
-        let schema = TableSchema::load(&client, db, table).await?;
+        let schema = TableSchema::load(&first.client, db, table).await?;
         let mapper = RowMapper::with_batch_id_column(
             &schema,
             &flow.metadata,
             flow.payload.clone(),
             flow.batch_id_column.as_deref(),
         )?;
-        let version = server_version(&client).await?;
-        let dedup_token = version_at_least(&version, 22, 1);
-        let legacy_server = !version_at_least(&version, 19, 1);
         // No column list: each Native block names its columns, and a block
         // may leave out DEFAULT-expression columns its rows lack.
         let insert_sql = format!(
@@ -109,14 +133,21 @@ impl ClickHouseSink {
             quote_identifier(db),
             quote_identifier(table)
         );
+        let sharding = match &flow.sink {
+            SinkConfig::Clickhouse {
+                shard_by: Some(field),
+                ..
+            } => Some(Sharding::new(field, endpoints.len())),
+            _ => None,
+        };
+        endpoints.spawn_health_checks();
         Ok(ClickHouseSink {
-            client,
+            endpoints,
             insert_sql,
             schema,
             mapper,
             insert_timeout: cfg.insert_timeout,
-            dedup_token,
-            legacy_server,
+            sharding,
         })
     }
 
@@ -124,61 +155,146 @@ impl ClickHouseSink {
         format!("{}.{}", self.schema.database, self.schema.table)
     }
 
-    /// Sends one Native block as one insert and waits for the server's
-    /// confirmation. `batch_id` becomes the deduplication token where the
-    /// server has one.
-    pub async fn insert(
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// One Native block as one insert to one endpoint, waiting for the
+    /// server's confirmation. `batch_id` becomes the deduplication token
+    /// where the endpoint has one.
+    async fn send(
         &self,
+        endpoint: &Endpoint,
         block: Bytes,
         batch_id: Option<&str>,
     ) -> Result<(), clickhouse::error::Error> {
-        self.send_native(self.insert_sql.clone(), block, batch_id)
+        self.send_native(endpoint, self.insert_sql.clone(), block, batch_id)
             .await
     }
 
-    /// Sends one Native block into `table_sql` (a quoted `db.table`).
+    /// Sends one Native block into `table_sql` (a quoted `db.table`) on
+    /// `endpoint`: the exactly-once path's stage insert.
     pub async fn insert_native(
         &self,
+        endpoint: &Endpoint,
         table_sql: &str,
         block: Bytes,
-        batch_id: Option<&str>,
     ) -> Result<(), clickhouse::error::Error> {
-        self.send_native(
-            format!("INSERT INTO {table_sql} FORMAT Native"),
-            block,
-            batch_id,
-        )
-        .await
+        let sql = format!("INSERT INTO {table_sql} FORMAT Native");
+        self.send_native(endpoint, sql, block, None).await
     }
 
     async fn send_native(
         &self,
+        endpoint: &Endpoint,
         sql: String,
         block: Bytes,
         batch_id: Option<&str>,
     ) -> Result<(), clickhouse::error::Error> {
-        let mut insert = self
+        let mut insert = endpoint
             .client
             .insert_formatted_with(sql)
             .with_timeouts(Some(self.insert_timeout), Some(self.insert_timeout));
-        if let (true, Some(id)) = (self.dedup_token, batch_id) {
+        if let (true, Some(id)) = (endpoint.has_dedup_token(), batch_id) {
             insert = insert.with_setting("insert_deduplication_token", id);
         }
         insert.send(block).await?;
         insert.end().await
     }
 
+    /// The bound on one insert, and on each step of a fenced insert.
     pub fn insert_timeout(&self) -> Duration {
         self.insert_timeout
     }
-}
 
-impl ClickHouseSink {
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The endpoint an insert for `target` goes to first.
+    pub fn first_choice(&self, target: Target) -> usize {
+        match target {
+            Target::Any => self.endpoints.plan()[0],
+            Target::Shard(shard) => shard,
+        }
+    }
+
+    /// Inserts `block` (`rows` rows) on the endpoints as `clickhouse.endpoints`
+    /// says, moving on to the next healthy endpoint after a transient error
+    /// (see [`Endpoints::insert`]). Err = every endpoint tried failed, or
+    /// the data was refused.
+    pub async fn insert(
+        &self,
+        block: Bytes,
+        rows: usize,
+        batch_id: Option<&str>,
+    ) -> Result<(), clickhouse::error::Error> {
+        self.endpoints
+            .insert(rows, |i| {
+                self.send(self.endpoints.get(i), block.clone(), batch_id)
+            })
+            .await
+    }
+
+    /// Inserts `block` on shard `shard` only (`shard_by`).
+    pub async fn insert_shard(
+        &self,
+        shard: usize,
+        block: Bytes,
+        rows: usize,
+        batch_id: Option<&str>,
+    ) -> Result<(), clickhouse::error::Error> {
+        self.endpoints
+            .insert_at(shard, rows, |i| {
+                self.send(self.endpoints.get(i), block, batch_id)
+            })
+            .await
+    }
+
+    /// The endpoints a read for exactly-once recovery asks, and whether
+    /// each must answer. Shards: all of them, each must answer (a part is
+    /// on its shard only). Replicas / Distributed nodes: the healthy ones
+    /// (all when none is), one answer is enough.
+    fn read_endpoints(&self) -> (Vec<&Endpoint>, bool) {
+        if self.sharding.is_some() {
+            return (self.endpoints.iter().collect(), true);
+        }
+        let any_up = self.endpoints.iter().any(|e| e.is_up());
+        let list = self
+            .endpoints
+            .iter()
+            .filter(|e| !any_up || e.is_up())
+            .collect();
+        (list, false)
+    }
+
+    /// Runs `query` on the recovery read endpoints; the answers, or the
+    /// error that makes them incomplete.
+    async fn read_all<T, F, Fut>(&self, query: F) -> Result<Vec<T>, clickhouse::error::Error>
+    where
+        F: Fn(&Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, clickhouse::error::Error>>,
+    {
+        let (endpoints, all_needed) = self.read_endpoints();
+        let mut answers = Vec::new();
+        let mut last_error = None;
+        for e in endpoints {
+            match query(&e.client).await {
+                Ok(v) => answers.push(v),
+                Err(err) if all_needed => return Err(err),
+                Err(err) => {
+                    tracing::warn!(endpoint = %e.label, error = %err, "exactly-once recovery read failed on this endpoint");
+                    last_error = Some(err);
+                }
+            }
+        }
+        match (answers.is_empty(), last_error) {
+            (true, Some(err)) => Err(err),
+            _ => Ok(answers),
+        }
     }
 
     /// Rows carrying `batch_id` in `column` (exactly-once recovery).
+    /// Replicas / Distributed nodes: the largest count a healthy endpoint
+    /// gives — a lagging replica may not hold the batch yet, so the batch
+    /// is missed only if no reachable one has it (docs/CLICKHOUSE_CLUSTER.md).
+    /// Shards: the sum over every shard, all of which must answer.
     pub async fn count_batch(
         &self,
         column: &str,
@@ -190,31 +306,35 @@ impl ClickHouseSink {
             quote_identifier(&self.schema.table),
             quote_identifier(column)
         );
-        self.client
-            .query(&sql)
-            .bind(batch_id)
-            .fetch_one::<u64>()
-            .await
+        let counts = self
+            .read_all(|c| c.query(&sql).bind(batch_id).fetch_one::<u64>())
+            .await?;
+        Ok(if self.sharding.is_some() {
+            counts.iter().sum()
+        } else {
+            counts.into_iter().max().unwrap_or(0)
+        })
     }
-}
 
-impl ClickHouseSink {
-    /// Entry ids (`id_column`) of the rows carrying `batch_id` in `batch_column`.
-    pub async fn present_ids(
+    /// Values of `id_column` in rows carrying `batch_id` (exactly-once
+    /// recovery of a partial batch): the union over the endpoints read.
+    pub async fn batch_ids(
         &self,
         id_column: &str,
-        batch_column: &str,
+        batch_id_column: &str,
         batch_id: &str,
-    ) -> Result<std::collections::HashSet<Vec<u8>>, clickhouse::error::Error> {
+    ) -> Result<Vec<String>, clickhouse::error::Error> {
         let sql = format!(
             "SELECT {} FROM {}.{} WHERE {} = ?",
             quote_identifier(id_column),
             quote_identifier(&self.schema.database),
             quote_identifier(&self.schema.table),
-            quote_identifier(batch_column)
+            quote_identifier(batch_id_column)
         );
-        let ids: Vec<String> = self.client.query(&sql).bind(batch_id).fetch_all().await?;
-        Ok(ids.into_iter().map(String::into_bytes).collect())
+        let lists = self
+            .read_all(|c| c.query(&sql).bind(batch_id).fetch_all::<String>())
+            .await?;
+        Ok(lists.into_iter().flatten().collect())
     }
 }
 

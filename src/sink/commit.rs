@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::clickhouse::ClickHouseSink;
-use super::exactly_once::{ExactlyOnce, Outcome};
+use super::clickhouse::{ClickHouseSink, Target};
+use super::exactly_once::{Batch, ExactlyOnce, Outcome};
 use super::ledger::new_batch_id;
 use super::retry::{classify, Backoff, Disposition};
 use crate::batch::SealedBatch;
@@ -49,6 +49,9 @@ impl Committer {
     }
 
     pub async fn commit(&self, batch: SealedBatch) -> Result<(), Abandoned> {
+        if self.sink.sharding.is_some() {
+            return self.commit_sharded(batch).await;
+        }
         let total = batch.messages.len() + batch.dead.len();
         let mut dead = batch.dead;
         let mut batch_ids = Vec::new();
@@ -56,7 +59,13 @@ impl Committer {
             Vec::new()
         } else {
             let (ok, rejected) = self
-                .insert_isolating(batch.messages, batch.block, batch.batch_id, &mut batch_ids)
+                .insert_isolating(
+                    Target::Any,
+                    batch.messages,
+                    batch.block,
+                    batch.batch_id,
+                    &mut batch_ids,
+                )
                 .await
                 .map_err(|_| Abandoned(total))?;
             dead.extend(rejected);
@@ -65,14 +74,57 @@ impl Committer {
         self.finish(inserted, dead)
             .await
             .map_err(|_| Abandoned(total))?;
-        if let Some(eo) = &self.exactly_once {
-            for id in &batch_ids {
-                // Best effort: a record left behind expires with ledger_ttl,
-                // and its members are acked, so nobody will look it up.
-                if let Err(e) = eo.ledger.forget(id).await {
-                    tracing::warn!(flow = %self.flow, batch = %id, error = %e, "could not drop ledger record");
-                }
+        self.forget(&batch_ids).await;
+        Ok(())
+    }
+
+    /// Drops the ledger records of acked batches (exactly-once).
+    async fn forget(&self, batch_ids: &[String]) {
+        let Some(eo) = &self.exactly_once else {
+            return;
+        };
+        for id in batch_ids {
+            // Best effort: a record left behind expires with ledger_ttl,
+            // and its members are acked, so nobody will look it up.
+            if let Err(e) = eo.ledger.forget(id).await {
+                tracing::warn!(flow = %self.flow, batch = %id, error = %e, "could not drop ledger record");
             }
+        }
+    }
+
+    /// A sharded flow's batch (`shard_by`): split by shard, each part
+    /// inserted to its own shard concurrently and acked as soon as it
+    /// landed (exactly-once: each part recorded under its own batch id). A
+    /// down shard's part is retried (no other shard takes it) while the
+    /// other parts land; the next batch waits for all of them, so a long
+    /// shard outage stops the flow's reads (bounded memory) instead of
+    /// piling up its rows.
+    async fn commit_sharded(&self, batch: SealedBatch) -> Result<(), Abandoned> {
+        let sharding = self.sink.sharding.as_ref().expect("sharded sink");
+        let total = batch.messages.len() + batch.dead.len();
+        self.finish(Vec::new(), batch.dead)
+            .await
+            .map_err(|_| Abandoned(total))?;
+        // The batch's block holds every shard's rows: each part is encoded
+        // anew, and (exactly-once) is a batch of its own in the ledger.
+        let with_ids = self.exactly_once.is_some();
+        let parts = sharding
+            .split(batch.messages)
+            .into_iter()
+            .map(|(shard, part)| async move {
+                let id = with_ids.then(new_batch_id);
+                let block = self.sink.mapper.encode_all(&part, id.as_deref());
+                let mut batch_ids = Vec::new();
+                let (landed, refused) = self
+                    .insert_isolating(Target::Shard(shard), part, block, id, &mut batch_ids)
+                    .await?;
+                self.finish(landed, refused).await?;
+                self.forget(&batch_ids).await;
+                Ok::<(), ()>(())
+            });
+        let results = futures_util::future::join_all(parts).await;
+        if results.iter().any(Result::is_err) {
+            return Err(Abandoned(total));
         }
         Ok(())
     }
@@ -86,6 +138,7 @@ impl Committer {
     /// `batch_ids`.
     async fn insert_isolating(
         &self,
+        target: Target,
         messages: Vec<Message>,
         block: Bytes,
         batch_id: Option<String>,
@@ -119,7 +172,17 @@ impl Committer {
                     };
                     batch_ids.push(id.clone());
                     match eo
-                        .insert(&id, &eo.committer(), &part, block, false, &self.hard_stop)
+                        .insert(
+                            Batch {
+                                id: &id,
+                                messages: &part,
+                                block,
+                                target,
+                            },
+                            &eo.committer(),
+                            false,
+                            &self.hard_stop,
+                        )
                         .await
                         .map_err(|_| ())?
                     {
@@ -135,7 +198,7 @@ impl Committer {
                     }
                 }
                 _ => {
-                    let result = self.insert_with_retry(block, part.len()).await?;
+                    let result = self.insert_with_retry(target, block, part.len()).await?;
                     (part, result)
                 }
             };
@@ -163,13 +226,28 @@ impl Committer {
     }
 
     /// One insert, retried while the error is transient. Ok(None) = landed;
-    /// Ok(Some(error)) = the data was refused; Err = hard stop.
-    async fn insert_with_retry(&self, block: Bytes, rows: usize) -> Result<Option<String>, ()> {
+    /// Ok(Some(error)) = the data was refused; Err = hard stop. Each try
+    /// with [`Target::Any`] is a pass over the healthy endpoints (failover
+    /// within the pass); the backoff is between passes.
+    async fn insert_with_retry(
+        &self,
+        target: Target,
+        block: Bytes,
+        rows: usize,
+    ) -> Result<Option<String>, ()> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let started = Instant::now();
             let size = block.len();
-            match self.sink.insert(block.clone(), None).await {
+            let result = match target {
+                Target::Any => self.sink.insert(block.clone(), rows, None).await,
+                Target::Shard(shard) => {
+                    self.sink
+                        .insert_shard(shard, block.clone(), rows, None)
+                        .await
+                }
+            };
+            match result {
                 Ok(()) => {
                     self.metrics.inserted(rows, size, started.elapsed());
                     return Ok(None);
@@ -181,7 +259,11 @@ impl Committer {
                     }
                     Disposition::Retry => {
                         self.metrics.insert_retried(rows);
-                        tracing::warn!(flow = %self.flow, table = %self.sink.table_name(), attempt = backoff.attempts() + 1, %error, "insert failed; will retry (nothing acked)");
+                        let shard = match target {
+                            Target::Shard(s) => Some(self.sink.endpoints().get(s).label.as_str()),
+                            Target::Any => None,
+                        };
+                        tracing::warn!(flow = %self.flow, table = %self.sink.table_name(), shard, attempt = backoff.attempts() + 1, %error, "insert failed; will retry (nothing acked)");
                         if !self.wait(&mut backoff).await {
                             return Err(());
                         }

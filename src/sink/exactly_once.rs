@@ -18,7 +18,7 @@ use bytes::Bytes;
 use fred::prelude::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::clickhouse::ClickHouseSink;
+use super::clickhouse::{ClickHouseSink, Target};
 use super::fenced;
 use super::ledger::Ledger;
 use super::retry::{classify, Backoff, Disposition};
@@ -37,6 +37,15 @@ pub struct ExactlyOnce {
     /// partly landed batch be completed exactly.
     pub id_column: Option<String>,
     pub metrics: FlowMetrics,
+}
+
+/// One recorded batch to insert: its id, members, their Native block and
+/// where it goes.
+pub struct Batch<'a> {
+    pub id: &'a str,
+    pub messages: &'a [Message],
+    pub block: Bytes,
+    pub target: Target,
 }
 
 /// How an exactly-once insert ended.
@@ -155,19 +164,23 @@ impl ExactlyOnce {
         Ok(ours)
     }
 
-    /// Inserts recorded batch `id` (`messages`, encoded as `block`) exactly
-    /// once, retrying until it lands, is refused, the lease goes to another
+    /// Inserts a recorded batch exactly once, as lease holder `holder`,
+    /// retrying until it lands, is refused, the lease goes to another
     /// replica, or `stop`. `settle_first`: an earlier attempt (maybe another
     /// replica's) may have landed some or all of it.
     pub async fn insert(
         &self,
-        id: &str,
+        batch: Batch<'_>,
         holder: &str,
-        messages: &[Message],
-        block: Bytes,
         mut settle_first: bool,
         stop: &CancellationToken,
     ) -> Result<Outcome, Stopped> {
+        let Batch {
+            id,
+            messages,
+            block,
+            target,
+        } = batch;
         let rows = messages.len();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut next = block.clone();
@@ -205,7 +218,11 @@ impl ExactlyOnce {
                 }
             }
             let started = Instant::now();
-            let result = match fenced::stage(&self.sink, next.clone(), id).await {
+            // A healthy endpoint (or the shard's): after a failure the
+            // endpoint is marked down, so the next attempt — after the
+            // settle — goes to another one.
+            let endpoint = self.sink.first_choice(target);
+            let result = match fenced::stage(&self.sink, endpoint, next.clone(), id).await {
                 // The last step that can land rows: only with the lease.
                 Ok(stage) => match self.ledger.renew_lease(id, holder).await {
                     Ok(true) => fenced::commit(&self.sink, stage, id).await,
@@ -220,6 +237,7 @@ impl ExactlyOnce {
                 },
                 Err(e) => Err(e),
             };
+            let result = self.sink.endpoints().record(endpoint, rows, result);
             match result {
                 Ok(()) => {
                     self.metrics.inserted(rows, next.len(), started.elapsed());
@@ -286,10 +304,13 @@ impl ExactlyOnce {
             tracing::warn!(flow = %self.flow, batch = %id, held, members = messages.len(), "ClickHouse holds part of the batch and no metadata.id column tells which rows: inserting all again (duplicates)");
             return Ok(Settled::Part(block.clone()));
         };
-        let present = self
+        let present: HashSet<Vec<u8>> = self
             .sink
-            .present_ids(id_column, &self.batch_id_column, id)
-            .await?;
+            .batch_ids(id_column, &self.batch_id_column, id)
+            .await?
+            .into_iter()
+            .map(String::into_bytes)
+            .collect();
         let missing: Vec<Message> = messages
             .iter()
             .filter(|m| !present.contains(m.id.as_ref()))

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use clickhouse::error::Error;
 
 use super::clickhouse::{quote_identifier, ClickHouseSink};
+use super::endpoints::Endpoint;
 
 const STAGE_PREFIX: &str = "_sluice_stage_";
 
@@ -45,31 +46,39 @@ async fn timed<T>(
         .unwrap_or(Err(Error::TimedOut))
 }
 
-/// A batch staged on the server, ready to be moved into the target.
+/// A batch staged on one endpoint, ready to be moved into the target there.
 pub struct Stage {
     name: String,
+    endpoint: usize,
 }
 
-/// Creates a stage table for `batch_id` and inserts the block into it.
-/// Nothing reaches the target yet. On error the stage is dropped (best
-/// effort; the next settle drops what is left).
-pub async fn stage(sink: &ClickHouseSink, block: Bytes, batch_id: &str) -> Result<Stage, Error> {
+/// Creates a stage table for `batch_id` on endpoint `endpoint` and inserts
+/// the block into it. Nothing reaches the target yet. On error the stage is
+/// dropped (best effort; the next settle drops what is left).
+pub async fn stage(
+    sink: &ClickHouseSink,
+    endpoint: usize,
+    block: Bytes,
+    batch_id: &str,
+) -> Result<Stage, Error> {
     let suffix: u32 = rand::random();
     let stage = Stage {
         name: format!("{}{suffix:08x}", stage_prefix(batch_id)),
+        endpoint,
     };
-    let mut create = sink.client().query(&format!(
+    let ep = sink.endpoints().get(endpoint);
+    let mut create = ep.client.query(&format!(
         "CREATE TABLE {} AS {} ENGINE = Memory",
-        stage.table_sql(sink),
-        target_sql(sink)
+        table_sql(sink, &stage.name),
+        table_sql(sink, &sink.schema.table)
     ));
-    if sink.legacy_server {
+    if ep.is_legacy() {
         // 18.x refuses to create LowCardinality columns without it.
         create = create.with_setting("allow_experimental_low_cardinality_type", "1");
     }
     timed(sink, create.execute()).await?;
     if let Err(e) = sink
-        .insert_native(&stage.table_sql(sink), block, None)
+        .insert_native(ep, &table_sql(sink, &stage.name), block)
         .await
     {
         discard(sink, stage).await;
@@ -81,12 +90,13 @@ pub async fn stage(sink: &ClickHouseSink, block: Bytes, batch_id: &str) -> Resul
 /// Moves a staged batch into the target and drops the stage. An error
 /// leaves the outcome unknown: [`settle`] before trying again.
 pub async fn commit(sink: &ClickHouseSink, stage: Stage, batch_id: &str) -> Result<(), Error> {
-    let mut copy = sink.client().query(&format!(
+    let ep = sink.endpoints().get(stage.endpoint);
+    let mut copy = ep.client.query(&format!(
         "INSERT INTO {} SELECT * FROM {}",
-        target_sql(sink),
-        stage.table_sql(sink)
+        table_sql(sink, &sink.schema.table),
+        table_sql(sink, &stage.name)
     ));
-    if sink.dedup_token {
+    if ep.has_dedup_token() {
         copy = copy.with_setting("insert_deduplication_token", batch_id);
     }
     let moved = timed(sink, copy.execute()).await;
@@ -96,45 +106,34 @@ pub async fn commit(sink: &ClickHouseSink, stage: Stage, batch_id: &str) -> Resu
 
 /// Drops a stage, best effort: one left behind is dropped by the next settle.
 pub async fn discard(sink: &ClickHouseSink, stage: Stage) {
-    let _ = drop_table(sink, &stage.name).await;
+    let ep = sink.endpoints().get(stage.endpoint);
+    let _ = drop_table(sink, ep, &stage.name).await;
 }
 
-impl Stage {
-    fn table_sql(&self, sink: &ClickHouseSink) -> String {
-        format!(
-            "{}.{}",
-            quote_identifier(&sink.schema.database),
-            quote_identifier(&self.name)
-        )
-    }
-}
-
-fn target_sql(sink: &ClickHouseSink) -> String {
+fn table_sql(sink: &ClickHouseSink, table: &str) -> String {
     format!(
         "{}.{}",
         quote_identifier(&sink.schema.database),
-        quote_identifier(&sink.schema.table)
+        quote_identifier(table)
     )
 }
 
-async fn drop_table(sink: &ClickHouseSink, stage: &str) -> Result<(), Error> {
+async fn drop_table(sink: &ClickHouseSink, ep: &Endpoint, table: &str) -> Result<(), Error> {
     let sql = format!(
-        "DROP TABLE IF EXISTS {}.{}{}",
-        quote_identifier(&sink.schema.database),
-        quote_identifier(stage),
+        "DROP TABLE IF EXISTS {}{}",
+        table_sql(sink, table),
         // Atomic databases (20.x+) drop lazily unless told to wait.
-        if sink.legacy_server { "" } else { " SYNC" }
+        if ep.is_legacy() { "" } else { " SYNC" }
     );
-    timed(sink, sink.client().query(&sql).execute()).await
+    timed(sink, ep.client.query(&sql).execute()).await
 }
 
-/// Drops every stage table of the batch (the fence), then counts the rows
-/// carrying `batch_id` in `column`. Errors mean "not settled yet": retry.
-pub async fn settle(sink: &ClickHouseSink, column: &str, batch_id: &str) -> Result<u64, Error> {
+/// Drops every stage table of the batch on one endpoint.
+async fn drop_stages(sink: &ClickHouseSink, ep: &Endpoint, batch_id: &str) -> Result<(), Error> {
     let prefix = stage_prefix(batch_id);
     let stages: Vec<String> = timed(
         sink,
-        sink.client()
+        ep.client
             .query(
                 "SELECT name FROM system.tables WHERE database = ? AND substring(name, 1, ?) = ?",
             )
@@ -145,9 +144,40 @@ pub async fn settle(sink: &ClickHouseSink, column: &str, batch_id: &str) -> Resu
     )
     .await?;
     for stage in &stages {
-        drop_table(sink, stage).await?;
+        drop_table(sink, ep, stage).await?;
+    }
+    Ok(())
+}
+
+/// Drops every stage table of the batch on every endpoint (the fence),
+/// then counts the rows carrying `batch_id` in `column`. An endpoint that
+/// refuses connections has no server running, so no move can be running
+/// there; any other error means "not settled yet": retry.
+pub async fn settle(sink: &ClickHouseSink, column: &str, batch_id: &str) -> Result<u64, Error> {
+    for ep in sink.endpoints().iter() {
+        match drop_stages(sink, ep, batch_id).await {
+            Ok(()) => {}
+            Err(e) if connection_refused(&e) => {
+                tracing::debug!(endpoint = %ep.label, "endpoint refuses connections: nothing of the batch can be moving there");
+            }
+            Err(e) => return Err(e),
+        }
     }
     timed(sink, sink.count_batch(column, batch_id)).await
+}
+
+/// The error is a refused TCP connection (no server listening).
+fn connection_refused(error: &Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
 }
 
 #[cfg(test)]

@@ -3,9 +3,11 @@
 
 pub mod clickhouse;
 pub mod commit;
+pub mod endpoints;
 pub mod exactly_once;
 pub mod fenced;
 pub mod ledger;
 pub mod recover;
 pub mod retry;
+pub mod shard;
 pub mod stream;

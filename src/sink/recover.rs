@@ -15,7 +15,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::exactly_once::{ExactlyOnce, Outcome};
+use super::clickhouse::Target;
+use super::exactly_once::{Batch, ExactlyOnce, Outcome};
 use super::ledger::BatchRecord;
 use super::retry::Backoff;
 use crate::config::OnSuccess;
@@ -100,7 +101,17 @@ impl Recovery {
         let block = self.eo.sink.mapper.encode_all(&messages, Some(&record.id));
         let outcome = match self
             .eo
-            .insert(&record.id, &holder, &messages, block, true, &stop)
+            .insert(
+                Batch {
+                    id: &record.id,
+                    messages: &messages,
+                    block,
+                    target: self.target(&messages),
+                },
+                &holder,
+                true,
+                &stop,
+            )
             .await
         {
             Ok(outcome) => outcome,
@@ -135,6 +146,22 @@ impl Recovery {
                         _ = stop.cancelled() => return,
                     }
                 }
+            }
+        }
+    }
+
+    /// Where a recovered batch goes: with `shard_by`, each batch is one
+    /// shard's part, so its members' shard.
+    fn target(&self, messages: &[Message]) -> Target {
+        let Some(sharding) = &self.eo.sink.sharding else {
+            return Target::Any;
+        };
+        let parts = sharding.split(messages.iter().cloned());
+        match parts.as_slice() {
+            [(shard, _)] => Target::Shard(*shard),
+            _ => {
+                tracing::warn!(flow = %self.eo.flow, "a recovered batch spans several shards; inserting through the endpoints as configured");
+                Target::Any
             }
         }
     }

@@ -4,6 +4,7 @@
 //! restart and fault-inject their servers.
 
 mod bad_input;
+mod ch_endpoints;
 mod chaos;
 mod common;
 mod dataflow;

@@ -1,0 +1,735 @@
+//! Several ClickHouse endpoints (`clickhouse.urls`): two private servers
+//! with the same table. One stopped mid-run: inserts fail over to the
+//! other and nothing is lost; restarted: round-robin uses it again. A data
+//! error does not fail over. With `shard_by`, every row lands on the shard
+//! its key hashes to, and a down shard holds back only its own rows.
+//! Exactly-once recovery finds a batch on whichever endpoint holds it. A
+//! Distributed table over both servers takes inserts through either node.
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::*;
+use crate::harness::{free_port, unique_name, wait_for, ClickHouseServer, RedisServer, Worker};
+
+struct Cluster {
+    redis: RedisServer,
+    a: ClickHouseServer,
+    b: ClickHouseServer,
+    rc: fred::prelude::Client,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let (redis, a, b) = tokio::join!(
+            RedisServer::start(),
+            ClickHouseServer::start(),
+            ClickHouseServer::start()
+        );
+        let rc = redis.client().await;
+        Cluster { redis, a, b, rc }
+    }
+
+    /// The same DDL on both servers.
+    async fn exec_both(&self, sql: &str) {
+        tokio::join!(self.a.exec(sql), self.b.exec(sql));
+    }
+
+    fn config(&self, clickhouse_extra: &str, flow_extra: &str, metrics_port: u16) -> String {
+        format!(
+            r#"
+[redis]
+url = "{redis}"
+[clickhouse]
+urls = ["{a}", "{b}"]
+health_check_every = "300ms"
+insert_timeout = "10s"
+{clickhouse_extra}
+[worker]
+shutdown_timeout = "10s"
+block = "200ms"
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+[[flow]]
+name = "f"
+group = "g"
+batch = {{ max_rows = 200, max_wait = "50ms" }}
+claim = {{ min_idle = "5s", every = "1s" }}
+metadata = {{ id = "_id" }}
+{flow_extra}
+"#,
+            redis = self.redis.url(),
+            a = self.a.url(),
+            b = self.b.url()
+        )
+    }
+}
+
+/// `_id`s in `table` on `ch`.
+async fn ids(ch: &ClickHouseServer, table: &str) -> Vec<String> {
+    ch.query_tsv(&format!("SELECT _id FROM {table}"))
+        .await
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Adds `seed_job` messages in small steps until stopped; returns the ids.
+fn produce(
+    rc: fred::prelude::Client,
+    stream: String,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut all = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let base = all.len();
+            let ids = xadd_many(&rc, &stream, 50, |i| seed_job(base + i)).await;
+            all.extend(ids);
+            sent.store(all.len(), Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        all
+    })
+}
+
+/// A sample of the worker's `/metrics` (`name{…labels…}` containing every
+/// given `label="value"`), or None.
+async fn metric(port: u16, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let text = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        Some(String::from_utf8_lossy(&buf).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(5), text)
+        .await
+        .ok()??;
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+        let (labels_text, value) = rest.split_once("} ")?;
+        labels
+            .iter()
+            .all(|(k, v)| labels_text.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
+fn sluice_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .output()
+        .expect("run sluice")
+}
+
+#[tokio::test]
+async fn stopped_endpoint_fails_over_loses_nothing_and_rejoins_round_robin() {
+    let mut c = Cluster::start().await;
+    let (stream, table) = (unique_name("chep"), unique_name("chep"));
+    c.exec_both(&format!(
+        "CREATE TABLE {table} ({SEED_TABLE_COLUMNS}) ENGINE = MergeTree ORDER BY rec_id"
+    ))
+    .await;
+    let port = free_port();
+    let config = c.config(
+        "endpoints = \"round_robin\"",
+        &format!(
+            "streams = [\"{stream}\"]\nsink = {{ type = \"clickhouse\", table = \"{table}\" }}"
+        ),
+        port,
+    );
+    let w = Worker::spawn(&config);
+    let (stop, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let producer = produce(c.rc.clone(), stream.clone(), stop.clone(), sent.clone());
+    let (a_label, b_label) = (c.a.url(), c.b.url());
+    let up = |label: String| async move {
+        metric(
+            port,
+            "sluice_clickhouse_endpoint_up",
+            &[("endpoint", &label)],
+        )
+        .await
+    };
+
+    // Round-robin: both servers take batches.
+    wait_for(LONG, "rows on both servers", || async {
+        c.a.count(&table).await > 0 && c.b.count(&table).await > 0
+    })
+    .await;
+    assert_eq!(up(a_label.clone()).await, Some(1.0));
+
+    // A stops mid-run: its batches move to B; nothing is acked unconfirmed.
+    c.a.stop().await;
+    let sent_at_stop = sent.load(Ordering::Relaxed);
+    wait_for(LONG, "A marked down", || async {
+        up(a_label.clone()).await == Some(0.0)
+    })
+    .await;
+    let b_at_down = c.b.count(&table).await;
+    wait_for(LONG, "B takes every batch while A is down", || async {
+        c.b.count(&table).await >= b_at_down + 1000
+    })
+    .await;
+    assert!(sent.load(Ordering::Relaxed) > sent_at_stop + 1000);
+    assert_eq!(up(b_label.clone()).await, Some(1.0));
+    // `sluice check` names the down endpoint and still passes.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, &config).unwrap();
+    let out = sluice_cli(&["check", "--config", path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("clickhouse.urls[0] {a_label} DOWN"))
+            && text.contains(&format!("clickhouse.urls[1] {b_label} (version")),
+        "{text}"
+    );
+    let out = sluice_cli(&["status", "--config", path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&a_label) && l.contains("DOWN"))
+            && text
+                .lines()
+                .any(|l| l.contains(&b_label) && l.contains(" up ")),
+        "{text}"
+    );
+
+    // A is back: the health checks bring it in and round-robin uses it again.
+    c.a.start_again().await;
+    let a_at_restart = c.a.count(&table).await;
+    wait_for(LONG, "A takes batches again", || async {
+        c.a.count(&table).await >= a_at_restart + 200
+    })
+    .await;
+    assert_eq!(up(a_label.clone()).await, Some(1.0));
+
+    stop.store(true, Ordering::Relaxed);
+    let produced = producer.await.unwrap();
+    wait_for(LONG, "nothing pending or unread", || async {
+        pending(&c.rc, &stream, "g").await == 0
+            && c.a.count(&table).await + c.b.count(&table).await >= produced.len() as u64
+    })
+    .await;
+    // Nothing lost, nothing twice: the two servers together hold each id once.
+    let (on_a, on_b) = (ids(&c.a, &table).await, ids(&c.b, &table).await);
+    assert_eq!(
+        on_a.len() + on_b.len(),
+        produced.len(),
+        "duplicates or losses"
+    );
+    let union: HashSet<&String> = on_a.iter().chain(&on_b).collect();
+    assert_eq!(union.len(), produced.len());
+    assert!(produced.iter().all(|id| union.contains(id)));
+    assert_eq!(xlen(&c.rc, &format!("{stream}:dead")).await, 0);
+    assert!(
+        metric(
+            port,
+            "sluice_clickhouse_endpoint_errors_total",
+            &[("endpoint", &a_label), ("kind", "retry")]
+        )
+        .await
+        .unwrap_or(0.0)
+            + metric(
+                port,
+                "sluice_clickhouse_endpoint_errors_total",
+                &[("endpoint", &a_label), ("kind", "health_check")]
+            )
+            .await
+            .unwrap_or(0.0)
+            > 0.0
+    );
+    drop(w);
+}
+
+#[tokio::test]
+async fn data_error_is_not_retried_on_another_endpoint() {
+    let c = Cluster::start().await;
+    let (stream, table) = (unique_name("chep_bad"), unique_name("chep_bad"));
+    // throwIf in a MATERIALIZED column: converts fine, refused by the server.
+    c.exec_both(&format!(
+        "CREATE TABLE {table} (id UInt64, x Int32, _id String, chk UInt8 MATERIALIZED throwIf(x = 13)) ENGINE = MergeTree ORDER BY id"
+    ))
+    .await;
+    let port = free_port();
+    let w = Worker::spawn(&c.config(
+        "endpoints = \"failover\"",
+        &format!(
+            "streams = [\"{stream}\"]\nsink = {{ type = \"clickhouse\", table = \"{table}\" }}"
+        ),
+        port,
+    ));
+    for i in 0..20 {
+        // Only row 7 trips the check (x = 13).
+        let x = if i == 7 { 13 } else { 100 + i }.to_string();
+        xadd(&c.rc, &stream, &[("id", &i.to_string()), ("x", &x)]).await;
+    }
+    wait_for(LONG, "good rows landed, bad one dead-lettered", || async {
+        c.a.count(&table).await == 19 && xlen(&c.rc, &format!("{stream}:dead")).await == 1
+    })
+    .await;
+    wait_for(LONG, "nothing pending", || async {
+        pending(&c.rc, &stream, "g").await == 0
+    })
+    .await;
+    // Failover mode: A is healthy, so B never saw an insert, not even the refused rows.
+    assert_eq!(c.b.count(&table).await, 0);
+    assert!(!w.log_contents().contains("trying the next endpoint"));
+    assert_eq!(
+        metric(
+            port,
+            "sluice_clickhouse_endpoint_up",
+            &[("endpoint", &c.a.url())]
+        )
+        .await,
+        Some(1.0),
+        "a data error does not mark the endpoint down"
+    );
+    assert!(
+        metric(
+            port,
+            "sluice_clickhouse_endpoint_errors_total",
+            &[("endpoint", &c.a.url()), ("kind", "bisect")]
+        )
+        .await
+        .unwrap_or(0.0)
+            > 0.0
+    );
+    let dead = entries(&c.rc, &format!("{stream}:dead")).await;
+    let reason = field(&dead[0].1, "sluice.reason")
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("rejected by ClickHouse"), "{dead:?}");
+}
+
+#[tokio::test]
+async fn shard_by_places_rows_by_key_and_a_down_shard_holds_back_only_its_rows() {
+    let mut c = Cluster::start().await;
+    let (stream, table) = (unique_name("chep_shard"), unique_name("chep_shard"));
+    c.exec_both(&format!(
+        "CREATE TABLE {table} (user_id String, n UInt64, _id String) ENGINE = MergeTree ORDER BY n"
+    ))
+    .await;
+    let port = free_port();
+    let _w = Worker::spawn(&c.config(
+        "",
+        &format!(
+            "streams = [\"{stream}\"]\nsink = {{ type = \"clickhouse\", table = \"{table}\", shard_by = \"user_id\" }}"
+        ),
+        port,
+    ));
+    let job = |i: usize| {
+        vec![
+            (
+                "user_id".to_string(),
+                format!("user-{}", i % 37).into_bytes(),
+            ),
+            ("n".to_string(), i.to_string().into_bytes()),
+        ]
+    };
+    let shard_of = |i: usize| {
+        (sluice::sink::shard::city_hash64(format!("user-{}", i % 37).as_bytes()) % 2) as u64
+    };
+    const N: usize = 1000;
+    let mut sent = xadd_many(&c.rc, &stream, N, job).await;
+    wait_for(LONG, "first rows on both shards", || async {
+        c.a.count(&table).await + c.b.count(&table).await == N as u64
+    })
+    .await;
+
+    // Shard B stops: A's part of each batch lands and is acked; B's waits.
+    c.b.stop().await;
+    let a_before = c.a.count(&table).await;
+    sent.extend(xadd_many(&c.rc, &stream, N, |i| job(N + i)).await);
+    wait_for(LONG, "A's rows of the stalled batch landed", || async {
+        c.a.count(&table).await > a_before
+    })
+    .await;
+    wait_for(LONG, "A's rows acked while B is down", || async {
+        pending(&c.rc, &stream, "g").await < N as u64
+    })
+    .await;
+    assert!(
+        pending(&c.rc, &stream, "g").await > 0,
+        "B's rows must stay pending while B is down"
+    );
+
+    c.b.start_again().await;
+    wait_for(LONG, "everything landed after B is back", || async {
+        pending(&c.rc, &stream, "g").await == 0
+            && c.a.count(&table).await + c.b.count(&table).await == 2 * N as u64
+    })
+    .await;
+    let expect_b = (0..2 * N).filter(|&i| shard_of(i) == 1).count() as u64;
+    assert!(expect_b > 0 && expect_b < 2 * N as u64);
+    assert_eq!(c.b.count(&table).await, expect_b);
+    assert_eq!(c.a.count(&table).await, 2 * N as u64 - expect_b);
+    // Each shard holds only its keys, by ClickHouse's own cityHash64.
+    for (shard, ch) in [(0, &c.a), (1, &c.b)] {
+        let wrong = ch
+            .query_u64(&format!(
+                "SELECT count() FROM {table} WHERE cityHash64(user_id) % 2 != {shard}"
+            ))
+            .await;
+        assert_eq!(wrong, 0, "shard {shard} holds rows of the other shard");
+    }
+    let (on_a, on_b) = (ids(&c.a, &table).await, ids(&c.b, &table).await);
+    let union: HashSet<&String> = on_a.iter().chain(&on_b).collect();
+    assert_eq!(union.len(), sent.len());
+}
+
+/// Exactly-once recovery counts a batch on every healthy endpoint: a batch
+/// that worker A inserted on B (A failing over from a refused endpoint) and
+/// died before acking is found there by worker C, whose preferred endpoint
+/// never saw it, and is only acked, not inserted again.
+#[tokio::test]
+async fn exactly_once_recovery_finds_a_batch_on_any_endpoint() {
+    let c = Cluster::start().await;
+    let (flow, stream, table) = (
+        unique_name("chep_eo"),
+        unique_name("chep_eo"),
+        unique_name("chep_eo"),
+    );
+    c.exec_both(&format!(
+        "CREATE TABLE {table} ({SEED_TABLE_COLUMNS}, _batch String) ENGINE = MergeTree ORDER BY rec_id"
+    ))
+    .await;
+    let config = |redis_url: &str, a_url: &str, b_url: &str| {
+        format!(
+            r#"
+[redis]
+url = "{redis_url}"
+[clickhouse]
+urls = ["{a_url}", "{b_url}"]
+endpoints = "failover"
+health_check_every = "300ms"
+[worker]
+shutdown_timeout = "10s"
+block = "200ms"
+[[flow]]
+name = "{flow}"
+streams = ["{stream}"]
+group = "g"
+sink = {{ type = "clickhouse", table = "{table}" }}
+delivery = "exactly_once"
+batch_id_column = "_batch"
+metadata = {{ id = "_id" }}
+batch = {{ max_rows = 5000, max_wait = "1s" }}
+claim = {{ min_idle = "1s", every = "300ms" }}
+"#
+        )
+    };
+    let open_batches = || async {
+        match raw(
+            &c.rc,
+            "SCARD",
+            vec![format!("sluice:eo:{flow}:open").into()],
+        )
+        .await
+        {
+            fred::types::Value::Integer(n) => n,
+            _ => 0,
+        }
+    };
+    let redis_proxy = crate::harness::TcpProxy::start(c.redis.addr());
+    let (proxy_a, proxy_b) = (
+        crate::harness::TcpProxy::start(c.a.http_addr()),
+        crate::harness::TcpProxy::start(c.b.http_addr()),
+    );
+    let mut w1 = Worker::spawn(&config(
+        &redis_proxy.redis_url(),
+        &proxy_a.url(),
+        &proxy_b.url(),
+    ));
+    wait_for(LONG, "worker 1 running", || async {
+        w1.log_contents().contains("flow running")
+    })
+    .await;
+    // A refuses (the insert fails over to B); B holds the insert until the
+    // batch is recorded and Redis is cut, so the ack never leaves.
+    proxy_a.refuse();
+    proxy_b.stall();
+    const N: usize = 2000;
+    let sent = xadd_many(&c.rc, &stream, N, seed_job).await;
+    wait_for(LONG, "batch recorded in the ledger", || async {
+        open_batches().await == 1
+    })
+    .await;
+    redis_proxy.stall();
+    proxy_b.pass();
+    wait_for(LONG, "rows inserted on B", || async {
+        c.b.count(&table).await == N as u64
+    })
+    .await;
+    w1.kill();
+    w1.wait_exit(LONG).await.expect("worker 1 exited");
+    assert_eq!(
+        pending(&c.rc, &stream, "g").await,
+        N as u64,
+        "acked before dying"
+    );
+
+    // Worker 2 prefers A, which never saw the batch.
+    let w2 = Worker::spawn(&config(&c.redis.url(), &c.a.url(), &c.b.url()));
+    wait_for(LONG, "worker 2 settled the batch", || async {
+        pending(&c.rc, &stream, "g").await == 0 && open_batches().await == 0
+    })
+    .await;
+    assert!(
+        w2.log_contents()
+            .contains("already holds the recovered batch"),
+        "{}",
+        w2.log_contents()
+    );
+    assert_eq!(c.a.count(&table).await, 0, "inserted again on A");
+    assert_eq!(c.b.count(&table).await, N as u64);
+    let on_b: HashSet<String> = ids(&c.b, &table).await.into_iter().collect();
+    assert_eq!(on_b.len(), N);
+    assert!(sent.iter().all(|id| on_b.contains(id)));
+}
+
+/// Defines cluster `sluice_test` (one shard per server) on both servers
+/// through `config.d`, and waits until both have loaded it.
+async fn define_cluster(c: &Cluster) {
+    let xml = format!(
+        r#"<?xml version="1.0"?>
+<yandex>
+    <remote_servers>
+        <sluice_test>
+            <shard><replica><host>127.0.0.1</host><port>{}</port></replica></shard>
+            <shard><replica><host>127.0.0.1</host><port>{}</port></replica></shard>
+        </sluice_test>
+    </remote_servers>
+</yandex>
+"#,
+        c.a.tcp_port(),
+        c.b.tcp_port()
+    );
+    for ch in [&c.a, &c.b] {
+        let dir = ch.dir().join("config.d");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("sluice_test_cluster.xml"), &xml).unwrap();
+    }
+    // ClickHouse reloads remote_servers from config.d while running.
+    let sql = "SELECT count() FROM system.clusters WHERE cluster = 'sluice_test'";
+    wait_for(LONG, "cluster loaded on both servers", || async {
+        c.a.query_u64(sql).await == 2 && c.b.query_u64(sql).await == 2
+    })
+    .await;
+}
+
+/// A Distributed table on both nodes, inserted through either
+/// (round-robin); a node stopped mid-run: the other takes the inserts (and
+/// queues the stopped shard's rows), and once it is back every row is in
+/// exactly one shard.
+#[tokio::test]
+async fn distributed_table_through_either_node_survives_a_stopped_node() {
+    let mut c = Cluster::start().await;
+    define_cluster(&c).await;
+    let (stream, table) = (unique_name("chep_dist"), unique_name("chep_dist"));
+    let local = format!("{table}_local");
+    c.exec_both(&format!(
+        "CREATE TABLE {local} ({SEED_TABLE_COLUMNS}) ENGINE = MergeTree ORDER BY rec_id"
+    ))
+    .await;
+    c.exec_both(&format!(
+        "CREATE TABLE {table} AS {local} ENGINE = Distributed(sluice_test, default, {local}, rec_id)"
+    ))
+    .await;
+    let port = free_port();
+    let _w = Worker::spawn(&c.config(
+        "endpoints = \"round_robin\"",
+        &format!(
+            "streams = [\"{stream}\"]\nsink = {{ type = \"clickhouse\", table = \"{table}\" }}"
+        ),
+        port,
+    ));
+    let (stop, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let producer = produce(c.rc.clone(), stream.clone(), stop.clone(), sent.clone());
+    wait_for(LONG, "rows on both shards", || async {
+        c.a.count(&local).await > 0 && c.b.count(&local).await > 0
+    })
+    .await;
+
+    c.a.stop().await;
+    let a_label = c.a.url();
+    wait_for(LONG, "node A marked down", || async {
+        metric(
+            port,
+            "sluice_clickhouse_endpoint_up",
+            &[("endpoint", &a_label)],
+        )
+        .await
+            == Some(0.0)
+    })
+    .await;
+    let b_at_stop = c.b.count(&local).await;
+    wait_for(LONG, "node B takes the inserts", || async {
+        c.b.count(&local).await >= b_at_stop + 500
+    })
+    .await;
+
+    c.a.start_again().await;
+    stop.store(true, Ordering::Relaxed);
+    let produced = producer.await.unwrap();
+    wait_for(LONG, "every row in its shard", || async {
+        pending(&c.rc, &stream, "g").await == 0
+            && c.a.count(&local).await + c.b.count(&local).await == produced.len() as u64
+    })
+    .await;
+    let (on_a, on_b) = (ids(&c.a, &local).await, ids(&c.b, &local).await);
+    let union: HashSet<&String> = on_a.iter().chain(&on_b).collect();
+    assert_eq!(union.len(), produced.len());
+    // The sharding key placed each row: A holds even rec_ids, B odd ones.
+    assert_eq!(
+        c.a.query_u64(&format!("SELECT countIf(rec_id % 2 != 0) FROM {local}"))
+            .await,
+        0
+    );
+    assert_eq!(
+        c.b.query_u64(&format!("SELECT countIf(rec_id % 2 != 1) FROM {local}"))
+            .await,
+        0
+    );
+}
+
+/// Exactly-once with `shard_by`: each shard's part of a batch is recorded
+/// under its own batch id. A worker killed after both shards confirmed
+/// their parts but before the acks leaves nothing to insert again: the next
+/// worker counts each part on the shards and only acks.
+#[tokio::test]
+async fn exactly_once_with_shard_by_recovers_each_part_once() {
+    let c = Cluster::start().await;
+    let (flow, stream, table) = (
+        unique_name("chep_eos"),
+        unique_name("chep_eos"),
+        unique_name("chep_eos"),
+    );
+    c.exec_both(&format!(
+        "CREATE TABLE {table} ({SEED_TABLE_COLUMNS}, _batch String) ENGINE = MergeTree ORDER BY rec_id"
+    ))
+    .await;
+    let config = |redis_url: &str, a_url: &str, b_url: &str| {
+        format!(
+            r#"
+[redis]
+url = "{redis_url}"
+[clickhouse]
+urls = ["{a_url}", "{b_url}"]
+health_check_every = "300ms"
+[worker]
+shutdown_timeout = "10s"
+block = "200ms"
+[[flow]]
+name = "{flow}"
+streams = ["{stream}"]
+group = "g"
+sink = {{ type = "clickhouse", table = "{table}", shard_by = "task_for" }}
+delivery = "exactly_once"
+batch_id_column = "_batch"
+metadata = {{ id = "_id" }}
+batch = {{ max_rows = 5000, max_wait = "1s" }}
+claim = {{ min_idle = "1s", every = "300ms" }}
+"#
+        )
+    };
+    let open_batches = || async {
+        match raw(
+            &c.rc,
+            "SCARD",
+            vec![format!("sluice:eo:{flow}:open").into()],
+        )
+        .await
+        {
+            fred::types::Value::Integer(n) => n,
+            _ => 0,
+        }
+    };
+    let redis_proxy = crate::harness::TcpProxy::start(c.redis.addr());
+    let (proxy_a, proxy_b) = (
+        crate::harness::TcpProxy::start(c.a.http_addr()),
+        crate::harness::TcpProxy::start(c.b.http_addr()),
+    );
+    let mut w1 = Worker::spawn(&config(
+        &redis_proxy.redis_url(),
+        &proxy_a.url(),
+        &proxy_b.url(),
+    ));
+    wait_for(LONG, "worker 1 running", || async {
+        w1.log_contents().contains("flow running")
+    })
+    .await;
+    proxy_a.stall();
+    proxy_b.stall();
+    const N: usize = 2000;
+    let sent = xadd_many(&c.rc, &stream, N, seed_job).await;
+    // task_for is a, b or c: both shards get a part, each its own record.
+    wait_for(LONG, "both parts recorded in the ledger", || async {
+        open_batches().await == 2
+    })
+    .await;
+    redis_proxy.stall();
+    proxy_a.pass();
+    proxy_b.pass();
+    wait_for(LONG, "both parts inserted", || async {
+        c.a.count(&table).await + c.b.count(&table).await == N as u64
+    })
+    .await;
+    w1.kill();
+    w1.wait_exit(LONG).await.expect("worker 1 exited");
+    assert_eq!(
+        pending(&c.rc, &stream, "g").await,
+        N as u64,
+        "acked before dying"
+    );
+    let (a_rows, b_rows) = (c.a.count(&table).await, c.b.count(&table).await);
+
+    let w2 = Worker::spawn(&config(&c.redis.url(), &c.a.url(), &c.b.url()));
+    wait_for(LONG, "worker 2 settled both parts", || async {
+        pending(&c.rc, &stream, "g").await == 0 && open_batches().await == 0
+    })
+    .await;
+    assert_eq!(
+        w2.log_contents()
+            .matches("already holds the recovered batch")
+            .count(),
+        2,
+        "{}",
+        w2.log_contents()
+    );
+    assert_eq!(c.a.count(&table).await, a_rows, "inserted again on A");
+    assert_eq!(c.b.count(&table).await, b_rows, "inserted again on B");
+    let (on_a, on_b) = (ids(&c.a, &table).await, ids(&c.b, &table).await);
+    let union: HashSet<&String> = on_a.iter().chain(&on_b).collect();
+    assert_eq!(union.len(), N);
+    assert!(sent.iter().all(|id| union.contains(id)));
+    for (shard, ch) in [(0, &c.a), (1, &c.b)] {
+        let wrong = ch
+            .query_u64(&format!(
+                "SELECT count() FROM {table} WHERE cityHash64(task_for) % 2 != {shard}"
+            ))
+            .await;
+        assert_eq!(wrong, 0, "shard {shard} holds rows of the other shard");
+    }
+}
