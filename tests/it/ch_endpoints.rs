@@ -421,6 +421,7 @@ url = "{redis_url}"
 urls = ["{a_url}", "{b_url}"]
 endpoints = "failover"
 health_check_every = "300ms"
+insert_timeout = "3s"
 [worker]
 shutdown_timeout = "10s"
 block = "200ms"
@@ -441,7 +442,7 @@ claim = {{ min_idle = "1s", every = "300ms" }}
         match raw(
             &c.rc,
             "SCARD",
-            vec![format!("sluice:eo:{flow}:open").into()],
+            vec![format!("sluice:eo:{{{flow}}}:open").into()],
         )
         .await
         {
@@ -464,7 +465,9 @@ claim = {{ min_idle = "1s", every = "300ms" }}
     })
     .await;
     // A refuses (the insert fails over to B); B holds the insert until the
-    // batch is recorded and Redis is cut, so the ack never leaves.
+    // batch is recorded; then Redis is slowed down, and worker 1 killed as
+    // soon as the rows are in, its ack still held in the proxy (dropped
+    // with the cut).
     proxy_a.refuse();
     proxy_b.stall();
     const N: usize = 2000;
@@ -473,12 +476,13 @@ claim = {{ min_idle = "1s", every = "300ms" }}
         open_batches().await == 1
     })
     .await;
-    redis_proxy.stall();
+    redis_proxy.delay(std::time::Duration::from_millis(1500));
     proxy_b.pass();
     wait_for(LONG, "rows inserted on B", || async {
         c.b.count(&table).await == N as u64
     })
     .await;
+    redis_proxy.refuse();
     w1.kill();
     w1.wait_exit(LONG).await.expect("worker 1 exited");
     assert_eq!(
@@ -495,7 +499,7 @@ claim = {{ min_idle = "1s", every = "300ms" }}
     .await;
     assert!(
         w2.log_contents()
-            .contains("already holds the recovered batch"),
+            .contains("ClickHouse holds the whole batch"),
         "{}",
         w2.log_contents()
     );
@@ -638,6 +642,7 @@ url = "{redis_url}"
 [clickhouse]
 urls = ["{a_url}", "{b_url}"]
 health_check_every = "300ms"
+insert_timeout = "3s"
 [worker]
 shutdown_timeout = "10s"
 block = "200ms"
@@ -658,7 +663,7 @@ claim = {{ min_idle = "1s", every = "300ms" }}
         match raw(
             &c.rc,
             "SCARD",
-            vec![format!("sluice:eo:{flow}:open").into()],
+            vec![format!("sluice:eo:{{{flow}}}:open").into()],
         )
         .await
         {
@@ -689,13 +694,16 @@ claim = {{ min_idle = "1s", every = "300ms" }}
         open_batches().await == 2
     })
     .await;
-    redis_proxy.stall();
+    // Each Redis chunk is held 3 s: the second part's move (after its
+    // lease renewal) lands well before the first part's ack gets through.
+    redis_proxy.delay(std::time::Duration::from_millis(3000));
     proxy_a.pass();
     proxy_b.pass();
     wait_for(LONG, "both parts inserted", || async {
         c.a.count(&table).await + c.b.count(&table).await == N as u64
     })
     .await;
+    redis_proxy.refuse();
     w1.kill();
     w1.wait_exit(LONG).await.expect("worker 1 exited");
     assert_eq!(
@@ -712,7 +720,7 @@ claim = {{ min_idle = "1s", every = "300ms" }}
     .await;
     assert_eq!(
         w2.log_contents()
-            .matches("already holds the recovered batch")
+            .matches("ClickHouse holds the whole batch")
             .count(),
         2,
         "{}",
