@@ -16,7 +16,6 @@ use crate::batch::{MappingError, RowMapper};
 use crate::config::{ClickHouseConfig, FlowConfig, SinkConfig};
 use crate::metrics::Metrics;
 use crate::schema::{SchemaError, TableSchema};
-use crate::stream::Message;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
