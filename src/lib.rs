@@ -1,5 +1,6 @@
 //! sluice: stateless workers that move Redis Stream entries into ClickHouse
-//! through consumer groups, with at-least-once delivery (ack after insert).
+//! (or other streams) through consumer groups, with at-least-once delivery
+//! (ack after the sink confirmed) or, into ClickHouse, exactly-once.
 //!
 //! Map of the crate:
 //! - [`config`]: TOML + `SLUICE_…` env overrides, validated; errors name the key.
@@ -12,7 +13,10 @@
 //! - [`batch`]: field→column mapping and batches closed by rows/bytes/time.
 //! - [`sink`]: the ClickHouse sink, its endpoints (failover / round-robin,
 //!   health checks) and `shard_by` placement, retry-or-bisect decision,
-//!   commit + ack, and the exactly-once batch ledger with its recovery.
+//!   commit + ack, and exactly-once: the batch ledger with leases
+//!   (`sink::ledger`), fenced stage-table inserts settled before any retry
+//!   (`sink::fenced`), the shared insert (`sink::exactly_once`) and the
+//!   recovery of dead replicas' batches (`sink::recover`).
 //!   The stream sink: routing, `max_len` backpressure, XADD then XACK.
 //! - [`flow`]: one flow's reader, claim loop, batcher and committer tasks.
 //! - [`handler`]: the processing step before a sink: exec (JSON-lines child
