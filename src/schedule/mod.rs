@@ -207,6 +207,7 @@ url = "http://127.0.0.1:8123"
 name = "f"
 streams = ["s"]
 sink = { type = "clickhouse", table = "t" }
+handler = { type = "exec", command = ["./handle"] }
 retry = { base = "10s", max = "1s" }
 "#;
         let err = parse(text).unwrap_err();
