@@ -91,6 +91,14 @@ pub struct RedisConfig {
     /// Timeout for every non-blocking command.
     #[serde(default = "default_redis_timeout", with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// Redis Cluster: `url` is one seed node and the client discovers the
+    /// others (MOVED/ASK and failover are followed by the client). Also on
+    /// when `url` is `redis-cluster://…` or `nodes` is set.
+    #[serde(default)]
+    pub cluster: bool,
+    /// More cluster seed nodes, `host:port`, tried when `url`'s is down.
+    #[serde(default)]
+    pub nodes: Vec<String>,
 }
 
 impl RedisConfig {
@@ -102,7 +110,17 @@ impl RedisConfig {
             password: None,
             password_file: None,
             command_timeout: default_redis_timeout(),
+            cluster: false,
+            nodes: Vec::new(),
         }
+    }
+
+    /// Whether to talk to Redis Cluster (see [`RedisConfig::cluster`]).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+            || !self.nodes.is_empty()
+            || self.url.starts_with("redis-cluster://")
+            || self.url.starts_with("rediss-cluster://")
     }
 }
 
@@ -114,6 +132,8 @@ impl std::fmt::Debug for RedisConfig {
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("password_file", &self.password_file)
             .field("command_timeout", &self.command_timeout)
+            .field("cluster", &self.cluster)
+            .field("nodes", &self.nodes)
             .finish()
     }
 }
@@ -245,8 +265,14 @@ impl Default for MetricsConfig {
 #[serde(deny_unknown_fields)]
 pub struct FlowConfig {
     pub name: String,
-    /// One or more streams (shards) read by this flow.
+    /// One or more streams read by this flow. After loading, a stream with
+    /// `[streams."name"].shards = N` is replaced by its N shard streams
+    /// (`name:{0}` … `name:{N-1}`); the names as written stay in
+    /// [`FlowConfig::base_streams`].
     pub streams: Vec<String>,
+    /// `streams` as the config file wrote them (before shard expansion).
+    #[serde(skip)]
+    pub base_streams: Vec<String>,
     #[serde(default = "default_group")]
     pub group: String,
     /// Where a new group starts reading when this worker creates it: `0`
@@ -297,10 +323,13 @@ pub struct FlowConfig {
 }
 
 impl FlowConfig {
+    /// The dead-letter stream: one per flow, also when its streams are
+    /// sharded (`jobs:dead` for `jobs:{0}` … `jobs:{N-1}`).
     pub fn dead_letter_stream(&self) -> String {
+        let first = self.base_streams.first().unwrap_or(&self.streams[0]);
         self.dead_letter
             .clone()
-            .unwrap_or_else(|| format!("{}:dead", self.streams[0]))
+            .unwrap_or_else(|| format!("{first}:dead"))
     }
 }
 
@@ -539,13 +568,52 @@ impl std::fmt::Debug for TokenConfig {
 }
 
 /// `[streams."name"]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamSettings {
     /// The stream's capacity: the HTTP entry refuses (429), `sluice enqueue`
     /// waits and stream sinks pause while it is full.
     #[serde(default)]
     pub max_len: Option<u64>,
+    /// Split the stream into this many shard streams, `name:{0}` …
+    /// `name:{N-1}` (the `{…}` is a Redis Cluster hash tag: each shard is one
+    /// slot, so shards spread over the cluster's nodes). Flows reading
+    /// `name` read every shard; producers pick one per entry. With a
+    /// capacity (`max_len`), each shard holds up to `max_len`. Default 1:
+    /// the plain stream.
+    #[serde(default = "default_shards")]
+    pub shards: usize,
+    /// The field whose value picks an entry's shard (FNV-1a hash modulo
+    /// `shards`), so entries with the same value stay in order on one
+    /// shard. Unset, or the field missing: round-robin.
+    #[serde(default)]
+    pub shard_by: Option<String>,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            max_len: None,
+            shards: default_shards(),
+            shard_by: None,
+        }
+    }
+}
+
+/// Most shards one stream may have.
+pub const MAX_SHARDS: usize = 1024;
+
+fn default_shards() -> usize {
+    1
+}
+
+/// The streams `base` stands for: itself when `shards <= 1`, else
+/// `base:{0}` … `base:{shards-1}`.
+pub fn shard_names(base: &str, shards: usize) -> Vec<String> {
+    if shards <= 1 {
+        return vec![base.to_string()];
+    }
+    (0..shards).map(|i| format!("{base}:{{{i}}}")).collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -769,6 +837,7 @@ impl Config {
                 Ok(mut config) => {
                     config.load_secrets()?;
                     config.validate()?;
+                    config.expand_shards();
                     return Ok(config);
                 }
                 Err(err) => err,
@@ -830,11 +899,23 @@ impl Config {
             key,
             message: message.to_string(),
         };
-        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
+        let schemes = [
+            "redis://",
+            "rediss://",
+            "redis-cluster://",
+            "rediss-cluster://",
+        ];
+        if !schemes.iter().any(|s| self.redis.url.starts_with(s)) {
             return Err(bad(
                 "redis.url".into(),
-                "must start with redis:// or rediss://",
+                "must start with redis://, rediss://, redis-cluster:// or rediss-cluster://",
             ));
+        }
+        for (i, node) in self.redis.nodes.iter().enumerate() {
+            let port = node.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
+            if !matches!(port, Some((h, Ok(_))) if !h.is_empty()) {
+                return Err(bad(format!("redis.nodes[{i}]"), "must be host:port"));
+            }
         }
         if let Some(ch) = &self.clickhouse {
             if !ch.url.starts_with("http://") && !ch.url.starts_with("https://") {
@@ -972,6 +1053,30 @@ impl Config {
             if s.max_len == Some(0) {
                 return Err(bad(format!("streams.{name:?}.max_len"), "must be >= 1"));
             }
+            if s.shards == 0 || s.shards > MAX_SHARDS {
+                return Err(bad(
+                    format!("streams.{name:?}.shards"),
+                    &format!("must be between 1 and {MAX_SHARDS}"),
+                ));
+            }
+            // A brace in the name would change which part Redis Cluster hashes.
+            if s.shards > 1 && name.contains(['{', '}']) {
+                return Err(bad(
+                    format!("streams.{name:?}.shards"),
+                    "a sharded stream's name must not contain `{` or `}`",
+                ));
+            }
+            if let Some(field) = &s.shard_by {
+                if field.is_empty() {
+                    return Err(bad(format!("streams.{name:?}.shard_by"), "must not be empty"));
+                }
+                if s.shards <= 1 {
+                    return Err(bad(
+                        format!("streams.{name:?}.shard_by"),
+                        "needs shards > 1",
+                    ));
+                }
+            }
         }
         if let Some(http) = &self.http {
             validate_http(http)?;
@@ -979,9 +1084,28 @@ impl Config {
         Ok(())
     }
 
-    /// The capacity of `stream` from `[streams."name"]`, if it has one.
+    /// The capacity of `stream` from `[streams."name"]`, if it has one. A
+    /// shard stream (`name:{i}`) has its base stream's capacity.
     pub fn stream_max_len(&self, stream: &str) -> Option<u64> {
-        self.streams.get(stream).and_then(|s| s.max_len)
+        self.streams
+            .get(stream)
+            .or_else(|| self.streams.get(crate::shard::base_of(stream)?))
+            .and_then(|s| s.max_len)
+    }
+
+    /// Replaces each flow's sharded streams by their shards (after
+    /// validation, so errors name the streams as written).
+    fn expand_shards(&mut self) {
+        for flow in &mut self.flows {
+            flow.base_streams = flow.streams.clone();
+            flow.streams = flow
+                .base_streams
+                .iter()
+                .flat_map(|s| {
+                    shard_names(s, self.streams.get(s).map_or(1, |st| st.shards))
+                })
+                .collect();
+        }
     }
 }
 

@@ -15,6 +15,17 @@
 //! commits with [`crate::sink::stream`] instead of the ClickHouse pair, and
 //! its committer can pause the reader and the claim loop ([`Pause`]) while
 //! a target stream is full.
+//!
+//! # Reading several streams from Redis Cluster
+//! Outside a cluster one XREADGROUP covers all of a flow's streams. In a
+//! cluster a command's keys must share one slot, and fred's client waits
+//! for a blocking command before sending the next one, so one client
+//! blocking on shard 0 would hold back every other shard. A flow there runs
+//! one reader per stream (shard), each blocking on its own client (its
+//! own connections); they share the bounded chunk channel, whose waiting
+//! senders are served first come first served, so a busy shard cannot
+//! starve the others when the sink is the bottleneck. Cost: one connection
+//! per shard and node, per flow and replica.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +59,9 @@ pub struct Flow {
     pub handler: Option<Arc<dyn Handler>>,
     /// Set while a stream sink's target is full: no reads, no claims.
     pub pause: Arc<Pause>,
-    pub read_client: Client,
+    /// Blocking-read clients and the streams each reads: one for all
+    /// streams, or one per stream in a cluster (see the module docs).
+    pub readers: Vec<(Client, Vec<Arc<str>>)>,
     pub command_client: Client,
     pub metrics: FlowMetrics,
     pub block: Duration,
@@ -108,7 +121,6 @@ impl Flow {
         metrics: Arc<Metrics>,
         handlers: &Handlers,
     ) -> anyhow::Result<Flow> {
-        let read_client = client::connect_blocking(&config.redis, config.worker.block).await?;
         let command_client = client::connect(&config.redis).await?;
         for stream in &cfg.streams {
             if commands::create_group(&command_client, stream, &cfg.group, &cfg.start_id).await? {
@@ -134,6 +146,16 @@ impl Flow {
             None => None,
         };
         let streams: Vec<Arc<str>> = cfg.streams.iter().map(|s| Arc::from(s.as_str())).collect();
+        let mut readers = Vec::new();
+        if config.redis.is_cluster() && streams.len() > 1 {
+            for stream in &streams {
+                let c = client::connect_blocking(&config.redis, config.worker.block).await?;
+                readers.push((c, vec![stream.clone()]));
+            }
+        } else {
+            let c = client::connect_blocking(&config.redis, config.worker.block).await?;
+            readers.push((c, streams.clone()));
+        }
         // No endpoint, nobody to read them: the hot path skips metrics.
         let metrics = if config.metrics.listen.is_some() {
             FlowMetrics::new(&metrics, &cfg.name, &streams)
@@ -183,7 +205,7 @@ impl Flow {
             handler,
             pause: Arc::new(Pause::default()),
             recovery,
-            read_client,
+            readers,
             command_client,
             metrics,
             block: config.worker.block,
@@ -204,7 +226,9 @@ impl Flow {
         let flow = Arc::new(self);
         let (chunk_tx, chunk_rx) = mpsc::channel::<Vec<Message>>(2);
 
-        let reader = tokio::spawn(flow.clone().read_loop(chunk_tx.clone(), shutdown.clone()));
+        let readers: Vec<_> = (0..flow.readers.len())
+            .map(|i| tokio::spawn(flow.clone().read_loop(i, chunk_tx.clone(), shutdown.clone())))
+            .collect();
         let claimer = tokio::spawn(flow.clone().claim_loop(chunk_tx, shutdown.clone()));
         let (chunk_rx, stage) = match (&flow.handler, &flow.cfg.handler) {
             (Some(handler), Some(cfg)) => {
@@ -237,7 +261,9 @@ impl Flow {
             }
         };
 
-        reader.await?;
+        for reader in readers {
+            reader.await?;
+        }
         claimer.await?;
         if let Some(stage) = stage {
             stage.await?;
@@ -272,11 +298,14 @@ impl Flow {
         }
     }
 
+    /// Reads `self.readers[reader]`'s streams until shutdown.
     async fn read_loop(
         self: Arc<Self>,
+        reader: usize,
         chunks: mpsc::Sender<Vec<Message>>,
         shutdown: CancellationToken,
     ) {
+        let (client, streams) = &self.readers[reader];
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         while !shutdown.is_cancelled() {
             if self.pause.is_paused() {
@@ -287,19 +316,19 @@ impl Flow {
             }
             let mut entries = Vec::with_capacity(self.cfg.read_count.min(10_000));
             let read = commands::read_group(
-                &self.read_client,
+                client,
                 &self.cfg.group,
                 &self.consumer,
                 self.cfg.read_count,
                 self.block,
-                &self.streams,
+                streams,
                 &mut entries,
             )
             .await;
             match read {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
-                    self.handle_read_error(&e).await;
+                    self.handle_read_error(streams, &e).await;
                     tokio::select! {
                         _ = tokio::time::sleep(backoff.next_delay()) => {}
                         _ = shutdown.cancelled() => {}
@@ -367,11 +396,11 @@ impl Flow {
         }
     }
 
-    async fn handle_read_error(&self, e: &StreamError) {
-        tracing::warn!(flow = %self.cfg.name, error = %e, "XREADGROUP failed");
+    async fn handle_read_error(&self, streams: &[Arc<str>], e: &StreamError) {
+        tracing::warn!(flow = %self.cfg.name, ?streams, error = %e, "XREADGROUP failed");
         // The stream or group was deleted under us: recreate it.
         if e.to_string().contains("NOGROUP") {
-            for stream in &self.streams {
+            for stream in streams {
                 if let Err(e) = commands::create_group(
                     &self.command_client,
                     stream,
