@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod chaos;
+mod cluster;
 mod common;
 mod dataflow;
 mod dead;

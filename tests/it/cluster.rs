@@ -1,0 +1,261 @@
+//! Redis Cluster: a flow's stream sharded over a 3-master cluster
+//! (`[streams."x"] shards = N`), several worker replicas reading every
+//! shard into ClickHouse, producers spreading entries over the shards, and
+//! a master restarted mid-run without losing an entry.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand, Value};
+
+use crate::common::LONG;
+use crate::harness::{secs, unique_name, wait_for, ClickHouseServer, RedisCluster, Worker};
+
+fn cmd(name: &'static str, key: &str) -> CustomCommand {
+    let slot = fred::util::redis_keyslot(key.as_bytes());
+    CustomCommand::new_static(name, ClusterHash::Custom(slot), false)
+}
+
+fn shard(base: &str, i: usize) -> String {
+    format!("{base}:{{{i}}}")
+}
+
+/// XADDs rec_id = `from..to` round-robin over `shards` shard streams of
+/// `base`, pipelined; each entry is retried until Redis confirms it (a
+/// retry after a lost reply may add it twice; ClickHouse checks count ids).
+async fn produce(rc: &Client, base: &str, shards: usize, from: usize, to: usize) {
+    let mut i = from;
+    while i < to {
+        let end = (i + 500).min(to);
+        let pipeline = rc.pipeline();
+        for j in i..end {
+            let stream = shard(base, j % shards);
+            let args: Vec<Value> = vec![
+                stream.as_str().into(),
+                "*".into(),
+                "rec_id".into(),
+                j.to_string().into(),
+                "data".into(),
+                format!("payload-{j}").into(),
+            ];
+            let _: Value = pipeline
+                .custom(cmd("XADD", &stream), args)
+                .await
+                .expect("queue XADD");
+        }
+        match pipeline.try_all::<Value>().await {
+            results if results.iter().all(Result::is_ok) => i = end,
+            // A node is down or moving: resend the whole chunk.
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn xpending_total(rc: &Client, stream: &str, group: &str) -> u64 {
+    let reply: Result<Value, _> = rc
+        .custom(
+            cmd("XPENDING", stream),
+            vec![Value::from(stream), Value::from(group)],
+        )
+        .await;
+    match reply {
+        Ok(Value::Array(items)) => items.first().and_then(Value::as_u64).unwrap_or(0),
+        _ => u64::MAX, // no group yet, or unreachable: not done
+    }
+}
+
+fn config(redis_url: &str, ch_url: &str, base: &str, shards: usize, table: &str) -> String {
+    format!(
+        r#"
+[redis]
+url = "{redis_url}"
+[clickhouse]
+url = "{ch_url}"
+[worker]
+shutdown_timeout = "20s"
+block = "200ms"
+[streams."{base}"]
+shards = {shards}
+[[flow]]
+name = "cluster"
+streams = ["{base}"]
+group = "g"
+sink = {{ type = "clickhouse", table = "{table}" }}
+batch = {{ max_rows = 2000, max_wait = "100ms" }}
+claim = {{ min_idle = "4s", every = "1s" }}
+metadata = {{ id = "_id", stream = "_stream" }}
+"#
+    )
+}
+
+async fn create_table(ch: &ClickHouseServer, table: &str) {
+    ch.exec(&format!(
+        "CREATE TABLE {table} (rec_id UInt64, data String, _id String, _stream String)
+         ENGINE = MergeTree ORDER BY rec_id"
+    ))
+    .await;
+}
+
+/// Waits until ClickHouse holds every rec_id in 0..n and nothing is pending.
+async fn wait_all_landed(
+    ch: &ClickHouseServer,
+    rc: &Client,
+    table: &str,
+    base: &str,
+    shards: usize,
+    n: usize,
+    workers: &[Worker],
+) {
+    let sql = format!("SELECT uniqExact(rec_id) FROM {table} WHERE rec_id < {n}");
+    let logs = || {
+        workers
+            .iter()
+            .map(|w| w.log_contents())
+            .collect::<Vec<_>>()
+            .join("\n-----\n")
+    };
+    wait_for(LONG * 2, "every id in ClickHouse", || async {
+        ch.query_u64(&sql).await == n as u64
+    })
+    .await;
+    wait_for(LONG, "nothing pending on any shard", || async {
+        let mut total = 0;
+        for i in 0..shards {
+            total += xpending_total(rc, &shard(base, i), "g").await;
+        }
+        total == 0
+    })
+    .await;
+    assert_eq!(
+        ch.query_u64(&format!("SELECT count() FROM {table}")).await as usize >= n,
+        true,
+        "{}",
+        logs()
+    );
+}
+
+#[tokio::test]
+async fn sharded_stream_on_three_masters_lands_every_id_with_three_workers() {
+    let (cluster, ch) = tokio::join!(RedisCluster::start(3), ClickHouseServer::start());
+    let rc = cluster.client().await;
+    let (base, table) = (unique_name("cl"), unique_name("cl"));
+    let shards = 6;
+    create_table(&ch, &table).await;
+    // The shards really are spread over all three masters.
+    let mut owners: Vec<usize> = Vec::new();
+    for i in 0..shards {
+        owners.push(cluster.owner_of(&shard(&base, i)).await);
+    }
+    owners.sort();
+    owners.dedup();
+    assert_eq!(owners.len(), 3, "6 shards over 3 masters: {owners:?}");
+
+    let n = 30_000;
+    produce(&rc, &base, shards, 0, n / 2).await;
+    let cfg = config(&cluster.url(), &ch.url(), &base, shards, &table);
+    let workers: Vec<Worker> = (0..3).map(|_| Worker::spawn(&cfg)).collect();
+    produce(&rc, &base, shards, n / 2, n).await;
+    wait_all_landed(&ch, &rc, &table, &base, shards, n, &workers).await;
+
+    // Every shard's entries came through, each tagged with its shard.
+    let per_shard = ch
+        .query_tsv(&format!(
+            "SELECT _stream, count() FROM {table} GROUP BY _stream ORDER BY _stream FORMAT TSV"
+        ))
+        .await;
+    assert_eq!(per_shard.lines().count(), shards, "{per_shard}");
+    for line in per_shard.lines() {
+        let count: usize = line.split('\t').nth(1).unwrap().parse().unwrap();
+        assert!(count >= n / shards, "{per_shard}");
+    }
+    // All three replicas took part (each is a consumer of the group).
+    let consumers: Vec<String> = {
+        let mut names = Vec::new();
+        for i in 0..shards {
+            let s = shard(&base, i);
+            let v: Value = rc
+                .custom(
+                    cmd("XINFO", &s),
+                    vec![Value::from("CONSUMERS"), Value::from(s.as_str()), "g".into()],
+                )
+                .await
+                .unwrap();
+            if let Value::Array(items) = v {
+                for item in items {
+                    if let Value::Array(kv) = item {
+                        names.push(kv[1].as_string().unwrap_or_default());
+                    }
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+        names
+    };
+    assert_eq!(consumers.len(), 3, "{consumers:?}");
+}
+
+#[tokio::test]
+async fn master_restarted_mid_run_loses_nothing() {
+    let (mut cluster, ch) = tokio::join!(RedisCluster::start(3), ClickHouseServer::start());
+    let rc = cluster.client().await;
+    let (base, table) = (unique_name("clr"), unique_name("clr"));
+    let shards = 6;
+    create_table(&ch, &table).await;
+    let cfg = config(&cluster.url(), &ch.url(), &base, shards, &table);
+    let workers: Vec<Worker> = (0..3).map(|_| Worker::spawn(&cfg)).collect();
+
+    // Produce continuously in the background while a master restarts.
+    let n = 40_000;
+    let produced = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (rc, base, produced, done) = (rc.clone(), base.clone(), produced.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while i < n {
+                let end = (i + 1000).min(n);
+                produce(&rc, &base, shards, i, end).await;
+                produced.store(end, Ordering::SeqCst);
+                i = end;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    // Mid-run: some entries produced and some landed.
+    wait_for(LONG, "a quarter produced and some rows landed", || async {
+        produced.load(Ordering::SeqCst) >= n / 4 && ch.count(&table).await > 0
+    })
+    .await;
+    let victim = cluster.owner_of(&shard(&base, 0)).await;
+    let before = ch.count(&table).await;
+    cluster.restart_node(victim).await;
+    let produced_at_restart = produced.load(Ordering::SeqCst);
+    assert!(
+        produced_at_restart < n,
+        "producer finished before the restart; make n larger"
+    );
+    tokio::time::timeout(secs(120), producer)
+        .await
+        .expect("producer finishes")
+        .unwrap();
+    assert!(done.load(Ordering::SeqCst));
+    wait_all_landed(&ch, &rc, &table, &base, shards, n, &workers).await;
+    if std::env::var("SLUICE_TEST_SHOW_LOGS").is_ok() {
+        eprintln!("{}", workers[0].log_contents());
+    }
+    let after = ch.count(&table).await;
+    assert!(after >= n as u64 && before < n as u64);
+    // The restarted master kept its shard's entries (AOF, fsync always).
+    let restarted_len: Value = rc
+        .custom(
+            cmd("XLEN", &shard(&base, 0)),
+            vec![Value::from(shard(&base, 0))],
+        )
+        .await
+        .unwrap();
+    assert!(restarted_len.as_u64().unwrap() >= (n / shards) as u64);
+}
