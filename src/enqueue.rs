@@ -232,6 +232,27 @@ fn read_csv(
     Ok(())
 }
 
+/// `items` grouped by the stream each goes to (its shard when `stream` is
+/// sharded), in first-seen order; entries keep their order within a shard.
+fn by_shard<'a>(
+    sharder: &'a crate::shard::Sharder,
+    stream: &'a str,
+    items: &[Fields],
+) -> Vec<(&'a str, Vec<Fields>)> {
+    if !sharder.is_sharded(stream) {
+        return vec![(stream, items.to_vec())];
+    }
+    let mut groups: Vec<(&str, Vec<Fields>)> = Vec::new();
+    for fields in items {
+        let shard = sharder.pick(stream, fields);
+        match groups.iter_mut().find(|(s, _)| *s == shard) {
+            Some((_, g)) => g.push(fields.clone()),
+            None => groups.push((shard, vec![fields.clone()])),
+        }
+    }
+    groups
+}
+
 fn xadd() -> CustomCommand {
     CustomCommand::new_static("XADD", ClusterHash::FirstKey, false)
 }
@@ -328,6 +349,12 @@ pub async fn main(args: EnqueueArgs) -> anyhow::Result<()> {
     };
     bar.enable_steady_tick(Duration::from_millis(200));
 
+    // A sharded stream (`[streams."name"] shards = N`): each entry goes to
+    // the shard its `shard_by` field hashes to, or round-robin.
+    let sharder = config
+        .as_ref()
+        .map(crate::shard::Sharder::new)
+        .unwrap_or_default();
     let (tx, mut rx) = mpsc::channel::<anyhow::Result<Chunk>>(4);
     let (batch, fmt) = (args.batch, format);
     let reading = std::thread::spawn(move || reader(input, fmt, batch, tx));
@@ -338,11 +365,12 @@ pub async fn main(args: EnqueueArgs) -> anyhow::Result<()> {
     let outcome: anyhow::Result<()> = async {
         while let Some(chunk) = rx.recv().await {
             let chunk = chunk?;
-            let mut rest: &[Fields] = &chunk.items;
+            for (stream, items) in by_shard(&sharder, &args.stream, &chunk.items) {
+            let mut rest: &[Fields] = &items;
             while !rest.is_empty() {
                 if let Some(when) = due {
                     // Delayed: all batches share the first one's due time.
-                    let at = crate::delayed::enqueue(&client, &args.stream, rest, when).await?;
+                    let at = crate::delayed::enqueue(&client, stream, rest, when).await?;
                     due = Some(crate::delayed::Due::At(at));
                     sent += rest.len() as u64;
                     bar.set_message(format!("{sent} held back until {at}"));
@@ -351,12 +379,12 @@ pub async fn main(args: EnqueueArgs) -> anyhow::Result<()> {
                 let take = match max_len {
                     None => rest.len(),
                     Some(max) => {
-                        let len = commands::len(&client, &args.stream).await?;
+                        let len = commands::len(&client, stream).await?;
                         let room = max.saturating_sub(len) as usize;
                         if room == 0 {
                             bar.set_message(format!(
                                 "{sent} sent; waiting: `{}` is at max_len ({len}/{max})",
-                                args.stream
+                                stream
                             ));
                             let t = Instant::now();
                             tokio::time::sleep(args.poll).await;
@@ -366,11 +394,12 @@ pub async fn main(args: EnqueueArgs) -> anyhow::Result<()> {
                         room.min(rest.len())
                     }
                 };
-                xadd_pipelined(&client, &args.stream, &rest[..take]).await?;
+                xadd_pipelined(&client, stream, &rest[..take]).await?;
                 sent += take as u64;
                 rest = &rest[take..];
                 let rate = sent as f64 / started.elapsed().as_secs_f64().max(1e-6);
                 bar.set_message(format!("{sent} sent ({rate:.0}/s)"));
+            }
             }
             if size.is_some() {
                 bar.set_position(chunk.read_bytes);

@@ -193,7 +193,10 @@ impl Flow {
                     .collect();
                 let mut forbidden = cfg.streams.clone();
                 forbidden.push(cfg.dead_letter_stream());
-                FlowSink::Stream(Arc::new(StreamSink::new(s, caps, forbidden)))
+                FlowSink::Stream(Arc::new(
+                    StreamSink::new(s, caps, forbidden)
+                        .with_sharder(crate::shard::Sharder::new(config)),
+                ))
             }
             (None, SinkConfig::Clickhouse { .. }) => unreachable!("opened above"),
         };

@@ -259,3 +259,114 @@ async fn master_restarted_mid_run_loses_nothing() {
         .unwrap();
     assert!(restarted_len.as_u64().unwrap() >= (n / shards) as u64);
 }
+
+async fn xrange_field(rc: &Client, stream: &str, field: &str) -> Vec<String> {
+    let v: Value = rc
+        .custom(
+            cmd("XRANGE", stream),
+            vec![Value::from(stream), "-".into(), "+".into()],
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    if let Value::Array(items) = v {
+        for item in items {
+            if let Value::Array(parts) = item {
+                if let Some(Value::Array(flat)) = parts.get(1) {
+                    for pair in flat.chunks(2) {
+                        if pair[0].as_string().as_deref() == Some(field) {
+                            out.push(pair[1].as_string().unwrap_or_default());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `sluice enqueue` into a stream with `shard_by`: every entry lands on the
+/// shard its key hashes to (same key, same shard), and a stream sink
+/// forwarding into another sharded stream spreads round-robin.
+#[tokio::test]
+async fn producers_pick_shards_by_key_or_round_robin() {
+    let cluster = RedisCluster::start(3).await;
+    let rc = cluster.client().await;
+    let (src, out) = (unique_name("src"), unique_name("out"));
+    let cfg = format!(
+        r#"
+[redis]
+url = "{url}"
+[worker]
+block = "200ms"
+[streams."{src}"]
+shards = 3
+shard_by = "user"
+[streams."{out}"]
+shards = 4
+[[flow]]
+name = "fwd"
+streams = ["{src}"]
+group = "g"
+sink = {{ type = "stream", to = "{out}" }}
+batch = {{ max_rows = 100, max_wait = "50ms" }}
+"#,
+        url = cluster.url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("sluice.toml");
+    std::fs::write(&config_path, &cfg).unwrap();
+    let n = 600;
+    let lines: String = (0..n)
+        .map(|i| format!("{{\"rec_id\": {i}, \"user\": \"u{}\"}}\n", i % 20))
+        .collect();
+    let file = dir.path().join("in.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["enqueue", &src, file.to_str().unwrap(), "--quiet", "--config"])
+        .arg(&config_path)
+        .env_remove("SLUICE_CONFIG")
+        .env_remove("REDIS_URL")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(LONG, status).await.unwrap().unwrap();
+    assert!(output.status.success(), "{output:?}");
+
+    // Each user's entries are all on one shard, and every shard has some.
+    let mut owner: std::collections::HashMap<String, usize> = Default::default();
+    let mut total = 0;
+    for i in 0..3 {
+        let users = xrange_field(&rc, &shard(&src, i), "user").await;
+        assert!(!users.is_empty(), "shard {i} is empty");
+        total += users.len();
+        for u in users {
+            assert_eq!(*owner.entry(u.clone()).or_insert(i), i, "{u} on two shards");
+        }
+    }
+    assert_eq!(total, n);
+
+    // The forwarding flow reads all 3 source shards and writes all 4 target shards.
+    let worker = Worker::spawn(&cfg);
+    wait_for(LONG, "every entry forwarded", || {
+        let rc = rc.clone();
+        let out = out.clone();
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..4 {
+                ids.extend(xrange_field(&rc, &shard(&out, i), "rec_id").await);
+            }
+            ids.sort();
+            ids.dedup();
+            ids.len() == n
+        }
+    })
+    .await;
+    for i in 0..4 {
+        let got = xrange_field(&rc, &shard(&out, i), "rec_id").await.len();
+        assert!(
+            got >= n / 4 - 1,
+            "round-robin: shard {i} got {got}; {}",
+            worker.log_contents()
+        );
+    }
+}
