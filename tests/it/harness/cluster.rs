@@ -1,12 +1,13 @@
 //! A private Redis Cluster per test: N masters (no replicas), each a
 //! [`RedisServer`] with `--cluster-enabled yes` and AOF fsynced on every
-//! write, joined with `redis-cli --cluster create`. A master restarted with
+//! write, joined by hand: `CLUSTER ADDSLOTSRANGE` (an even share each) and
+//! `CLUSTER MEET` — what `redis-cli --cluster create` does, but also for
+//! one or two masters, which redis-cli refuses. A master restarted with
 //! [`RedisCluster::restart_node`] comes back on its port with its data dir,
 //! so its `nodes.conf` (identity, slots) and AOF (data) survive.
 #![allow(dead_code)]
 use super::redis::RedisServer;
 use fred::prelude::{ClientLike, Config, ReconnectPolicy};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,6 +28,10 @@ impl RedisCluster {
             "nodes.conf",
             "--cluster-node-timeout",
             "2000",
+            // A lone node never learns its address from a MEET and would
+            // advertise "" in CLUSTER SLOTS.
+            "--cluster-announce-ip",
+            "127.0.0.1",
             "--appendonly",
             "yes",
             "--appendfsync",
@@ -43,23 +48,17 @@ impl RedisCluster {
     }
 
     async fn create(&self) {
-        let mut cmd = Command::new("redis-cli");
-        cmd.args(["--cluster", "create"]);
-        for node in &self.nodes {
-            cmd.arg(format!("127.0.0.1:{}", node.port()));
+        let n = self.nodes.len();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let (start, end) = (16384 * i / n, 16384 * (i + 1) / n - 1);
+            let reply = raw_command(node.port(), &format!("CLUSTER ADDSLOTSRANGE {start} {end}")).await;
+            assert!(reply.starts_with("+OK"), "ADDSLOTSRANGE on node {i}: {reply:?}");
         }
-        cmd.args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null());
-        let out = tokio::task::spawn_blocking(move || cmd.output())
-            .await
-            .expect("join")
-            .expect("run redis-cli --cluster create (is redis-tools installed?)");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        for node in self.nodes.iter().skip(1) {
+            let line = format!("CLUSTER MEET 127.0.0.1 {}", node.port());
+            let reply = raw_command(self.nodes[0].port(), &line).await;
+            assert!(reply.starts_with("+OK"), "{line}: {reply:?}");
+        }
     }
 
     /// Waits until every running node says `cluster_state:ok` and knows
@@ -71,7 +70,8 @@ impl RedisCluster {
             for node in &self.nodes {
                 let info = raw_command(node.port(), "CLUSTER INFO").await;
                 all &= info.contains("cluster_state:ok")
-                    && info.contains("cluster_slots_ok:16384");
+                    && info.contains("cluster_slots_ok:16384")
+                    && info.contains(&format!("cluster_known_nodes:{}\r", self.nodes.len()));
             }
             if all {
                 return;
