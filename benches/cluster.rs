@@ -131,7 +131,9 @@ struct Run {
 }
 
 async fn run(ch: &ClickHouseServer, nodes: usize, shards: usize, workers: usize, n: usize) -> Run {
-    let mut cluster = RedisCluster::start(nodes).await;
+    // AOF fsynced once a second, as production runs it (the tests fsync
+    // every write to prove nothing is lost on a restart).
+    let mut cluster = RedisCluster::start_with(nodes, &["--appendfsync", "everysec"]).await;
     let rc = cluster.client().await;
     let base = harness::unique_name("bench");
     let table = harness::unique_name("bench");

@@ -1044,6 +1044,23 @@ impl Config {
                 r.validate().map_err(|m| bad(key("retry"), &m))?;
             }
         }
+        // Their Lua scripts change keys of several slots at once (schedule
+        // state + tick + stream; delayed set + index + stream), which Redis
+        // Cluster refuses: say so at start-up rather than fail on every tick.
+        if self.redis.is_cluster() {
+            if !self.schedules.is_empty() {
+                return Err(bad(
+                    "schedule".into(),
+                    "schedules are not supported with Redis Cluster (redis.cluster) yet",
+                ));
+            }
+            if let Some(i) = self.flows.iter().position(|f| f.retry.is_some()) {
+                return Err(bad(
+                    format!("flow[{i}].retry"),
+                    "retry through the delayed set is not supported with Redis Cluster (redis.cluster) yet; leave it unset to retry by redelivery",
+                ));
+            }
+        }
         crate::schedule::validate(&self.scheduler, &self.schedules)
             .map_err(|(key, message)| ConfigError::Key { key, message })?;
         for (name, s) in &self.streams {
@@ -1506,6 +1523,53 @@ on_success = "ack"              # or "ack_del": XACK then XDEL, as the original 
         let c = parse(&text, &[]).unwrap();
         assert_eq!(c.flows[0].delivery, Delivery::ExactlyOnce);
         assert_eq!(c.flows[0].ledger_ttl, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn cluster_and_shards() {
+        let text = EXAMPLE.replace(
+            "[clickhouse]",
+            "cluster = true\nnodes = [\"10.0.0.2:6379\"]\n[streams.events]\nshards = 3\nshard_by = \"user\"\n[clickhouse]",
+        );
+        let c = parse(&text, &[]).unwrap();
+        assert!(c.redis.is_cluster());
+        assert_eq!(c.flows[0].streams, ["events:{0}", "events:{1}", "events:{2}"]);
+        assert_eq!(c.flows[0].base_streams, ["events"]);
+        assert_eq!(c.flows[0].dead_letter_stream(), "events:dead");
+        let text = text.replace("dead_letter = \"events:dead\"\n", "");
+        let c = parse(&text, &[]).unwrap();
+        assert_eq!(c.flows[0].dead_letter_stream(), "events:dead");
+        // A cluster:// URL alone turns cluster mode on.
+        let c = parse(&EXAMPLE.replace("redis://", "redis-cluster://"), &[]).unwrap();
+        assert!(c.redis.is_cluster());
+        let err = |from: &str, to: &str| {
+            let t = text.replace(from, to);
+            assert_ne!(t, text, "{from:?} did not apply");
+            parse(&t, &[]).unwrap_err().to_string()
+        };
+        let e = err("shards = 3", "shards = 0");
+        assert!(e.contains("streams.\"events\".shards"), "{e}");
+        let e = err("shards = 3", "shards = 1");
+        assert!(e.contains("streams.\"events\".shard_by"), "{e}");
+        let e = err("shard_by = \"user\"", "shard_by = \"\"");
+        assert!(e.contains("streams.\"events\".shard_by"), "{e}");
+        let e = err("10.0.0.2:6379", "10.0.0.2");
+        assert!(e.contains("redis.nodes[0]"), "{e}");
+        let e = err(
+            "on_success = \"ack\"",
+            "on_success = \"ack\"\nretry = { backoff = \"exponential\", base = \"1s\", max = \"5m\" }",
+        );
+        assert!(e.contains("flow[0].retry") && e.contains("Cluster"), "{e}");
+        let e = parse(
+            &text.replace("[streams.events]", "[streams.\"ev{x}\"]\nshards = 2\n[streams.events]"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("streams.\"ev{x}\".shards"), "{e}");
+        // A shard has its base stream's capacity.
+        let c = parse(&text.replace("shards = 3", "shards = 3\nmax_len = 7"), &[]).unwrap();
+        assert_eq!(c.stream_max_len("events:{2}"), Some(7));
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub enum DelayedError {
     Redis(#[from] fred::error::Error),
     #[error("a delayed job needs at least one field")]
     NoFields,
+    /// The scripts touch the shared index key and the stream together,
+    /// which Redis Cluster refuses (different slots).
+    #[error("delayed jobs are not supported on Redis Cluster yet")]
+    Cluster,
     #[error("unexpected script reply: {0}")]
     Reply(String),
 }
@@ -217,6 +221,9 @@ pub async fn enqueue(
 ) -> Result<u64> {
     if jobs.iter().any(|f| f.is_empty()) {
         return Err(DelayedError::NoFields);
+    }
+    if client.is_clustered() {
+        return Err(DelayedError::Cluster);
     }
     let (mode, ms) = match due {
         Due::At(ms) => ("at", ms),

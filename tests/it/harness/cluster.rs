@@ -20,8 +20,14 @@ impl RedisCluster {
     /// Starts `n` masters and forms the cluster; returns once every node
     /// reports `cluster_state:ok` and agrees on the slot map.
     pub async fn start(n: usize) -> RedisCluster {
+        Self::start_with(n, &[]).await
+    }
+
+    /// Like [`RedisCluster::start`], with extra `redis-server` args that win
+    /// over the defaults (e.g. `["--appendfsync", "everysec"]`).
+    pub async fn start_with(n: usize, extra: &[&str]) -> RedisCluster {
         assert!(n >= 1);
-        let args = [
+        let mut args = vec![
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -37,6 +43,7 @@ impl RedisCluster {
             "--appendfsync",
             "always",
         ];
+        args.extend_from_slice(extra);
         let mut nodes = Vec::with_capacity(n);
         for _ in 0..n {
             nodes.push(RedisServer::start_with(&args).await);
