@@ -370,3 +370,63 @@ batch = {{ max_rows = 100, max_wait = "50ms" }}
         );
     }
 }
+
+/// The HTTP entry on a cluster: round-robin sends each request whole to one
+/// shard (consecutive requests to different shards); with `shard_by` the
+/// items of one request split by key; a full shard answers 429.
+#[tokio::test]
+async fn http_entry_writes_requests_to_shards() {
+    use crate::harness::{free_port, port_open};
+    use crate::http_entry::{http_section, post, TOKEN};
+    let cluster = RedisCluster::start(3).await;
+    let rc = cluster.client().await;
+    let (rr, keyed) = (unique_name("rr"), unique_name("keyed"));
+    let port = free_port();
+    let cfg = format!(
+        r#"
+[redis]
+url = "{url}"
+[streams."{rr}"]
+shards = 3
+max_len = 4
+[streams."{keyed}"]
+shards = 3
+shard_by = "user"
+{http}
+"#,
+        url = cluster.url(),
+        http = http_section(port, &[&rr, &keyed])
+    );
+    let _worker = Worker::spawn(&cfg);
+    wait_for(LONG, "HTTP entry listening", || async { port_open(port).await }).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let two = serde_json::json!([{"n": 1}, {"n": 2}]);
+    for _ in 0..3 {
+        let r = post(&base, &rr, Some(TOKEN), &two).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["ids"].as_array().unwrap().len(), 2);
+    }
+    for i in 0..3 {
+        assert_eq!(xrange_field(&rc, &shard(&rr, i), "n").await, ["1", "2"], "shard {i}");
+    }
+    // Each shard holds 2 of max_len 4: three more items do not fit anywhere.
+    let three = serde_json::json!([{"n": 1}, {"n": 2}, {"n": 3}]);
+    let r = post(&base, &rr, Some(TOKEN), &three).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+
+    let items: Vec<serde_json::Value> = (0..30)
+        .map(|i| serde_json::json!({"user": format!("u{}", i % 6), "i": i}))
+        .collect();
+    let r = post(&base, &keyed, Some(TOKEN), &serde_json::Value::Array(items)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["ids"].as_array().unwrap().len(), 30);
+    let mut owner: std::collections::HashMap<String, usize> = Default::default();
+    let mut total = 0;
+    for i in 0..3 {
+        for u in xrange_field(&rc, &shard(&keyed, i), "user").await {
+            total += 1;
+            assert_eq!(*owner.entry(u.clone()).or_insert(i), i, "{u} on two shards");
+        }
+    }
+    assert_eq!(total, 30);
+}

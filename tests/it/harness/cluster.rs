@@ -14,6 +14,8 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// Each node's cluster bus port.
+    bus_ports: Vec<u16>,
 }
 
 impl RedisCluster {
@@ -45,10 +47,18 @@ impl RedisCluster {
         ];
         args.extend_from_slice(extra);
         let mut nodes = Vec::with_capacity(n);
+        let mut bus_ports = Vec::with_capacity(n);
         for _ in 0..n {
-            nodes.push(RedisServer::start_with(&args).await);
+            // The bus port defaults to port + 10000, which can fall in the
+            // ephemeral range and be taken: pick one from our own pool.
+            let bus = super::free_port();
+            let bus_arg = bus.to_string();
+            let mut node_args = args.clone();
+            node_args.extend_from_slice(&["--cluster-port", &bus_arg]);
+            nodes.push(RedisServer::start_with(&node_args).await);
+            bus_ports.push(bus);
         }
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, bus_ports };
         cluster.create().await;
         cluster.wait_ok().await;
         cluster
@@ -61,8 +71,8 @@ impl RedisCluster {
             let reply = raw_command(node.port(), &format!("CLUSTER ADDSLOTSRANGE {start} {end}")).await;
             assert!(reply.starts_with("+OK"), "ADDSLOTSRANGE on node {i}: {reply:?}");
         }
-        for node in self.nodes.iter().skip(1) {
-            let line = format!("CLUSTER MEET 127.0.0.1 {}", node.port());
+        for (node, bus) in self.nodes.iter().zip(&self.bus_ports).skip(1) {
+            let line = format!("CLUSTER MEET 127.0.0.1 {} {bus}", node.port());
             let reply = raw_command(self.nodes[0].port(), &line).await;
             assert!(reply.starts_with("+OK"), "{line}: {reply:?}");
         }
