@@ -1054,11 +1054,19 @@ impl Config {
                     "schedules are not supported with Redis Cluster (redis.cluster) yet",
                 ));
             }
-            if let Some(i) = self.flows.iter().position(|f| f.retry.is_some()) {
-                return Err(bad(
-                    format!("flow[{i}].retry"),
-                    "retry through the delayed set is not supported with Redis Cluster (redis.cluster) yet; leave it unset to retry by redelivery",
-                ));
+            // The retry script moves a message from its stream to the
+            // stream's delayed set: one slot only if the name has a hash tag.
+            for (i, flow) in self.flows.iter().enumerate().filter(|(_, f)| f.retry.is_some()) {
+                let untagged = flow.streams.iter().find(|s| {
+                    self.streams.get(*s).is_none_or(|st| st.shards <= 1)
+                        && crate::shard::hash_tag(s).is_none()
+                });
+                if let Some(s) = untagged {
+                    return Err(bad(
+                        format!("flow[{i}].retry"),
+                        &format!("on Redis Cluster, retry needs sharded streams or hash-tagged names (e.g. `{{{s}}}`); `{s}` is neither"),
+                    ));
+                }
             }
         }
         crate::schedule::validate(&self.scheduler, &self.schedules)
@@ -1555,11 +1563,19 @@ on_success = "ack"              # or "ack_del": XACK then XDEL, as the original 
         assert!(e.contains("streams.\"events\".shard_by"), "{e}");
         let e = err("10.0.0.2:6379", "10.0.0.2");
         assert!(e.contains("redis.nodes[0]"), "{e}");
-        let e = err(
+        // Retry on a cluster: fine for a sharded stream or a hash-tagged
+        // name, refused for a plain one.
+        let retry = text.replace(
             "on_success = \"ack\"",
             "on_success = \"ack\"\nretry = { backoff = \"exponential\", base = \"1s\", max = \"5m\" }",
         );
+        parse(&retry, &[]).unwrap();
+        let plain = retry
+            .replace("shards = 3", "shards = 1")
+            .replace("shard_by = \"user\"\n", "");
+        let e = parse(&plain, &[]).unwrap_err().to_string();
         assert!(e.contains("flow[0].retry") && e.contains("Cluster"), "{e}");
+        parse(&plain.replace("streams = [\"events\"]", "streams = [\"{events}\"]"), &[]).unwrap();
         let e = parse(
             &text.replace("[streams.events]", "[streams.\"ev{x}\"]\nshards = 2\n[streams.events]"),
             &[],

@@ -24,6 +24,16 @@ pub fn base_of(stream: &str) -> Option<&str> {
         .then_some(base)
 }
 
+/// The hash tag of a key as Redis Cluster reads it: what is between the
+/// first `{` and the next `}`, if that is not empty. Keys with the same tag
+/// share a slot.
+pub fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let close = key[open + 1..].find('}')?;
+    let tag = &key[open + 1..open + 1 + close];
+    (!tag.is_empty()).then_some(tag)
+}
+
 /// FNV-1a, 64 bits: stable across processes, versions and platforms, so
 /// every producer puts a given key on the same shard.
 pub fn fnv1a(data: &[u8]) -> u64 {
@@ -130,6 +140,16 @@ mod tests {
         assert_eq!(base_of("jobs:{x}"), None);
         assert_eq!(base_of(":{1}"), None);
         assert_eq!(base_of("jobs:{}"), None);
+    }
+
+    #[test]
+    fn hash_tags_as_redis_reads_them() {
+        assert_eq!(hash_tag("jobs:{3}"), Some("3"));
+        assert_eq!(hash_tag("sluice:delayed:jobs:{3}"), Some("3"));
+        assert_eq!(hash_tag("{jobs}.a"), Some("jobs"));
+        assert_eq!(hash_tag("jobs"), None);
+        assert_eq!(hash_tag("a{}b{c}"), None);
+        assert_eq!(hash_tag("a{b"), None);
     }
 
     #[test]

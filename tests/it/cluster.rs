@@ -430,3 +430,110 @@ shard_by = "user"
     }
     assert_eq!(total, 30);
 }
+
+/// Retry with backoff through the shards' delayed sets, dead letters in the
+/// flow's one dead-letter stream, `sluice dead replay` back into the shards
+/// (two slots: add, then delete) and `sluice enqueue --delay`, all on a
+/// cluster.
+#[tokio::test]
+async fn retry_dead_letters_replay_and_delayed_jobs_on_a_cluster() {
+    const FLAKY: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/flaky_handler.py"
+    );
+    let (cluster, ch) = tokio::join!(RedisCluster::start(3), ClickHouseServer::start());
+    let rc = cluster.client().await;
+    let (base, table) = (unique_name("rt"), unique_name("rt"));
+    ch.exec(&format!(
+        "CREATE TABLE {table} (rec_id UInt64, data String) ENGINE = MergeTree ORDER BY rec_id"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (log, marker) = (dir.path().join("calls.log"), dir.path().join("fail"));
+    std::fs::write(&marker, "").unwrap();
+    let cfg = format!(
+        r#"
+[redis]
+url = "{url}"
+[clickhouse]
+url = "{ch}"
+[worker]
+block = "200ms"
+[scheduler]
+promote_every = "50ms"
+[streams."{base}"]
+shards = 3
+[[flow]]
+name = "flaky"
+streams = ["{base}"]
+group = "g"
+sink = {{ type = "clickhouse", table = "{table}" }}
+handler = {{ type = "exec", command = ["python3", "{FLAKY}"], workers = 2, timeout = "10s", env = {{ FLAKY_LOG = "{log}", FLAKY_FAIL_WHILE = "{marker}" }} }}
+retry = {{ backoff = "exponential", base = "100ms", max = "200ms" }}
+max_deliveries = 3
+batch = {{ max_rows = 100, max_wait = "100ms" }}
+claim = {{ min_idle = "60s", every = "1s" }}
+"#,
+        url = cluster.url(),
+        ch = ch.url(),
+        log = log.display(),
+        marker = marker.display(),
+    );
+    let worker = Worker::spawn(&cfg);
+    wait_for(LONG, "flow running", || async {
+        worker.log_contents().contains("flow running")
+    })
+    .await;
+    for i in 1..=6usize {
+        let s = shard(&base, i % 3);
+        let args: Vec<Value> = vec![
+            s.as_str().into(),
+            "*".into(),
+            "rec_id".into(),
+            i.to_string().into(),
+            "data".into(),
+            format!("d{i}").into(),
+        ];
+        let _: Value = rc.custom(cmd("XADD", &s), args).await.unwrap();
+    }
+    let dead_stream = format!("{base}:dead");
+    let dead_len = || async {
+        let v: Value = rc
+            .custom(cmd("XLEN", &dead_stream), vec![Value::from(dead_stream.as_str())])
+            .await
+            .unwrap();
+        v.as_u64().unwrap_or(0)
+    };
+    wait_for(LONG, "six dead letters after their retries", || async {
+        dead_len().await == 6
+    })
+    .await;
+    // Every message was tried max_deliveries times (the first + 2 retries
+    // through its shard's delayed set).
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(calls.lines().count(), 18, "{calls}\n{}", worker.log_contents());
+
+    std::fs::remove_file(&marker).unwrap();
+    let cli = crate::schedule::Cli::new(&cfg);
+    let out = cli.ok(&["dead", "replay"]);
+    assert!(out.contains("replayed 6 entries"), "{out}");
+    wait_for(LONG, "replayed rows", || async { ch.count(&table).await == 6 }).await;
+    assert_eq!(dead_len().await, 0);
+
+    // Delayed jobs into a sharded stream: held in the shards' sets, then in.
+    let file = dir.path().join("later.jsonl");
+    std::fs::write(
+        &file,
+        (7..=12)
+            .map(|i| format!("{{\"rec_id\": {i}, \"data\": \"d{i}\"}}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let out = cli.ok(&["enqueue", &base, file.to_str().unwrap(), "--delay", "300ms", "--quiet"]);
+    assert!(out.contains("held back"), "{out}");
+    wait_for(LONG, "delayed rows", || async { ch.count(&table).await == 12 }).await;
+    let rows = ch
+        .query_u64(&format!("SELECT uniqExact(rec_id) FROM {table}"))
+        .await;
+    assert_eq!(rows, 12);
+}
