@@ -166,9 +166,7 @@ batch = {{ max_rows = 50000, max_bytes = "16MiB", max_wait = "1s" }}
         cluster.url(),
         ch.url()
     );
-    let redis_pids: Vec<u32> = (0..nodes)
-        .filter_map(|i| cluster.node(i).pid())
-        .collect();
+    let redis_pids: Vec<u32> = (0..nodes).filter_map(|i| cluster.node(i).pid()).collect();
     let redis_cpu0: f64 = redis_pids.iter().map(|p| cpu_secs(*p)).sum();
     let ch_pid = ch.pid().unwrap_or(0);
     let ch_cpu0 = cpu_secs(ch_pid);

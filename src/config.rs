@@ -1056,7 +1056,12 @@ impl Config {
             }
             // The retry script moves a message from its stream to the
             // stream's delayed set: one slot only if the name has a hash tag.
-            for (i, flow) in self.flows.iter().enumerate().filter(|(_, f)| f.retry.is_some()) {
+            for (i, flow) in self
+                .flows
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.retry.is_some())
+            {
                 let untagged = flow.streams.iter().find(|s| {
                     self.streams.get(*s).is_none_or(|st| st.shards <= 1)
                         && crate::shard::hash_tag(s).is_none()
@@ -1093,7 +1098,10 @@ impl Config {
             }
             if let Some(field) = &s.shard_by {
                 if field.is_empty() {
-                    return Err(bad(format!("streams.{name:?}.shard_by"), "must not be empty"));
+                    return Err(bad(
+                        format!("streams.{name:?}.shard_by"),
+                        "must not be empty",
+                    ));
                 }
                 if s.shards <= 1 {
                     return Err(bad(
@@ -1126,9 +1134,7 @@ impl Config {
             flow.streams = flow
                 .base_streams
                 .iter()
-                .flat_map(|s| {
-                    shard_names(s, self.streams.get(s).map_or(1, |st| st.shards))
-                })
+                .flat_map(|s| shard_names(s, self.streams.get(s).map_or(1, |st| st.shards)))
                 .collect();
         }
     }
@@ -1541,7 +1547,10 @@ on_success = "ack"              # or "ack_del": XACK then XDEL, as the original 
         );
         let c = parse(&text, &[]).unwrap();
         assert!(c.redis.is_cluster());
-        assert_eq!(c.flows[0].streams, ["events:{0}", "events:{1}", "events:{2}"]);
+        assert_eq!(
+            c.flows[0].streams,
+            ["events:{0}", "events:{1}", "events:{2}"]
+        );
         assert_eq!(c.flows[0].base_streams, ["events"]);
         assert_eq!(c.flows[0].dead_letter_stream(), "events:dead");
         let text = text.replace("dead_letter = \"events:dead\"\n", "");
@@ -1575,9 +1584,16 @@ on_success = "ack"              # or "ack_del": XACK then XDEL, as the original 
             .replace("shard_by = \"user\"\n", "");
         let e = parse(&plain, &[]).unwrap_err().to_string();
         assert!(e.contains("flow[0].retry") && e.contains("Cluster"), "{e}");
-        parse(&plain.replace("streams = [\"events\"]", "streams = [\"{events}\"]"), &[]).unwrap();
+        parse(
+            &plain.replace("streams = [\"events\"]", "streams = [\"{events}\"]"),
+            &[],
+        )
+        .unwrap();
         let e = parse(
-            &text.replace("[streams.events]", "[streams.\"ev{x}\"]\nshards = 2\n[streams.events]"),
+            &text.replace(
+                "[streams.events]",
+                "[streams.\"ev{x}\"]\nshards = 2\n[streams.events]",
+            ),
             &[],
         )
         .unwrap_err()

@@ -366,40 +366,40 @@ pub async fn main(args: EnqueueArgs) -> anyhow::Result<()> {
         while let Some(chunk) = rx.recv().await {
             let chunk = chunk?;
             for (stream, items) in by_shard(&sharder, &args.stream, &chunk.items) {
-            let mut rest: &[Fields] = &items;
-            while !rest.is_empty() {
-                if let Some(when) = due {
-                    // Delayed: all batches share the first one's due time.
-                    let at = crate::delayed::enqueue(&client, stream, rest, when).await?;
-                    due = Some(crate::delayed::Due::At(at));
-                    sent += rest.len() as u64;
-                    bar.set_message(format!("{sent} held back until {at}"));
-                    break;
-                }
-                let take = match max_len {
-                    None => rest.len(),
-                    Some(max) => {
-                        let len = commands::len(&client, stream).await?;
-                        let room = max.saturating_sub(len) as usize;
-                        if room == 0 {
-                            bar.set_message(format!(
-                                "{sent} sent; waiting: `{}` is at max_len ({len}/{max})",
-                                stream
-                            ));
-                            let t = Instant::now();
-                            tokio::time::sleep(args.poll).await;
-                            waited += t.elapsed();
-                            continue;
-                        }
-                        room.min(rest.len())
+                let mut rest: &[Fields] = &items;
+                while !rest.is_empty() {
+                    if let Some(when) = due {
+                        // Delayed: all batches share the first one's due time.
+                        let at = crate::delayed::enqueue(&client, stream, rest, when).await?;
+                        due = Some(crate::delayed::Due::At(at));
+                        sent += rest.len() as u64;
+                        bar.set_message(format!("{sent} held back until {at}"));
+                        break;
                     }
-                };
-                xadd_pipelined(&client, stream, &rest[..take]).await?;
-                sent += take as u64;
-                rest = &rest[take..];
-                let rate = sent as f64 / started.elapsed().as_secs_f64().max(1e-6);
-                bar.set_message(format!("{sent} sent ({rate:.0}/s)"));
-            }
+                    let take = match max_len {
+                        None => rest.len(),
+                        Some(max) => {
+                            let len = commands::len(&client, stream).await?;
+                            let room = max.saturating_sub(len) as usize;
+                            if room == 0 {
+                                bar.set_message(format!(
+                                    "{sent} sent; waiting: `{}` is at max_len ({len}/{max})",
+                                    stream
+                                ));
+                                let t = Instant::now();
+                                tokio::time::sleep(args.poll).await;
+                                waited += t.elapsed();
+                                continue;
+                            }
+                            room.min(rest.len())
+                        }
+                    };
+                    xadd_pipelined(&client, stream, &rest[..take]).await?;
+                    sent += take as u64;
+                    rest = &rest[take..];
+                    let rate = sent as f64 / started.elapsed().as_secs_f64().max(1e-6);
+                    bar.set_message(format!("{sent} sent ({rate:.0}/s)"));
+                }
             }
             if size.is_some() {
                 bar.set_position(chunk.read_bytes);

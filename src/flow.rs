@@ -230,7 +230,12 @@ impl Flow {
         let (chunk_tx, chunk_rx) = mpsc::channel::<Vec<Message>>(2);
 
         let readers: Vec<_> = (0..flow.readers.len())
-            .map(|i| tokio::spawn(flow.clone().read_loop(i, chunk_tx.clone(), shutdown.clone())))
+            .map(|i| {
+                tokio::spawn(
+                    flow.clone()
+                        .read_loop(i, chunk_tx.clone(), shutdown.clone()),
+                )
+            })
             .collect();
         let claimer = tokio::spawn(flow.clone().claim_loop(chunk_tx, shutdown.clone()));
         let (chunk_rx, stage) = match (&flow.handler, &flow.cfg.handler) {

@@ -287,13 +287,7 @@ impl Retrier {
             .await
             .map_err(|e| StreamError::Reply(e.to_string()))?;
         keys.insert(1, m.stream.to_string());
-        let reply: Value = script
-            .evalsha_with_reload(
-                &self.client,
-                keys,
-                args,
-            )
-            .await?;
+        let reply: Value = script.evalsha_with_reload(&self.client, keys, args).await?;
         let (failed_at_ms, due_ms) = match &reply {
             Value::Array(v) if v.len() == 2 => {
                 (v[0].as_u64().unwrap_or(0), v[1].as_u64().unwrap_or(0))

@@ -20,8 +20,7 @@ use crate::config::{shard_names, Config};
 /// when `stream` is not shaped like one.
 pub fn base_of(stream: &str) -> Option<&str> {
     let (base, tag) = stream.strip_suffix('}')?.rsplit_once(":{")?;
-    (!base.is_empty() && !tag.is_empty() && tag.bytes().all(|b| b.is_ascii_digit()))
-        .then_some(base)
+    (!base.is_empty() && !tag.is_empty() && tag.bytes().all(|b| b.is_ascii_digit())).then_some(base)
 }
 
 /// The hash tag of a key as Redis Cluster reads it: what is between the

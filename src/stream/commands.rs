@@ -49,7 +49,9 @@ pub async fn read_group(
     ]);
     args.extend(streams.iter().map(|s| key_arg(s)));
     args.extend(streams.iter().map(|_| Value::from(">")));
-    let frame = client.custom_raw(command("XREADGROUP", &streams[0], true), args).await?;
+    let frame = client
+        .custom_raw(command("XREADGROUP", &streams[0], true), args)
+        .await?;
     reply::read_group(frame, streams, out)
 }
 
@@ -72,12 +74,16 @@ pub async fn ack(
         args.push(key_arg(stream));
         args.push(key_arg(group));
         args.extend(chunk.iter().map(|id| Value::Bytes(id.clone())));
-        let _: Value = pipeline.custom(command("XACK", stream, false), args).await?;
+        let _: Value = pipeline
+            .custom(command("XACK", stream, false), args)
+            .await?;
         if delete {
             let mut args: Vec<Value> = Vec::with_capacity(chunk.len() + 1);
             args.push(key_arg(stream));
             args.extend(chunk.iter().map(|id| Value::Bytes(id.clone())));
-            let _: Value = pipeline.custom(command("XDEL", stream, false), args).await?;
+            let _: Value = pipeline
+                .custom(command("XDEL", stream, false), args)
+                .await?;
         }
     }
     for result in pipeline.try_all::<Value>().await {
@@ -155,7 +161,9 @@ pub async fn pending(
     if let Some(c) = consumer {
         args.push(key_arg(c));
     }
-    let frame = client.custom_raw(command("XPENDING", stream, false), args).await?;
+    let frame = client
+        .custom_raw(command("XPENDING", stream, false), args)
+        .await?;
     reply::pending_entries(frame)
 }
 
@@ -178,7 +186,9 @@ pub async fn pending_idle_ids(
         Value::Integer(count as i64),
         key_arg(consumer),
     ];
-    let frame = client.custom_raw(command("XPENDING", stream, false), args).await?;
+    let frame = client
+        .custom_raw(command("XPENDING", stream, false), args)
+        .await?;
     Ok(reply::pending_entries(frame)?
         .into_iter()
         .map(|p| p.id)
@@ -206,7 +216,11 @@ pub async fn touch(
     ]);
     args.extend(ids.iter().map(|id| Value::Bytes(id.clone())));
     args.push("JUSTID".into());
-    let frame = reply::check(client.custom_raw(command("XCLAIM", stream, false), args).await?)?;
+    let frame = reply::check(
+        client
+            .custom_raw(command("XCLAIM", stream, false), args)
+            .await?,
+    )?;
     Ok(reply::array_of(frame, "XCLAIM")?.len())
 }
 
@@ -225,7 +239,11 @@ pub async fn range(
         "COUNT".into(),
         Value::Integer(count as i64),
     ];
-    let frame = reply::check(client.custom_raw(command("XRANGE", stream, false), args).await?)?;
+    let frame = reply::check(
+        client
+            .custom_raw(command("XRANGE", stream, false), args)
+            .await?,
+    )?;
     let mut out = Vec::new();
     for e in reply::array_of(frame, "XRANGE")? {
         let mut parts = reply::array_of(e, "XRANGE")?.into_iter();

@@ -128,12 +128,8 @@ async fn wait_all_landed(
         total == 0
     })
     .await;
-    assert_eq!(
-        ch.query_u64(&format!("SELECT count() FROM {table}")).await as usize >= n,
-        true,
-        "{}",
-        logs()
-    );
+    let rows = ch.query_u64(&format!("SELECT count() FROM {table}")).await as usize;
+    assert!(rows >= n, "{rows} rows < {n}\n{}", logs());
 }
 
 #[tokio::test]
@@ -178,7 +174,11 @@ async fn sharded_stream_on_three_masters_lands_every_id_with_three_workers() {
             let v: Value = rc
                 .custom(
                     cmd("XINFO", &s),
-                    vec![Value::from("CONSUMERS"), Value::from(s.as_str()), "g".into()],
+                    vec![
+                        Value::from("CONSUMERS"),
+                        Value::from(s.as_str()),
+                        "g".into(),
+                    ],
                 )
                 .await
                 .unwrap();
@@ -323,7 +323,13 @@ batch = {{ max_rows = 100, max_wait = "50ms" }}
     let file = dir.path().join("in.jsonl");
     std::fs::write(&file, lines).unwrap();
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["enqueue", &src, file.to_str().unwrap(), "--quiet", "--config"])
+        .args([
+            "enqueue",
+            &src,
+            file.to_str().unwrap(),
+            "--quiet",
+            "--config",
+        ])
         .arg(&config_path)
         .env_remove("SLUICE_CONFIG")
         .env_remove("REDIS_URL")
@@ -398,7 +404,10 @@ shard_by = "user"
         http = http_section(port, &[&rr, &keyed])
     );
     let _worker = Worker::spawn(&cfg);
-    wait_for(LONG, "HTTP entry listening", || async { port_open(port).await }).await;
+    wait_for(LONG, "HTTP entry listening", || async {
+        port_open(port).await
+    })
+    .await;
     let base = format!("http://127.0.0.1:{port}");
     let two = serde_json::json!([{"n": 1}, {"n": 2}]);
     for _ in 0..3 {
@@ -407,7 +416,11 @@ shard_by = "user"
         assert_eq!(r.json()["ids"].as_array().unwrap().len(), 2);
     }
     for i in 0..3 {
-        assert_eq!(xrange_field(&rc, &shard(&rr, i), "n").await, ["1", "2"], "shard {i}");
+        assert_eq!(
+            xrange_field(&rc, &shard(&rr, i), "n").await,
+            ["1", "2"],
+            "shard {i}"
+        );
     }
     // Each shard holds 2 of max_len 4: three more items do not fit anywhere.
     let three = serde_json::json!([{"n": 1}, {"n": 2}, {"n": 3}]);
@@ -499,7 +512,10 @@ claim = {{ min_idle = "60s", every = "1s" }}
     let dead_stream = format!("{base}:dead");
     let dead_len = || async {
         let v: Value = rc
-            .custom(cmd("XLEN", &dead_stream), vec![Value::from(dead_stream.as_str())])
+            .custom(
+                cmd("XLEN", &dead_stream),
+                vec![Value::from(dead_stream.as_str())],
+            )
             .await
             .unwrap();
         v.as_u64().unwrap_or(0)
@@ -511,13 +527,21 @@ claim = {{ min_idle = "60s", every = "1s" }}
     // Every message was tried max_deliveries times (the first + 2 retries
     // through its shard's delayed set).
     let calls = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(calls.lines().count(), 18, "{calls}\n{}", worker.log_contents());
+    assert_eq!(
+        calls.lines().count(),
+        18,
+        "{calls}\n{}",
+        worker.log_contents()
+    );
 
     std::fs::remove_file(&marker).unwrap();
     let cli = crate::schedule::Cli::new(&cfg);
     let out = cli.ok(&["dead", "replay"]);
     assert!(out.contains("replayed 6 entries"), "{out}");
-    wait_for(LONG, "replayed rows", || async { ch.count(&table).await == 6 }).await;
+    wait_for(LONG, "replayed rows", || async {
+        ch.count(&table).await == 6
+    })
+    .await;
     assert_eq!(dead_len().await, 0);
 
     // Delayed jobs into a sharded stream: held in the shards' sets, then in.
@@ -529,9 +553,19 @@ claim = {{ min_idle = "60s", every = "1s" }}
             .collect::<String>(),
     )
     .unwrap();
-    let out = cli.ok(&["enqueue", &base, file.to_str().unwrap(), "--delay", "300ms", "--quiet"]);
+    let out = cli.ok(&[
+        "enqueue",
+        &base,
+        file.to_str().unwrap(),
+        "--delay",
+        "300ms",
+        "--quiet",
+    ]);
     assert!(out.contains("held back"), "{out}");
-    wait_for(LONG, "delayed rows", || async { ch.count(&table).await == 12 }).await;
+    wait_for(LONG, "delayed rows", || async {
+        ch.count(&table).await == 12
+    })
+    .await;
     let rows = ch
         .query_u64(&format!("SELECT uniqExact(rec_id) FROM {table}"))
         .await;

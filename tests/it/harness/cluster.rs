@@ -68,8 +68,12 @@ impl RedisCluster {
         let n = self.nodes.len();
         for (i, node) in self.nodes.iter().enumerate() {
             let (start, end) = (16384 * i / n, 16384 * (i + 1) / n - 1);
-            let reply = raw_command(node.port(), &format!("CLUSTER ADDSLOTSRANGE {start} {end}")).await;
-            assert!(reply.starts_with("+OK"), "ADDSLOTSRANGE on node {i}: {reply:?}");
+            let reply =
+                raw_command(node.port(), &format!("CLUSTER ADDSLOTSRANGE {start} {end}")).await;
+            assert!(
+                reply.starts_with("+OK"),
+                "ADDSLOTSRANGE on node {i}: {reply:?}"
+            );
         }
         for (node, bus) in self.nodes.iter().zip(&self.bus_ports).skip(1) {
             let line = format!("CLUSTER MEET 127.0.0.1 {} {bus}", node.port());
