@@ -7,8 +7,9 @@
 //! nodes, and the nodes' process CPU), the workers' process CPU and
 //! ClickHouse's process CPU — the inputs of the scaling model in
 //! docs/SCALING.md. `cargo bench --bench cluster`; knobs: `SLUICE_BENCH_N`
-//! (backlog, default 300,000), `SLUICE_BENCH_SHARDS` (default 6),
-//! `SLUICE_BENCH_WORKERS` (replicas, default 2).
+//! (backlog, default 1,000,000), `SLUICE_BENCH_SHARDS` (default 6),
+//! `SLUICE_BENCH_WORKERS` (replicas, default 2), `SLUICE_BENCH_NODES` (largest
+//! cluster, default 3).
 
 #[path = "../tests/it/harness/mod.rs"]
 #[allow(dead_code, unused_imports)]
@@ -161,7 +162,7 @@ shards = {shards}
 name = "bench"
 streams = ["{base}"]
 sink = {{ type = "clickhouse", table = "{table}" }}
-batch = {{ max_rows = 50000, max_bytes = "16MiB", max_wait = "1s" }}
+batch = {{ max_rows = 50000, max_bytes = "16MiB", max_wait = "200ms" }}
 "#,
         cluster.url(),
         ch.url()
@@ -204,16 +205,17 @@ fn main() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let n = env_usize("SLUICE_BENCH_N", 300_000);
+        let n = env_usize("SLUICE_BENCH_N", 1_000_000);
         let shards = env_usize("SLUICE_BENCH_SHARDS", 6);
         let workers = env_usize("SLUICE_BENCH_WORKERS", 2);
+        let max_nodes = env_usize("SLUICE_BENCH_NODES", 3);
         let ch = ClickHouseServer::start().await;
         let mut runs = vec![run(&ch, 1, 1, workers, n).await];
-        for nodes in 1..=3 {
+        for nodes in 1..=max_nodes {
             runs.push(run(&ch, nodes, shards, workers, n).await);
         }
         println!(
-            "\nsluice cluster bench: {n} seed-shaped 4-field messages, {workers} workers, batch 50,000 rows, {} cores",
+            "\nsluice cluster bench: {n} seed-shaped 4-field messages, {workers} workers, batch 50,000 rows / 200 ms, {} cores",
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         println!(

@@ -195,6 +195,15 @@ async fn sharded_stream_on_three_masters_lands_every_id_with_three_workers() {
         names
     };
     assert_eq!(consumers.len(), 3, "{consumers:?}");
+    // `sluice status` has a row per shard, each fully consumed.
+    let status = crate::schedule::Cli::new(&cfg).ok(&["status"]);
+    for i in 0..shards {
+        let row = status
+            .lines()
+            .find(|l| l.contains(&shard(&base, i)))
+            .unwrap_or_else(|| panic!("no row for shard {i}:\n{status}"));
+        assert!(row.contains("cluster"), "{row}");
+    }
 }
 
 #[tokio::test]
