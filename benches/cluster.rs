@@ -91,6 +91,9 @@ async fn redis_stream_usec(cluster: &mut RedisCluster) -> f64 {
             .info(Some(fred::types::InfoKind::CommandStats))
             .await
             .unwrap();
+        if std::env::var("SLUICE_BENCH_STATS").is_ok() {
+            eprintln!("node {i} commandstats:\n{info}");
+        }
         for line in info.lines() {
             for c in ["cmdstat_xreadgroup:", "cmdstat_xack:"] {
                 if let Some(stats) = line.strip_prefix(c) {

@@ -434,6 +434,8 @@ impl Flow {
         let mut tick = tokio::time::interval(self.cfg.claim.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_prune = tokio::time::Instant::now();
+        // Where each stream's XAUTOCLAIM scan of the pending list goes on.
+        let mut cursors = vec![bytes::Bytes::from_static(b"0-0"); self.streams.len()];
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -454,8 +456,13 @@ impl Flow {
                 self.held.end_pass(threshold.div_ceil(every) as u64 + 2);
             }
             // Paused (a target is full): take on no more work.
-            for stream in self.streams.iter().filter(|_| !self.pause.is_paused()) {
-                if let Err(e) = self.claim_stream(stream, &chunks, &shutdown).await {
+            for (stream, cursor) in self
+                .streams
+                .iter()
+                .zip(cursors.iter_mut())
+                .filter(|_| !self.pause.is_paused())
+            {
+                if let Err(e) = self.claim_stream(stream, cursor, &chunks, &shutdown).await {
                     tracing::warn!(flow = %self.cfg.name, %stream, error = %e, "claim pass failed");
                 }
             }
@@ -525,15 +532,24 @@ impl Flow {
         }
     }
 
+    /// One claim pass over `stream`'s pending list, from `cursor` on.
+    ///
+    /// XAUTOCLAIM inspects up to 10 × COUNT pending entries per call, and
+    /// Redis does nothing else meanwhile: with a long pending list (a
+    /// backlog read ahead by many replicas and shards) a page of 1000 took
+    /// ≈20 ms of Redis's time. So pages are small, a pass stops at the first
+    /// page that finds nothing idle, and the next tick goes on from there:
+    /// an idle fleet costs one short scan per stream and tick, and a dead
+    /// replica's entries (the oldest, near the front) are still reached.
     async fn claim_stream(
         &self,
         stream: &Arc<str>,
+        cursor: &mut bytes::Bytes,
         chunks: &mpsc::Sender<Vec<Message>>,
         shutdown: &CancellationToken,
     ) -> Result<(), StreamError> {
-        const PAGE: usize = 1000;
-        const MAX_PAGES: usize = 20; // bound one pass; the next tick continues
-        let mut cursor = bytes::Bytes::from_static(b"0-0");
+        const PAGE: usize = 100;
+        const MAX_PAGES: usize = 200; // bound one pass; the next tick continues
         for _ in 0..MAX_PAGES {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -544,10 +560,11 @@ impl Flow {
                 &self.cfg.group,
                 &self.consumer,
                 self.cfg.claim.min_idle,
-                &cursor,
+                cursor,
                 PAGE,
             )
             .await?;
+            let found = !page.claimed.is_empty() || !page.deleted.is_empty();
             if !page.deleted.is_empty() {
                 self.metrics.lost(stream, page.deleted.len());
                 tracing::error!(flow = %self.cfg.name, %stream, count = page.deleted.len(), ids = ?page.deleted.iter().take(20).map(|i| String::from_utf8_lossy(i).into_owned()).collect::<Vec<_>>(), "pending entries were deleted from the stream before delivery; acking them as lost");
@@ -581,10 +598,10 @@ impl Flow {
                     return Ok(());
                 }
             }
-            if page.cursor.as_ref() == b"0-0" {
+            *cursor = page.cursor;
+            if cursor.as_ref() == b"0-0" || !found {
                 break;
             }
-            cursor = page.cursor;
         }
         Ok(())
     }
