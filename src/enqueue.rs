@@ -237,10 +237,10 @@ fn read_csv(
 fn by_shard<'a>(
     sharder: &'a crate::shard::Sharder,
     stream: &'a str,
-    items: &[Fields],
-) -> Vec<(&'a str, Vec<Fields>)> {
+    items: &'a [Fields],
+) -> Vec<(&'a str, std::borrow::Cow<'a, [Fields]>)> {
     if !sharder.is_sharded(stream) {
-        return vec![(stream, items.to_vec())];
+        return vec![(stream, std::borrow::Cow::Borrowed(items))];
     }
     let mut groups: Vec<(&str, Vec<Fields>)> = Vec::new();
     for fields in items {
@@ -251,6 +251,9 @@ fn by_shard<'a>(
         }
     }
     groups
+        .into_iter()
+        .map(|(s, g)| (s, std::borrow::Cow::Owned(g)))
+        .collect()
 }
 
 fn xadd() -> CustomCommand {
@@ -423,9 +426,13 @@ pub async fn main(args: EnqueueArgs) -> anyhow::Result<()> {
         args.stream
     );
     if let Some(crate::delayed::Due::At(at)) = due {
+        let set = if sharder.is_sharded(&args.stream) {
+            format!("the delayed sets of `{}`'s shards", args.stream)
+        } else {
+            format!("`{}`", crate::delayed::set_key(&args.stream))
+        };
         println!(
-            "held back in `{}` until {}",
-            crate::delayed::set_key(&args.stream),
+            "held back in {set} until {}",
             crate::schedule::spec::format_time(at)
         );
     }
