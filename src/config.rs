@@ -1122,7 +1122,10 @@ impl Config {
     pub fn stream_max_len(&self, stream: &str) -> Option<u64> {
         self.streams
             .get(stream)
-            .or_else(|| self.streams.get(crate::shard::base_of(stream)?))
+            .or_else(|| {
+                let base = self.streams.get(crate::shard::base_of(stream)?)?;
+                (base.shards > 1).then_some(base)
+            })
             .and_then(|s| s.max_len)
     }
 

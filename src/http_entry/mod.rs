@@ -179,7 +179,13 @@ impl Entry {
 
     /// The cap of `stream`: `[streams."name"].max_len`, else `http.max_len`.
     pub fn max_len(&self, stream: &str) -> Option<u64> {
-        self.caps.get(stream).copied().or(self.cfg.max_len)
+        // A shard `name:{i}` of a sharded stream has the stream's cap.
+        let base = crate::shard::base_of(stream).filter(|b| self.sharder.is_sharded(b));
+        self.caps
+            .get(stream)
+            .or_else(|| self.caps.get(base?))
+            .copied()
+            .or(self.cfg.max_len)
     }
 
     pub fn router(self: Arc<Self>) -> axum::Router {
@@ -391,6 +397,46 @@ struct StreamState {
     length: u64,
     max_len: Option<u64>,
     groups: Vec<GroupState>,
+    /// A sharded stream: each shard's state; the fields above add them up
+    /// (length, pending and lag summed, consumers the most of any shard,
+    /// `max_len` per shard, no last-delivered id).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    shards: Vec<StreamState>,
+}
+
+/// The state of a sharded stream: its shards' states and their sum.
+async fn sharded_state(entry: &Entry, stream: &str) -> crate::stream::Result<StreamState> {
+    let mut total = StreamState {
+        stream: stream.to_string(),
+        exists: false,
+        length: 0,
+        max_len: entry.max_len(stream),
+        groups: Vec::new(),
+        shards: Vec::new(),
+    };
+    for shard in entry.sharder.shards_of(stream) {
+        let s = stream_state(entry, &shard).await?;
+        total.exists |= s.exists;
+        total.length += s.length;
+        for g in &s.groups {
+            match total.groups.iter_mut().find(|t| t.name == g.name) {
+                Some(t) => {
+                    t.consumers = t.consumers.max(g.consumers);
+                    t.pending += g.pending;
+                    t.lag = t.lag.zip(g.lag).map(|(a, b)| a + b);
+                }
+                None => total.groups.push(GroupState {
+                    name: g.name.clone(),
+                    consumers: g.consumers,
+                    pending: g.pending,
+                    last_delivered_id: String::new(),
+                    lag: g.lag,
+                }),
+            }
+        }
+        total.shards.push(s);
+    }
+    Ok(total)
 }
 
 async fn stream_state(entry: &Entry, stream: &str) -> crate::stream::Result<StreamState> {
@@ -401,6 +447,7 @@ async fn stream_state(entry: &Entry, stream: &str) -> crate::stream::Result<Stre
         length,
         max_len: entry.max_len(stream),
         groups: Vec::new(),
+        shards: Vec::new(),
     };
     let frame = match commands::info(&entry.redis, "GROUPS", &[stream]).await {
         Ok(f) => f,
@@ -452,7 +499,12 @@ async fn get_stream(
     if let Some(why) = bad_stream_name(&stream) {
         return error(StatusCode::BAD_REQUEST, why);
     }
-    match stream_state(&entry, &stream).await {
+    let state = if entry.sharder.is_sharded(&stream) {
+        sharded_state(&entry, &stream).await
+    } else {
+        stream_state(&entry, &stream).await
+    };
+    match state {
         Ok(state) => json(StatusCode::OK, &state),
         Err(e) => redis_unavailable(&entry, e),
     }

@@ -188,7 +188,7 @@ impl StreamSink {
     fn cap(&self, name: &str, own: Option<u64>) -> Option<u64> {
         own.or_else(|| self.stream_caps.get(name).copied())
             .or_else(|| {
-                let base = crate::shard::base_of(name)?;
+                let base = crate::shard::base_of(name).filter(|b| self.sharder.is_sharded(b))?;
                 self.stream_caps.get(base).copied()
             })
             .or(self.sink_cap)

@@ -431,6 +431,16 @@ shard_by = "user"
             "shard {i}"
         );
     }
+    // The stream's state adds up its shards.
+    let state =
+        crate::http_entry::request("GET", &format!("{base}/v1/streams/{rr}"), Some(TOKEN), None)
+            .await
+            .json();
+    assert_eq!(state["length"], 6, "{state}");
+    assert_eq!(state["max_len"], 4, "{state}");
+    assert_eq!(state["shards"].as_array().unwrap().len(), 3, "{state}");
+    assert_eq!(state["shards"][1]["stream"], shard(&rr, 1), "{state}");
+    assert_eq!(state["shards"][1]["length"], 2, "{state}");
     // Each shard holds 2 of max_len 4: three more items do not fit anywhere.
     let three = serde_json::json!([{"n": 1}, {"n": 2}, {"n": 3}]);
     let r = post(&base, &rr, Some(TOKEN), &three).await;
