@@ -208,6 +208,17 @@ async fn sharded_stream_on_three_masters_lands_every_id_with_three_workers() {
 
 #[tokio::test]
 async fn master_restarted_mid_run_loses_nothing() {
+    restart_mid_run(false).await;
+}
+
+/// The same with SIGKILL: AOF with `appendfsync always` keeps every write
+/// Redis acknowledged.
+#[tokio::test]
+async fn master_crashed_mid_run_loses_nothing() {
+    restart_mid_run(true).await;
+}
+
+async fn restart_mid_run(crash: bool) {
     let (mut cluster, ch) = tokio::join!(RedisCluster::start(3), ClickHouseServer::start());
     let rc = cluster.client().await;
     let (base, table) = (unique_name("clr"), unique_name("clr"));
@@ -241,7 +252,11 @@ async fn master_restarted_mid_run_loses_nothing() {
     .await;
     let victim = cluster.owner_of(&shard(&base, 0)).await;
     let before = ch.count(&table).await;
-    cluster.restart_node(victim).await;
+    if crash {
+        cluster.crash_node(victim).await;
+    } else {
+        cluster.restart_node(victim).await;
+    }
     let produced_at_restart = produced.load(Ordering::SeqCst);
     assert!(
         produced_at_restart < n,
