@@ -605,3 +605,95 @@ claim = {{ min_idle = "60s", every = "1s" }}
         .await;
     assert_eq!(rows, 12);
 }
+
+/// Like [`produce`], but each chunk counts as produced only once every
+/// master it went to has it on its replica (`WAIT 1`): replication is
+/// asynchronous, and a failover may drop writes the old master confirmed.
+/// Once `failed_over` is set, no node is expected to fail again (and the
+/// promoted replica has no replica of its own), so that check stops.
+async fn produce_replicated(
+    rc: &Client,
+    base: &str,
+    shards: usize,
+    (from, to): (usize, usize),
+    failed_over: &AtomicBool,
+) {
+    let mut i = from;
+    while i < to {
+        let end = (i + 500).min(to);
+        produce(rc, base, shards, i, end).await;
+        if failed_over.load(Ordering::SeqCst) {
+            i = end;
+            continue;
+        }
+        let mut replicated = true;
+        for s in 0..shards {
+            let reply: Result<Value, _> = rc
+                .custom(
+                    cmd("WAIT", &shard(base, s)),
+                    vec![Value::from(1), 2000.into()],
+                )
+                .await;
+            replicated &= matches!(reply, Ok(Value::Integer(n)) if n >= 1);
+        }
+        if replicated {
+            i = end;
+        }
+    }
+}
+
+/// A master killed for good: its replica takes over its slots, the
+/// clients follow the new slot map, and every entry that reached the
+/// replica lands in ClickHouse (duplicates allowed: acks the old master
+/// confirmed may not have reached the replica, so some entries come again).
+#[tokio::test]
+async fn failover_to_a_replica_mid_run_keeps_every_replicated_entry() {
+    let (mut cluster, ch) = tokio::join!(
+        RedisCluster::start_with_replicas(3),
+        ClickHouseServer::start()
+    );
+    let rc = cluster.client().await;
+    let (base, table) = (unique_name("clf"), unique_name("clf"));
+    let shards = 6;
+    create_table(&ch, &table).await;
+    let cfg = config(&cluster.url(), &ch.url(), &base, shards, &table);
+    let workers: Vec<Worker> = (0..2).map(|_| Worker::spawn(&cfg)).collect();
+    let n = 20_000;
+    let produced = Arc::new(AtomicUsize::new(0));
+    let failed_over = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (rc, base, produced) = (rc.clone(), base.clone(), produced.clone());
+        let failed_over = failed_over.clone();
+        tokio::spawn(async move {
+            let mut i = 0;
+            while i < n {
+                let end = (i + 1000).min(n);
+                produce_replicated(&rc, &base, shards, (i, end), &failed_over).await;
+                produced.store(end, Ordering::SeqCst);
+                i = end;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    wait_for(LONG, "a quarter produced and some rows landed", || async {
+        produced.load(Ordering::SeqCst) >= n / 4 && ch.count(&table).await > 0
+    })
+    .await;
+    let victim = cluster.owner_of(&shard(&base, 0)).await;
+    cluster.fail_over(victim).await;
+    failed_over.store(true, Ordering::SeqCst);
+    assert_eq!(
+        cluster.owner_of(&shard(&base, 0)).await,
+        victim + 3,
+        "the replica now serves shard 0"
+    );
+    assert!(
+        produced.load(Ordering::SeqCst) < n,
+        "failover after the producer finished"
+    );
+    tokio::time::timeout(secs(120), producer)
+        .await
+        .expect("producer finishes")
+        .unwrap();
+    wait_all_landed(&ch, &rc, &table, &base, shards, n, &workers).await;
+}

@@ -1,4 +1,5 @@
-//! A private Redis Cluster per test: N masters (no replicas), each a
+//! A private Redis Cluster per test: N masters (optionally one replica
+//! each, for failover tests), each a
 //! [`RedisServer`] with `--cluster-enabled yes` and AOF fsynced on every
 //! write, joined by hand: `CLUSTER ADDSLOTSRANGE` (an even share each) and
 //! `CLUSTER MEET` — what `redis-cli --cluster create` does, but also for
@@ -13,9 +14,11 @@ use std::time::{Duration, Instant};
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct RedisCluster {
+    /// Masters first, then their replicas (replica of master `i` at `masters + i`).
     nodes: Vec<RedisServer>,
     /// Each node's cluster bus port.
     bus_ports: Vec<u16>,
+    masters: usize,
 }
 
 impl RedisCluster {
@@ -28,6 +31,16 @@ impl RedisCluster {
     /// Like [`RedisCluster::start`], with extra `redis-server` args that win
     /// over the defaults (e.g. `["--appendfsync", "everysec"]`).
     pub async fn start_with(n: usize, extra: &[&str]) -> RedisCluster {
+        Self::start_full(n, false, extra).await
+    }
+
+    /// `masters` masters, each with one replica (its index: `masters + i`);
+    /// returns once the replicas are in sync.
+    pub async fn start_with_replicas(masters: usize) -> RedisCluster {
+        Self::start_full(masters, true, &[]).await
+    }
+
+    async fn start_full(n: usize, replicas: bool, extra: &[&str]) -> RedisCluster {
         assert!(n >= 1);
         let mut args = vec![
             "--cluster-enabled",
@@ -46,9 +59,10 @@ impl RedisCluster {
             "always",
         ];
         args.extend_from_slice(extra);
-        let mut nodes = Vec::with_capacity(n);
-        let mut bus_ports = Vec::with_capacity(n);
-        for _ in 0..n {
+        let total = if replicas { 2 * n } else { n };
+        let mut nodes = Vec::with_capacity(total);
+        let mut bus_ports = Vec::with_capacity(total);
+        for _ in 0..total {
             // The bus port defaults to port + 10000, which can fall in the
             // ephemeral range and be taken: pick one from our own pool.
             let bus = super::free_port();
@@ -58,15 +72,19 @@ impl RedisCluster {
             nodes.push(RedisServer::start_with(&node_args).await);
             bus_ports.push(bus);
         }
-        let cluster = RedisCluster { nodes, bus_ports };
+        let cluster = RedisCluster {
+            nodes,
+            bus_ports,
+            masters: n,
+        };
         cluster.create().await;
         cluster.wait_ok().await;
         cluster
     }
 
     async fn create(&self) {
-        let n = self.nodes.len();
-        for (i, node) in self.nodes.iter().enumerate() {
+        let n = self.masters;
+        for (i, node) in self.nodes.iter().take(n).enumerate() {
             let (start, end) = (16384 * i / n, 16384 * (i + 1) / n - 1);
             let reply =
                 raw_command(node.port(), &format!("CLUSTER ADDSLOTSRANGE {start} {end}")).await;
@@ -80,6 +98,42 @@ impl RedisCluster {
             let reply = raw_command(self.nodes[0].port(), &line).await;
             assert!(reply.starts_with("+OK"), "{line}: {reply:?}");
         }
+        if self.nodes.len() == n {
+            return;
+        }
+        // A replica can follow its master once it knows it.
+        self.wait_known().await;
+        for i in 0..n {
+            let id = raw_command(self.nodes[i].port(), "CLUSTER MYID").await;
+            let id = id.lines().nth(1).unwrap_or_default().trim().to_string();
+            let line = format!("CLUSTER REPLICATE {id}");
+            let reply = raw_command(self.nodes[n + i].port(), &line).await;
+            assert!(reply.starts_with("+OK"), "{line}: {reply:?}");
+        }
+        let deadline = Instant::now() + FORM_TIMEOUT;
+        for replica in &self.nodes[n..] {
+            while !raw_command(replica.port(), "INFO replication")
+                .await
+                .contains("master_link_status:up")
+            {
+                assert!(Instant::now() < deadline, "replica did not sync");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    async fn wait_known(&self) {
+        let deadline = Instant::now() + FORM_TIMEOUT;
+        let want = format!("cluster_known_nodes:{}\r", self.nodes.len());
+        for node in &self.nodes {
+            while !raw_command(node.port(), "CLUSTER INFO")
+                .await
+                .contains(&want)
+            {
+                assert!(Instant::now() < deadline, "nodes did not meet");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     /// Waits until every running node says `cluster_state:ok` and knows
@@ -88,7 +142,8 @@ impl RedisCluster {
         let deadline = Instant::now() + FORM_TIMEOUT;
         loop {
             let mut all = true;
-            for node in &self.nodes {
+            // A node killed for good (a failover test) is not asked.
+            for node in self.nodes.iter().filter(|n| n.pid().is_some()) {
                 let info = raw_command(node.port(), "CLUSTER INFO").await;
                 all &= info.contains("cluster_state:ok")
                     && info.contains("cluster_slots_ok:16384")
@@ -139,29 +194,61 @@ impl RedisCluster {
         client
     }
 
-    /// The index of the node serving `key`'s slot.
+    /// The index of the master serving `key`'s slot, from CLUSTER NODES
+    /// of a running node.
     pub async fn owner_of(&self, key: &str) -> usize {
-        let slot = fred::util::redis_keyslot(key.as_bytes());
-        let slots = raw_command(self.nodes[0].port(), "CLUSTER SLOTS").await;
-        // The RESP reply nests [start, end, [ip, port, id], …]; read the
-        // integers in order: start, end, then the port of the first node.
-        let ints: Vec<i64> = slots
-            .lines()
-            .filter_map(|l| l.strip_prefix(':'))
-            .filter_map(|n| n.trim().parse().ok())
-            .collect();
-        for triple in ints.chunks(3) {
-            if let [start, end, port] = triple {
-                if (*start..=*end).contains(&i64::from(slot)) {
-                    return self
-                        .nodes
-                        .iter()
-                        .position(|n| i64::from(n.port()) == *port)
-                        .expect("owner is one of ours");
-                }
+        let slot = u32::from(fred::util::redis_keyslot(key.as_bytes()));
+        let asked = self
+            .nodes
+            .iter()
+            .find(|n| n.pid().is_some())
+            .expect("a node runs");
+        let text = raw_command(asked.port(), "CLUSTER NODES").await;
+        // `<id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slots>…`
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let serves = f[8..].iter().any(|r| {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                matches!((a.parse::<u32>(), b.parse::<u32>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+            });
+            if serves {
+                let port: u16 = f[1]
+                    .split(['@', ','])
+                    .next()
+                    .and_then(|a| a.rsplit_once(':'))
+                    .and_then(|(_, p)| p.parse().ok())
+                    .expect("node address");
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| n.port() == port)
+                    .expect("owner is one of ours");
             }
         }
-        panic!("no node serves slot {slot} of {key}");
+        panic!("no master serves slot {slot} of {key}:\n{text}");
+    }
+
+    /// SIGKILL master `i` and leave it down; returns once its replica has
+    /// taken over its slots (the cluster is ok again without it).
+    pub async fn fail_over(&mut self, i: usize) {
+        assert!(i < self.masters && self.nodes.len() > self.masters);
+        self.nodes[i].kill();
+        let replica = self.nodes[self.masters + i].port();
+        let deadline = Instant::now() + FORM_TIMEOUT;
+        while !raw_command(replica, "INFO replication")
+            .await
+            .contains("role:master")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "replica {replica} was not promoted"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.wait_ok().await;
     }
 
     /// SIGTERM node `i` (its AOF is fsynced on every write anyway), start
