@@ -242,15 +242,8 @@ fn by_shard<'a>(
     if !sharder.is_sharded(stream) {
         return vec![(stream, std::borrow::Cow::Borrowed(items))];
     }
-    let mut groups: Vec<(&str, Vec<Fields>)> = Vec::new();
-    for fields in items {
-        let shard = sharder.pick(stream, fields);
-        match groups.iter_mut().find(|(s, _)| *s == shard) {
-            Some((_, g)) => g.push(fields.clone()),
-            None => groups.push((shard, vec![fields.clone()])),
-        }
-    }
-    groups
+    sharder
+        .split(stream, items.iter().cloned())
         .into_iter()
         .map(|(s, g)| (s, std::borrow::Cow::Owned(g)))
         .collect()

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 
 use crate::config::{shard_names, Config};
+use crate::flat::Fields;
 
 /// The base stream of a shard stream name (`jobs` for `jobs:{3}`), or None
 /// when `stream` is not shaped like one.
@@ -106,6 +107,24 @@ impl Sharder {
         });
         let i = keyed.unwrap_or_else(|| s.next.fetch_add(1, Ordering::Relaxed) % n);
         &s.shards[i]
+    }
+
+    /// `items` grouped by the shard each goes to ([`Sharder::pick`]), in
+    /// first-seen order; items keep their order within a shard.
+    pub fn split<'a>(
+        &'a self,
+        stream: &'a str,
+        items: impl IntoIterator<Item = Fields>,
+    ) -> Vec<(&'a str, Vec<Fields>)> {
+        let mut groups: Vec<(&str, Vec<Fields>)> = Vec::new();
+        for fields in items {
+            let shard = self.pick(stream, &fields);
+            match groups.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, g)) => g.push(fields),
+                None => groups.push((shard, vec![fields])),
+            }
+        }
+        groups
     }
 
     /// Like [`Sharder::pick`] for a whole group of entries that must stay

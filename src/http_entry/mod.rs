@@ -300,17 +300,7 @@ async fn post_messages(
     // A sharded stream: the whole request goes to one shard (round-robin),
     // so it stays all-or-nothing, unless `shard_by` spreads its items.
     let groups: Vec<(&str, Vec<crate::flat::Fields>)> = match entry.sharder.shard_by(&stream) {
-        Some(_) => {
-            let mut groups: Vec<(&str, Vec<crate::flat::Fields>)> = Vec::new();
-            for item in items {
-                let shard = entry.sharder.pick(&stream, &item);
-                match groups.iter_mut().find(|(s, _)| *s == shard) {
-                    Some((_, g)) => g.push(item),
-                    None => groups.push((shard, vec![item])),
-                }
-            }
-            groups
-        }
+        Some(_) => entry.sharder.split(&stream, items),
         None => vec![(entry.sharder.pick_one(&stream), items)],
     };
     // `?not_before=TIME`: held in the stream's delayed set until then.
