@@ -268,9 +268,6 @@ async fn restart_mid_run(crash: bool) {
         .unwrap();
     assert!(done.load(Ordering::SeqCst));
     wait_all_landed(&ch, &rc, &table, &base, shards, n, &workers).await;
-    if std::env::var("SLUICE_TEST_SHOW_LOGS").is_ok() {
-        eprintln!("{}", workers[0].log_contents());
-    }
     let after = ch.count(&table).await;
     assert!(after >= n as u64 && before < n as u64);
     // The restarted master kept its shard's entries (AOF, fsync always).
