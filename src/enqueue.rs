@@ -361,7 +361,22 @@ pub async fn main(args: EnqueueArgs) -> anyhow::Result<()> {
     let outcome: anyhow::Result<()> = async {
         while let Some(chunk) = rx.recv().await {
             let chunk = chunk?;
-            for (stream, items) in by_shard(&sharder, &args.stream, &chunk.items) {
+            let groups = by_shard(&sharder, &args.stream, &chunk.items);
+            if groups.len() > 1 && due.is_none() && max_len.is_none() {
+                // Shards on different nodes: write them all at once.
+                let writes = groups
+                    .iter()
+                    .map(|(stream, items)| xadd_pipelined(&client, stream, items));
+                futures_util::future::try_join_all(writes).await?;
+                sent += chunk.items.len() as u64;
+                let rate = sent as f64 / started.elapsed().as_secs_f64().max(1e-6);
+                bar.set_message(format!("{sent} sent ({rate:.0}/s)"));
+                if size.is_some() {
+                    bar.set_position(chunk.read_bytes);
+                }
+                continue;
+            }
+            for (stream, items) in groups {
                 let mut rest: &[Fields] = &items;
                 while !rest.is_empty() {
                     if let Some(when) = due {
