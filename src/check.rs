@@ -25,9 +25,14 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
         .unwrap_or("?")
         .trim()
         .to_string();
+    let kind = if config.redis.is_cluster() {
+        "redis cluster"
+    } else {
+        "redis"
+    };
     writeln!(
         out,
-        "redis: {} (version {version}) ok",
+        "{kind}: {} (version {version}) ok",
         redact_url(&config.redis.url)
     )?;
     if let Some(ch) = &config.clickhouse {

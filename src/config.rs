@@ -91,6 +91,14 @@ pub struct RedisConfig {
     /// Timeout for every non-blocking command.
     #[serde(default = "default_redis_timeout", with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// Redis Cluster: `url` is one seed node and the client discovers the
+    /// others (MOVED/ASK and failover are followed by the client). Also on
+    /// when `url` is `redis-cluster://…` or `nodes` is set.
+    #[serde(default)]
+    pub cluster: bool,
+    /// More cluster seed nodes, `host:port`, tried when `url`'s is down.
+    #[serde(default)]
+    pub nodes: Vec<String>,
 }
 
 impl RedisConfig {
@@ -102,7 +110,17 @@ impl RedisConfig {
             password: None,
             password_file: None,
             command_timeout: default_redis_timeout(),
+            cluster: false,
+            nodes: Vec::new(),
         }
+    }
+
+    /// Whether to talk to Redis Cluster (see [`RedisConfig::cluster`]).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+            || !self.nodes.is_empty()
+            || self.url.starts_with("redis-cluster://")
+            || self.url.starts_with("rediss-cluster://")
     }
 }
 
@@ -114,6 +132,8 @@ impl std::fmt::Debug for RedisConfig {
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("password_file", &self.password_file)
             .field("command_timeout", &self.command_timeout)
+            .field("cluster", &self.cluster)
+            .field("nodes", &self.nodes)
             .finish()
     }
 }
@@ -297,8 +317,14 @@ impl Default for MetricsConfig {
 #[serde(deny_unknown_fields)]
 pub struct FlowConfig {
     pub name: String,
-    /// One or more streams (shards) read by this flow.
+    /// One or more streams read by this flow. After loading, a stream with
+    /// `[streams."name"].shards = N` is replaced by its N shard streams
+    /// (`name:{0}` … `name:{N-1}`); the names as written stay in
+    /// [`FlowConfig::base_streams`].
     pub streams: Vec<String>,
+    /// `streams` as the config file wrote them (before shard expansion).
+    #[serde(skip)]
+    pub base_streams: Vec<String>,
     #[serde(default = "default_group")]
     pub group: String,
     /// Where a new group starts reading when this worker creates it: `0`
@@ -349,10 +375,13 @@ pub struct FlowConfig {
 }
 
 impl FlowConfig {
+    /// The dead-letter stream: one per flow, also when its streams are
+    /// sharded (`jobs:dead` for `jobs:{0}` … `jobs:{N-1}`).
     pub fn dead_letter_stream(&self) -> String {
+        let first = self.base_streams.first().unwrap_or(&self.streams[0]);
         self.dead_letter
             .clone()
-            .unwrap_or_else(|| format!("{}:dead", self.streams[0]))
+            .unwrap_or_else(|| format!("{first}:dead"))
     }
 }
 
@@ -597,13 +626,52 @@ impl std::fmt::Debug for TokenConfig {
 }
 
 /// `[streams."name"]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamSettings {
     /// The stream's capacity: the HTTP entry refuses (429), `sluice enqueue`
     /// waits and stream sinks pause while it is full.
     #[serde(default)]
     pub max_len: Option<u64>,
+    /// Split the stream into this many shard streams, `name:{0}` …
+    /// `name:{N-1}` (the `{…}` is a Redis Cluster hash tag: each shard is one
+    /// slot, so shards spread over the cluster's nodes). Flows reading
+    /// `name` read every shard; producers pick one per entry. With a
+    /// capacity (`max_len`), each shard holds up to `max_len`. Default 1:
+    /// the plain stream.
+    #[serde(default = "default_shards")]
+    pub shards: usize,
+    /// The field whose value picks an entry's shard (FNV-1a hash modulo
+    /// `shards`), so entries with the same value stay in order on one
+    /// shard. Unset, or the field missing: round-robin.
+    #[serde(default)]
+    pub shard_by: Option<String>,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            max_len: None,
+            shards: default_shards(),
+            shard_by: None,
+        }
+    }
+}
+
+/// Most shards one stream may have.
+pub const MAX_SHARDS: usize = 1024;
+
+fn default_shards() -> usize {
+    1
+}
+
+/// The streams `base` stands for: itself when `shards <= 1`, else
+/// `base:{0}` … `base:{shards-1}`.
+pub fn shard_names(base: &str, shards: usize) -> Vec<String> {
+    if shards <= 1 {
+        return vec![base.to_string()];
+    }
+    (0..shards).map(|i| format!("{base}:{{{i}}}")).collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -830,6 +898,7 @@ impl Config {
                 Ok(mut config) => {
                     config.load_secrets()?;
                     config.validate()?;
+                    config.expand_shards();
                     return Ok(config);
                 }
                 Err(err) => err,
@@ -891,11 +960,23 @@ impl Config {
             key,
             message: message.to_string(),
         };
-        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
+        let schemes = [
+            "redis://",
+            "rediss://",
+            "redis-cluster://",
+            "rediss-cluster://",
+        ];
+        if !schemes.iter().any(|s| self.redis.url.starts_with(s)) {
             return Err(bad(
                 "redis.url".into(),
-                "must start with redis:// or rediss://",
+                "must start with redis://, rediss://, redis-cluster:// or rediss-cluster://",
             ));
+        }
+        for (i, node) in self.redis.nodes.iter().enumerate() {
+            let port = node.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
+            if !matches!(port, Some((h, Ok(_))) if !h.is_empty()) {
+                return Err(bad(format!("redis.nodes[{i}]"), "must be host:port"));
+            }
         }
         if let Some(ch) = &self.clickhouse {
             validate_clickhouse(ch)?;
@@ -1051,6 +1132,36 @@ impl Config {
                 }
             }
         }
+        // Their Lua scripts change keys of several slots at once (schedule
+        // state + tick + stream; delayed set + index + stream), which Redis
+        // Cluster refuses: say so at start-up rather than fail on every tick.
+        if self.redis.is_cluster() {
+            if !self.schedules.is_empty() {
+                return Err(bad(
+                    "schedule".into(),
+                    "schedules are not supported with Redis Cluster (redis.cluster) yet",
+                ));
+            }
+            // The retry script moves a message from its stream to the
+            // stream's delayed set: one slot only if the name has a hash tag.
+            for (i, flow) in self
+                .flows
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.retry.is_some())
+            {
+                let untagged = flow.streams.iter().find(|s| {
+                    self.streams.get(*s).is_none_or(|st| st.shards <= 1)
+                        && crate::shard::hash_tag(s).is_none()
+                });
+                if let Some(s) = untagged {
+                    return Err(bad(
+                        format!("flow[{i}].retry"),
+                        &format!("on Redis Cluster, retry needs sharded streams or hash-tagged names (e.g. `{{{s}}}`); `{s}` is neither"),
+                    ));
+                }
+            }
+        }
         crate::schedule::validate(&self.scheduler, &self.schedules)
             .map_err(|(key, message)| ConfigError::Key { key, message })?;
         for (name, s) in &self.streams {
@@ -1060,6 +1171,33 @@ impl Config {
             if s.max_len == Some(0) {
                 return Err(bad(format!("streams.{name:?}.max_len"), "must be >= 1"));
             }
+            if s.shards == 0 || s.shards > MAX_SHARDS {
+                return Err(bad(
+                    format!("streams.{name:?}.shards"),
+                    &format!("must be between 1 and {MAX_SHARDS}"),
+                ));
+            }
+            // A brace in the name would change which part Redis Cluster hashes.
+            if s.shards > 1 && name.contains(['{', '}']) {
+                return Err(bad(
+                    format!("streams.{name:?}.shards"),
+                    "a sharded stream's name must not contain `{` or `}`",
+                ));
+            }
+            if let Some(field) = &s.shard_by {
+                if field.is_empty() {
+                    return Err(bad(
+                        format!("streams.{name:?}.shard_by"),
+                        "must not be empty",
+                    ));
+                }
+                if s.shards <= 1 {
+                    return Err(bad(
+                        format!("streams.{name:?}.shard_by"),
+                        "needs shards > 1",
+                    ));
+                }
+            }
         }
         if let Some(http) = &self.http {
             validate_http(http)?;
@@ -1067,9 +1205,29 @@ impl Config {
         Ok(())
     }
 
-    /// The capacity of `stream` from `[streams."name"]`, if it has one.
+    /// The capacity of `stream` from `[streams."name"]`, if it has one. A
+    /// shard stream (`name:{i}`) has its base stream's capacity.
     pub fn stream_max_len(&self, stream: &str) -> Option<u64> {
-        self.streams.get(stream).and_then(|s| s.max_len)
+        self.streams
+            .get(stream)
+            .or_else(|| {
+                let base = self.streams.get(crate::shard::base_of(stream)?)?;
+                (base.shards > 1).then_some(base)
+            })
+            .and_then(|s| s.max_len)
+    }
+
+    /// Replaces each flow's sharded streams by their shards (after
+    /// validation, so errors name the streams as written).
+    fn expand_shards(&mut self) {
+        for flow in &mut self.flows {
+            flow.base_streams = flow.streams.clone();
+            flow.streams = flow
+                .base_streams
+                .iter()
+                .flat_map(|s| shard_names(s, self.streams.get(s).map_or(1, |st| st.shards)))
+                .collect();
+        }
     }
 }
 
@@ -1591,6 +1749,71 @@ on_success = "ack"              # or "ack_del": XACK then XDEL, as the original 
             parse(&eo, &[]).unwrap().flows[0].delivery,
             Delivery::ExactlyOnce
         );
+    }
+
+    #[test]
+    fn cluster_and_shards() {
+        let text = EXAMPLE.replace(
+            "[clickhouse]",
+            "cluster = true\nnodes = [\"10.0.0.2:6379\"]\n[streams.events]\nshards = 3\nshard_by = \"user\"\n[clickhouse]",
+        );
+        let c = parse(&text, &[]).unwrap();
+        assert!(c.redis.is_cluster());
+        assert_eq!(
+            c.flows[0].streams,
+            ["events:{0}", "events:{1}", "events:{2}"]
+        );
+        assert_eq!(c.flows[0].base_streams, ["events"]);
+        assert_eq!(c.flows[0].dead_letter_stream(), "events:dead");
+        let text = text.replace("dead_letter = \"events:dead\"\n", "");
+        let c = parse(&text, &[]).unwrap();
+        assert_eq!(c.flows[0].dead_letter_stream(), "events:dead");
+        // A cluster:// URL alone turns cluster mode on.
+        let c = parse(&EXAMPLE.replace("redis://", "redis-cluster://"), &[]).unwrap();
+        assert!(c.redis.is_cluster());
+        let err = |from: &str, to: &str| {
+            let t = text.replace(from, to);
+            assert_ne!(t, text, "{from:?} did not apply");
+            parse(&t, &[]).unwrap_err().to_string()
+        };
+        let e = err("shards = 3", "shards = 0");
+        assert!(e.contains("streams.\"events\".shards"), "{e}");
+        let e = err("shards = 3", "shards = 1");
+        assert!(e.contains("streams.\"events\".shard_by"), "{e}");
+        let e = err("shard_by = \"user\"", "shard_by = \"\"");
+        assert!(e.contains("streams.\"events\".shard_by"), "{e}");
+        let e = err("10.0.0.2:6379", "10.0.0.2");
+        assert!(e.contains("redis.nodes[0]"), "{e}");
+        // Retry on a cluster: fine for a sharded stream or a hash-tagged
+        // name, refused for a plain one.
+        let retry = text.replace(
+            "on_success = \"ack\"",
+            "on_success = \"ack\"\nhandler = { type = \"exec\", command = [\"./h\"] }\nretry = { backoff = \"exponential\", base = \"1s\", max = \"5m\" }",
+        );
+        parse(&retry, &[]).unwrap();
+        let plain = retry
+            .replace("shards = 3", "shards = 1")
+            .replace("shard_by = \"user\"\n", "");
+        let e = parse(&plain, &[]).unwrap_err().to_string();
+        assert!(e.contains("flow[0].retry") && e.contains("Cluster"), "{e}");
+        parse(
+            &plain.replace("streams = [\"events\"]", "streams = [\"{events}\"]"),
+            &[],
+        )
+        .unwrap();
+        let e = parse(
+            &text.replace(
+                "[streams.events]",
+                "[streams.\"ev{x}\"]\nshards = 2\n[streams.events]",
+            ),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("streams.\"ev{x}\".shards"), "{e}");
+        // A shard has its base stream's capacity.
+        let c = parse(&text.replace("shards = 3", "shards = 3\nmax_len = 7"), &[]).unwrap();
+        assert_eq!(c.stream_max_len("events:{2}"), Some(7));
     }
 
     #[test]

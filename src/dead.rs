@@ -206,12 +206,27 @@ pub async fn replay(
                 args.push(Value::Bytes(k));
                 args.push(Value::Bytes(v));
             }
-            let reply: Value = script
-                .evalsha_with_reload(client, vec![dead_stream.to_string(), target], args)
-                .await?;
-            r.new_id = reply.as_string();
-            if r.new_id.is_none() {
-                r.skipped = Some("already taken by another replay or purge".into());
+            let slot = |k: &str| fred::util::redis_keyslot(k.as_bytes());
+            if client.is_clustered() && slot(dead_stream) != slot(&target) {
+                // Two slots (e.g. `jobs:dead` and the shard `jobs:{3}`): no
+                // script can do both. Add first, then delete, so a crash in
+                // between duplicates the entry instead of losing it.
+                let mut xadd: Vec<Value> = vec![target.as_str().into(), "*".into()];
+                xadd.extend(args.split_off(1));
+                let new_id: String = client.custom(custom("XADD"), xadd).await?;
+                let deleted: i64 = client.xdel(dead_stream, e.id.as_str()).await?;
+                r.new_id = Some(new_id);
+                if deleted == 0 {
+                    tracing::warn!(dead_id = %e.id, %target, "replayed a dead letter that another replay or purge took meanwhile: it may now be in the stream twice");
+                }
+            } else {
+                let reply: Value = script
+                    .evalsha_with_reload(client, vec![dead_stream.to_string(), target], args)
+                    .await?;
+                r.new_id = reply.as_string();
+                if r.new_id.is_none() {
+                    r.skipped = Some("already taken by another replay or purge".into());
+                }
             }
         }
         out.push(r);

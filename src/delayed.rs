@@ -9,6 +9,13 @@
 //! sluice:delayed:{stream}    ZSET  score = due (Unix ms), member = one job
 //! sluice:delayed:{stream}:invalid  ZSET  members that could not be decoded
 //! ```
+//! On Redis Cluster a script may only touch keys of one slot, so the set and
+//! the stream must share a hash tag: delayed jobs there need a stream whose
+//! name has one (every shard `name:{i}` of a sharded stream does; so does
+//! e.g. `{jobs}`). The index lives in its own slot: it is updated by a
+//! separate SADD before the script, and never shrunk (a promotion pass
+//! costs one script call per stream ever used).
+//!
 //! A member is MessagePack: an array `[job id, field, value, field, value, …]`
 //! of strings (binary-safe); the random job id keeps identical jobs apart.
 
@@ -37,6 +44,9 @@ pub enum DelayedError {
     Redis(#[from] fred::error::Error),
     #[error("a delayed job needs at least one field")]
     NoFields,
+    /// On Redis Cluster the delayed set and the stream must share a slot.
+    #[error("delayed jobs on Redis Cluster need a stream name with a hash tag (a sharded stream's shards `name:{{i}}`, or e.g. `{{jobs}}`); `{0}` has none")]
+    Cluster(String),
     #[error("unexpected script reply: {0}")]
     Reply(String),
 }
@@ -148,7 +158,7 @@ impl<'a> Reader<'a> {
 }
 
 /// Adds jobs due at ARGV[3] (`at`, Unix ms) or ARGV[3] ms after the server's
-/// clock (`after`). KEYS: set, index. ARGV: stream, mode, ms, members….
+/// clock (`after`). KEYS: set[, index]. ARGV: stream, mode, ms, members….
 /// Returns the due time.
 const ENQUEUE: &str = r#"
 local due = tonumber(ARGV[3])
@@ -160,11 +170,11 @@ local score = string.format('%.0f', due)
 for i = 4, #ARGV do
   redis.call('ZADD', KEYS[1], score, ARGV[i])
 end
-redis.call('SADD', KEYS[2], ARGV[1])
+if KEYS[2] then redis.call('SADD', KEYS[2], ARGV[1]) end
 return score
 "#;
 
-/// Moves due jobs into the stream. KEYS: set, stream, index, invalid set.
+/// Moves due jobs into the stream. KEYS: set, stream, invalid set[, index].
 /// ARGV: stream name, limit. Returns {moved, invalid, next due or -1}.
 const PROMOTE: &str = r#"
 local t = redis.call('TIME')
@@ -178,14 +188,14 @@ for i = 1, #due, 2 do
     redis.call('XADD', KEYS[2], '*', unpack(job, 2))
     moved = moved + 1
   else
-    redis.call('ZADD', KEYS[4], due[i + 1], m)
+    redis.call('ZADD', KEYS[3], due[i + 1], m)
     invalid = invalid + 1
   end
   redis.call('ZREM', KEYS[1], m)
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if #nxt == 0 then
-  redis.call('SREM', KEYS[3], ARGV[1])
+  if KEYS[4] then redis.call('SREM', KEYS[4], ARGV[1]) end
   return {moved, invalid, -1}
 end
 return {moved, invalid, tonumber(nxt[2])}
@@ -218,6 +228,7 @@ pub async fn enqueue(
     if jobs.iter().any(|f| f.is_empty()) {
         return Err(DelayedError::NoFields);
     }
+    let keys = index_keys(client, stream, set_key(stream)).await?;
     let (mode, ms) = match due {
         Due::At(ms) => ("at", ms),
         Due::After(d) => ("after", d.as_millis() as u64),
@@ -228,12 +239,27 @@ pub async fn enqueue(
             .map(|f| Value::Bytes(Bytes::from(encode_member(f)))),
     );
     let reply: Value = enqueue_script()
-        .evalsha_with_reload(client, vec![set_key(stream), INDEX_KEY.to_string()], args)
+        .evalsha_with_reload(client, keys, args)
         .await?;
     reply
         .as_string()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| DelayedError::Reply(format!("{reply:?}")))
+}
+
+/// The KEYS of a script that adds to `set` (of `stream`) and the index:
+/// both outside a cluster; in one, just `set`, after adding `stream` to the
+/// index with its own SADD (another slot), and only when `stream` has a hash
+/// tag, so that the set and the stream share a slot.
+pub async fn index_keys(client: &Client, stream: &str, set: String) -> Result<Vec<String>> {
+    if !client.is_clustered() {
+        return Ok(vec![set, INDEX_KEY.to_string()]);
+    }
+    if crate::shard::hash_tag(stream).is_none() {
+        return Err(DelayedError::Cluster(stream.to_string()));
+    }
+    let _: i64 = client.sadd(INDEX_KEY, stream).await?;
+    Ok(vec![set])
 }
 
 /// One job due at `due_ms` (Unix ms).
@@ -309,12 +335,14 @@ pub async fn promote(client: &Client, stream: &str, limit: usize) -> Result<Prom
     let reply: Value = script
         .evalsha_with_reload(
             client,
-            vec![
-                set_key(stream),
-                stream.to_string(),
-                INDEX_KEY.to_string(),
-                invalid_key(stream),
-            ],
+            {
+                let mut keys = vec![set_key(stream), stream.to_string(), invalid_key(stream)];
+                // In a cluster the index is in another slot: it keeps the name.
+                if !client.is_clustered() {
+                    keys.push(INDEX_KEY.to_string());
+                }
+                keys
+            },
             vec![stream.to_string(), limit.to_string()],
         )
         .await?;

@@ -232,6 +232,23 @@ fn read_csv(
     Ok(())
 }
 
+/// `items` grouped by the stream each goes to (its shard when `stream` is
+/// sharded), in first-seen order; entries keep their order within a shard.
+fn by_shard<'a>(
+    sharder: &'a crate::shard::Sharder,
+    stream: &'a str,
+    items: &'a [Fields],
+) -> Vec<(&'a str, std::borrow::Cow<'a, [Fields]>)> {
+    if !sharder.is_sharded(stream) {
+        return vec![(stream, std::borrow::Cow::Borrowed(items))];
+    }
+    sharder
+        .split(stream, items.iter().cloned())
+        .into_iter()
+        .map(|(s, g)| (s, std::borrow::Cow::Owned(g)))
+        .collect()
+}
+
 fn xadd() -> CustomCommand {
     CustomCommand::new_static("XADD", ClusterHash::FirstKey, false)
 }
@@ -328,6 +345,12 @@ pub async fn main(args: EnqueueArgs) -> anyhow::Result<()> {
     };
     bar.enable_steady_tick(Duration::from_millis(200));
 
+    // A sharded stream (`[streams."name"] shards = N`): each entry goes to
+    // the shard its `shard_by` field hashes to, or round-robin.
+    let sharder = config
+        .as_ref()
+        .map(crate::shard::Sharder::new)
+        .unwrap_or_default();
     let (tx, mut rx) = mpsc::channel::<anyhow::Result<Chunk>>(4);
     let (batch, fmt) = (args.batch, format);
     let reading = std::thread::spawn(move || reader(input, fmt, batch, tx));
@@ -338,39 +361,56 @@ pub async fn main(args: EnqueueArgs) -> anyhow::Result<()> {
     let outcome: anyhow::Result<()> = async {
         while let Some(chunk) = rx.recv().await {
             let chunk = chunk?;
-            let mut rest: &[Fields] = &chunk.items;
-            while !rest.is_empty() {
-                if let Some(when) = due {
-                    // Delayed: all batches share the first one's due time.
-                    let at = crate::delayed::enqueue(&client, &args.stream, rest, when).await?;
-                    due = Some(crate::delayed::Due::At(at));
-                    sent += rest.len() as u64;
-                    bar.set_message(format!("{sent} held back until {at}"));
-                    break;
-                }
-                let take = match max_len {
-                    None => rest.len(),
-                    Some(max) => {
-                        let len = commands::len(&client, &args.stream).await?;
-                        let room = max.saturating_sub(len) as usize;
-                        if room == 0 {
-                            bar.set_message(format!(
-                                "{sent} sent; waiting: `{}` is at max_len ({len}/{max})",
-                                args.stream
-                            ));
-                            let t = Instant::now();
-                            tokio::time::sleep(args.poll).await;
-                            waited += t.elapsed();
-                            continue;
-                        }
-                        room.min(rest.len())
-                    }
-                };
-                xadd_pipelined(&client, &args.stream, &rest[..take]).await?;
-                sent += take as u64;
-                rest = &rest[take..];
+            let groups = by_shard(&sharder, &args.stream, &chunk.items);
+            if groups.len() > 1 && due.is_none() && max_len.is_none() {
+                // Shards on different nodes: write them all at once.
+                let writes = groups
+                    .iter()
+                    .map(|(stream, items)| xadd_pipelined(&client, stream, items));
+                futures_util::future::try_join_all(writes).await?;
+                sent += chunk.items.len() as u64;
                 let rate = sent as f64 / started.elapsed().as_secs_f64().max(1e-6);
                 bar.set_message(format!("{sent} sent ({rate:.0}/s)"));
+                if size.is_some() {
+                    bar.set_position(chunk.read_bytes);
+                }
+                continue;
+            }
+            for (stream, items) in groups {
+                let mut rest: &[Fields] = &items;
+                while !rest.is_empty() {
+                    if let Some(when) = due {
+                        // Delayed: all batches share the first one's due time.
+                        let at = crate::delayed::enqueue(&client, stream, rest, when).await?;
+                        due = Some(crate::delayed::Due::At(at));
+                        sent += rest.len() as u64;
+                        bar.set_message(format!("{sent} held back until {at}"));
+                        break;
+                    }
+                    let take = match max_len {
+                        None => rest.len(),
+                        Some(max) => {
+                            let len = commands::len(&client, stream).await?;
+                            let room = max.saturating_sub(len) as usize;
+                            if room == 0 {
+                                bar.set_message(format!(
+                                    "{sent} sent; waiting: `{}` is at max_len ({len}/{max})",
+                                    stream
+                                ));
+                                let t = Instant::now();
+                                tokio::time::sleep(args.poll).await;
+                                waited += t.elapsed();
+                                continue;
+                            }
+                            room.min(rest.len())
+                        }
+                    };
+                    xadd_pipelined(&client, stream, &rest[..take]).await?;
+                    sent += take as u64;
+                    rest = &rest[take..];
+                    let rate = sent as f64 / started.elapsed().as_secs_f64().max(1e-6);
+                    bar.set_message(format!("{sent} sent ({rate:.0}/s)"));
+                }
             }
             if size.is_some() {
                 bar.set_position(chunk.read_bytes);
@@ -394,9 +434,13 @@ pub async fn main(args: EnqueueArgs) -> anyhow::Result<()> {
         args.stream
     );
     if let Some(crate::delayed::Due::At(at)) = due {
+        let set = if sharder.is_sharded(&args.stream) {
+            format!("the delayed sets of `{}`'s shards", args.stream)
+        } else {
+            format!("`{}`", crate::delayed::set_key(&args.stream))
+        };
         println!(
-            "held back in `{}` until {}",
-            crate::delayed::set_key(&args.stream),
+            "held back in {set} until {}",
             crate::schedule::spec::format_time(at)
         );
     }

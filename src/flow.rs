@@ -15,6 +15,17 @@
 //! commits with [`crate::sink::stream`] instead of the ClickHouse pair, and
 //! its committer can pause the reader and the claim loop ([`Pause`]) while
 //! a target stream is full.
+//!
+//! # Reading several streams from Redis Cluster
+//! Outside a cluster one XREADGROUP covers all of a flow's streams. In a
+//! cluster a command's keys must share one slot, and fred's client waits
+//! for a blocking command before sending the next one, so one client
+//! blocking on shard 0 would hold back every other shard. A flow there runs
+//! one reader per stream (shard), each blocking on its own client (its
+//! own connections); they share the bounded chunk channel, whose waiting
+//! senders are served first come first served, so a busy shard cannot
+//! starve the others when the sink is the bottleneck. Cost: one connection
+//! per shard and node, per flow and replica.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,7 +60,9 @@ pub struct Flow {
     pub handler: Option<Arc<dyn Handler>>,
     /// Set while a stream sink's target is full: no reads, no claims.
     pub pause: Arc<Pause>,
-    pub read_client: Client,
+    /// Blocking-read clients and the streams each reads: one for all
+    /// streams, or one per stream in a cluster (see the module docs).
+    pub readers: Vec<(Client, Vec<Arc<str>>)>,
     pub command_client: Client,
     pub metrics: FlowMetrics,
     pub block: Duration,
@@ -109,7 +122,6 @@ impl Flow {
         metrics: Arc<Metrics>,
         handlers: &Handlers,
     ) -> anyhow::Result<Flow> {
-        let read_client = client::connect_blocking(&config.redis, config.worker.block).await?;
         let command_client = client::connect(&config.redis).await?;
         for stream in &cfg.streams {
             if commands::create_group(&command_client, stream, &cfg.group, &cfg.start_id).await? {
@@ -136,6 +148,16 @@ impl Flow {
             None => None,
         };
         let streams: Vec<Arc<str>> = cfg.streams.iter().map(|s| Arc::from(s.as_str())).collect();
+        let mut readers = Vec::new();
+        if config.redis.is_cluster() && streams.len() > 1 {
+            for stream in &streams {
+                let c = client::connect_blocking(&config.redis, config.worker.block).await?;
+                readers.push((c, vec![stream.clone()]));
+            }
+        } else {
+            let c = client::connect_blocking(&config.redis, config.worker.block).await?;
+            readers.push((c, streams.clone()));
+        }
         // No endpoint, nobody to read them: the hot path skips metrics.
         let metrics = if config.metrics.listen.is_some() {
             FlowMetrics::new(&metrics, &cfg.name, &streams)
@@ -179,7 +201,10 @@ impl Flow {
                     .collect();
                 let mut forbidden = cfg.streams.clone();
                 forbidden.push(cfg.dead_letter_stream());
-                FlowSink::Stream(Arc::new(StreamSink::new(s, caps, forbidden)))
+                FlowSink::Stream(Arc::new(
+                    StreamSink::new(s, caps, forbidden)
+                        .with_sharder(crate::shard::Sharder::new(config)),
+                ))
             }
             (None, SinkConfig::Clickhouse { .. }) => unreachable!("opened above"),
         };
@@ -191,7 +216,7 @@ impl Flow {
             handler,
             pause: Arc::new(Pause::default()),
             recovery,
-            read_client,
+            readers,
             command_client,
             metrics,
             block: config.worker.block,
@@ -212,7 +237,14 @@ impl Flow {
         let flow = Arc::new(self);
         let (chunk_tx, chunk_rx) = mpsc::channel::<Vec<Message>>(2);
 
-        let reader = tokio::spawn(flow.clone().read_loop(chunk_tx.clone(), shutdown.clone()));
+        let readers: Vec<_> = (0..flow.readers.len())
+            .map(|i| {
+                tokio::spawn(
+                    flow.clone()
+                        .read_loop(i, chunk_tx.clone(), shutdown.clone()),
+                )
+            })
+            .collect();
         let claimer = tokio::spawn(flow.clone().claim_loop(chunk_tx, shutdown.clone()));
         let (chunk_rx, stage) = match (&flow.handler, &flow.cfg.handler) {
             (Some(handler), Some(cfg)) => {
@@ -245,7 +277,9 @@ impl Flow {
             }
         };
 
-        reader.await?;
+        for reader in readers {
+            reader.await?;
+        }
         claimer.await?;
         if let Some(stage) = stage {
             stage.await?;
@@ -280,11 +314,14 @@ impl Flow {
         }
     }
 
+    /// Reads `self.readers[reader]`'s streams until shutdown.
     async fn read_loop(
         self: Arc<Self>,
+        reader: usize,
         chunks: mpsc::Sender<Vec<Message>>,
         shutdown: CancellationToken,
     ) {
+        let (client, streams) = &self.readers[reader];
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         while !shutdown.is_cancelled() {
             if self.pause.is_paused() {
@@ -295,19 +332,19 @@ impl Flow {
             }
             let mut entries = Vec::with_capacity(self.cfg.read_count.min(10_000));
             let read = commands::read_group(
-                &self.read_client,
+                client,
                 &self.cfg.group,
                 &self.consumer,
                 self.cfg.read_count,
                 self.block,
-                &self.streams,
+                streams,
                 &mut entries,
             )
             .await;
             match read {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
-                    self.handle_read_error(&e).await;
+                    self.handle_read_error(streams, &e).await;
                     tokio::select! {
                         _ = tokio::time::sleep(backoff.next_delay()) => {}
                         _ = shutdown.cancelled() => {}
@@ -375,11 +412,11 @@ impl Flow {
         }
     }
 
-    async fn handle_read_error(&self, e: &StreamError) {
-        tracing::warn!(flow = %self.cfg.name, error = %e, "XREADGROUP failed");
+    async fn handle_read_error(&self, streams: &[Arc<str>], e: &StreamError) {
+        tracing::warn!(flow = %self.cfg.name, ?streams, error = %e, "XREADGROUP failed");
         // The stream or group was deleted under us: recreate it.
         if e.to_string().contains("NOGROUP") {
-            for stream in &self.streams {
+            for stream in streams {
                 if let Err(e) = commands::create_group(
                     &self.command_client,
                     stream,
@@ -405,6 +442,8 @@ impl Flow {
         let mut tick = tokio::time::interval(self.cfg.claim.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_prune = tokio::time::Instant::now();
+        // Where each stream's XAUTOCLAIM scan of the pending list goes on.
+        let mut cursors = vec![bytes::Bytes::from_static(b"0-0"); self.streams.len()];
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -425,8 +464,13 @@ impl Flow {
                 self.held.end_pass(threshold.div_ceil(every) as u64 + 2);
             }
             // Paused (a target is full): take on no more work.
-            for stream in self.streams.iter().filter(|_| !self.pause.is_paused()) {
-                if let Err(e) = self.claim_stream(stream, &chunks, &shutdown).await {
+            for (stream, cursor) in self
+                .streams
+                .iter()
+                .zip(cursors.iter_mut())
+                .filter(|_| !self.pause.is_paused())
+            {
+                if let Err(e) = self.claim_stream(stream, cursor, &chunks, &shutdown).await {
                     tracing::warn!(flow = %self.cfg.name, %stream, error = %e, "claim pass failed");
                 }
             }
@@ -497,15 +541,24 @@ impl Flow {
         }
     }
 
+    /// One claim pass over `stream`'s pending list, from `cursor` on.
+    ///
+    /// XAUTOCLAIM inspects up to 10 × COUNT pending entries per call, and
+    /// Redis does nothing else meanwhile: with a long pending list (a
+    /// backlog read ahead by many replicas and shards) a page of 1000 took
+    /// ≈20 ms of Redis's time. So pages are small, a pass stops at the first
+    /// page that finds nothing idle, and the next tick goes on from there:
+    /// an idle fleet costs one short scan per stream and tick, and a dead
+    /// replica's entries (the oldest, near the front) are still reached.
     async fn claim_stream(
         &self,
         stream: &Arc<str>,
+        cursor: &mut bytes::Bytes,
         chunks: &mpsc::Sender<Vec<Message>>,
         shutdown: &CancellationToken,
     ) -> Result<(), StreamError> {
-        const PAGE: usize = 1000;
-        const MAX_PAGES: usize = 20; // bound one pass; the next tick continues
-        let mut cursor = bytes::Bytes::from_static(b"0-0");
+        const PAGE: usize = 100;
+        const MAX_PAGES: usize = 200; // bound one pass; the next tick continues
         for _ in 0..MAX_PAGES {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -516,10 +569,11 @@ impl Flow {
                 &self.cfg.group,
                 &self.consumer,
                 self.cfg.claim.min_idle,
-                &cursor,
+                cursor,
                 PAGE,
             )
             .await?;
+            let found = !page.claimed.is_empty() || !page.deleted.is_empty();
             if !page.deleted.is_empty() {
                 self.metrics.lost(stream, page.deleted.len());
                 tracing::error!(flow = %self.cfg.name, %stream, count = page.deleted.len(), ids = ?page.deleted.iter().take(20).map(|i| String::from_utf8_lossy(i).into_owned()).collect::<Vec<_>>(), "pending entries were deleted from the stream before delivery; acking them as lost");
@@ -563,10 +617,10 @@ impl Flow {
                     return Ok(());
                 }
             }
-            if page.cursor.as_ref() == b"0-0" {
+            *cursor = page.cursor;
+            if cursor.as_ref() == b"0-0" || !found {
                 break;
             }
-            cursor = page.cursor;
         }
         Ok(())
     }

@@ -35,6 +35,8 @@
 //! - [`delayed`]: delayed jobs in a sorted set per stream, moved in when due.
 //! - [`retry_queue`]: retry with exponential backoff + jitter via the delayed set.
 //! - [`dead`]: `sluice dead list|show|replay|purge`.
+//! - [`shard`]: sharded streams (`name:{0}` … for Redis Cluster): which
+//!   shard a producer writes an entry to.
 
 pub mod batch;
 pub mod check;
@@ -53,6 +55,7 @@ pub mod payload;
 pub mod retry_queue;
 pub mod schedule;
 pub mod schema;
+pub mod shard;
 pub mod sink;
 pub mod status;
 pub mod stream;

@@ -162,16 +162,16 @@ pub fn original_fields(fields: &[(Bytes, Bytes)]) -> Vec<(Bytes, Bytes)> {
 }
 
 /// Atomically: add the retried copy to the delayed set, ack (and maybe
-/// delete) the original. KEYS: set, index, stream. ARGV: stream, group,
+/// delete) the original. KEYS: set, stream[, index]. ARGV: stream, group,
 /// id, delay ms, member, delete. Returns {now, due} by the server's clock.
 const RETRY: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = now + tonumber(ARGV[4])
 redis.call('ZADD', KEYS[1], string.format('%.0f', due), ARGV[5])
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('XACK', KEYS[3], ARGV[2], ARGV[3])
-if ARGV[6] == '1' then redis.call('XDEL', KEYS[3], ARGV[3]) end
+if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[1]) end
+redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
+if ARGV[6] == '1' then redis.call('XDEL', KEYS[2], ARGV[3]) end
 return {string.format('%.0f', now), string.format('%.0f', due)}
 "#;
 
@@ -282,17 +282,12 @@ impl Retrier {
             Value::Bytes(Bytes::from(encode_member(&fields))),
             if self.delete { "1" } else { "0" }.into(),
         ];
-        let reply: Value = script
-            .evalsha_with_reload(
-                &self.client,
-                vec![
-                    delayed::set_key(&m.stream),
-                    delayed::INDEX_KEY.to_string(),
-                    m.stream.to_string(),
-                ],
-                args,
-            )
-            .await?;
+        // [set, index] (index alone in a cluster) → [set, stream, index].
+        let mut keys = delayed::index_keys(&self.client, &m.stream, delayed::set_key(&m.stream))
+            .await
+            .map_err(|e| StreamError::Reply(e.to_string()))?;
+        keys.insert(1, m.stream.to_string());
+        let reply: Value = script.evalsha_with_reload(&self.client, keys, args).await?;
         let (failed_at_ms, due_ms) = match &reply {
             Value::Array(v) if v.len() == 2 => {
                 (v[0].as_u64().unwrap_or(0), v[1].as_u64().unwrap_or(0))

@@ -44,8 +44,11 @@ pub struct Appender {
     sha: std::sync::Mutex<Option<String>>,
 }
 
-fn cmd(name: &'static str) -> CustomCommand {
-    CustomCommand::new_static(name, ClusterHash::FirstKey, false)
+/// `name` routed to `stream`'s node (in a cluster each node keeps its own
+/// script cache, so SCRIPT LOAD must reach the node that runs EVALSHA).
+fn cmd(name: &'static str, stream: &str) -> CustomCommand {
+    let slot = fred::util::redis_keyslot(stream.as_bytes());
+    CustomCommand::new_static(name, ClusterHash::Custom(slot), false)
 }
 
 impl Default for Appender {
@@ -61,10 +64,10 @@ impl Appender {
         }
     }
 
-    async fn load(&self, client: &Client) -> Result<String> {
+    async fn load(&self, client: &Client, stream: &str) -> Result<String> {
         let frame = client
             .custom_raw(
-                cmd("SCRIPT"),
+                cmd("SCRIPT", stream),
                 vec![Value::from("LOAD"), Value::from(SCRIPT)],
             )
             .await?;
@@ -98,19 +101,19 @@ impl Appender {
         let cached = self.sha.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let sha = match cached {
             Some(sha) => sha,
-            None => self.load(client).await?,
+            None => self.load(client, stream).await?,
         };
         let mut args = Vec::with_capacity(argv.len() + 1);
         args.push(Value::from(sha.as_str()));
         args.extend(argv.iter().cloned());
-        let frame = client.custom_raw(cmd("EVALSHA"), args).await?;
+        let frame = client.custom_raw(cmd("EVALSHA", stream), args).await?;
         let frame = match reply::check(frame) {
             Err(StreamError::Reply(m)) if m.starts_with("NOSCRIPT") => {
-                let sha = self.load(client).await?;
+                let sha = self.load(client, stream).await?;
                 let mut args = Vec::with_capacity(argv.len() + 1);
                 args.push(Value::from(sha.as_str()));
                 args.extend(argv);
-                reply::check(client.custom_raw(cmd("EVALSHA"), args).await?)?
+                reply::check(client.custom_raw(cmd("EVALSHA", stream), args).await?)?
             }
             other => other?,
         };

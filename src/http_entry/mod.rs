@@ -49,6 +49,7 @@ pub struct Entry {
     caps: BTreeMap<String, u64>,
     auth: Auth,
     appender: Appender,
+    sharder: crate::shard::Sharder,
 }
 
 /// A JSON error body: `{"error": …, "item": n, "field": …}`.
@@ -63,6 +64,10 @@ struct ErrorBody<'a> {
     length: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_len: Option<u64>,
+    /// Ids already added to other shards of a sharded stream when a later
+    /// shard refused (`shard_by` splits a request per shard).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accepted: Option<Vec<String>>,
 }
 
 fn json(status: StatusCode, body: &impl Serialize) -> Response {
@@ -87,6 +92,7 @@ fn error(status: StatusCode, message: &str) -> Response {
             field: None,
             length: None,
             max_len: None,
+            accepted: None,
         },
     )
 }
@@ -166,13 +172,20 @@ impl Entry {
                 .collect(),
             auth: Auth::new(&cfg),
             appender: Appender::new(),
+            sharder: crate::shard::Sharder::new(config),
             cfg,
         }))
     }
 
     /// The cap of `stream`: `[streams."name"].max_len`, else `http.max_len`.
     pub fn max_len(&self, stream: &str) -> Option<u64> {
-        self.caps.get(stream).copied().or(self.cfg.max_len)
+        // A shard `name:{i}` of a sharded stream has the stream's cap.
+        let base = crate::shard::base_of(stream).filter(|b| self.sharder.is_sharded(b));
+        self.caps
+            .get(stream)
+            .or_else(|| self.caps.get(base?))
+            .copied()
+            .or(self.cfg.max_len)
     }
 
     pub fn router(self: Arc<Self>) -> axum::Router {
@@ -220,6 +233,7 @@ fn refusal(r: &Refusal) -> Response {
             field: r.field(),
             length: None,
             max_len: None,
+            accepted: None,
         },
     )
 }
@@ -283,56 +297,77 @@ async fn post_messages(
             },
         );
     }
+    // A sharded stream: the whole request goes to one shard (round-robin),
+    // so it stays all-or-nothing, unless `shard_by` spreads its items.
+    let groups: Vec<(&str, Vec<crate::flat::Fields>)> = match entry.sharder.shard_by(&stream) {
+        Some(_) => entry.sharder.split(&stream, items),
+        None => vec![(entry.sharder.pick_one(&stream), items)],
+    };
     // `?not_before=TIME`: held in the stream's delayed set until then.
     match crate::delayed::not_before(uri.query()) {
         Err(why) => return error(StatusCode::BAD_REQUEST, &why),
         Ok(Some(due)) => {
-            let due = crate::delayed::Due::At(due);
-            return match crate::delayed::enqueue(&entry.redis, &stream, &items, due).await {
-                Ok(due) => json(
-                    StatusCode::ACCEPTED,
-                    &serde_json::json!({ "stream": stream, "delayed": items.len(), "not_before": due }),
-                ),
-                Err(e) => redis_unavailable(&entry, e),
+            let mut due = crate::delayed::Due::At(due);
+            let mut held = 0;
+            for (target, items) in &groups {
+                match crate::delayed::enqueue(&entry.redis, target, items, due).await {
+                    Ok(at) => {
+                        due = crate::delayed::Due::At(at);
+                        held += items.len();
+                    }
+                    Err(e) => return redis_unavailable(&entry, e),
+                }
+            }
+            let crate::delayed::Due::At(due) = due else {
+                unreachable!("set above")
             };
+            return json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({ "stream": stream, "delayed": held, "not_before": due }),
+            );
         }
         Ok(None) => {}
     }
     let max_len = entry.max_len(&stream);
-    match entry
-        .appender
-        .append(&entry.redis, &stream, &items, max_len)
-        .await
-    {
-        Ok(Appended::Ids(ids)) => json(
-            StatusCode::OK,
-            &Accepted {
-                stream: &stream,
-                ids,
-            },
-        ),
-        Ok(Appended::Full { length }) => {
-            let max = max_len.expect("only refused with a cap");
-            let message = format!(
-                "stream `{stream}` is full: length {length} + {} items would pass max_len {max}",
-                items.len()
-            );
-            retry_after(
-                json(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    &ErrorBody {
-                        error: &message,
-                        item: None,
-                        field: None,
-                        length: Some(length),
-                        max_len: Some(max),
-                    },
-                ),
-                entry.cfg.retry_after,
-            )
+    let mut all_ids = Vec::new();
+    for (target, items) in &groups {
+        match entry
+            .appender
+            .append(&entry.redis, target, items, max_len)
+            .await
+        {
+            Ok(Appended::Ids(ids)) => all_ids.extend(ids),
+            Ok(Appended::Full { length }) => {
+                let max = max_len.expect("only refused with a cap");
+                let message = format!(
+                    "stream `{target}` is full: length {length} + {} items would pass max_len {max}",
+                    items.len()
+                );
+                return retry_after(
+                    json(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        &ErrorBody {
+                            error: &message,
+                            item: None,
+                            field: None,
+                            length: Some(length),
+                            max_len: Some(max),
+                            accepted: (!all_ids.is_empty()).then_some(all_ids),
+                        },
+                    ),
+                    entry.cfg.retry_after,
+                );
+            }
+            Err(e) => return redis_unavailable(&entry, e),
         }
-        Err(e) => redis_unavailable(&entry, e),
     }
+    json(
+        StatusCode::OK,
+        &Accepted {
+            stream: &stream,
+            ids: all_ids,
+        },
+    )
 }
 
 #[derive(Serialize)]
@@ -352,6 +387,46 @@ struct StreamState {
     length: u64,
     max_len: Option<u64>,
     groups: Vec<GroupState>,
+    /// A sharded stream: each shard's state; the fields above add them up
+    /// (length, pending and lag summed, consumers the most of any shard,
+    /// `max_len` per shard, no last-delivered id).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    shards: Vec<StreamState>,
+}
+
+/// The state of a sharded stream: its shards' states and their sum.
+async fn sharded_state(entry: &Entry, stream: &str) -> crate::stream::Result<StreamState> {
+    let mut total = StreamState {
+        stream: stream.to_string(),
+        exists: false,
+        length: 0,
+        max_len: entry.max_len(stream),
+        groups: Vec::new(),
+        shards: Vec::new(),
+    };
+    for shard in entry.sharder.shards_of(stream) {
+        let s = stream_state(entry, &shard).await?;
+        total.exists |= s.exists;
+        total.length += s.length;
+        for g in &s.groups {
+            match total.groups.iter_mut().find(|t| t.name == g.name) {
+                Some(t) => {
+                    t.consumers = t.consumers.max(g.consumers);
+                    t.pending += g.pending;
+                    t.lag = t.lag.zip(g.lag).map(|(a, b)| a + b);
+                }
+                None => total.groups.push(GroupState {
+                    name: g.name.clone(),
+                    consumers: g.consumers,
+                    pending: g.pending,
+                    last_delivered_id: String::new(),
+                    lag: g.lag,
+                }),
+            }
+        }
+        total.shards.push(s);
+    }
+    Ok(total)
 }
 
 async fn stream_state(entry: &Entry, stream: &str) -> crate::stream::Result<StreamState> {
@@ -362,6 +437,7 @@ async fn stream_state(entry: &Entry, stream: &str) -> crate::stream::Result<Stre
         length,
         max_len: entry.max_len(stream),
         groups: Vec::new(),
+        shards: Vec::new(),
     };
     let frame = match commands::info(&entry.redis, "GROUPS", &[stream]).await {
         Ok(f) => f,
@@ -413,7 +489,12 @@ async fn get_stream(
     if let Some(why) = bad_stream_name(&stream) {
         return error(StatusCode::BAD_REQUEST, why);
     }
-    match stream_state(&entry, &stream).await {
+    let state = if entry.sharder.is_sharded(&stream) {
+        sharded_state(&entry, &stream).await
+    } else {
+        stream_state(&entry, &stream).await
+    };
+    match state {
         Ok(state) => json(StatusCode::OK, &state),
         Err(e) => redis_unavailable(&entry, e),
     }

@@ -165,8 +165,13 @@ impl Ledger {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| self.batch_key(id)).collect();
-        let texts: Vec<Option<String>> = self.client.mget(keys).await?;
+        // GETs pipelined rather than one MGET: in a cluster the records
+        // hash to different slots, and MGET takes keys of one slot only.
+        let pipeline = self.client.pipeline();
+        for id in &ids {
+            let _: () = pipeline.get(self.batch_key(id)).await?;
+        }
+        let texts: Vec<Option<String>> = pipeline.all().await?;
         let mut out = Vec::new();
         let mut expired = Vec::new();
         for (id, text) in ids.into_iter().zip(texts) {

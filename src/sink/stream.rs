@@ -6,6 +6,11 @@
 //! a template (`"jobs.{task_for}"`), or `default`; a message none of them
 //! places is dead-lettered (kind `route`).
 //!
+//! A target that is a sharded stream (`[streams."name"] shards = N`) is
+//! resolved per message to one of its shards ([`crate::shard::Sharder`]):
+//! by the hash of its `shard_by` field, or round-robin; each shard has the
+//! stream's cap.
+//!
 //! Backpressure: a target may have a `max_len`. The committer writes only
 //! as many entries as fit under each cap; when a target is full the flow
 //! pauses ([`Pause`]: the reader stops issuing XREADGROUP, the claim loop
@@ -116,6 +121,8 @@ pub struct StreamSink {
     /// Names a template may not produce: the flow's own and dead-letter streams.
     forbidden: Vec<String>,
     pub check_every: Duration,
+    /// Which target streams are sharded, and how to pick a shard.
+    sharder: crate::shard::Sharder,
 }
 
 impl StreamSink {
@@ -136,6 +143,7 @@ impl StreamSink {
             sink_cap: cfg.max_len,
             forbidden,
             check_every: cfg.check_every,
+            sharder: crate::shard::Sharder::default(),
         };
         let mut registry = HashMap::new();
         for (value, targets) in &cfg.routes {
@@ -169,9 +177,20 @@ impl StreamSink {
         sink
     }
 
-    /// The cap of `name`: the target's own, then `[streams]`, then the sink's.
+    /// Writes to sharded targets go to their shards.
+    pub fn with_sharder(mut self, sharder: crate::shard::Sharder) -> StreamSink {
+        self.sharder = sharder;
+        self
+    }
+
+    /// The cap of `name`: the target's own, then `[streams]` (a shard's
+    /// from its base stream), then the sink's.
     fn cap(&self, name: &str, own: Option<u64>) -> Option<u64> {
         own.or_else(|| self.stream_caps.get(name).copied())
+            .or_else(|| {
+                let base = crate::shard::base_of(name).filter(|b| self.sharder.is_sharded(b))?;
+                self.stream_caps.get(base).copied()
+            })
             .or(self.sink_cap)
     }
 
@@ -290,8 +309,29 @@ pub struct Router {
 }
 
 impl Router {
-    /// The targets of `m`, or why it has none.
+    /// The targets of `m` (sharded ones resolved to a shard), or why it has none.
     pub fn route(&mut self, m: &Message) -> Result<RouteSet, String> {
+        let set = self.route_streams(m)?;
+        let sharder = &self.sink.sharder;
+        if !set.iter().any(|t| sharder.is_sharded(&t.name)) {
+            return Ok(set);
+        }
+        let sink = self.sink.clone();
+        let mut out: Vec<Arc<Target>> = Vec::with_capacity(set.len());
+        for t in set.iter() {
+            let target = if sink.sharder.is_sharded(&t.name) {
+                let shard = sink.sharder.pick(&t.name, &m.fields);
+                sink.target(shard, t.max_len, &mut self.registry)
+            } else {
+                t.clone()
+            };
+            out.push(target);
+        }
+        Ok(out.into())
+    }
+
+    /// The target streams of `m` as the rules name them.
+    fn route_streams(&mut self, m: &Message) -> Result<RouteSet, String> {
         let sink = &self.sink;
         let mut why = None;
         if let Some(field) = &sink.route_by {

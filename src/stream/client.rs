@@ -1,5 +1,11 @@
 //! Building fred clients: one per role, so that a blocking XREADGROUP never
 //! holds up acks, claims or metrics sampling.
+//!
+//! With `redis.cluster` (or a `redis-cluster://` URL, or `redis.nodes`) the
+//! client is a cluster client: it learns the slot map from the seed nodes,
+//! routes each command by its key's slot, follows MOVED/ASK and refreshes
+//! the map after a failover. Commands must then name their key for routing:
+//! see `stream::commands`.
 
 use std::time::Duration;
 
@@ -24,7 +30,18 @@ async fn connect_with_timeout(
     redis: &RedisConfig,
     timeout: Duration,
 ) -> Result<Client, fred::error::Error> {
-    let mut config = Config::from_url(&redis.url)?;
+    let mut config = if redis.is_cluster() {
+        let mut config = Config::from_url_clustered(&redis.url)?;
+        if let ServerConfig::Clustered { hosts, .. } = &mut config.server {
+            for node in &redis.nodes {
+                let (host, port) = node.rsplit_once(':').unwrap_or((node, "6379"));
+                hosts.push(Server::new(host, port.parse().unwrap_or(6379)));
+            }
+        }
+        config
+    } else {
+        Config::from_url(&redis.url)?
+    };
     if let Some(user) = &redis.username {
         config.username = Some(user.clone());
     }

@@ -1,4 +1,10 @@
 //! The stream commands sluice sends, as thin typed wrappers over raw frames.
+//!
+//! Every command is routed by the slot of the stream it is about, given
+//! explicitly: fred's default (`ClusterHash::FirstKey`) hashes the first
+//! string argument, which for XREADGROUP, XGROUP and XINFO is a sub-command
+//! word (`GROUP`, `CREATE`, `CONSUMERS`), not the key. Outside a cluster
+//! the slot is ignored.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +16,10 @@ use fred::types::{CustomCommand, Value};
 use super::reply::{self, AutoClaim, PendingEntry};
 use super::{Message, Result, StreamError};
 
-fn command(name: &'static str, blocking: bool) -> CustomCommand {
-    CustomCommand::new_static(name, fred::types::ClusterHash::FirstKey, blocking)
+/// `name`, routed to the node serving `key`'s slot.
+pub fn command(name: &'static str, key: &str, blocking: bool) -> CustomCommand {
+    let slot = fred::util::redis_keyslot(key.as_bytes());
+    CustomCommand::new_static(name, fred::types::ClusterHash::Custom(slot), blocking)
 }
 
 fn key_arg(s: &str) -> Value {
@@ -41,7 +49,9 @@ pub async fn read_group(
     ]);
     args.extend(streams.iter().map(|s| key_arg(s)));
     args.extend(streams.iter().map(|_| Value::from(">")));
-    let frame = client.custom_raw(command("XREADGROUP", true), args).await?;
+    let frame = client
+        .custom_raw(command("XREADGROUP", &streams[0], true), args)
+        .await?;
     reply::read_group(frame, streams, out)
 }
 
@@ -64,12 +74,16 @@ pub async fn ack(
         args.push(key_arg(stream));
         args.push(key_arg(group));
         args.extend(chunk.iter().map(|id| Value::Bytes(id.clone())));
-        let _: Value = pipeline.custom(command("XACK", false), args).await?;
+        let _: Value = pipeline
+            .custom(command("XACK", stream, false), args)
+            .await?;
         if delete {
             let mut args: Vec<Value> = Vec::with_capacity(chunk.len() + 1);
             args.push(key_arg(stream));
             args.extend(chunk.iter().map(|id| Value::Bytes(id.clone())));
-            let _: Value = pipeline.custom(command("XDEL", false), args).await?;
+            let _: Value = pipeline
+                .custom(command("XDEL", stream, false), args)
+                .await?;
         }
     }
     for result in pipeline.try_all::<Value>().await {
@@ -92,7 +106,9 @@ pub async fn create_group(
         key_arg(start_id),
         "MKSTREAM".into(),
     ];
-    let frame = client.custom_raw(command("XGROUP", false), args).await?;
+    let frame = client
+        .custom_raw(command("XGROUP", stream, false), args)
+        .await?;
     match reply::check(frame) {
         Ok(_) => Ok(true),
         Err(StreamError::Reply(msg)) if msg.starts_with("BUSYGROUP") => Ok(false),
@@ -120,7 +136,7 @@ pub async fn auto_claim(
         Value::Integer(count as i64),
     ];
     let frame = client
-        .custom_raw(command("XAUTOCLAIM", false), args)
+        .custom_raw(command("XAUTOCLAIM", stream, false), args)
         .await?;
     reply::auto_claim(frame, stream)
 }
@@ -145,7 +161,9 @@ pub async fn pending(
     if let Some(c) = consumer {
         args.push(key_arg(c));
     }
-    let frame = client.custom_raw(command("XPENDING", false), args).await?;
+    let frame = client
+        .custom_raw(command("XPENDING", stream, false), args)
+        .await?;
     reply::pending_entries(frame)
 }
 
@@ -168,7 +186,9 @@ pub async fn pending_idle_ids(
         Value::Integer(count as i64),
         key_arg(consumer),
     ];
-    let frame = client.custom_raw(command("XPENDING", false), args).await?;
+    let frame = client
+        .custom_raw(command("XPENDING", stream, false), args)
+        .await?;
     Ok(reply::pending_entries(frame)?
         .into_iter()
         .map(|p| p.id)
@@ -199,7 +219,11 @@ pub async fn touch(
     ]);
     args.extend(ids.iter().map(|id| Value::Bytes(id.clone())));
     args.push("JUSTID".into());
-    let frame = reply::check(client.custom_raw(command("XCLAIM", false), args).await?)?;
+    let frame = reply::check(
+        client
+            .custom_raw(command("XCLAIM", stream, false), args)
+            .await?,
+    )?;
     Ok(reply::array_of(frame, "XCLAIM")?.len())
 }
 
@@ -218,7 +242,11 @@ pub async fn range(
         "COUNT".into(),
         Value::Integer(count as i64),
     ];
-    let frame = reply::check(client.custom_raw(command("XRANGE", false), args).await?)?;
+    let frame = reply::check(
+        client
+            .custom_raw(command("XRANGE", stream, false), args)
+            .await?,
+    )?;
     let mut out = Vec::new();
     for e in reply::array_of(frame, "XRANGE")? {
         let mut parts = reply::array_of(e, "XRANGE")?.into_iter();
@@ -249,7 +277,8 @@ pub async fn info(
 ) -> Result<fred::types::Resp3Frame> {
     let mut all: Vec<Value> = vec![sub.into()];
     all.extend(args.iter().map(|a| key_arg(a)));
-    let frame = client.custom_raw(command("XINFO", false), all).await?;
+    let key = args.first().copied().unwrap_or_default();
+    let frame = client.custom_raw(command("XINFO", key, false), all).await?;
     reply::check(frame)
 }
 
@@ -266,14 +295,18 @@ pub async fn delete_consumer(
         key_arg(group),
         key_arg(consumer),
     ];
-    let frame = reply::check(client.custom_raw(command("XGROUP", false), args).await?)?;
+    let frame = reply::check(
+        client
+            .custom_raw(command("XGROUP", stream, false), args)
+            .await?,
+    )?;
     reply::int_of(&frame, "XGROUP DELCONSUMER")
 }
 
 pub async fn len(client: &Client, stream: &str) -> Result<u64> {
     let frame = reply::check(
         client
-            .custom_raw(command("XLEN", false), vec![key_arg(stream)])
+            .custom_raw(command("XLEN", stream, false), vec![key_arg(stream)])
             .await?,
     )?;
     Ok(reply::int_of(&frame, "XLEN")?.max(0) as u64)

@@ -6,6 +6,7 @@
 mod bad_input;
 mod ch_endpoints;
 mod chaos;
+mod cluster;
 mod common;
 mod dataflow;
 mod dead;

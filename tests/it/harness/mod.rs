@@ -2,6 +2,8 @@
 //!
 //! - [`RedisServer`] / [`ClickHouseServer`]: private server processes on their
 //!   own loopback ports and temp dirs, stoppable and restartable in place.
+//! - [`RedisCluster`]: N cluster-enabled masters (AOF, fsync always) joined
+//!   with `redis-cli --cluster create`; a node restarts in place.
 //! - [`TcpProxy`]: a loopback TCP proxy between the worker and a server, for
 //!   injecting faults (refuse, stall, cut, delay) at run time.
 //! - [`Worker`]: the `sluice` binary as a child process with a test-given
@@ -20,6 +22,7 @@
 //! does not trip clippy's `duplicated_attributes`.
 
 mod clickhouse;
+mod cluster;
 mod process;
 mod proxy;
 mod redis;
@@ -28,6 +31,8 @@ mod worker;
 
 #[allow(unused_imports)]
 pub use self::clickhouse::{client_for as clickhouse_client, ClickHouseServer};
+#[allow(unused_imports)]
+pub use self::cluster::RedisCluster;
 #[allow(unused_imports)]
 pub use self::process::port_open;
 #[allow(unused_imports)]
