@@ -1132,16 +1132,10 @@ impl Config {
                 }
             }
         }
-        // Their Lua scripts change keys of several slots at once (schedule
-        // state + tick + stream; delayed set + index + stream), which Redis
-        // Cluster refuses: say so at start-up rather than fail on every tick.
+        // The retry script changes keys of several slots at once (delayed
+        // set + stream), which Redis Cluster refuses: say so at start-up
+        // rather than fail on every retry.
         if self.redis.is_cluster() {
-            if !self.schedules.is_empty() {
-                return Err(bad(
-                    "schedule".into(),
-                    "schedules are not supported with Redis Cluster (redis.cluster) yet",
-                ));
-            }
             // The retry script moves a message from its stream to the
             // stream's delayed set: one slot only if the name has a hash tag.
             for (i, flow) in self

@@ -32,15 +32,15 @@ pub enum ScheduleCommand {
         #[arg(long)]
         all: bool,
     },
-    /// Stop firing: ticks pass without entries (= `HSET sluice:schedule:NAME state paused`).
+    /// Stop firing: ticks pass without entries (= `HSET 'sluice:schedule:{NAME}' state paused`).
     Pause { name: String },
-    /// Fire again from the next tick on (= `HSET sluice:schedule:NAME state running`).
+    /// Fire again from the next tick on (= `HSET 'sluice:schedule:{NAME}' state running`).
     Resume { name: String },
     /// Add one entry now, outside the tick sequence (`{tick}` = now).
     Trigger { name: String },
     /// Create a schedule at run time (it starts at the next refresh of the workers).
     Add(AddArgs),
-    /// Never fire again; kept as a tombstone (= `HSET sluice:schedule:NAME state removed`).
+    /// Never fire again; kept as a tombstone (= `HSET 'sluice:schedule:{NAME}' state removed`).
     Remove { name: String },
 }
 
@@ -99,12 +99,16 @@ pub async fn main(args: ScheduleArgs) -> anyhow::Result<()> {
     let client = crate::stream::client::connect(&config.redis)
         .await
         .context("redis.url")?;
-    print!("{}", run(&client, args.command).await?);
+    print!("{}", run(&client, args.command, &config).await?);
     Ok(())
 }
 
 /// Runs one command against Redis; returns what to print.
-pub async fn run(client: &fred::prelude::Client, cmd: ScheduleCommand) -> anyhow::Result<String> {
+pub async fn run(
+    client: &fred::prelude::Client,
+    cmd: ScheduleCommand,
+    config: &crate::config::Config,
+) -> anyhow::Result<String> {
     let now = now_ms();
     let mut out = String::new();
     match cmd {
@@ -134,7 +138,9 @@ pub async fn run(client: &fred::prelude::Client, cmd: ScheduleCommand) -> anyhow
             writeln!(out, "{name}: {from} -> removed")?;
         }
         ScheduleCommand::Trigger { name } => {
-            let id = store::trigger(client, &name, now).await?;
+            let sharder = crate::shard::Sharder::new(config);
+            let id =
+                store::trigger(client, &name, now, &sharder, config.redis.is_cluster()).await?;
             writeln!(out, "{name}: fired {id}")?;
         }
         ScheduleCommand::Add(a) => {

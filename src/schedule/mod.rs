@@ -120,6 +120,8 @@ pub async fn spawn(
         owner: owner.to_string(),
         refresh: config.scheduler.refresh,
         config_schedules: config.schedules.clone(),
+        sharder: crate::shard::Sharder::new(config),
+        cluster: config.redis.is_cluster(),
     };
     let promoter = crate::delayed::Promoter {
         client,

@@ -35,6 +35,10 @@ pub struct Scheduler {
     pub owner: String,
     pub refresh: Duration,
     pub config_schedules: Vec<ScheduleConfig>,
+    /// Picks the shard of a sharded target stream.
+    pub sharder: crate::shard::Sharder,
+    /// Redis Cluster: the target stream is in another slot (fired in steps).
+    pub cluster: bool,
 }
 
 impl Scheduler {
@@ -216,7 +220,12 @@ impl Scheduler {
             tracing::info!(schedule = %l.spec.name, policy = %l.spec.missed, since = %super::spec::format_time(l.cursor), "ticks missed while no replica could fire them were left out");
         }
         for tick in due.ticks {
-            match store::fire(&self.client, &l.spec, tick, now, &self.owner).await {
+            let fields = l.spec.render(tick, now);
+            let target = store::Target {
+                stream: store::pick_stream(&self.sharder, &l.spec.stream, &fields),
+                cluster: self.cluster,
+            };
+            match store::fire(&self.client, &l.spec, tick, now, &self.owner, target).await {
                 Ok(FireOutcome::Fired(id)) => {
                     if l.state != State::Running.as_str() {
                         tracing::info!(schedule = %l.spec.name, "schedule running; firing");
@@ -225,6 +234,9 @@ impl Scheduler {
                     tracing::debug!(schedule = %l.spec.name, tick, %id, stream = %l.spec.stream, "schedule fired");
                 }
                 Ok(FireOutcome::AlreadyDone) => {}
+                // Another replica is adding the entry (or died doing so;
+                // its guard expires): look again on the next pass.
+                Ok(FireOutcome::InProgress) => return Step::Failed,
                 Ok(FireOutcome::Passed(state)) => {
                     if l.state != state {
                         tracing::info!(schedule = %l.spec.name, %state, "schedule not running; its ticks pass without entries");

@@ -8,6 +8,13 @@
 //! sluice:schedule:{name}:tick:{ms}  STRING  exactly-once guard of one tick
 //!                                         (SET NX PX; value = the replica that took it)
 //! ```
+//!
+//! The braces around the name are literal: a Redis Cluster hash tag, so a
+//! schedule's hash and tick keys share one slot. The index is written
+//! outside the scripts (it lives in another slot). On a single Redis one
+//! script adds the tick's entry together with its guard; on a cluster the
+//! target stream is in another slot, so the guard is taken first (as
+//! `pending:…`, expiring), the entry added, and the guard then completed.
 
 use fred::prelude::*;
 use fred::types::scripts::Script;
@@ -19,12 +26,24 @@ use super::spec::{format_time, Millis, Spec, SpecError};
 pub const INDEX_KEY: &str = "sluice:schedules";
 
 pub fn hash_key(name: &str) -> String {
-    format!("sluice:schedule:{name}")
+    format!("sluice:schedule:{{{name}}}")
 }
 
 pub fn tick_key(name: &str, tick: Millis) -> String {
-    format!("sluice:schedule:{name}:tick:{tick}")
+    format!("sluice:schedule:{{{name}}}:tick:{tick}")
 }
+
+/// Where a schedule's entries go: the stream (a shard of it, when the
+/// stream is sharded) and whether Redis is a cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub stream: &'a str,
+    pub cluster: bool,
+}
+
+/// How long a cluster-mode tick guard stays `pending` before another
+/// replica may take the tick over (its taker died before adding the entry).
+pub const PENDING_TTL_MS: u64 = 30_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -154,6 +173,40 @@ redis.call('HINCRBY', KEYS[1], 'fired', 1)
 return 'fired:' .. id
 "#;
 
+/// Cluster mode, step 1: takes the tick's guard as `pending:<owner>`.
+/// KEYS: hash, tick key. ARGV: tick, pending ttl ms, owner, ttl ms.
+const FIRE_GUARD: &str = r#"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'gone' end
+if state == 'removed' then return 'removed' end
+local tick = tonumber(ARGV[1])
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_tick'))
+if last and tick <= last then return 'done' end
+if not redis.call('SET', KEYS[2], 'pending:' .. ARGV[3], 'NX', 'PX', ARGV[2]) then
+  local v = redis.call('GET', KEYS[2])
+  if v and string.sub(v, 1, 8) == 'pending:' then return 'pending' end
+  return 'done'
+end
+if state ~= 'running' then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+  redis.call('HSET', KEYS[1], 'last_tick', ARGV[1])
+  return 'passed:' .. state
+end
+return 'go'
+"#;
+
+/// Cluster mode, step 3 (after the XADD): completes the guard and the
+/// schedule's progress. KEYS: hash, tick key. ARGV: tick, ttl ms, owner,
+/// now, entry id.
+const FIRE_DONE: &str = r#"
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_tick'))
+if not last or tonumber(ARGV[1]) > last then redis.call('HSET', KEYS[1], 'last_tick', ARGV[1]) end
+redis.call('HSET', KEYS[1], 'last_fired_at', ARGV[4], 'last_id', ARGV[5])
+redis.call('HINCRBY', KEYS[1], 'fired', 1)
+return 'ok'
+"#;
+
 /// init → running, starting the tick count at ARGV[1]. KEYS: hash.
 const ACTIVATE: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') == 'init' then
@@ -164,7 +217,7 @@ return 0
 "#;
 
 /// Writes a config-defined schedule, keeping its state and progress; a
-/// removed one stays removed. KEYS: hash, index. ARGV: name, initial
+/// removed one stays removed. KEYS: hash. ARGV: name, initial
 /// state, now, then definition field/value pairs (empty value = delete).
 const UPSERT_CONFIG: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -177,7 +230,6 @@ for i = 4, #ARGV, 2 do
   end
 end
 redis.call('HSET', KEYS[1], 'source', 'config', 'updated_at', ARGV[3])
-redis.call('SADD', KEYS[2], ARGV[1])
 if not state then
   redis.call('HSET', KEYS[1], 'state', ARGV[2], 'created_at', ARGV[3])
   return 'created'
@@ -186,7 +238,7 @@ return 'kept:' .. state
 "#;
 
 /// Creates (or with ARGV[3] = 1 replaces) a schedule at run time.
-/// KEYS: hash, index. ARGV: name, state, replace, now, definition pairs.
+/// KEYS: hash. ARGV: name, state, replace, now, definition pairs.
 const ADD: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
 if state and state ~= 'removed' and ARGV[3] ~= '1' then return 'exists:' .. state end
@@ -195,7 +247,6 @@ for i = 5, #ARGV, 2 do
   if ARGV[i + 1] ~= '' then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'source', 'cli', 'created_at', ARGV[4], 'updated_at', ARGV[4])
-redis.call('SADD', KEYS[2], ARGV[1])
 return 'ok'
 "#;
 
@@ -225,6 +276,8 @@ return 'fired:' .. id
 "#;
 
 static FIRE_S: OnceLock<Script> = OnceLock::new();
+static FIRE_GUARD_S: OnceLock<Script> = OnceLock::new();
+static FIRE_DONE_S: OnceLock<Script> = OnceLock::new();
 static ACTIVATE_S: OnceLock<Script> = OnceLock::new();
 static UPSERT_S: OnceLock<Script> = OnceLock::new();
 static ADD_S: OnceLock<Script> = OnceLock::new();
@@ -279,6 +332,9 @@ pub enum FireOutcome {
     Fired(String),
     /// Another replica (or an earlier pass) dealt with it.
     AlreadyDone,
+    /// Cluster mode: another replica took the tick and is adding its entry
+    /// (or died doing so: the guard expires and the tick is tried again).
+    InProgress,
     /// Consumed without an entry: the schedule is in this (non-running) state.
     Passed(String),
     /// The schedule was removed, or its hash deleted.
@@ -291,14 +347,15 @@ pub async fn fire(
     tick: Millis,
     now: Millis,
     owner: &str,
+    target: Target<'_>,
 ) -> Result<FireOutcome> {
-    let mut args = vec![
-        tick.to_string(),
-        (spec.tick_key_ttl().as_millis() as u64).to_string(),
-        owner.to_string(),
-        now.to_string(),
-    ];
-    for (k, v) in spec.render(tick, now) {
+    let ttl = (spec.tick_key_ttl().as_millis() as u64).to_string();
+    let fields = spec.render(tick, now);
+    if target.cluster {
+        return fire_in_steps(client, spec, tick, now, owner, target.stream, &ttl, fields).await;
+    }
+    let mut args = vec![tick.to_string(), ttl, owner.to_string(), now.to_string()];
+    for (k, v) in fields {
         args.push(k);
         args.push(v);
     }
@@ -308,11 +365,63 @@ pub async fn fire(
         vec![
             hash_key(&spec.name),
             tick_key(&spec.name, tick),
-            spec.stream.clone(),
+            target.stream.to_string(),
         ],
         args,
     )
     .await?;
+    outcome(reply)
+}
+
+/// Cluster mode: guard, XADD, complete (see the module doc). A replica that
+/// dies between the guard and the XADD leaves a `pending` guard, which
+/// expires so another replica fires the tick; one that dies between the
+/// XADD and completing it can have the tick fired twice. Never lost.
+#[allow(clippy::too_many_arguments)]
+async fn fire_in_steps(
+    client: &Client,
+    spec: &Spec,
+    tick: Millis,
+    now: Millis,
+    owner: &str,
+    stream: &str,
+    ttl: &str,
+    fields: Vec<(String, String)>,
+) -> Result<FireOutcome> {
+    let keys = vec![hash_key(&spec.name), tick_key(&spec.name, tick)];
+    let reply = eval(
+        client,
+        (&FIRE_GUARD_S, FIRE_GUARD),
+        keys.clone(),
+        vec![
+            tick.to_string(),
+            PENDING_TTL_MS.to_string(),
+            owner.to_string(),
+            ttl.to_string(),
+        ],
+    )
+    .await?;
+    if reply != "go" {
+        return outcome(reply);
+    }
+    let id: String = client.xadd(stream, false, None, "*", fields).await?;
+    eval(
+        client,
+        (&FIRE_DONE_S, FIRE_DONE),
+        keys,
+        vec![
+            tick.to_string(),
+            ttl.to_string(),
+            owner.to_string(),
+            now.to_string(),
+            id.clone(),
+        ],
+    )
+    .await?;
+    Ok(FireOutcome::Fired(id))
+}
+
+fn outcome(reply: String) -> Result<FireOutcome> {
     Ok(if let Some(id) = reply.strip_prefix("fired:") {
         FireOutcome::Fired(id.to_string())
     } else if let Some(state) = reply.strip_prefix("passed:") {
@@ -320,6 +429,7 @@ pub async fn fire(
     } else {
         match reply.as_str() {
             "done" => FireOutcome::AlreadyDone,
+            "pending" => FireOutcome::InProgress,
             "removed" | "gone" => FireOutcome::Removed,
             _ => return Err(StoreError::Reply(reply)),
         }
@@ -370,10 +480,12 @@ pub async fn upsert_from_config(
         now.to_string(),
     ];
     args.extend(definition_args(spec));
+    // The index first: a name listed without a hash is skipped by readers.
+    let _: () = client.sadd(INDEX_KEY, spec.name.as_str()).await?;
     let r = eval(
         client,
         (&UPSERT_S, UPSERT_CONFIG),
-        vec![hash_key(&spec.name), INDEX_KEY.to_string()],
+        vec![hash_key(&spec.name)],
         args,
     )
     .await?;
@@ -400,13 +512,8 @@ pub async fn add(
         now.to_string(),
     ];
     args.extend(definition_args(spec));
-    let r = eval(
-        client,
-        (&ADD_S, ADD),
-        vec![hash_key(&spec.name), INDEX_KEY.to_string()],
-        args,
-    )
-    .await?;
+    let _: () = client.sadd(INDEX_KEY, spec.name.as_str()).await?;
+    let r = eval(client, (&ADD_S, ADD), vec![hash_key(&spec.name)], args).await?;
     match r.strip_prefix("exists:") {
         Some(state) => Err(StoreError::Exists(spec.name.clone(), state.to_string())),
         None => Ok(()),
@@ -476,7 +583,13 @@ pub async fn set_state(client: &Client, name: &str, action: Action, now: Millis)
 
 /// `sluice schedule trigger`: one entry now, with `{tick}` = now; the tick
 /// sequence is not touched. Returns the entry id.
-pub async fn trigger(client: &Client, name: &str, now: Millis) -> Result<String> {
+pub async fn trigger(
+    client: &Client,
+    name: &str,
+    now: Millis,
+    sharder: &crate::shard::Sharder,
+    cluster: bool,
+) -> Result<String> {
     let stored = load(client, name)
         .await?
         .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
@@ -484,15 +597,39 @@ pub async fn trigger(client: &Client, name: &str, now: Millis) -> Result<String>
         name: name.to_string(),
         error,
     })?;
+    let fields = spec.render(now, now);
+    let stream = pick_stream(sharder, &spec.stream, &fields);
+    if cluster {
+        // The stream is in another slot: check, add, count — in steps.
+        match stored.state.as_str() {
+            "removed" => {
+                return Err(StoreError::Transition {
+                    name: name.to_string(),
+                    from: "removed".into(),
+                    action: "trigger",
+                })
+            }
+            _ => {
+                let id: String = client.xadd(stream, false, None, "*", fields).await?;
+                let pipeline = client.pipeline();
+                let _: () = pipeline
+                    .hset(hash_key(name), ("last_triggered_at", now.to_string()))
+                    .await?;
+                let _: () = pipeline.hincrby(hash_key(name), "triggered", 1).await?;
+                let _: Vec<fred::types::Value> = pipeline.all().await?;
+                return Ok(id);
+            }
+        }
+    }
     let mut args = vec![now.to_string()];
-    for (k, v) in spec.render(now, now) {
+    for (k, v) in fields {
         args.push(k);
         args.push(v);
     }
     let r = eval(
         client,
         (&TRIGGER_S, TRIGGER),
-        vec![hash_key(name), spec.stream.clone()],
+        vec![hash_key(name), stream.to_string()],
         args,
     )
     .await?;
@@ -508,6 +645,23 @@ pub async fn trigger(client: &Client, name: &str, now: Millis) -> Result<String>
             .map(str::to_string)
             .ok_or(StoreError::Reply(r)),
     }
+}
+
+/// The stream (or, for a sharded stream, the shard) an entry with these
+/// fields goes to.
+pub fn pick_stream<'a>(
+    sharder: &'a crate::shard::Sharder,
+    stream: &'a str,
+    fields: &[(String, String)],
+) -> &'a str {
+    if !sharder.is_sharded(stream) {
+        return stream;
+    }
+    let fields: Vec<(bytes::Bytes, bytes::Bytes)> = fields
+        .iter()
+        .map(|(k, v)| (bytes::Bytes::from(k.clone()), bytes::Bytes::from(v.clone())))
+        .collect();
+    sharder.pick(stream, &fields)
 }
 
 /// One line of `sluice schedule list`.

@@ -694,3 +694,75 @@ async fn failover_to_a_replica_mid_run_keeps_every_replicated_entry() {
         .unwrap();
     wait_all_landed(&ch, &rc, &table, &base, shards, n, &workers).await;
 }
+
+/// Schedules on a cluster: three replicas fire a 200 ms schedule into a
+/// stream sharded over the masters (round-robin). The tick's guard and the
+/// entry are in different slots, so each tick fires in steps; still every
+/// tick lands exactly once, with no gaps, and the shards share the ticks.
+#[tokio::test]
+async fn schedule_fires_each_tick_once_into_shards_with_three_replicas() {
+    let cluster = RedisCluster::start(3).await;
+    let rc = cluster.client().await;
+    let (name, out) = (unique_name("sched"), unique_name("ticks"));
+    let cfg = format!(
+        r#"
+[redis]
+url = "{url}"
+[worker]
+block = "200ms"
+[streams."{out}"]
+shards = 3
+[[schedule]]
+name = "{name}"
+every = "200ms"
+stream = "{out}"
+fields = {{ tick = "{{tick}}" }}
+"#,
+        url = cluster.url()
+    );
+    let mut fleet: Vec<Worker> = (0..3).map(|_| Worker::spawn(&cfg)).collect();
+    let ticks = || async {
+        let mut all = Vec::new();
+        for i in 0..3 {
+            all.push(xrange_field(&rc, &shard(&out, i), "tick").await);
+        }
+        all
+    };
+    wait_for(LONG, "30 ticks fired", || async {
+        ticks().await.iter().map(Vec::len).sum::<usize>() >= 30
+    })
+    .await;
+    for w in &fleet {
+        w.term();
+    }
+    for w in &mut fleet {
+        let status = w.wait_exit(LONG).await.expect("worker exited");
+        assert!(status.success(), "{}", w.log_contents());
+        assert!(
+            !w.log_contents().contains("firing a tick failed"),
+            "{}",
+            w.log_contents()
+        );
+    }
+    let per_shard = ticks().await;
+    assert!(
+        per_shard.iter().all(|s| s.len() >= 5),
+        "round-robin should reach every shard: {per_shard:?}"
+    );
+    let mut all: Vec<u64> = per_shard
+        .iter()
+        .flatten()
+        .map(|t| t.parse().expect("numeric tick"))
+        .collect();
+    all.sort_unstable();
+    let fired = all.len();
+    all.dedup();
+    assert_eq!(all.len(), fired, "a tick fired twice");
+    assert!(
+        all.windows(2).all(|w| w[1] - w[0] == 200),
+        "a tick is missing: {all:?}"
+    );
+    let key = format!("sluice:schedule:{{{name}}}");
+    let counted: Option<String> = rc.hget(&key, "fired").await.unwrap();
+    assert_eq!(counted.as_deref(), Some(fired.to_string().as_str()));
+}

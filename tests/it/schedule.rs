@@ -128,7 +128,7 @@ fn gaps(ticks: &[u64], step: u64) -> Vec<(u64, u64)> {
 }
 
 fn schedule_key(name: &str) -> String {
-    format!("sluice:schedule:{name}")
+    format!("sluice:schedule:{{{name}}}")
 }
 
 fn local_now_ms() -> u64 {
@@ -249,7 +249,7 @@ fields = {{ tick = "{{tick}}" }}
     let mut owners: BTreeMap<String, usize> = BTreeMap::new();
     for t in &ticks {
         let owner: Option<String> = rc
-            .get(format!("sluice:schedule:{every}:tick:{t}"))
+            .get(format!("sluice:schedule:{{{every}}}:tick:{t}"))
             .await
             .unwrap();
         let owner = owner.unwrap_or_else(|| panic!("no tick key for {t}"));
