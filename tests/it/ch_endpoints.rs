@@ -396,6 +396,53 @@ async fn shard_by_places_rows_by_key_and_a_down_shard_holds_back_only_its_rows()
     assert_eq!(union.len(), sent.len());
 }
 
+/// An exactly-once worker's config over two endpoints: `ch_extra` goes
+/// into `[clickhouse]`, `sink_extra` into the sink table.
+fn eo_config(
+    [redis_url, a_url, b_url]: [&str; 3],
+    [flow, stream, table]: [&str; 3],
+    ch_extra: &str,
+    sink_extra: &str,
+) -> String {
+    format!(
+        r#"
+[redis]
+url = "{redis_url}"
+[clickhouse]
+urls = ["{a_url}", "{b_url}"]
+{ch_extra}health_check_every = "300ms"
+insert_timeout = "3s"
+[worker]
+shutdown_timeout = "10s"
+block = "200ms"
+[[flow]]
+name = "{flow}"
+streams = ["{stream}"]
+group = "g"
+sink = {{ type = "clickhouse", table = "{table}"{sink_extra} }}
+delivery = "exactly_once"
+batch_id_column = "_batch"
+metadata = {{ id = "_id" }}
+batch = {{ max_rows = 5000, max_wait = "1s" }}
+claim = {{ min_idle = "1s", every = "300ms" }}
+"#
+    )
+}
+
+/// Batches recorded in a flow's exactly-once ledger and not yet settled.
+async fn open_batches(rc: &fred::prelude::Client, flow: &str) -> i64 {
+    match raw(
+        rc,
+        "SCARD",
+        vec![format!("sluice:eo:{{{flow}}}:open").into()],
+    )
+    .await
+    {
+        fred::types::Value::Integer(n) => n,
+        _ => 0,
+    }
+}
+
 /// Exactly-once recovery counts a batch on every healthy endpoint: a batch
 /// that worker A inserted on B (A failing over from a refused endpoint) and
 /// died before acking is found there by worker C, whose preferred endpoint
@@ -413,43 +460,14 @@ async fn exactly_once_recovery_finds_a_batch_on_any_endpoint() {
     ))
     .await;
     let config = |redis_url: &str, a_url: &str, b_url: &str| {
-        format!(
-            r#"
-[redis]
-url = "{redis_url}"
-[clickhouse]
-urls = ["{a_url}", "{b_url}"]
-endpoints = "failover"
-health_check_every = "300ms"
-insert_timeout = "3s"
-[worker]
-shutdown_timeout = "10s"
-block = "200ms"
-[[flow]]
-name = "{flow}"
-streams = ["{stream}"]
-group = "g"
-sink = {{ type = "clickhouse", table = "{table}" }}
-delivery = "exactly_once"
-batch_id_column = "_batch"
-metadata = {{ id = "_id" }}
-batch = {{ max_rows = 5000, max_wait = "1s" }}
-claim = {{ min_idle = "1s", every = "300ms" }}
-"#
+        eo_config(
+            [redis_url, a_url, b_url],
+            [&flow, &stream, &table],
+            "endpoints = \"failover\"\n",
+            "",
         )
     };
-    let open_batches = || async {
-        match raw(
-            &c.rc,
-            "SCARD",
-            vec![format!("sluice:eo:{{{flow}}}:open").into()],
-        )
-        .await
-        {
-            fred::types::Value::Integer(n) => n,
-            _ => 0,
-        }
-    };
+    let open_batches = || open_batches(&c.rc, &flow);
     let redis_proxy = crate::harness::TcpProxy::start(c.redis.addr());
     let (proxy_a, proxy_b) = (
         crate::harness::TcpProxy::start(c.a.http_addr()),
@@ -635,42 +653,14 @@ async fn exactly_once_with_shard_by_recovers_each_part_once() {
     ))
     .await;
     let config = |redis_url: &str, a_url: &str, b_url: &str| {
-        format!(
-            r#"
-[redis]
-url = "{redis_url}"
-[clickhouse]
-urls = ["{a_url}", "{b_url}"]
-health_check_every = "300ms"
-insert_timeout = "3s"
-[worker]
-shutdown_timeout = "10s"
-block = "200ms"
-[[flow]]
-name = "{flow}"
-streams = ["{stream}"]
-group = "g"
-sink = {{ type = "clickhouse", table = "{table}", shard_by = "task_for" }}
-delivery = "exactly_once"
-batch_id_column = "_batch"
-metadata = {{ id = "_id" }}
-batch = {{ max_rows = 5000, max_wait = "1s" }}
-claim = {{ min_idle = "1s", every = "300ms" }}
-"#
+        eo_config(
+            [redis_url, a_url, b_url],
+            [&flow, &stream, &table],
+            "",
+            ", shard_by = \"task_for\"",
         )
     };
-    let open_batches = || async {
-        match raw(
-            &c.rc,
-            "SCARD",
-            vec![format!("sluice:eo:{{{flow}}}:open").into()],
-        )
-        .await
-        {
-            fred::types::Value::Integer(n) => n,
-            _ => 0,
-        }
-    };
+    let open_batches = || open_batches(&c.rc, &flow);
     let redis_proxy = crate::harness::TcpProxy::start(c.redis.addr());
     let (proxy_a, proxy_b) = (
         crate::harness::TcpProxy::start(c.a.http_addr()),
