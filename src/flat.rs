@@ -3,7 +3,8 @@
 //! (item index, field) given when something is refused.
 //!
 //! A flat object maps field names to strings, numbers, booleans or null.
-//! Numbers keep their JSON text, booleans become `true` / `false`, and a
+//! Numbers keep their JSON text exactly as sent (no digit lost, however
+//! long), booleans become `true` / `false`, and a
 //! null field is left out of the entry. Field names must be non-empty, at
 //! most [`MAX_FIELD_NAME`] bytes, without control characters.
 //!
@@ -15,6 +16,7 @@ use std::fmt;
 
 use bytes::Bytes;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
 /// One entry's field/value pairs, in the producer's order.
 pub type Fields = Vec<(Bytes, Bytes)>;
@@ -190,7 +192,6 @@ fn convert(body: &Bytes, index: usize, item: RawItem<'_>) -> Result<Fields, Refu
         check_name(index, &name)?;
         let value = match value {
             Flat::Str(s) => text(body, s),
-            Flat::Text(t) => Bytes::from(t),
             Flat::Static(s) => Bytes::from_static(s.as_bytes()),
             Flat::Null => continue,
             Flat::Nested(kind) => {
@@ -223,7 +224,6 @@ enum RawItem<'a> {
 
 enum Flat<'a> {
     Str(Cow<'a, str>),
-    Text(String),
     Static(&'static str),
     Null,
     Nested(&'static str),
@@ -318,8 +318,8 @@ impl<'de> de::Deserialize<'de> for RawItem<'de> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawItem<'de>, A::Error> {
                 let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(4).min(64));
                 while let Some(Str(k)) = map.next_key::<Str<'de>>()? {
-                    let v: Flat<'de> = map.next_value()?;
-                    pairs.push((k, v));
+                    let raw: &'de RawValue = map.next_value()?;
+                    pairs.push((k, flat_of(raw).map_err(de::Error::custom)?));
                 }
                 Ok(RawItem::Object(pairs))
             }
@@ -333,57 +333,21 @@ impl<'de> de::Deserialize<'de> for RawItem<'de> {
     }
 }
 
-impl<'de> de::Deserialize<'de> for Flat<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Flat<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string, number, boolean or null")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Flat<'de>, E> {
-                Ok(Flat::Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Flat<'de>, E> {
-                Ok(Flat::Str(Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Flat<'de>, E> {
-                Ok(Flat::Str(Cow::Owned(v)))
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Flat<'de>, E> {
-                Ok(Flat::Static(if v { "true" } else { "false" }))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Flat<'de>, E> {
-                Ok(Flat::Text(itoa::Buffer::new().format(v).to_string()))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Flat<'de>, E> {
-                Ok(Flat::Text(itoa::Buffer::new().format(v).to_string()))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Flat<'de>, E> {
-                // serde_json's shortest round-trip text, e.g. 1.5, 1e300.
-                Ok(Flat::Text(
-                    serde_json::Number::from_f64(v)
-                        .map(|n| n.to_string())
-                        .unwrap_or_default(),
-                ))
-            }
-            fn visit_unit<E>(self) -> Result<Flat<'de>, E> {
-                Ok(Flat::Null)
-            }
-            fn visit_none<E>(self) -> Result<Flat<'de>, E> {
-                Ok(Flat::Null)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Flat<'de>, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Flat::Nested("object"))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Flat<'de>, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Flat::Nested("array"))
-            }
-        }
-        d.deserialize_any(V)
-    }
+/// A field's value from its raw JSON text. Numbers keep their text exactly
+/// as sent (an integer past u64 or a long decimal loses no digit); strings
+/// borrow from the input unless they have escapes.
+fn flat_of<'de>(raw: &'de RawValue) -> Result<Flat<'de>, serde_json::Error> {
+    let text = raw.get();
+    Ok(match text.as_bytes().first() {
+        Some(b'"') if !text.contains('\\') => Flat::Str(Cow::Borrowed(&text[1..text.len() - 1])),
+        Some(b'"') => Flat::Str(Cow::Owned(serde_json::from_str::<String>(text)?)),
+        Some(b'{') => Flat::Nested("object"),
+        Some(b'[') => Flat::Nested("array"),
+        Some(b't') => Flat::Static("true"),
+        Some(b'f') => Flat::Static("false"),
+        Some(b'n') => Flat::Null,
+        _ => Flat::Str(Cow::Borrowed(text)),
+    })
 }
 
 #[cfg(test)]
@@ -403,6 +367,24 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn numbers_keep_every_digit_as_sent() {
+        let got = items(
+            r#"[{"big": 123456789012345678901234567890, "neg": -99999999999999999999, "dec": 0.1000000000000000055511151231257827, "exp": 1E+400, "z": 1.50}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            text_of(&got[0]),
+            vec![
+                ("big".into(), "123456789012345678901234567890".into()),
+                ("neg".into(), "-99999999999999999999".into()),
+                ("dec".into(), "0.1000000000000000055511151231257827".into()),
+                ("exp".into(), "1E+400".into()),
+                ("z".into(), "1.50".into()),
+            ]
+        );
     }
 
     #[test]
