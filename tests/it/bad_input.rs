@@ -656,13 +656,7 @@ streams = ["{prefix}*"]
         ),
         // Valid JSON (no range limit in the grammar): kept as sent, digits
         // and all; a column that cannot hold it dead-letters the row.
-        (
-            path.clone(),
-            b"[{\"n\": 1e400}]".to_vec(),
-            None,
-            200,
-            "ids",
-        ),
+        (path.clone(), b"[{\"n\": 1e400}]".to_vec(), None, 200, "ids"),
         (path.clone(), b"[{\"n\":1,\"n\":2}]".to_vec(), None, 200, ""),
         (path.clone(), b"".to_vec(), None, 400, "not valid JSON"),
         (path.clone(), b"[]".to_vec(), None, 200, ""),
