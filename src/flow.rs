@@ -345,10 +345,7 @@ impl Flow {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
                     self.handle_read_error(streams, &e).await;
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
+                    backoff.wait(&shutdown).await;
                 }
             }
             if entries.is_empty() {
@@ -401,9 +398,8 @@ impl Flow {
         .await
         {
             tracing::warn!(flow = %self.cfg.name, count = dead.len(), error = %e, "dead-lettering oversized messages failed; retrying");
-            tokio::select! {
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
-                _ = shutdown.cancelled() => return,
+            if !backoff.wait(shutdown).await {
+                return;
             }
         }
         for d in &dead {

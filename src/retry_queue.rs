@@ -345,9 +345,8 @@ pub async fn retry_later(
                 }
                 Err(e) => {
                     tracing::warn!(flow = %name, stream = %m.stream, %id, error = %e, "re-enqueueing a failed message failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                        _ = hard_stop.cancelled() => return,
+                    if !backoff.wait(hard_stop).await {
+                        return;
                     }
                 }
             }

@@ -190,10 +190,7 @@ impl Stage {
     }
 
     async fn wait(&self, backoff: &mut Backoff) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => true,
-            _ = self.hard_stop.cancelled() => false,
-        }
+        backoff.wait(&self.hard_stop).await
     }
 }
 

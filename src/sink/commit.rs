@@ -42,10 +42,7 @@ pub struct Committer {
 impl Committer {
     /// Sleeps for the backoff delay; false if the hard stop came first.
     async fn wait(&self, backoff: &mut Backoff) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => true,
-            _ = self.hard_stop.cancelled() => false,
-        }
+        backoff.wait(&self.hard_stop).await
     }
 
     pub async fn commit(&self, batch: SealedBatch) -> Result<(), Abandoned> {

@@ -63,14 +63,6 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Stopped;
 
-/// Sleeps for the backoff delay; false if `stop` came first.
-async fn wait(backoff: &mut Backoff, stop: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(backoff.next_delay()) => true,
-        _ = stop.cancelled() => false,
-    }
-}
-
 impl ExactlyOnce {
     /// The lease holder name of this process's committer.
     pub fn committer(&self) -> String {
@@ -112,7 +104,7 @@ impl ExactlyOnce {
                 }
                 Err(error) => {
                     tracing::warn!(flow = %self.flow, batch = %id, %error, "recording the batch in the ledger failed; retrying");
-                    if !wait(&mut backoff, stop).await {
+                    if !backoff.wait(stop).await {
                         return Err(Stopped);
                     }
                 }
@@ -210,7 +202,7 @@ impl ExactlyOnce {
                     }
                     Err(error) => {
                         tracing::warn!(flow = %self.flow, batch = %id, %error, "settling the batch failed; retrying before any new insert");
-                        if !wait(&mut backoff, stop).await {
+                        if !backoff.wait(stop).await {
                             return Err(Stopped);
                         }
                         continue;
@@ -255,7 +247,7 @@ impl ExactlyOnce {
                     }
                     self.metrics.insert_retried(rows);
                     tracing::warn!(flow = %self.flow, table = %self.sink.table_name(), batch = %id, %error, "insert failed; settling, then retrying (nothing acked)");
-                    if !wait(&mut backoff, stop).await {
+                    if !backoff.wait(stop).await {
                         return Err(Stopped);
                     }
                 }
@@ -277,7 +269,7 @@ impl ExactlyOnce {
                 Ok(held) => return Ok(held),
                 Err(error) => {
                     tracing::warn!(flow = %self.flow, batch = %id, %error, "could not renew the batch's lease; not inserting until it is");
-                    if !wait(backoff, stop).await {
+                    if !backoff.wait(stop).await {
                         return Err(Stopped);
                     }
                 }

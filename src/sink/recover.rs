@@ -91,9 +91,8 @@ impl Recovery {
                 Ok(m) => break m,
                 Err(e) => {
                     tracing::warn!(%flow, batch = %record.id, error = %e, "reading a recovered batch's members failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                        _ = stop.cancelled() => return,
+                    if !backoff.wait(&stop).await {
+                        return;
                     }
                 }
             }
@@ -141,9 +140,8 @@ impl Recovery {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(%flow, batch = %record.id, error = %e, "acking a recovered batch failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                        _ = stop.cancelled() => return,
+                    if !backoff.wait(&stop).await {
+                        return;
                     }
                 }
             }

@@ -97,6 +97,14 @@ impl Backoff {
         self.attempt = 0;
     }
 
+    /// Sleeps for the next delay; false if `stop` fired first.
+    pub async fn wait(&mut self, stop: &tokio_util::sync::CancellationToken) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(self.next_delay()) => true,
+            _ = stop.cancelled() => false,
+        }
+    }
+
     /// The next delay; grows until `max`.
     pub fn next_delay(&mut self) -> Duration {
         let exp = self.base.saturating_mul(1u32 << self.attempt.min(20));
