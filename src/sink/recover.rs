@@ -154,13 +154,13 @@ impl Recovery {
         let Some(sharding) = &self.eo.sink.sharding else {
             return Target::Any;
         };
-        let parts = sharding.split(messages.iter().cloned());
-        match parts.as_slice() {
-            [(shard, _)] => Target::Shard(*shard),
-            _ => {
-                tracing::warn!(flow = %self.eo.flow, "a recovered batch spans several shards; inserting through the endpoints as configured");
-                Target::Any
-            }
+        let mut shards = messages.iter().map(|m| sharding.shard_of(m));
+        let first = shards.next().unwrap_or(0);
+        if shards.all(|s| s == first) {
+            Target::Shard(first)
+        } else {
+            tracing::warn!(flow = %self.eo.flow, "a recovered batch spans several shards; inserting through the endpoints as configured");
+            Target::Any
         }
     }
 
