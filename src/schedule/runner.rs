@@ -225,7 +225,17 @@ impl Scheduler {
                 stream: store::pick_stream(&self.sharder, &l.spec.stream, &fields),
                 cluster: self.cluster,
             };
-            match store::fire(&self.client, &l.spec, tick, now, &self.owner, target).await {
+            match store::fire(
+                &self.client,
+                &l.spec,
+                tick,
+                now,
+                &self.owner,
+                target,
+                fields,
+            )
+            .await
+            {
                 Ok(FireOutcome::Fired(id)) => {
                     if l.state != State::Running.as_str() {
                         tracing::info!(schedule = %l.spec.name, "schedule running; firing");

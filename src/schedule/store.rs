@@ -341,6 +341,8 @@ pub enum FireOutcome {
     Removed,
 }
 
+/// Fires `tick`; `fields` is its entry, rendered by the caller (which
+/// picked the target's shard from them).
 pub async fn fire(
     client: &Client,
     spec: &Spec,
@@ -348,9 +350,9 @@ pub async fn fire(
     now: Millis,
     owner: &str,
     target: Target<'_>,
+    fields: Vec<(String, String)>,
 ) -> Result<FireOutcome> {
     let ttl = (spec.tick_key_ttl().as_millis() as u64).to_string();
-    let fields = spec.render(tick, now);
     if target.cluster {
         return fire_in_steps(client, spec, tick, now, owner, target.stream, &ttl, fields).await;
     }
@@ -601,25 +603,21 @@ pub async fn trigger(
     let stream = pick_stream(sharder, &spec.stream, &fields);
     if cluster {
         // The stream is in another slot: check, add, count — in steps.
-        match stored.state.as_str() {
-            "removed" => {
-                return Err(StoreError::Transition {
-                    name: name.to_string(),
-                    from: "removed".into(),
-                    action: "trigger",
-                })
-            }
-            _ => {
-                let id: String = client.xadd(stream, false, None, "*", fields).await?;
-                let pipeline = client.pipeline();
-                let _: () = pipeline
-                    .hset(hash_key(name), ("last_triggered_at", now.to_string()))
-                    .await?;
-                let _: () = pipeline.hincrby(hash_key(name), "triggered", 1).await?;
-                let _: Vec<fred::types::Value> = pipeline.all().await?;
-                return Ok(id);
-            }
+        if stored.state == "removed" {
+            return Err(StoreError::Transition {
+                name: name.to_string(),
+                from: "removed".into(),
+                action: "trigger",
+            });
         }
+        let id: String = client.xadd(stream, false, None, "*", fields).await?;
+        let pipeline = client.pipeline();
+        let _: () = pipeline
+            .hset(hash_key(name), ("last_triggered_at", now.to_string()))
+            .await?;
+        let _: () = pipeline.hincrby(hash_key(name), "triggered", 1).await?;
+        let _: Vec<fred::types::Value> = pipeline.all().await?;
+        return Ok(id);
     }
     let mut args = vec![now.to_string()];
     for (k, v) in fields {
