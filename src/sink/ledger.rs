@@ -97,9 +97,7 @@ impl Ledger {
     pub fn new(client: Client, flow: &str, ttl: Duration, lease: Duration) -> Self {
         Ledger {
             client,
-            // The flow name is a hash tag: all of a flow's ledger keys sit in
-            // one Redis Cluster slot, so MGET over batch records works there.
-            prefix: format!("sluice:eo:{{{flow}}}"),
+            prefix: Self::prefix_for(flow),
             ttl,
             lease,
         }
@@ -107,6 +105,12 @@ impl Ledger {
 
     fn lease_key(&self, id: &str) -> String {
         format!("{}:lease:{id}", self.prefix)
+    }
+
+    /// The flow name is a hash tag: all of a flow's ledger keys sit in one
+    /// Redis Cluster slot, so MGET over batch records works there.
+    fn prefix_for(flow: &str) -> String {
+        format!("sluice:eo:{{{flow}}}")
     }
 
     fn batch_key(&self, id: &str) -> String {
@@ -165,13 +169,10 @@ impl Ledger {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        // GETs pipelined rather than one MGET: in a cluster the records
-        // hash to different slots, and MGET takes keys of one slot only.
-        let pipeline = self.client.pipeline();
-        for id in &ids {
-            let _: () = pipeline.get(self.batch_key(id)).await?;
-        }
-        let texts: Vec<Option<String>> = pipeline.all().await?;
+        // One MGET, also on a cluster: the flow's hash tag puts every
+        // record in one slot.
+        let keys: Vec<String> = ids.iter().map(|id| self.batch_key(id)).collect();
+        let texts: Vec<Option<String>> = self.client.mget(keys).await?;
         let mut out = Vec::new();
         let mut expired = Vec::new();
         for (id, text) in ids.into_iter().zip(texts) {
@@ -209,6 +210,17 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flows_ledger_keys_share_one_cluster_slot() {
+        let slot = |k: String| fred::util::redis_keyslot(k.as_bytes());
+        let prefix = Ledger::prefix_for("events");
+        let open = slot(format!("{prefix}:open"));
+        for id in [new_batch_id(), new_batch_id()] {
+            assert_eq!(slot(format!("{prefix}:batch:{id}")), open);
+            assert_eq!(slot(format!("{prefix}:lease:{id}")), open);
+        }
+    }
 
     #[test]
     fn batch_ids_are_uuid_v4_text() {
