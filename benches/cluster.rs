@@ -11,27 +11,17 @@
 //! `SLUICE_BENCH_WORKERS` (replicas, default 2), `SLUICE_BENCH_NODES` (largest
 //! cluster, default 3).
 
+mod common;
 #[path = "../tests/it/harness/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod harness;
 
 use std::time::{Duration, Instant};
 
+use common::{commandstats, enqueue, env_usize, under_cargo_bench};
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Value};
 use harness::{wait_for, ClickHouseServer, RedisCluster, Worker};
-
-fn cmd(name: &'static str, key: &str) -> CustomCommand {
-    let slot = fred::util::redis_keyslot(key.as_bytes());
-    CustomCommand::new_static(name, ClusterHash::Custom(slot), false)
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// User + system CPU seconds a process has used so far.
 fn cpu_secs(pid: u32) -> f64 {
@@ -55,56 +45,19 @@ fn shard(base: &str, i: usize) -> String {
     }
 }
 
-/// XADDs `n` jobs round-robin over the shards, pipelined.
-async fn enqueue(client: &Client, streams: &[String], n: usize) {
-    let mut i = 0;
-    while i < n {
-        let end = (i + 5000).min(n);
-        let pipeline = client.pipeline();
-        for j in i..end {
-            let stream = &streams[j % streams.len()];
-            let args: Vec<Value> = vec![
-                stream.as_str().into(),
-                "*".into(),
-                "rec_id".into(),
-                j.to_string().into(),
-                "task_for".into(),
-                ["a", "b", "c"][j % 3].into(),
-                "function_type".into(),
-                if j % 2 == 0 { "sum" } else { "avg" }.into(),
-                "data".into(),
-                format!("{{\"x\":{j}}}").into(),
-            ];
-            let _: Value = pipeline.custom(cmd("XADD", stream), args).await.unwrap();
-        }
-        let _: Vec<Value> = pipeline.all().await.unwrap();
-        i = end;
-    }
-}
-
 /// Redis's own microseconds in XREADGROUP + XACK, summed over the nodes.
 async fn redis_stream_usec(cluster: &mut RedisCluster) -> f64 {
     let mut total = 0.0;
     for i in 0..cluster.len() {
         let client = cluster.node(i).client().await;
-        let info: String = client
-            .info(Some(fred::types::InfoKind::CommandStats))
-            .await
-            .unwrap();
+        let stats = commandstats(&client).await;
         if std::env::var("SLUICE_BENCH_STATS").is_ok() {
-            eprintln!("node {i} commandstats:\n{info}");
+            eprintln!("node {i} commandstats (calls, usec): {stats:?}");
         }
-        for line in info.lines() {
-            for c in ["cmdstat_xreadgroup:", "cmdstat_xack:"] {
-                if let Some(stats) = line.strip_prefix(c) {
-                    for kv in stats.split(',') {
-                        if let Some(("usec", v)) = kv.split_once('=') {
-                            total += v.parse::<f64>().unwrap_or(0.0);
-                        }
-                    }
-                }
-            }
-        }
+        total += ["xreadgroup", "xack"]
+            .iter()
+            .map(|c| stats.get(*c).map_or(0, |s| s.1))
+            .sum::<u64>() as f64;
         let _ = client.quit().await;
     }
     total
@@ -148,7 +101,13 @@ async fn run(ch: &ClickHouseServer, nodes: usize, shards: usize, workers: usize,
         (0..shards).map(|i| shard(&base, i)).collect()
     };
     let t = Instant::now();
-    enqueue(&rc, &streams, n).await;
+    enqueue(
+        &rc,
+        &streams.iter().map(String::as_str).collect::<Vec<_>>(),
+        0,
+        n,
+    )
+    .await;
     eprintln!(
         "[{nodes} nodes, {shards} shards] enqueued {n} in {:.2}s",
         t.elapsed().as_secs_f64()
@@ -200,10 +159,7 @@ batch = {{ max_rows = 50000, max_bytes = "16MiB", max_wait = "200ms" }}
 }
 
 fn main() {
-    // `cargo test --all-targets` runs bench binaries without `--bench`:
-    // this benchmark takes minutes, so it only runs under `cargo bench`.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("cluster: skipped (run with `cargo bench --bench cluster`)");
+    if !under_cargo_bench("cluster") {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap();

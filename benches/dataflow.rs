@@ -13,90 +13,28 @@
 //! default 500,000), `SLUICE_BENCH_SECS` (HTTP phase per size, default 5),
 //! `SLUICE_BENCH_CONNS` (HTTP connections, default 32).
 
+mod common;
 #[path = "../tests/it/harness/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod harness;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{cmd, commandstats, enqueue, env_usize, under_cargo_bench};
 use fred::prelude::*;
-use fred::types::{CustomCommand, Value};
+use fred::types::Value;
 use harness::{free_port, port_open, wait_for, RedisServer, Worker};
 use http_body_util::{BodyExt, Full};
 
-fn cmd(name: &'static str) -> CustomCommand {
-    CustomCommand::new_static(name, fred::types::ClusterHash::FirstKey, false)
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn enqueue(client: &Client, stream: &str, n: usize) {
-    let mut i = 0;
-    while i < n {
-        let end = (i + 5000).min(n);
-        let pipeline = client.pipeline();
-        for j in i..end {
-            let args: Vec<Value> = vec![
-                stream.into(),
-                "*".into(),
-                "rec_id".into(),
-                j.to_string().into(),
-                "task_for".into(),
-                ["a", "b", "c"][j % 3].into(),
-                "function_type".into(),
-                if j % 2 == 0 { "sum" } else { "avg" }.into(),
-                "data".into(),
-                format!("{{\"x\":{j}}}").into(),
-            ];
-            let _: Value = pipeline.custom(cmd("XADD"), args).await.unwrap();
-        }
-        let _: Vec<Value> = pipeline.all().await.unwrap();
-        i = end;
-    }
-}
-
 async fn xlen(client: &Client, stream: &str) -> u64 {
     let v: Value = client
-        .custom(cmd("XLEN"), vec![stream.to_string()])
+        .custom(cmd("XLEN", stream), vec![stream.to_string()])
         .await
         .unwrap();
     v.as_u64().unwrap_or(0)
-}
-
-/// `INFO commandstats`: command → (calls, usec).
-async fn commandstats(client: &Client) -> HashMap<String, (u64, u64)> {
-    let info: String = client
-        .info(Some(fred::types::InfoKind::CommandStats))
-        .await
-        .unwrap();
-    let mut out = HashMap::new();
-    for line in info.lines() {
-        let Some((name, stats)) = line
-            .strip_prefix("cmdstat_")
-            .and_then(|r| r.split_once(':'))
-        else {
-            continue;
-        };
-        let (mut calls, mut usec) = (0, 0);
-        for kv in stats.split(',') {
-            match kv.split_once('=') {
-                Some(("calls", v)) => calls = v.parse().unwrap_or(0),
-                Some(("usec", v)) => usec = v.parse().unwrap_or(0),
-                _ => {}
-            }
-        }
-        out.insert(name.to_string(), (calls, usec));
-    }
-    out
 }
 
 struct Forward {
@@ -110,8 +48,11 @@ async fn forward(redis: &RedisServer, n: usize, routed: bool) -> Forward {
     let rc = redis.client().await;
     let src = harness::unique_name("fwd_src");
     let dst = harness::unique_name("fwd_dst");
-    enqueue(&rc, &src, n).await;
-    let _: Value = rc.custom(cmd("CONFIG"), vec!["RESETSTAT"]).await.unwrap();
+    enqueue(&rc, &[&src], 0, n).await;
+    let _: Value = rc
+        .custom(cmd("CONFIG", ""), vec!["RESETSTAT"])
+        .await
+        .unwrap();
     let sink = if routed {
         format!(r#"sink = {{ type = "stream", route_by = "task_for", to = "{dst}.{{task_for}}" }}"#)
     } else {
@@ -154,7 +95,7 @@ batch = {{ max_rows = 5000, max_wait = "100ms" }}
     drop(worker);
     let mut del: Vec<String> = targets;
     del.push(src);
-    let _: Value = rc.custom(cmd("DEL"), del).await.unwrap();
+    let _: Value = rc.custom(cmd("DEL", ""), del).await.unwrap();
     Forward {
         label: if routed {
             "routed by task_for → 3 streams"
@@ -259,7 +200,7 @@ streams = ["{stream}"]
         requests * items as u64,
         "every accepted item landed"
     );
-    let _: Value = rc.custom(cmd("DEL"), vec![stream]).await.unwrap();
+    let _: Value = rc.custom(cmd("DEL", ""), vec![stream]).await.unwrap();
     drop(worker);
     Load {
         items_per_request: items,
@@ -272,8 +213,7 @@ streams = ["{stream}"]
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("dataflow: skipped (run with `cargo bench --bench dataflow`)");
+    if !under_cargo_bench("dataflow") {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap();

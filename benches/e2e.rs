@@ -9,80 +9,17 @@
 //! (backlog size, default 1,000,000), `SLUICE_BENCH_RATE` (steady phase
 //! msgs/s, default 50,000), `SLUICE_BENCH_SECS` (steady phase, default 10).
 
+mod common;
 #[path = "../tests/it/harness/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod harness;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::{cmd, commandstats, enqueue, env_usize, under_cargo_bench};
 use fred::prelude::*;
-use fred::types::{CustomCommand, Value};
+use fred::types::Value;
 use harness::{free_port, wait_for, ClickHouseServer, RedisServer, Worker};
-
-fn cmd(name: &'static str) -> CustomCommand {
-    CustomCommand::new_static(name, fred::types::ClusterHash::FirstKey, false)
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn enqueue(client: &Client, stream: &str, from: usize, n: usize) {
-    let mut i = from;
-    while i < from + n {
-        let end = (i + 5000).min(from + n);
-        let pipeline = client.pipeline();
-        for j in i..end {
-            let args: Vec<Value> = vec![
-                stream.into(),
-                "*".into(),
-                "rec_id".into(),
-                j.to_string().into(),
-                "task_for".into(),
-                ["a", "b", "c"][j % 3].into(),
-                "function_type".into(),
-                if j % 2 == 0 { "sum" } else { "avg" }.into(),
-                "data".into(),
-                format!("{{\"x\":{j}}}").into(),
-            ];
-            let _: Value = pipeline.custom(cmd("XADD"), args).await.unwrap();
-        }
-        let _: Vec<Value> = pipeline.all().await.unwrap();
-        i = end;
-    }
-}
-
-/// `cmdstat_xreadgroup:calls=…,usec=…` → command → (calls, usec).
-async fn commandstats(client: &Client) -> HashMap<String, (u64, u64)> {
-    let info: String = client
-        .info(Some(fred::types::InfoKind::CommandStats))
-        .await
-        .unwrap();
-    let mut out = HashMap::new();
-    for line in info.lines() {
-        let Some(rest) = line.strip_prefix("cmdstat_") else {
-            continue;
-        };
-        let Some((name, stats)) = rest.split_once(':') else {
-            continue;
-        };
-        let mut calls = 0;
-        let mut usec = 0;
-        for kv in stats.split(',') {
-            match kv.split_once('=') {
-                Some(("calls", v)) => calls = v.parse().unwrap_or(0),
-                Some(("usec", v)) => usec = v.parse().unwrap_or(0),
-                _ => {}
-            }
-        }
-        out.insert(name.to_string(), (calls, usec));
-    }
-    out
-}
 
 /// Quantile from a Prometheus histogram's cumulative buckets (linear
 /// interpolation inside the bucket, as `histogram_quantile` does).
@@ -165,13 +102,16 @@ async fn drain_backlog(
         ""
     };
     let t = Instant::now();
-    enqueue(&rc, &stream, 0, n).await;
+    enqueue(&rc, &[&stream], 0, n).await;
     eprintln!(
         "[{label}] enqueued {n} in {:.2}s ({:.0}/s)",
         t.elapsed().as_secs_f64(),
         n as f64 / t.elapsed().as_secs_f64()
     );
-    let _: Value = rc.custom(cmd("CONFIG"), vec!["RESETSTAT"]).await.unwrap();
+    let _: Value = rc
+        .custom(cmd("CONFIG", ""), vec!["RESETSTAT"])
+        .await
+        .unwrap();
     let metrics = if with_metrics {
         format!("[metrics]\nlisten = \"127.0.0.1:{}\"\n", free_port())
     } else {
@@ -205,7 +145,10 @@ batch = {{ max_rows = 50000, max_bytes = "16MiB", max_wait = "1s" }}
     let redis_us = (usec("xreadgroup") + usec("xack")) / n as f64;
     let rss = worker.peak_rss_kb().unwrap_or(0) as f64 / 1024.0;
     drop(worker);
-    let _: Value = rc.custom(cmd("DEL"), vec![stream.as_str()]).await.unwrap();
+    let _: Value = rc
+        .custom(cmd("DEL", &stream), vec![stream.as_str()])
+        .await
+        .unwrap();
     Run {
         label,
         rate: n as f64 / secs,
@@ -253,7 +196,7 @@ batch = {{ max_rows = 50000, max_bytes = "16MiB", max_wait = "100ms" }}
     let mut sent = 0;
     while sent < total {
         tick.tick().await;
-        enqueue(&rc, &stream, sent, per_tick).await;
+        enqueue(&rc, &[&stream], sent, per_tick).await;
         sent += per_tick;
     }
     wait_for(Duration::from_secs(120), "steady phase landed", || async {
@@ -270,10 +213,7 @@ batch = {{ max_rows = 50000, max_bytes = "16MiB", max_wait = "100ms" }}
 }
 
 fn main() {
-    // `cargo test --all-targets` runs bench binaries without `--bench`:
-    // this benchmark takes minutes, so it only runs under `cargo bench`.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("e2e: skipped (run with `cargo bench --bench e2e`)");
+    if !under_cargo_bench("e2e") {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
