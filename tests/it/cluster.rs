@@ -53,6 +53,30 @@ async fn produce(rc: &Client, base: &str, shards: usize, from: usize, to: usize)
     }
 }
 
+/// Produces rec_id `0..n` in chunks of 1,000 in the background, pausing
+/// `pause` between chunks; the counter tells how many are confirmed.
+fn spawn_producer(
+    rc: &Client,
+    base: &str,
+    shards: usize,
+    n: usize,
+    pause: Duration,
+) -> (tokio::task::JoinHandle<()>, Arc<AtomicUsize>) {
+    let produced = Arc::new(AtomicUsize::new(0));
+    let (rc, base, counter) = (rc.clone(), base.to_string(), produced.clone());
+    let task = tokio::spawn(async move {
+        let mut i = 0;
+        while i < n {
+            let end = (i + 1000).min(n);
+            produce(&rc, &base, shards, i, end).await;
+            counter.store(end, Ordering::SeqCst);
+            i = end;
+            tokio::time::sleep(pause).await;
+        }
+    });
+    (task, produced)
+}
+
 async fn xpending_total(rc: &Client, stream: &str, group: &str) -> u64 {
     let reply: Result<Value, _> = rc
         .custom(
@@ -229,22 +253,7 @@ async fn restart_mid_run(crash: bool) {
 
     // Produce continuously in the background while a master restarts.
     let n = 40_000;
-    let produced = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let producer = {
-        let (rc, base, produced, done) = (rc.clone(), base.clone(), produced.clone(), done.clone());
-        tokio::spawn(async move {
-            let mut i = 0;
-            while i < n {
-                let end = (i + 1000).min(n);
-                produce(&rc, &base, shards, i, end).await;
-                produced.store(end, Ordering::SeqCst);
-                i = end;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            done.store(true, Ordering::SeqCst);
-        })
-    };
+    let (producer, produced) = spawn_producer(&rc, &base, shards, n, Duration::from_millis(20));
     // Mid-run: some entries produced and some landed.
     wait_for(LONG, "a quarter produced and some rows landed", || async {
         produced.load(Ordering::SeqCst) >= n / 4 && ch.count(&table).await > 0
@@ -266,7 +275,7 @@ async fn restart_mid_run(crash: bool) {
         .await
         .expect("producer finishes")
         .unwrap();
-    assert!(done.load(Ordering::SeqCst));
+    assert_eq!(produced.load(Ordering::SeqCst), n, "producer finished");
     wait_all_landed(&ch, &rc, &table, &base, shards, n, &workers).await;
     let after = ch.count(&table).await;
     assert!(after >= n as u64 && before < n as u64);
@@ -798,20 +807,7 @@ async fn exactly_once_on_a_cluster_with_a_replica_killed_mid_run() {
     workers.extend((0..2).map(|_| Worker::spawn(&cfg)));
 
     let n = 20_000;
-    let produced = Arc::new(AtomicUsize::new(0));
-    let producer = {
-        let (rc, base, produced) = (rc.clone(), base.clone(), produced.clone());
-        tokio::spawn(async move {
-            let mut i = 0;
-            while i < n {
-                let end = (i + 1000).min(n);
-                produce(&rc, &base, shards, i, end).await;
-                produced.store(end, Ordering::SeqCst);
-                i = end;
-                tokio::time::sleep(Duration::from_millis(150)).await;
-            }
-        })
-    };
+    let (producer, _produced) = spawn_producer(&rc, &base, shards, n, Duration::from_millis(150));
     wait_for(LONG, "rows landing", || async {
         ch.count(&table).await > 0
     })
