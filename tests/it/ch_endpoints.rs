@@ -429,20 +429,6 @@ claim = {{ min_idle = "1s", every = "300ms" }}
     )
 }
 
-/// Batches recorded in a flow's exactly-once ledger and not yet settled.
-async fn open_batches(rc: &fred::prelude::Client, flow: &str) -> i64 {
-    match raw(
-        rc,
-        "SCARD",
-        vec![format!("sluice:eo:{{{flow}}}:open").into()],
-    )
-    .await
-    {
-        fred::types::Value::Integer(n) => n,
-        _ => 0,
-    }
-}
-
 /// Exactly-once recovery counts a batch on every healthy endpoint: a batch
 /// that worker A inserted on B (A failing over from a refused endpoint) and
 /// died before acking is found there by worker C, whose preferred endpoint
@@ -467,7 +453,7 @@ async fn exactly_once_recovery_finds_a_batch_on_any_endpoint() {
             "",
         )
     };
-    let open_batches = || open_batches(&c.rc, &flow);
+    let open_batches = || crate::common::open_batches(&c.rc, &flow);
     let redis_proxy = crate::harness::TcpProxy::start(c.redis.addr());
     let (proxy_a, proxy_b) = (
         crate::harness::TcpProxy::start(c.a.http_addr()),
@@ -660,7 +646,7 @@ async fn exactly_once_with_shard_by_recovers_each_part_once() {
             ", shard_by = \"task_for\"",
         )
     };
-    let open_batches = || open_batches(&c.rc, &flow);
+    let open_batches = || crate::common::open_batches(&c.rc, &flow);
     let redis_proxy = crate::harness::TcpProxy::start(c.redis.addr());
     let (proxy_a, proxy_b) = (
         crate::harness::TcpProxy::start(c.a.http_addr()),

@@ -839,8 +839,11 @@ async fn exactly_once_on_a_cluster_with_a_replica_killed_mid_run() {
         (n as u64, n as u64),
         "duplicates or loss in exactly-once mode"
     );
-    let open: i64 = rc.scard("sluice:eo:{cluster}:open").await.unwrap();
-    assert_eq!(open, 0, "ledger records left open");
+    assert_eq!(
+        crate::common::open_batches(&rc, "cluster").await,
+        0,
+        "ledger records left open"
+    );
     let logs: String = workers[1..].iter().map(|w| w.log_contents()).collect();
     assert!(
         logs.contains("recovering a dead replica's batch"),

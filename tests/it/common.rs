@@ -75,6 +75,16 @@ pub async fn raw(client: &Client, name: &'static str, args: Vec<Value>) -> Value
         .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
+/// Batches recorded in a flow's exactly-once ledger and not yet settled
+/// (`SCARD sluice:eo:{flow}:open`).
+pub async fn open_batches(client: &Client, flow: &str) -> u64 {
+    let key = format!("sluice:eo:{{{flow}}}:open");
+    match raw(client, "SCARD", vec![key.into()]).await {
+        Value::Integer(n) => n as u64,
+        _ => 0,
+    }
+}
+
 /// Like [`raw`], but a missing key or group reads as nil (the worker may
 /// not have created them yet).
 pub async fn raw_or_nil(client: &Client, name: &'static str, args: Vec<Value>) -> Value {

@@ -2,8 +2,6 @@
 //! batch but before the ack leaves nothing to re-insert; one killed before
 //! the insert has its identical batch inserted once by another replica.
 
-use fred::types::Value;
-
 use crate::common::*;
 use crate::harness::{unique_name, wait_for, TcpProxy, Worker};
 
@@ -27,19 +25,6 @@ claim = { min_idle = "1s", every = "300ms" }"#,
         "database = \"default\"",
         "database = \"default\"\ninsert_timeout = \"3s\"",
     )
-}
-
-async fn open_batches(s: &Stack, flow: &str) -> usize {
-    match raw(
-        &s.rc,
-        "SCARD",
-        vec![format!("sluice:eo:{{{flow}}}:open").into()],
-    )
-    .await
-    {
-        Value::Integer(n) => n as usize,
-        _ => 0,
-    }
 }
 
 async fn setup(s: &Stack) -> (String, String, String) {
@@ -87,7 +72,7 @@ async fn killed_between_insert_and_ack_is_acked_without_reinsert() {
     ch_proxy.stall();
     let ids = xadd_many(&s.rc, &stream, N, seed_job).await;
     wait_for(LONG, "batch recorded in the ledger", || async {
-        open_batches(&s, &flow).await == 1
+        open_batches(&s.rc, &flow).await == 1
     })
     .await;
     // Slow every Redis command down, let the insert through, and kill A as
@@ -114,7 +99,7 @@ async fn killed_between_insert_and_ack_is_acked_without_reinsert() {
     })
     .await;
     wait_for(LONG, "ledger emptied", || async {
-        open_batches(&s, &flow).await == 0
+        open_batches(&s.rc, &flow).await == 0
     })
     .await;
     assert_exactly_once(&s, &table, &ids).await;
@@ -145,7 +130,7 @@ async fn killed_before_insert_has_its_batch_inserted_once() {
     ch_proxy.refuse();
     let ids = xadd_many(&s.rc, &stream, N, seed_job).await;
     wait_for(LONG, "batch recorded in the ledger", || async {
-        open_batches(&s, &flow).await == 1
+        open_batches(&s.rc, &flow).await == 1
     })
     .await;
     wait_for(LONG, "A retrying the insert", || async {
@@ -162,7 +147,7 @@ async fn killed_before_insert_has_its_batch_inserted_once() {
     })
     .await;
     wait_for(LONG, "ledger emptied", || async {
-        open_batches(&s, &flow).await == 0
+        open_batches(&s.rc, &flow).await == 0
     })
     .await;
     assert_exactly_once(&s, &table, &ids).await;
