@@ -153,16 +153,26 @@ fn script(cell: &'static OnceLock<Script>, lua: &'static str) -> &'static Script
     cell.get_or_init(|| Script::from_lua(lua))
 }
 
-/// Fires one tick: exactly once across replicas, atomically with its entry.
-/// KEYS: hash, tick key, stream. ARGV: tick, ttl ms, owner, now, fields….
-const FIRE: &str = r#"
+/// The checks both ways of firing a tick start with (KEYS[1] = the
+/// schedule's hash, ARGV[1] = the tick): gone, removed, or already past.
+macro_rules! tick_checks {
+    () => {
+        r#"
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'gone' end
 if state == 'removed' then return 'removed' end
 local tick = tonumber(ARGV[1])
 local last = tonumber(redis.call('HGET', KEYS[1], 'last_tick'))
 if last and tick <= last then return 'done' end
-if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[2]) then return 'done' end
+"#
+    };
+}
+
+/// Fires one tick: exactly once across replicas, atomically with its entry.
+/// KEYS: hash, tick key, stream. ARGV: tick, ttl ms, owner, now, fields….
+const FIRE: &str = concat!(
+    tick_checks!(),
+    r#"if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[2]) then return 'done' end
 if state ~= 'running' then
   redis.call('HSET', KEYS[1], 'last_tick', ARGV[1])
   return 'passed:' .. state
@@ -171,18 +181,14 @@ local id = redis.call('XADD', KEYS[3], '*', unpack(ARGV, 5))
 redis.call('HSET', KEYS[1], 'last_tick', ARGV[1], 'last_fired_at', ARGV[4], 'last_id', id)
 redis.call('HINCRBY', KEYS[1], 'fired', 1)
 return 'fired:' .. id
-"#;
+"#
+);
 
 /// Cluster mode, step 1: takes the tick's guard as `pending:<owner>`.
 /// KEYS: hash, tick key. ARGV: tick, pending ttl ms, owner, ttl ms.
-const FIRE_GUARD: &str = r#"
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return 'gone' end
-if state == 'removed' then return 'removed' end
-local tick = tonumber(ARGV[1])
-local last = tonumber(redis.call('HGET', KEYS[1], 'last_tick'))
-if last and tick <= last then return 'done' end
-if not redis.call('SET', KEYS[2], 'pending:' .. ARGV[3], 'NX', 'PX', ARGV[2]) then
+const FIRE_GUARD: &str = concat!(
+    tick_checks!(),
+    r#"if not redis.call('SET', KEYS[2], 'pending:' .. ARGV[3], 'NX', 'PX', ARGV[2]) then
   local v = redis.call('GET', KEYS[2])
   if v and string.sub(v, 1, 8) == 'pending:' then return 'pending' end
   return 'done'
@@ -193,7 +199,8 @@ if state ~= 'running' then
   return 'passed:' .. state
 end
 return 'go'
-"#;
+"#
+);
 
 /// Cluster mode, step 3 (after the XADD): completes the guard and the
 /// schedule's progress. KEYS: hash, tick key. ARGV: tick, ttl ms, owner,
