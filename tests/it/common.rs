@@ -85,6 +85,18 @@ pub async fn open_batches(client: &Client, flow: &str) -> u64 {
     }
 }
 
+/// Takes XACK away from (or gives it back to) the default user of a test's
+/// private Redis: a worker then inserts but cannot ack, deterministically.
+pub async fn deny_acks(client: &Client, deny: bool) {
+    let rule = if deny { "-xack" } else { "+xack" };
+    raw(
+        client,
+        "ACL",
+        vec!["SETUSER".into(), "default".into(), rule.into()],
+    )
+    .await;
+}
+
 /// Like [`raw`], but a missing key or group reads as nil (the worker may
 /// not have created them yet).
 pub async fn raw_or_nil(client: &Client, name: &'static str, args: Vec<Value>) -> Value {

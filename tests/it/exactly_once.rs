@@ -56,10 +56,9 @@ async fn assert_exactly_once(s: &Stack, table: &str, ids: &[String]) {
 async fn killed_between_insert_and_ack_is_acked_without_reinsert() {
     let s = Stack::start().await;
     let (flow, stream, table) = setup(&s).await;
-    let redis_proxy = TcpProxy::start(s.redis.addr());
     let ch_proxy = TcpProxy::start(s.ch.http_addr());
     let mut a = Worker::spawn(&config(
-        &redis_proxy.redis_url(),
+        &s.redis.url(),
         &ch_proxy.url(),
         &flow,
         &stream,
@@ -75,18 +74,17 @@ async fn killed_between_insert_and_ack_is_acked_without_reinsert() {
         open_batches(&s.rc, &flow).await == 1
     })
     .await;
-    // Slow every Redis command down, let the insert through, and kill A as
-    // soon as the rows are in: its ack is still held in the proxy, and is
-    // dropped with the cut.
-    redis_proxy.delay(std::time::Duration::from_millis(1500));
+    // Take XACK away, let the insert through, and kill A once the rows are
+    // in: its acks fail until it dies.
+    deny_acks(&s.rc, true).await;
     ch_proxy.pass();
     wait_for(LONG, "rows inserted", || async {
         s.ch.count(&table).await == N as u64
     })
     .await;
-    redis_proxy.refuse();
     a.kill();
     a.wait_exit(LONG).await.expect("A exited");
+    deny_acks(&s.rc, false).await;
     assert_eq!(
         pending(&s.rc, &stream, "g").await,
         N as u64,

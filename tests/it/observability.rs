@@ -1000,9 +1000,13 @@ async fn one_replica_samples_the_stream_gauges() {
         }
     })
     .await;
-    // Both serve counters; only the lease holder has gauge series.
+    // Both serve counters (a replica's flow may start after its metrics
+    // endpoint); only the lease holder has gauge series.
     for &p in &ports {
-        assert!(scrape(p).await.contains("sluice_messages_read_total"));
+        wait_for(LONG, "counters served", || async {
+            scrape(p).await.contains("sluice_messages_read_total")
+        })
+        .await;
     }
     let other = 1 - holder;
     assert!(!exports(ports[other]).await);
