@@ -68,6 +68,10 @@ pub struct Config {
     /// Entries added to streams on a cron / interval / one-off trigger.
     #[serde(default, rename = "schedule")]
     pub schedules: Vec<crate::schedule::ScheduleConfig>,
+    /// The operator console (`sluice console`, or inside `sluice run` when
+    /// `listen` is set); off when absent.
+    #[serde(default)]
+    pub console: Option<crate::console::ConsoleConfig>,
 }
 
 /// Secrets (`password`, the URL's password) never appear in its `Debug`
@@ -952,6 +956,20 @@ impl Config {
                 ch.password = read_secret("clickhouse.password_file", path)?;
             }
         }
+        if let Some(console) = &mut self.console {
+            for (i, t) in console.tokens.iter_mut().enumerate() {
+                if let Some(path) = &t.token_file {
+                    let key = format!("console.tokens[{i}].token_file");
+                    if !t.token.is_empty() {
+                        return Err(ConfigError::Key {
+                            key,
+                            message: "set either token or token_file, not both".into(),
+                        });
+                    }
+                    t.token = read_secret(&key, path)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1195,6 +1213,11 @@ impl Config {
         }
         if let Some(http) = &self.http {
             validate_http(http)?;
+        }
+        if let Some(console) = &self.console {
+            console
+                .validate()
+                .map_err(|(key, message)| ConfigError::Key { key, message })?;
         }
         Ok(())
     }

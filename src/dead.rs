@@ -185,9 +185,20 @@ pub async fn replay(
     sel: &Selection,
     dry_run: bool,
 ) -> Result<Vec<Replayed>, StreamError> {
+    let entries = select(client, dead_stream, sel).await?;
+    replay_entries(client, dead_stream, entries, dry_run).await
+}
+
+/// Replays dead letters already read (see [`replay`]).
+pub async fn replay_entries(
+    client: &Client,
+    dead_stream: &str,
+    entries: Vec<DeadEntry>,
+    dry_run: bool,
+) -> Result<Vec<Replayed>, StreamError> {
     let script = REPLAY_S.get_or_init(|| Script::from_lua(REPLAY));
     let mut out = Vec::new();
-    for e in select(client, dead_stream, sel).await? {
+    for e in entries {
         let skip = match (&e.stream, e.fields.is_empty()) {
             (None, _) => Some(format!("no {FIELD_STREAM} field")),
             (Some(_), true) => Some("no original fields".to_string()),
@@ -308,10 +319,20 @@ pub async fn purge(
     if dry_run || entries.is_empty() {
         return Ok(entries.len() as u64);
     }
+    let ids: Vec<String> = entries.into_iter().map(|e| e.id).collect();
+    delete_ids(client, dead_stream, &ids).await
+}
+
+/// XDELs `ids` from the dead-letter stream, a page at a time; returns how
+/// many were still there.
+pub async fn delete_ids(
+    client: &Client,
+    dead_stream: &str,
+    ids: &[String],
+) -> Result<u64, StreamError> {
     let mut removed = 0u64;
-    for chunk in entries.chunks(PAGE) {
-        let ids: Vec<String> = chunk.iter().map(|e| e.id.clone()).collect();
-        let n: i64 = client.xdel(dead_stream, ids).await?;
+    for chunk in ids.chunks(PAGE) {
+        let n: i64 = client.xdel(dead_stream, chunk.to_vec()).await?;
         removed += n.max(0) as u64;
     }
     Ok(removed)

@@ -371,6 +371,8 @@ pub struct Waiting {
     pub due_ms: u64,
     pub job_id: String,
     pub fields: Vec<(Bytes, Bytes)>,
+    /// The sorted-set member itself (for [`move_now`]).
+    pub member: Bytes,
 }
 
 /// Up to `count` waiting jobs of `stream`, soonest first.
@@ -404,10 +406,39 @@ pub async fn waiting(client: &Client, stream: &str, count: usize) -> Result<Vec<
                 due_ms: score as u64,
                 job_id,
                 fields,
+                member: Bytes::copy_from_slice(member),
             });
         }
     }
     Ok(out)
+}
+
+/// Takes one job out of the delayed set and adds it to the stream now.
+/// KEYS: set, stream. ARGV: member, fields…. Nil when it was gone.
+const MOVE_NOW: &str = r#"
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return false end
+return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+"#;
+
+static MOVE_NOW_S: OnceLock<Script> = OnceLock::new();
+
+/// Moves the waiting job `member` of `stream` into the stream at once,
+/// atomically; returns the new entry id, or None when the job was no
+/// longer waiting (promoted or moved meanwhile).
+pub async fn move_now(client: &Client, stream: &str, member: &[u8]) -> Result<Option<String>> {
+    let Some((_, fields)) = decode_member(member) else {
+        return Err(DelayedError::Reply("not a delayed job".into()));
+    };
+    let mut args: Vec<Value> = vec![Value::Bytes(Bytes::copy_from_slice(member))];
+    for (k, v) in fields {
+        args.push(Value::Bytes(k));
+        args.push(Value::Bytes(v));
+    }
+    let reply: Value = MOVE_NOW_S
+        .get_or_init(|| Script::from_lua(MOVE_NOW))
+        .evalsha_with_reload(client, vec![set_key(stream), stream.to_string()], args)
+        .await?;
+    Ok(reply.as_string())
 }
 
 /// The promotion loop every replica runs: every `every`, move what is due

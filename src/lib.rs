@@ -35,12 +35,17 @@
 //! - [`delayed`]: delayed jobs in a sorted set per stream, moved in when due.
 //! - [`retry_queue`]: retry with exponential backoff + jitter via the delayed set.
 //! - [`dead`]: `sluice dead list|show|replay|purge`.
+//! - [`console`]: the operator console (`sluice console`, or in `sluice run`
+//!   with `[console] listen`): pages and a JSON API over streams, groups,
+//!   dead letters, schedules and delayed jobs, and the live tap
+//!   (`sluice tap`).
 //! - [`shard`]: sharded streams (`name:{0}` … for Redis Cluster): which
 //!   shard a producer writes an entry to.
 
 pub mod batch;
 pub mod check;
 pub mod config;
+pub mod console;
 pub mod convert;
 pub mod dead;
 pub mod delayed;

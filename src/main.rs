@@ -45,6 +45,17 @@ enum Command {
     /// Add JSON lines or CSV rows (file or stdin) to a stream, pipelined;
     /// waits while the stream is at its max_len.
     Enqueue(sluice::enqueue::EnqueueArgs),
+    /// Serve the operator console only (no flows run) until SIGTERM/SIGINT.
+    Console {
+        #[arg(long, short, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        /// `ip:port`; default `console.listen`, else 127.0.0.1:9400.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Print a stream's new entries as they arrive (XREAD; takes nothing
+    /// from consumer groups).
+    Tap(sluice::console::tap::TapArgs),
 }
 
 #[tokio::main]
@@ -86,6 +97,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Schedule(args) => sluice::schedule::cli::main(args).await,
         Command::Dead(args) => sluice::dead::main(args).await,
         Command::Enqueue(args) => sluice::enqueue::main(args).await,
+        Command::Console { config, listen } => {
+            let config = sluice::config::Config::load(&config)?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal_shutdown(shutdown.clone()));
+            sluice::console::run(config, listen, shutdown).await
+        }
+        Command::Tap(args) => sluice::console::tap::main(args).await,
     }
 }
 

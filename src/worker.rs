@@ -66,6 +66,10 @@ pub async fn run_with_handlers(
         Some(_) => Some(crate::http_entry::start(&config, shutdown.clone()).await?),
         None => None,
     };
+    let console = match config.console.as_ref().and_then(|c| c.listen.clone()) {
+        Some(listen) => Some(crate::console::start(&config, &listen, shutdown.clone()).await?),
+        None => None,
+    };
     let sampler = tokio::spawn(crate::status::sample_loop(
         config.clone(),
         metrics.clone(),
@@ -103,6 +107,9 @@ pub async fn run_with_handlers(
     }
     shutdown.cancel();
     if let Some(t) = http_entry {
+        let _ = t.await;
+    }
+    if let Some(t) = console {
         let _ = t.await;
     }
     for t in scheduling {

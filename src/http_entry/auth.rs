@@ -78,7 +78,7 @@ impl Auth {
 }
 
 /// The token of an `Authorization: Bearer <token>` value.
-fn bearer(value: &[u8]) -> Option<&[u8]> {
+pub fn bearer(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at(value.iter().position(|&b| b == b' ')?);
     if !scheme.eq_ignore_ascii_case(b"bearer") {
         return None;

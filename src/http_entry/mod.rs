@@ -370,14 +370,15 @@ async fn post_messages(
     )
 }
 
-#[derive(Serialize)]
-struct GroupState {
-    name: String,
-    consumers: u64,
-    pending: u64,
-    last_delivered_id: String,
+/// One consumer group of a stream, as XINFO GROUPS reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupState {
+    pub name: String,
+    pub consumers: u64,
+    pub pending: u64,
+    pub last_delivered_id: String,
     /// Redis's own lag figure (null when Redis cannot tell).
-    lag: Option<u64>,
+    pub lag: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -439,12 +440,24 @@ async fn stream_state(entry: &Entry, stream: &str) -> crate::stream::Result<Stre
         groups: Vec::new(),
         shards: Vec::new(),
     };
-    let frame = match commands::info(&entry.redis, "GROUPS", &[stream]).await {
+    if let Some(groups) = group_states(&entry.redis, stream).await? {
+        state.exists = true;
+        state.groups = groups;
+    }
+    Ok(state)
+}
+
+/// The stream's consumer groups; None when the stream does not exist.
+pub async fn group_states(
+    client: &Client,
+    stream: &str,
+) -> crate::stream::Result<Option<Vec<GroupState>>> {
+    let frame = match commands::info(client, "GROUPS", &[stream]).await {
         Ok(f) => f,
-        Err(crate::stream::StreamError::Reply(m)) if m.contains("no such key") => return Ok(state),
+        Err(crate::stream::StreamError::Reply(m)) if m.contains("no such key") => return Ok(None),
         Err(e) => return Err(e),
     };
-    state.exists = true;
+    let mut groups = Vec::new();
     for item in reply::array_of(frame, "XINFO GROUPS")? {
         let mut g = GroupState {
             name: String::new(),
@@ -470,9 +483,9 @@ async fn stream_state(entry: &Entry, stream: &str) -> crate::stream::Result<Stre
                 _ => {}
             }
         }
-        state.groups.push(g);
+        groups.push(g);
     }
-    Ok(state)
+    Ok(Some(groups))
 }
 
 async fn get_stream(

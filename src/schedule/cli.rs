@@ -160,12 +160,8 @@ pub async fn run(
                 missed: a.missed,
                 grace: a.grace,
             })
+            .and_then(|spec| check_new(&spec, now).map(|()| spec))
             .map_err(|e| anyhow::anyhow!("--{}: {}", e.key, e.message))?;
-            if let super::spec::Trigger::At(at) = spec.trigger {
-                if at <= now {
-                    anyhow::bail!("--at: {} is in the past", super::spec::format_time(at));
-                }
-            }
             store::add(client, &spec, a.paused, a.replace, now).await?;
             let state = if a.paused { "paused" } else { "init" };
             writeln!(
@@ -178,6 +174,18 @@ pub async fn run(
         }
     }
     Ok(out)
+}
+
+/// What `add` checks beyond the definition itself: a one-off time must
+/// still be ahead.
+pub fn check_new(spec: &Spec, now: super::spec::Millis) -> Result<(), super::spec::SpecError> {
+    match spec.trigger {
+        super::spec::Trigger::At(at) if at <= now => Err(super::spec::SpecError {
+            key: "at",
+            message: format!("{} is in the past", super::spec::format_time(at)),
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn render_table(list: &[serde_json::Value]) -> String {

@@ -235,33 +235,55 @@ pub async fn range(
     end: &[u8],
     count: usize,
 ) -> Result<Vec<Message>> {
+    range_cmd("XRANGE", client, stream, start, end, count).await
+}
+
+/// XREVRANGE end start COUNT n: newest first.
+pub async fn rev_range(
+    client: &Client,
+    stream: &Arc<str>,
+    end: &[u8],
+    start: &[u8],
+    count: usize,
+) -> Result<Vec<Message>> {
+    range_cmd("XREVRANGE", client, stream, end, start, count).await
+}
+
+async fn range_cmd(
+    name: &'static str,
+    client: &Client,
+    stream: &Arc<str>,
+    first: &[u8],
+    second: &[u8],
+    count: usize,
+) -> Result<Vec<Message>> {
     let args: Vec<Value> = vec![
         key_arg(stream),
-        Value::Bytes(Bytes::copy_from_slice(start)),
-        Value::Bytes(Bytes::copy_from_slice(end)),
+        Value::Bytes(Bytes::copy_from_slice(first)),
+        Value::Bytes(Bytes::copy_from_slice(second)),
         "COUNT".into(),
         Value::Integer(count as i64),
     ];
     let frame = reply::check(
         client
-            .custom_raw(command("XRANGE", stream, false), args)
+            .custom_raw(command(name, stream, false), args)
             .await?,
     )?;
     let mut out = Vec::new();
-    for e in reply::array_of(frame, "XRANGE")? {
-        let mut parts = reply::array_of(e, "XRANGE")?.into_iter();
+    for e in reply::array_of(frame, name)? {
+        let mut parts = reply::array_of(e, name)?.into_iter();
         let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
             continue;
         };
-        let flat = reply::array_of(fields, "XRANGE")?;
+        let flat = reply::array_of(fields, name)?;
         let mut it = flat.into_iter();
         let mut pairs = Vec::new();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            pairs.push((reply::bytes_of(k, "XRANGE")?, reply::bytes_of(v, "XRANGE")?));
+            pairs.push((reply::bytes_of(k, name)?, reply::bytes_of(v, name)?));
         }
         out.push(Message {
             stream: stream.clone(),
-            id: reply::bytes_of(id, "XRANGE")?,
+            id: reply::bytes_of(id, name)?,
             fields: pairs,
             deliveries: 0,
         });
