@@ -8,6 +8,7 @@ mod ch_endpoints;
 mod chaos;
 mod cluster;
 mod common;
+mod console;
 mod dataflow;
 mod dead;
 mod delayed;

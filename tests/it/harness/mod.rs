@@ -6,6 +6,8 @@
 //!   with `redis-cli --cluster create`; a node restarts in place.
 //! - [`TcpProxy`]: a loopback TCP proxy between the worker and a server, for
 //!   injecting faults (refuse, stall, cut, delay) at run time.
+//! - [`Browser`]: headless Chromium through chromedriver (WebDriver), for
+//!   the console's tests.
 //! - [`Worker`]: the `sluice` binary as a child process with a test-given
 //!   config; its log is printed when the test fails.
 //! - [`wait_until`] and friends: poll a condition instead of sleeping.
@@ -21,6 +23,7 @@
 //! the `harness` module itself, so a user's `#[allow(..)] mod harness;`
 //! does not trip clippy's `duplicated_attributes`.
 
+mod browser;
 mod clickhouse;
 mod cluster;
 mod process;
@@ -29,6 +32,8 @@ mod redis;
 mod wait;
 mod worker;
 
+#[allow(unused_imports)]
+pub use self::browser::Browser;
 #[allow(unused_imports)]
 pub use self::clickhouse::{client_for as clickhouse_client, ClickHouseServer};
 #[allow(unused_imports)]

@@ -35,6 +35,16 @@ impl Worker {
 
     /// `sluice run --config <file> <extra args...>` with env overrides.
     pub fn spawn_args(config_toml: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Worker {
+        Self::spawn_command("run", config_toml, extra_args, env)
+    }
+
+    /// `sluice <command> --config <file> <extra args...>` (e.g. `console`).
+    pub fn spawn_command(
+        command: &str,
+        config_toml: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Worker {
         let dir = tempfile::Builder::new()
             .prefix("sluice-it-worker-")
             .tempdir()
@@ -50,7 +60,7 @@ impl Worker {
         let err = out.try_clone().expect("dup worker log");
 
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        cmd.arg("run")
+        cmd.arg(command)
             .arg("--config")
             .arg(&config)
             .args(extra_args)
