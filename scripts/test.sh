@@ -15,6 +15,10 @@ fi
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
     missing+=(redis-server redis-tools)
 fi
+# The console's browser tests drive Debian's Chromium through chromedriver.
+if [[ ! -x /usr/bin/chromium ]] || [[ ! -x /usr/bin/chromedriver ]]; then
+    missing+=(chromium chromium-driver)
+fi
 if ((${#missing[@]})); then
     apt_install "${missing[@]}"
 fi
@@ -24,6 +28,7 @@ cargo --version
 redis-server --version
 /usr/sbin/clickhouse-server --version 2>/dev/null | head -n 1 || true
 promtool --version 2>&1 | head -n 1
+/usr/bin/chromium --version 2>/dev/null || true
 
 if [[ -f ops/prometheus/prometheus.yml ]]; then
     echo "==> promtool check config ops/prometheus/prometheus.yml"

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
@@ -19,7 +19,8 @@ use super::browse::{self, EntryQuery, Order};
 use super::dead_letters::{self, Bulk, DeadFilter};
 use super::params::{check_id, FieldFilter, Params, MAX_COUNT};
 use super::{Console, ConsoleError, Result};
-use crate::schedule::spec::{now_ms, MissedPolicy, RawSpec, Spec};
+use crate::schedule::cli::AddArgs;
+use crate::schedule::spec::{now_ms, MissedPolicy};
 use crate::schedule::store::{self, Action, State as ScheduleState, Stored};
 
 /// Most ids one replay or purge request may name.
@@ -28,18 +29,7 @@ pub const MAX_IDS: usize = 1000;
 /// How many of the earliest waiting jobs a move looks through for its id.
 pub const MOVE_LOOKUP: usize = 1000;
 
-pub fn json(status: StatusCode, body: &impl Serialize) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        bytes,
-    )
-        .into_response()
-}
+pub use crate::http_entry::json;
 
 /// `{"error": …, "field": …}`.
 pub fn error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
@@ -464,26 +454,25 @@ async fn schedule_add(
         .unwrap_or("skip")
         .parse()
         .map_err(|e: String| ConsoleError::bad("missed", e))?;
-    let now = now_ms();
-    let spec = Spec::from_raw(&RawSpec {
-        name: &a.name,
-        cron: a.cron.as_deref(),
+    let args = AddArgs {
+        name: a.name,
+        cron: a.cron,
         every: a.every,
-        at: a.at.as_deref(),
-        start: a.start.as_deref(),
-        end: a.end.as_deref(),
-        stream: &a.stream,
-        fields: a
-            .fields
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect(),
+        at: a.at,
+        start: a.start,
+        end: a.end,
+        stream: a.stream,
+        fields: a.fields.into_iter().collect(),
         missed,
         grace: a.grace.unwrap_or_else(crate::schedule::spec::default_grace),
-    })
-    .and_then(|spec| crate::schedule::cli::check_new(&spec, now).map(|()| spec))
-    .map_err(|e| ConsoleError::bad(e.key, e.message))?;
-    store::add(&c.redis, &spec, a.paused, a.replace, now).await?;
+        paused: a.paused,
+        replace: a.replace,
+    };
+    let now = now_ms();
+    let spec = args
+        .spec(now)
+        .map_err(|e| ConsoleError::bad(e.key, e.message))?;
+    store::add(&c.redis, &spec, args.paused, args.replace, now).await?;
     log_action(&who, "schedule add", &spec.name, 1);
     let stored = store::load(&c.redis, &spec.name)
         .await?

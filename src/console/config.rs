@@ -177,3 +177,88 @@ impl ConsoleConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const BASE: &str = "[redis]\nurl = \"redis://127.0.0.1:6379\"\n";
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::from_toml_with_env(text, "t.toml", Vec::<(String, String)>::new())
+            .map_err(|e| e.to_string())
+    }
+
+    const TOKEN: &str =
+        "[[console.tokens]]\nname = \"ann\"\ntoken = \"0123456789abcdef-ann\"\nrole = \"viewer\"\n";
+
+    #[test]
+    fn off_unless_configured_and_loopback_by_default() {
+        assert!(parse(BASE).unwrap().console.is_none());
+        let c = parse(&format!("{BASE}[console]\n")).unwrap();
+        let console = c.console.unwrap();
+        assert_eq!(
+            console.listen, None,
+            "sluice run serves it only when listen is set"
+        );
+        assert_eq!(console.listen_or_default(), "127.0.0.1:9400");
+        assert!(console.tokens.is_empty());
+    }
+
+    #[test]
+    fn non_loopback_listen_needs_tokens_and_names_the_key() {
+        let open = format!("{BASE}[console]\nlisten = \"0.0.0.0:9400\"\n");
+        let err = parse(&open).unwrap_err();
+        assert!(
+            err.contains("console.listen") && err.contains("console.tokens"),
+            "{err}"
+        );
+        parse(&format!("{open}{TOKEN}")).unwrap();
+        parse(&format!("{BASE}[console]\nlisten = \"[::1]:9400\"\n")).unwrap();
+        let err = parse(&format!("{BASE}[console]\nlisten = \"nine\"\n")).unwrap_err();
+        assert!(err.contains("console.listen"), "{err}");
+    }
+
+    #[test]
+    fn token_rules_name_the_key() {
+        let with = |t: &str| parse(&format!("{BASE}[console]\n{t}"));
+        let err = with(&TOKEN.replace("viewer", "admin")).unwrap_err();
+        assert!(err.contains("console.tokens[0].role"), "{err}");
+        let err = with(&TOKEN.replace("0123456789abcdef-ann", "short")).unwrap_err();
+        assert!(
+            err.contains("console.tokens[0].token") && err.contains("16"),
+            "{err}"
+        );
+        let err = with(&format!("{TOKEN}{}", TOKEN.replace("-ann", "-bob"))).unwrap_err();
+        assert!(
+            err.contains("console.tokens[1].name") && err.contains("twice"),
+            "{err}"
+        );
+        let err = with(&TOKEN.replace("name = \"ann\"", "name = \"a n\"")).unwrap_err();
+        assert!(err.contains("console.tokens[0].name"), "{err}");
+        let err = with("[[console.tokens]]\nname = \"x\"\nrole = \"viewer\"\n").unwrap_err();
+        assert!(err.contains("console.tokens[0].token"), "{err}");
+        let err = with("sample_every = \"10ms\"\n").unwrap_err();
+        assert!(err.contains("console.sample_every"), "{err}");
+        let err = with("sample_every = \"1s\"\nretention = \"1d\"\n").unwrap_err();
+        assert!(err.contains("console.retention"), "{err}");
+    }
+
+    #[test]
+    fn token_file_is_read_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("op");
+        std::fs::write(&path, "file-secret-0123456789\n").unwrap();
+        let text = format!(
+            "{BASE}[console]\n[[console.tokens]]\nname = \"op\"\ntoken_file = \"{}\"\nrole = \"operator\"\n",
+            path.display()
+        );
+        let c = parse(&text).unwrap();
+        let console = c.console.unwrap();
+        assert_eq!(console.tokens[0].token, "file-secret-0123456789");
+        assert!(!format!("{console:?}").contains("file-secret"));
+        let both = text.replace("token_file", "token = \"0123456789abcdef\"\ntoken_file");
+        let err = parse(&both).unwrap_err();
+        assert!(err.contains("console.tokens[0].token_file"), "{err}");
+    }
+}

@@ -91,6 +91,11 @@ pub fn count(n: u64) -> String {
     out
 }
 
+/// `1 entry`, `2 entries`.
+pub fn entries_word(n: u64) -> String {
+    format!("{} {}", count(n), if n == 1 { "entry" } else { "entries" })
+}
+
 pub fn secs(s: f64) -> String {
     if s < 0.05 {
         "0s".into()
@@ -214,8 +219,10 @@ fn flow_card(f: &FlowView) -> Markup {
                 tbody {
                     @for s in &f.streams {
                         tr data-stream=(s.name) {
-                            td { a.mono href=(stream_link(&s.name)) { (s.name) }
-                                @if !s.shards.is_empty() { " " span.pill { (s.shards.len()) " shards" } } }
+                            td {
+                                @if s.shards.is_empty() { a.mono href=(stream_link(&s.name)) { (s.name) } }
+                                @else { span.mono { (s.name) } " " span.pill { (s.shards.len()) " shards" } }
+                            }
                             td.num data-k="length" { (count(s.length)) }
                             td.num data-k="lag" { (lag_cell(s)) }
                             td.num { (secs(s.lag_seconds)) }
@@ -351,7 +358,7 @@ pub fn stream(p: &StreamPage<'_>) -> Markup {
     html! {
         div.page-head {
             h1 { span.muted { "stream " } span.mono { (p.stream) } }
-            span.pill { (count(p.length)) " entries" }
+            span.pill { (entries_word(p.length)) }
             a.button.right href=(format!("/tap?{}", encode(&[("stream", p.stream)]))) { "Live tap" }
         }
         section.card {
@@ -400,7 +407,7 @@ pub fn stream(p: &StreamPage<'_>) -> Markup {
                 div.card-head { h2 { "Pending in " code { (group) } } }
                 @if p.pending.is_empty() { p.muted { "Nothing pending." } }
                 @else {
-                    table {
+                    table.pending {
                         thead { tr { th { "id" } th { "consumer" } th.num { "idle" } th.num { "deliveries" } } }
                         tbody {
                             @for e in p.pending {
@@ -471,7 +478,7 @@ pub fn dead(p: &DeadPageView<'_>) -> Markup {
         section.card #dead data-stream=(p.stream) data-reason=(reason) data-where=(where_text) {
             div.card-head {
                 h2.mono { (p.stream) }
-                span.pill.warn[p.length > 0] { (count(p.length)) " entries" }
+                span.pill.warn[p.length > 0] { (entries_word(p.length)) }
             }
             form.filters method="get" action="/dead" {
                 input type="hidden" name="stream" value=(p.stream);
@@ -528,7 +535,7 @@ pub fn dead(p: &DeadPageView<'_>) -> Markup {
                 }
             }
             p.pager.muted {
-                "Read " (count(p.page.scanned as u64)) " entries. "
+                "Read " (entries_word(p.page.scanned as u64)) ". "
                 @if let Some(next) = &p.page.next { a href=(with(q, "/dead", "after", next)) { "Next page →" } }
             }
         }

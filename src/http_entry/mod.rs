@@ -70,7 +70,8 @@ struct ErrorBody<'a> {
     accepted: Option<Vec<String>>,
 }
 
-fn json(status: StatusCode, body: &impl Serialize) -> Response {
+/// A JSON answer with `status`.
+pub fn json(status: StatusCode, body: &impl Serialize) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     (
         status,

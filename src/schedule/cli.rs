@@ -144,24 +144,9 @@ pub async fn run(
             writeln!(out, "{name}: fired {id}")?;
         }
         ScheduleCommand::Add(a) => {
-            let spec = Spec::from_raw(&RawSpec {
-                name: &a.name,
-                cron: a.cron.as_deref(),
-                every: a.every,
-                at: a.at.as_deref(),
-                start: a.start.as_deref(),
-                end: a.end.as_deref(),
-                stream: &a.stream,
-                fields: a
-                    .fields
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect(),
-                missed: a.missed,
-                grace: a.grace,
-            })
-            .and_then(|spec| check_new(&spec, now).map(|()| spec))
-            .map_err(|e| anyhow::anyhow!("--{}: {}", e.key, e.message))?;
+            let spec = a
+                .spec(now)
+                .map_err(|e| anyhow::anyhow!("--{}: {}", e.key, e.message))?;
             store::add(client, &spec, a.paused, a.replace, now).await?;
             let state = if a.paused { "paused" } else { "init" };
             writeln!(
@@ -176,9 +161,34 @@ pub async fn run(
     Ok(out)
 }
 
+impl AddArgs {
+    /// The definition, checked as `add` checks it (a one-off time must
+    /// still be ahead); the error names the option.
+    pub fn spec(&self, now: super::spec::Millis) -> Result<Spec, super::spec::SpecError> {
+        let spec = Spec::from_raw(&RawSpec {
+            name: &self.name,
+            cron: self.cron.as_deref(),
+            every: self.every,
+            at: self.at.as_deref(),
+            start: self.start.as_deref(),
+            end: self.end.as_deref(),
+            stream: &self.stream,
+            fields: self
+                .fields
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            missed: self.missed,
+            grace: self.grace,
+        })?;
+        check_new(&spec, now)?;
+        Ok(spec)
+    }
+}
+
 /// What `add` checks beyond the definition itself: a one-off time must
 /// still be ahead.
-pub fn check_new(spec: &Spec, now: super::spec::Millis) -> Result<(), super::spec::SpecError> {
+fn check_new(spec: &Spec, now: super::spec::Millis) -> Result<(), super::spec::SpecError> {
     match spec.trigger {
         super::spec::Trigger::At(at) if at <= now => Err(super::spec::SpecError {
             key: "at",

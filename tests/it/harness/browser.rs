@@ -71,25 +71,26 @@ impl Browser {
             "--disable-dev-shm-usage".into(),
             "--force-device-scale-factor=1".into(),
             format!("--window-size={},{}", WINDOW.0, WINDOW.1),
-            format!("--user-data-dir={}", profile.path().join("profile").display()),
+            format!(
+                "--user-data-dir={}",
+                profile.path().join("profile").display()
+            ),
         ];
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
             serde_json::json!({ "binary": CHROMIUM, "args": args }),
         );
-        let client = ClientBuilder::new(
-            hyper_util::client::legacy::connect::HttpConnector::new(),
-        )
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{port}"))
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "WebDriver session: {e}; chromedriver log:\n{}",
-                process::tail(&profile.path().join("chromedriver.log"), 8 << 10)
-            )
-        });
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "WebDriver session: {e}; chromedriver log:\n{}",
+                    process::tail(&profile.path().join("chromedriver.log"), 8 << 10)
+                )
+            });
         Browser {
             client,
             driver,
