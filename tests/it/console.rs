@@ -1030,3 +1030,52 @@ async fn overview_marks_a_flow_stuck_on_a_missing_table_and_shows_endpoints() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn open_pages_share_the_one_sampler_and_send_redis_nothing() {
+    let redis = RedisServer::start().await;
+    let rc = redis.client().await;
+    let stream = unique_name("shared");
+    xadd(&rc, &stream, &[("k", "v")]).await;
+    let config = format!(
+        "[redis]\nurl = \"{}\"\n[[flow]]\nname = \"f\"\nstreams = [\"{stream}\"]\nsink = {{ type = \"stream\", to = \"elsewhere\" }}\n\
+         [console]\nsample_every = \"1h\"\nretention = \"1h\"\n",
+        redis.url()
+    );
+    let port = free_port();
+    let _console = Worker::spawn_command(
+        "console",
+        &config,
+        &["--listen", &format!("127.0.0.1:{port}")],
+        &[],
+    );
+    wait_for(secs(30), "console listening", || port_open(port)).await;
+    wait_for(SHOWN, "the first sample", || async {
+        let (_, body) = http(port, "GET", "/api/v1/overview", &[], None).await;
+        json(&body)["taken_at_ms"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    raw(&rc, "CONFIG", vec!["RESETSTAT".into()]).await;
+    for _ in 0..10 {
+        for path in ["/", "/?fragment=1", "/api/v1/overview", "/api/v1/delayed"] {
+            let (status, body) = http(port, "GET", path, &[], None).await;
+            assert_eq!(status, 200, "{path}: {body}");
+        }
+    }
+    let stats = raw(&rc, "INFO", vec!["commandstats".into()])
+        .await
+        .as_string()
+        .expect("INFO commandstats text");
+    let stream_commands: Vec<&str> = stats
+        .lines()
+        .filter(|l| {
+            ["cmdstat_x", "cmdstat_z", "cmdstat_smembers"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect();
+    assert!(
+        stream_commands.is_empty(),
+        "40 page loads sent Redis: {stream_commands:?}"
+    );
+}

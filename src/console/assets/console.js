@@ -55,6 +55,8 @@
       if (document.hidden) return;
       try {
         const resp = await fetch(el.dataset.refresh, { credentials: "same-origin" });
+        // Signed out meanwhile (the answer is the sign-in page): go there.
+        if (resp.redirected) { location.reload(); return; }
         if (!resp.ok) return;
         const html = await resp.text();
         const open = new Set();
