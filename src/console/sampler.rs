@@ -227,7 +227,8 @@ async fn entries_added(client: &Client, stream: &str) -> Result<u64, StreamError
 pub async fn delayed_of(client: &Client, stream: &str) -> Result<DelayedView, StreamError> {
     let key = crate::delayed::set_key(stream);
     let count: u64 = client.zcard(&key).await?;
-    let first: Vec<(String, f64)> = if count > 0 {
+    // Members are MessagePack (binary): read the reply as values.
+    let first: Vec<fred::types::Value> = if count > 0 {
         client.zrange(&key, 0, 0, None, false, None, true).await?
     } else {
         Vec::new()
@@ -235,7 +236,7 @@ pub async fn delayed_of(client: &Client, stream: &str) -> Result<DelayedView, St
     Ok(DelayedView {
         stream: stream.to_string(),
         count,
-        next_due_ms: first.first().map(|(_, s)| *s as u64),
+        next_due_ms: first.get(1).and_then(|s| s.as_f64()).map(|s| s as u64),
     })
 }
 

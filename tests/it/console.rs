@@ -1079,3 +1079,107 @@ async fn open_pages_share_the_one_sampler_and_send_redis_nothing() {
         "40 page loads sent Redis: {stream_commands:?}"
     );
 }
+
+#[tokio::test]
+async fn delayed_jobs_are_counted_peeked_and_moved_now_and_missed_ticks_counted() {
+    let s = Setup::start(true).await;
+    let auth = format!("Bearer {OPERATOR}");
+    let h = [("Authorization", auth.as_str())];
+    let far = sluice::schedule::spec::now_ms() + 3_600_000;
+    for i in 0..3u64 {
+        sluice::delayed::enqueue_at(
+            &s.rc,
+            &s.stream,
+            vec![
+                ("job".into(), i.to_string().into()),
+                ("note".into(), "<later>".into()),
+            ],
+            far + i * 1000,
+        )
+        .await
+        .unwrap();
+    }
+    wait_for(SHOWN, "delayed jobs counted", || async {
+        let (_, body) = http(s.port, "GET", "/api/v1/delayed", &h, None).await;
+        json(&body)
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["stream"] == s.stream.as_str() && d["count"] == 3 && d["next_due_ms"] == far)
+    })
+    .await;
+    let (status, body) = http(
+        s.port,
+        "GET",
+        &format!("/api/v1/delayed/peek?stream={}&count=2", s.stream),
+        &h,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let peek = json(&body);
+    assert_eq!(peek.as_array().unwrap().len(), 2, "{peek}");
+    assert_eq!(
+        peek[0]["fields"],
+        serde_json::json!([["job", "0"], ["note", "<later>"]]),
+        "{peek}"
+    );
+    let job = peek[1]["job_id"].as_str().unwrap();
+    let (status, body) = http(
+        s.port,
+        "POST",
+        "/api/v1/delayed/move",
+        &h,
+        Some(&format!(r#"{{"stream":"{}","job_id":"{job}"}}"#, s.stream)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let moved = entries(&s.rc, &s.stream).await;
+    assert_eq!(moved.len(), 1);
+    assert_eq!(
+        field(&moved[0].1, "job"),
+        Some("1"),
+        "the job asked for, not the earliest"
+    );
+    let left: u64 =
+        s.rc.zcard(sluice::delayed::set_key(&s.stream))
+            .await
+            .unwrap();
+    assert_eq!(left, 2);
+    let (status, _) = http(
+        s.port,
+        "POST",
+        "/api/v1/delayed/move",
+        &h,
+        Some(&format!(r#"{{"stream":"{}","job_id":"{job}"}}"#, s.stream)),
+    )
+    .await;
+    assert_eq!(status, 404, "moved already");
+
+    // A running schedule nobody fires (no worker runs): its ticks pile up
+    // as missed.
+    let cli = Cli::new(&s.config);
+    cli.ok(&[
+        "schedule", "add", "every1s", "--every", "1s", "--stream", &s.stream,
+    ]);
+    let key = "sluice:schedule:{every1s}";
+    let ten_ago = (sluice::schedule::spec::now_ms() - 10_000).to_string();
+    raw(
+        &s.rc,
+        "HSET",
+        vec![
+            key.into(),
+            "state".into(),
+            "running".into(),
+            "last_tick".into(),
+            ten_ago.as_str().into(),
+        ],
+    )
+    .await;
+    let (_, body) = http(s.port, "GET", "/api/v1/schedules/every1s", &h, None).await;
+    let missed = json(&body)["missed_ticks"].as_u64().unwrap();
+    assert!(
+        (3..=6).contains(&missed),
+        "ticks of the 10 s behind, less the 5 s grace: {missed}"
+    );
+}
