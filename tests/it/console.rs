@@ -38,7 +38,7 @@ impl Setup {
     async fn start(tokens: bool) -> Setup {
         let redis = RedisServer::start().await;
         let rc = redis.client().await;
-        let stream = unique_name("console");
+        let stream = unique_name("jobs");
         let token_toml = if tokens {
             format!(
                 "[[console.tokens]]\nname = \"vera\"\ntoken = \"{VIEWER}\"\nrole = \"viewer\"\n\
@@ -185,6 +185,38 @@ async fn http(
     (status, body)
 }
 
+/// XREADGROUP `count` new entries of group `g` as `consumer`, then XACK them.
+async fn read_and_ack(rc: &Client, stream: &str, consumer: &str, count: usize) {
+    let read = raw(
+        rc,
+        "XREADGROUP",
+        vec![
+            "GROUP".into(),
+            "g".into(),
+            consumer.into(),
+            "COUNT".into(),
+            (count as i64).into(),
+            "STREAMS".into(),
+            stream.into(),
+            ">".into(),
+        ],
+    )
+    .await;
+    let mut ack: Vec<Value> = vec![stream.into(), "g".into()];
+    if let Value::Array(per_stream) = read {
+        if let Some(Value::Array(kv)) = per_stream.first() {
+            if let Some(Value::Array(items)) = kv.get(1) {
+                for e in items {
+                    if let Value::Array(parts) = e {
+                        ack.push(parts[0].clone());
+                    }
+                }
+            }
+        }
+    }
+    raw(rc, "XACK", ack).await;
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
@@ -260,8 +292,8 @@ async fn overview_shows_length_and_lag_as_redis_has_them() {
     })
     .await;
     // A few more rounds, each seen by a sample, so the in/out sparkline
-    // has a shape; the consumer acks part of its pending on the way.
-    for round in 0..5u64 {
+    // has a shape: entries come in, and consumer c2 takes and acks some.
+    for round in 0..6u64 {
         for i in 0..(round * 3 + 2) {
             xadd(
                 &s.rc,
@@ -270,6 +302,7 @@ async fn overview_shows_length_and_lag_as_redis_has_them() {
             )
             .await;
         }
+        read_and_ack(&s.rc, &s.stream, "c2", round as usize + 2).await;
         let want = xlen(&s.rc, &s.stream).await.to_string();
         wait_for(SHOWN, "round sampled", || async {
             b.text(&cell("length")).await.as_deref() == Some(want.as_str())
@@ -285,6 +318,9 @@ async fn overview_shows_length_and_lag_as_redis_has_them() {
             == serde_json::json!(1)
     })
     .await;
+    // Open the consumers of the stream (each one's pending and idle); the
+    // refresh keeps it open.
+    b.click(&format!("{row} details summary")).await;
     maybe_screenshot(&b, "overview.png").await;
 
     // The stream page: newest entries, filter by field value, the pending list.
