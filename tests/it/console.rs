@@ -185,8 +185,43 @@ async fn http(
     (status, body)
 }
 
-/// XREADGROUP `count` new entries of group `g` as `consumer`, then XACK them.
+/// Reads `count` new entries of group `g` as `consumer`, then XACKs them.
 async fn read_and_ack(rc: &Client, stream: &str, consumer: &str, count: usize) {
+    let mut ack: Vec<Value> = vec![stream.into(), "g".into()];
+    ack.extend(read_new(rc, stream, consumer, count).await);
+    raw(rc, "XACK", ack).await;
+}
+
+/// Runs `POST /api/v1/dead/{action}` window after window until complete;
+/// returns the sum of `sum_key`, the number of windows and `until`.
+async fn bulk_windows(
+    port: u16,
+    auth: &str,
+    action: &str,
+    filter: &str,
+    mut until: serde_json::Value,
+    sum_key: &str,
+) -> (u64, u32, serde_json::Value) {
+    let (mut sum, mut windows, mut cursor) = (0, 0, serde_json::Value::Null);
+    loop {
+        let body = format!("{{{filter},\"until\":{until},\"cursor\":{cursor}}}");
+        let path = format!("/api/v1/dead/{action}");
+        let (status, answer) =
+            http(port, "POST", &path, &[("Authorization", auth)], Some(&body)).await;
+        assert_eq!(status, 200, "{answer}");
+        let a = json(&answer);
+        sum += a[sum_key].as_u64().unwrap();
+        until = a["until"].clone();
+        cursor = a["cursor"].clone();
+        windows += 1;
+        if a["complete"] == true {
+            return (sum, windows, until);
+        }
+    }
+}
+
+/// XREADGROUP up to `count` new entries of group `g` as `consumer`; their ids.
+async fn read_new(rc: &Client, stream: &str, consumer: &str, count: usize) -> Vec<Value> {
     let read = raw(
         rc,
         "XREADGROUP",
@@ -202,19 +237,19 @@ async fn read_and_ack(rc: &Client, stream: &str, consumer: &str, count: usize) {
         ],
     )
     .await;
-    let mut ack: Vec<Value> = vec![stream.into(), "g".into()];
+    let mut ids = Vec::new();
     if let Value::Array(per_stream) = read {
         if let Some(Value::Array(kv)) = per_stream.first() {
             if let Some(Value::Array(items)) = kv.get(1) {
                 for e in items {
                     if let Value::Array(parts) = e {
-                        ack.push(parts[0].clone());
+                        ids.push(parts[0].clone());
                     }
                 }
             }
         }
     }
-    raw(rc, "XACK", ack).await;
+    ids
 }
 
 fn json(body: &str) -> serde_json::Value {
@@ -246,21 +281,7 @@ async fn overview_shows_length_and_lag_as_redis_has_them() {
         ],
     )
     .await;
-    raw(
-        &s.rc,
-        "XREADGROUP",
-        vec![
-            "GROUP".into(),
-            "g".into(),
-            "c1".into(),
-            "COUNT".into(),
-            10.into(),
-            "STREAMS".into(),
-            s.stream.as_str().into(),
-            ">".into(),
-        ],
-    )
-    .await;
+    read_new(&s.rc, &s.stream, "c1", 10).await;
     let length = xlen(&s.rc, &s.stream).await;
     let (lag, pending) = redis_lag_pending(&s.rc, &s.stream).await;
     assert_eq!((length, lag, pending), (25, 15, 10), "the setup itself");
@@ -754,57 +775,22 @@ async fn bulk_replay_of_a_filter_is_counted_first_and_runs_in_windows() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(json(&body)["field"], "until");
 
-    let mut windows = 0;
-    let (mut matched, mut until, mut cursor) =
-        (0u64, serde_json::Value::Null, serde_json::Value::Null);
-    loop {
-        let body = format!("{{{filter},\"until\":{until},\"cursor\":{cursor}}}");
-        let (status, answer) = http(
-            s.port,
-            "POST",
-            "/api/v1/dead/preview",
-            &[("Authorization", &auth)],
-            Some(&body),
-        )
-        .await;
-        assert_eq!(status, 200, "{answer}");
-        let a = json(&answer);
-        matched += a["matched"].as_u64().unwrap();
-        until = a["until"].clone();
-        cursor = a["cursor"].clone();
-        windows += 1;
-        if a["complete"] == true {
-            break;
-        }
-    }
+    let (matched, windows, until) = bulk_windows(
+        s.port,
+        &auth,
+        "preview",
+        &filter,
+        serde_json::Value::Null,
+        "matched",
+    )
+    .await;
     assert_eq!((matched, windows), (4000, 2));
     assert_eq!(
         xlen(&s.rc, &s.dead()).await,
         n as u64,
         "a preview changes nothing"
     );
-
-    let (mut done, mut windows) = (0u64, 0);
-    cursor = serde_json::Value::Null;
-    loop {
-        let body = format!("{{{filter},\"until\":{until},\"cursor\":{cursor}}}");
-        let (status, answer) = http(
-            s.port,
-            "POST",
-            "/api/v1/dead/replay",
-            &[("Authorization", &auth)],
-            Some(&body),
-        )
-        .await;
-        assert_eq!(status, 200, "{answer}");
-        let a = json(&answer);
-        done += a["done"].as_u64().unwrap();
-        cursor = a["cursor"].clone();
-        windows += 1;
-        if a["complete"] == true {
-            break;
-        }
-    }
+    let (done, windows, _) = bulk_windows(s.port, &auth, "replay", &filter, until, "done").await;
     assert_eq!((done, windows), (4000, 2));
     assert_eq!(xlen(&s.rc, &s.stream).await, 4000);
     assert_eq!(xlen(&s.rc, &s.dead()).await, 8000);
