@@ -1205,3 +1205,76 @@ async fn delayed_jobs_are_counted_peeked_and_moved_now_and_missed_ticks_counted(
         "ticks of the 10 s behind, less the 5 s grace: {missed}"
     );
 }
+
+/// Waits for the page's `confirm()` dialog, checks its text, accepts it.
+async fn accept_confirm(b: &Browser, expect: &str) {
+    wait_for(SHOWN, "a confirm dialog", || async {
+        b.client.get_alert_text().await.is_ok()
+    })
+    .await;
+    let text = b.client.get_alert_text().await.expect("the dialog's text");
+    assert!(text.contains(expect), "{text:?} should say {expect:?}");
+    b.client.accept_alert().await.expect("accept the dialog");
+}
+
+#[tokio::test]
+async fn dead_letters_replayed_by_filter_and_purged_by_selection_in_the_browser() {
+    let s = Setup::start(false).await;
+    for i in 0..6 {
+        let task = if i % 2 == 0 { "report" } else { "sum" };
+        s.dead_letter(
+            &s.stream,
+            "handler failed",
+            &[("rec_id", &i.to_string()), ("task_for", task)],
+        )
+        .await;
+    }
+    let b = Browser::start().await;
+    b.goto(&s.url(&format!(
+        "/dead?stream={}&where=task_for%3Dreport",
+        s.dead()
+    )))
+    .await;
+    wait_for(SHOWN, "filtered list", || async {
+        b.eval("document.querySelectorAll('table.entries tbody tr').length")
+            .await
+            == serde_json::json!(3)
+    })
+    .await;
+    b.click("button[data-action=dead-bulk][data-op=replay]")
+        .await;
+    accept_confirm(&b, "Replay 3 dead letter(s) matching the filter").await;
+    wait_for(SHOWN, "the three replayed", || async {
+        xlen(&s.rc, &s.dead()).await == 3
+    })
+    .await;
+    let back = entries(&s.rc, &s.stream).await;
+    assert_eq!(back.len(), 3);
+    assert!(
+        back.iter()
+            .all(|(_, f)| field(f, "task_for") == Some("report")),
+        "{back:?}"
+    );
+
+    b.goto(&s.url(&format!("/dead?stream={}", s.dead()))).await;
+    wait_for(SHOWN, "the rest listed", || async {
+        b.eval("document.querySelectorAll('input[name=sel]').length")
+            .await
+            == serde_json::json!(3)
+    })
+    .await;
+    b.eval("(() => { const boxes = document.querySelectorAll('input[name=sel]'); boxes[0].click(); boxes[1].click(); return 1; })()").await;
+    b.click("button[data-action=dead-selected][data-op=purge]")
+        .await;
+    accept_confirm(&b, "Delete 2 selected").await;
+    wait_for(SHOWN, "two purged", || async {
+        xlen(&s.rc, &s.dead()).await == 1
+    })
+    .await;
+    assert_eq!(
+        xlen(&s.rc, &s.stream).await,
+        3,
+        "purge adds nothing anywhere"
+    );
+    b.close().await;
+}
