@@ -19,6 +19,7 @@ mod http_entry;
 mod ingest;
 mod lifecycle;
 mod observability;
+mod oom;
 mod outage;
 mod schedule;
 mod security;
