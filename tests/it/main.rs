@@ -21,5 +21,6 @@ mod lifecycle;
 mod observability;
 mod oom;
 mod outage;
+mod redis_version;
 mod schedule;
 mod security;
