@@ -126,7 +126,8 @@ fn decide(
 mod tests {
     use super::*;
 
-    const INFO_62: &str = "# Server\r\nredis_version:6.2.14\r\nredis_git_sha1:00000000\r\nredis_mode:standalone\r\n";
+    const INFO_62: &str =
+        "# Server\r\nredis_version:6.2.14\r\nredis_git_sha1:00000000\r\nredis_mode:standalone\r\n";
     const INFO_70: &str = "# Server\r\nredis_version:7.0.15\r\nredis_mode:cluster\r\n";
 
     #[test]

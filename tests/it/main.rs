@@ -13,6 +13,7 @@ mod dead;
 mod delayed;
 mod delivery;
 mod exactly_once;
+mod exec_replies;
 mod harness;
 mod harness_selftest;
 mod http_entry;

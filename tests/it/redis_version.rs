@@ -3,9 +3,9 @@
 //! installed here, so the refusal itself is unit-tested in
 //! `stream::version`; these tests show that real servers are asked and pass.
 
+use crate::common::LONG;
 use crate::harness::{wait_for, RedisCluster, RedisServer, Worker};
 use crate::schedule::{redis_only_config, Cli};
-use crate::common::LONG;
 
 #[tokio::test]
 async fn check_and_run_read_every_masters_version() {
@@ -25,5 +25,8 @@ async fn check_and_run_read_every_masters_version() {
     let single = RedisServer::start().await;
     let cfg = redis_only_config(&single.url(), "");
     let out = Cli::new(&cfg).ok(&["check"]);
-    assert!(out.contains("redis:") && out.contains("(version 7."), "{out}");
+    assert!(
+        out.contains("redis:") && out.contains("(version 7."),
+        "{out}"
+    );
 }
