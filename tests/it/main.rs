@@ -24,4 +24,5 @@ mod oom;
 mod outage;
 mod redis_version;
 mod schedule;
+mod schedule_cuts;
 mod security;

@@ -9,18 +9,6 @@ use fred::types::Value;
 use crate::common::*;
 use crate::harness::{unique_name, wait_for, Worker};
 
-/// `INFO memory` → `used_memory`.
-pub async fn used_memory(client: &Client) -> u64 {
-    let info: String = client
-        .info(Some(fred::types::InfoKind::Memory))
-        .await
-        .expect("INFO memory");
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("used_memory in INFO")
-}
-
 /// `CONFIG SET maxmemory <bytes>` with `noeviction` (0 = no limit).
 pub async fn set_maxmemory(client: &Client, bytes: u64) {
     raw(
