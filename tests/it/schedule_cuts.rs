@@ -67,7 +67,7 @@ fields = {{ tick = "{{tick}}" }}
 "#,
         addr = proxy.addr()
     );
-    let w = Worker::spawn(&cfg);
+    let mut w = Worker::spawn(&cfg);
     wait_for(LONG, "the schedule fires", || async {
         xlen(&direct, &out).await >= 3
     })
@@ -93,6 +93,7 @@ fields = {{ tick = "{{tick}}" }}
     })
     .await;
     w.term();
+    w.wait_exit(LONG).await.expect("worker exits");
 
     let mut per_tick: BTreeMap<u64, usize> = BTreeMap::new();
     for (_, f) in entries(&direct, &out).await {
