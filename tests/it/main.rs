@@ -26,3 +26,4 @@ mod redis_version;
 mod schedule;
 mod schedule_cuts;
 mod security;
+mod stream_capacity;
