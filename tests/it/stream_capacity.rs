@@ -10,21 +10,9 @@ use fred::prelude::*;
 use fred::types::Value;
 
 use crate::common::*;
+use crate::dataflow::config;
 use crate::harness::{free_port, unique_name, wait_for, RedisServer, Worker};
 use crate::observability::{sample, scrape};
-
-fn config(redis_url: &str, rest: &str) -> String {
-    format!(
-        r#"
-[redis]
-url = "{redis_url}"
-[worker]
-shutdown_timeout = "20s"
-block = "200ms"
-{rest}
-"#
-    )
-}
 
 /// A group's entries still to process: its lag (undelivered) + pending.
 async fn unprocessed(client: &Client, stream: &str, group: &str) -> u64 {
