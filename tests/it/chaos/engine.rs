@@ -686,7 +686,10 @@ pub async fn run(case: Case, params: &Params) -> Report {
         report.notes.push("replicas did not start".into());
         report.unexpected_exits = fleet.workers.len() as u64;
         for w in &fleet.workers {
-            eprintln!("chaos: replica log:\n{}", tail(&w.log_contents(), 4000));
+            let log = w.log_contents();
+            // The error line comes before the backtrace that fills the tail.
+            let error = log.lines().find(|l| l.starts_with("Error:")).unwrap_or("");
+            eprintln!("chaos: replica log:\n{error}\n…\n{}", tail(&log, 4000));
         }
         return report;
     }
