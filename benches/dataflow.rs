@@ -1,8 +1,10 @@
 //! Dataflow benchmarks against a private Redis, with the `sluice` binary:
 //!
 //! 1. stream→stream forwarding: a backlog of seed-shaped 4-field jobs moved
-//!    by one worker (XREADGROUP → XADD to the target(s) → XACK), plain and
-//!    routed by `task_for` through a template to three streams;
+//!    by one worker (XREADGROUP → XADD to the target(s) → XACK), plain,
+//!    routed by `task_for` through a template to three streams, and to one
+//!    target with a `max_len` (never reached: the cost of adding through
+//!    the capacity script, `sink::stream::ADD_UNDER_CAP`);
 //! 2. the HTTP entry: a loopback load generator (keep-alive HTTP/1.1
 //!    connections, each with one request in flight) POSTs JSON arrays of
 //!    seed-shaped items for a few seconds; requests/s, items/s, latency.
@@ -44,7 +46,16 @@ struct Forward {
     rss_mb: f64,
 }
 
-async fn forward(redis: &RedisServer, n: usize, routed: bool) -> Forward {
+/// The stream sink of a forwarding run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Plain,
+    Routed,
+    Capped,
+}
+
+async fn forward(redis: &RedisServer, n: usize, shape: Shape) -> Forward {
+    let routed = shape == Shape::Routed;
     let rc = redis.client().await;
     let src = harness::unique_name("fwd_src");
     let dst = harness::unique_name("fwd_dst");
@@ -53,10 +64,15 @@ async fn forward(redis: &RedisServer, n: usize, routed: bool) -> Forward {
         .custom(cmd("CONFIG", ""), vec!["RESETSTAT"])
         .await
         .unwrap();
-    let sink = if routed {
-        format!(r#"sink = {{ type = "stream", route_by = "task_for", to = "{dst}.{{task_for}}" }}"#)
-    } else {
-        format!(r#"sink = {{ type = "stream", to = "{dst}" }}"#)
+    let sink = match shape {
+        Shape::Routed => format!(
+            r#"sink = {{ type = "stream", route_by = "task_for", to = "{dst}.{{task_for}}" }}"#
+        ),
+        Shape::Plain => format!(r#"sink = {{ type = "stream", to = "{dst}" }}"#),
+        Shape::Capped => format!(
+            r#"sink = {{ type = "stream", to = "{dst}", max_len = {} }}"#,
+            n + 1
+        ),
     };
     let config = format!(
         r#"[redis]
@@ -90,17 +106,19 @@ batch = {{ max_rows = 5000, max_wait = "100ms" }}
     let secs = started.elapsed().as_secs_f64();
     let stats = commandstats(&rc).await;
     let usec = |c: &str| stats.get(c).map(|s| s.1).unwrap_or(0) as f64;
-    let redis_us = (usec("xreadgroup") + usec("xadd") + usec("xack")) / n as f64;
+    // A script's XADDs are counted under `xadd` and in `evalsha` both.
+    let redis_us =
+        (usec("xreadgroup") + usec("xack") + usec("evalsha").max(usec("xadd"))) / n as f64;
     let rss_mb = worker.peak_rss_kb().unwrap_or(0) as f64 / 1024.0;
     drop(worker);
     let mut del: Vec<String> = targets;
     del.push(src);
     let _: Value = rc.custom(cmd("DEL", ""), del).await.unwrap();
     Forward {
-        label: if routed {
-            "routed by task_for → 3 streams"
-        } else {
-            "plain → 1 stream"
+        label: match shape {
+            Shape::Routed => "routed by task_for → 3 streams",
+            Shape::Plain => "plain → 1 stream",
+            Shape::Capped => "capped (max_len) → 1 stream",
         },
         rate: n as f64 / secs,
         redis_us,
@@ -223,8 +241,9 @@ fn main() {
         let conns = env_usize("SLUICE_BENCH_CONNS", 32);
         let redis = RedisServer::start().await;
         let forwards = vec![
-            forward(&redis, n, false).await,
-            forward(&redis, n, true).await,
+            forward(&redis, n, Shape::Plain).await,
+            forward(&redis, n, Shape::Routed).await,
+            forward(&redis, n, Shape::Capped).await,
         ];
         let mut loads = Vec::new();
         for items in [1, 100] {

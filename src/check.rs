@@ -14,17 +14,14 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
     let redis = client::connect(&config.redis)
         .await
         .map_err(|e| anyhow::anyhow!("redis.url: cannot connect: {e}"))?;
-    use fred::prelude::*;
-    let info: String = redis
-        .info(Some(fred::types::InfoKind::Server))
-        .await
-        .unwrap_or_default();
-    let version = info
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .unwrap_or("?")
-        .trim()
-        .to_string();
+    let versions = crate::stream::version::check(&redis).await?;
+    let version = versions
+        .iter()
+        .map(|(_, v)| v.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+        .join(", ");
     let kind = if config.redis.is_cluster() {
         "redis cluster"
     } else {

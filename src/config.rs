@@ -432,6 +432,36 @@ pub struct StreamSinkConfig {
     /// How often a paused flow re-reads the length of a full target.
     #[serde(default = "default_check_every", with = "humantime_serde")]
     pub check_every: Duration,
+    /// What counts toward a target's `max_len` (see [`Capacity`]).
+    #[serde(default)]
+    pub capacity: Capacity,
+    /// Most templated targets the router remembers; past it, targets no
+    /// batch in flight uses are forgotten (and re-resolved when used again).
+    #[serde(default = "default_max_targets")]
+    pub max_targets: usize,
+}
+
+/// What a stream sink counts against a target's `max_len`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capacity {
+    /// The entries still to be processed downstream: for the slowest of the
+    /// target's consumer groups, its lag plus its pending entries (at most
+    /// XLEN; XLEN when Redis cannot tell the lag); XLEN for a target
+    /// without a group. A downstream that acks without deleting frees room.
+    #[default]
+    Lag,
+    /// XLEN: room frees only when entries leave the stream (XDEL, trimming).
+    Length,
+}
+
+impl Capacity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capacity::Lag => "lag",
+            Capacity::Length => "length",
+        }
+    }
 }
 
 /// One or more target streams: `"name"`, `{ stream = "name", max_len = N }`,
@@ -843,6 +873,9 @@ fn default_claim_every() -> Duration {
 }
 fn default_check_every() -> Duration {
     Duration::from_millis(200)
+}
+fn default_max_targets() -> usize {
+    10_000
 }
 fn default_exec_workers() -> usize {
     1
@@ -1311,6 +1344,9 @@ fn validate_stream_sink(flow: &FlowConfig, sink: &StreamSinkConfig, key: &str) -
     }
     if sink.check_every.is_zero() {
         return Err(key_error(&format!("{key}.check_every"), "must be > 0"));
+    }
+    if sink.max_targets == 0 {
+        return Err(key_error(&format!("{key}.max_targets"), "must be >= 1"));
     }
     let dead = flow.dead_letter_stream();
     let mut lists: Vec<(String, &Targets)> = Vec::new();

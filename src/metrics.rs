@@ -69,6 +69,8 @@ pub struct Metrics {
     pub endpoint_inserts: IntCounterVec,
     pub endpoint_rows: IntCounterVec,
     pub endpoint_errors: IntCounterVec,
+    pub stream_sink_targets: IntGaugeVec,
+    pub stream_sink_targets_evicted: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -271,6 +273,18 @@ impl Metrics {
                 "Failed inserts and health checks per ClickHouse endpoint, by kind (retry, bisect, health_check).",
                 &["flow", "endpoint", "kind"],
             ),
+            stream_sink_targets: int_gauge(
+                &r,
+                "sluice_stream_sink_targets",
+                "Target streams a stream sink's router remembers (at most max_targets plus those of batches in flight).",
+                &["flow"],
+            ),
+            stream_sink_targets_evicted: counter(
+                &r,
+                "sluice_stream_sink_targets_evicted_total",
+                "Idle templated targets the router forgot because it held max_targets.",
+                &["flow"],
+            ),
             registry: r,
         })
         .init_build_info()
@@ -436,6 +450,21 @@ impl FlowMetrics {
         if let Some(sh) = self.stream(stream) {
             sh.lost.inc_by(n as u64);
         }
+    }
+
+    /// A stream sink's router holds `held` targets after forgetting
+    /// `evicted` idle ones. Rare (a new target, an eviction): labels are
+    /// looked up here rather than pre-resolved.
+    pub fn stream_sink_targets(&self, held: usize, evicted: usize) {
+        let Some(h) = &self.inner else { return };
+        let flow = [h.flow.as_str()];
+        let m = &h.metrics;
+        m.stream_sink_targets
+            .with_label_values(&flow)
+            .set(held as i64);
+        m.stream_sink_targets_evicted
+            .with_label_values(&flow)
+            .inc_by(evicted as u64);
     }
 
     /// A confirmed insert of `rows` rows, `bytes` bytes, taking `took`.

@@ -11,6 +11,19 @@ use crate::handler::Handlers;
 use crate::metrics::Metrics;
 use crate::stream::group::consumer_name;
 
+/// Refuses to start on a Redis older than the supported minimum (every
+/// master of a cluster is asked): see [`crate::stream::version`].
+async fn require_redis_version(config: &Config) -> anyhow::Result<()> {
+    let client = crate::stream::client::connect(&config.redis)
+        .await
+        .map_err(|e| anyhow::anyhow!("redis.url: cannot connect: {e}"))?;
+    for (server, version) in crate::stream::version::check(&client).await? {
+        tracing::info!(%server, %version, "redis version supported");
+    }
+    let _ = fred::prelude::ClientLike::quit(&client).await;
+    Ok(())
+}
+
 /// Runs all flows of `config` until `shutdown` is cancelled, then drains.
 /// Returns an error if a flow failed to start or could not commit what it
 /// held within `worker.shutdown_timeout`.
@@ -39,6 +52,7 @@ pub async fn run_with_handlers(
             "config has no [[flow]], no [http] and [scheduler] is disabled: nothing to do"
         );
     }
+    require_redis_version(&config).await?;
     let consumer = consumer_name(config.worker.consumer_prefix.as_deref());
     tracing::info!(%consumer, flows = config.flows.len(), "starting worker");
 

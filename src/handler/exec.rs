@@ -9,15 +9,19 @@
 //! ← {"id":"…","outputs":[{…},{…}]}                                    several (or none: [])
 //! ← {"id":"…","error":"what went wrong","retry":false}                 a failure
 //! ```
-//! `id` in the reply is optional; when present it must match. `retry`
-//! defaults to true (redeliver later); `false` dead-letters at once. A child
-//! handles one message at a time; `workers` children run in parallel.
-//! Anything the child writes to stderr goes to the worker's log.
+//! Every reply must carry its request's `id`: a reply without it, or for
+//! another id, breaks the protocol. `retry` defaults to true (redeliver
+//! later); `false` dead-letters at once. A child handles one message at a
+//! time; `workers` children run in parallel. Anything the child writes to
+//! stderr goes to the worker's log.
 //!
-//! A child that exits, answers garbage or does not answer within `timeout`
-//! is killed, the message fails (and is retried by redelivery), and a new
-//! child is started for the next message, with a growing pause if children
-//! keep dying right after start.
+//! A child that exits, answers garbage or for another id, or does not
+//! answer within `timeout` is killed, the message fails (and is retried by
+//! redelivery), and a new child is started for the next message, with a
+//! growing pause if children keep dying right after start. A child whose
+//! call was abandoned with its request in flight (the flow's outer timeout
+//! cancelled it) is killed too, never handed the next message: its late
+//! reply would answer the wrong request.
 
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -59,11 +63,20 @@ pub struct ExecHandler {
 struct Slot<'a> {
     pool: &'a ExecHandler,
     proc: Option<Proc>,
+    /// A request was written and its reply not yet read. Still set on drop
+    /// means the call was cancelled mid-exchange: the child goes (dropping
+    /// it kills it, `kill_on_drop`) and a new one starts on next use.
+    in_flight: bool,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        let proc = self.proc.take();
+        let mut proc = self.proc.take();
+        if self.in_flight {
+            if let Some(p) = proc.take() {
+                tracing::warn!(flow = %self.pool.flow, pid = p.pid, "handler call abandoned with a request in flight; its process is killed so a late reply cannot answer the next message");
+            }
+        }
         self.pool
             .idle
             .lock()
@@ -185,13 +198,23 @@ pub fn parse_reply(line: &str, id: &[u8]) -> Result<Vec<Fields>, ReplyProblem> {
     let obj = v
         .as_object()
         .ok_or_else(|| ReplyProblem::Protocol(format!("reply is not an object: {}", clip(line))))?;
-    if let Some(reply_id) = obj.get("id") {
-        if reply_id.as_str().map(str::as_bytes) != Some(id) {
+    // The id is required: a reply that does not name its request cannot be
+    // told apart from a late answer to an earlier one.
+    match obj.get("id") {
+        None => {
+            return Err(ReplyProblem::Protocol(format!(
+                "reply has no `id` (expected {:?}): {}",
+                String::from_utf8_lossy(id),
+                clip(line)
+            )))
+        }
+        Some(reply_id) if reply_id.as_str().map(str::as_bytes) != Some(id) => {
             return Err(ReplyProblem::Protocol(format!(
                 "reply is for id {reply_id}, expected {:?}",
                 String::from_utf8_lossy(id)
             )));
         }
+        Some(_) => {}
     }
     if let Some(error) = obj.get("error").filter(|e| !e.is_null()) {
         let text = error
@@ -248,7 +271,11 @@ impl Handler for ExecHandler {
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .expect("a free slot per permit");
-        let mut slot = Slot { pool: self, proc };
+        let mut slot = Slot {
+            pool: self,
+            proc,
+            in_flight: false,
+        };
         if slot.proc.is_none() {
             slot.proc = Some(self.respawn().await?);
         }
@@ -256,7 +283,9 @@ impl Handler for ExecHandler {
         let pid = proc.pid;
         let mut request = request_json(m);
         request.push(b'\n');
+        slot.in_flight = true;
         let outcome = tokio::time::timeout(self.cfg.timeout, Self::exchange(proc, &request)).await;
+        slot.in_flight = false;
         let id = String::from_utf8_lossy(&m.id);
         match outcome {
             Ok(Ok(Exchange::Reply(line))) => match parse_reply(&line, &m.id) {
@@ -298,9 +327,11 @@ mod tests {
     fn replies_one_several_none_or_error() {
         let one = parse_reply(r#"{"id":"1-0","fields":{"a":"b"}}"#, b"1-0").unwrap();
         assert_eq!(one.len(), 1);
-        let two = parse_reply(r#"{"outputs":[{"a":1},{"a":2}]}"#, b"1-0").unwrap();
+        let two = parse_reply(r#"{"id":"1-0","outputs":[{"a":1},{"a":2}]}"#, b"1-0").unwrap();
         assert_eq!(two.len(), 2);
-        assert!(parse_reply(r#"{"outputs":[]}"#, b"1-0").unwrap().is_empty());
+        assert!(parse_reply(r#"{"id":"1-0","outputs":[]}"#, b"1-0")
+            .unwrap()
+            .is_empty());
         assert_eq!(
             parse_reply(r#"{"id":"1-0","error":"bad input","retry":false}"#, b"1-0"),
             Err(ReplyProblem::Failed(HandlerError::Fatal(
@@ -308,7 +339,7 @@ mod tests {
             )))
         );
         assert_eq!(
-            parse_reply(r#"{"error":"busy"}"#, b"1-0"),
+            parse_reply(r#"{"id":"1-0","error":"busy"}"#, b"1-0"),
             Err(ReplyProblem::Failed(HandlerError::Retry("busy".into())))
         );
     }
@@ -319,9 +350,12 @@ mod tests {
             "not json",
             "[1]",
             r#"{"id":"2-0","fields":{"a":1}}"#,
-            r#"{"fields":{"a":1},"outputs":[]}"#,
-            r#"{"fields":"x"}"#,
-            r#"{}"#,
+            r#"{"fields":{"a":1}}"#,
+            r#"{"error":"busy"}"#,
+            r#"{"id":1,"fields":{"a":1}}"#,
+            r#"{"id":"1-0","fields":{"a":1},"outputs":[]}"#,
+            r#"{"id":"1-0","fields":"x"}"#,
+            r#"{"id":"1-0"}"#,
         ] {
             assert!(
                 matches!(parse_reply(line, b"1-0"), Err(ReplyProblem::Protocol(_))),

@@ -7,6 +7,8 @@
 //! sluice:schedule:{name}            HASH  definition + state + progress
 //! sluice:schedule:{name}:tick:{ms}  STRING  exactly-once guard of one tick
 //!                                         (SET NX PX; value = the replica that took it)
+//! sluice:schedule:fired:{tag}:{name}:{ms}  STRING  cluster only: the tick's entry
+//!                                         ("replica id"), in the target stream's slot
 //! ```
 //!
 //! The braces around the name are literal: a Redis Cluster hash tag, so a
@@ -15,6 +17,11 @@
 //! script adds the tick's entry together with its guard; on a cluster the
 //! target stream is in another slot, so the guard is taken first (as
 //! `pending:…`, expiring), the entry added, and the guard then completed.
+//! The entry is added by a script on the stream's node that also writes a
+//! per-tick marker in the stream's slot, and adds nothing when the marker
+//! exists: a command fred sends again after a cut connection, or a replica
+//! taking over a tick whose guard expired during a slow XADD, cannot add a
+//! second entry.
 
 use fred::prelude::*;
 use fred::types::scripts::Script;
@@ -185,13 +192,20 @@ return 'fired:' .. id
 );
 
 /// Cluster mode, step 1: takes the tick's guard as `pending:<owner>`.
+/// The owner's own pending guard (a reply lost on a cut, a retry) is taken
+/// again: step 2 cannot add the entry twice.
 /// KEYS: hash, tick key. ARGV: tick, pending ttl ms, owner, ttl ms.
 const FIRE_GUARD: &str = concat!(
     tick_checks!(),
     r#"if not redis.call('SET', KEYS[2], 'pending:' .. ARGV[3], 'NX', 'PX', ARGV[2]) then
   local v = redis.call('GET', KEYS[2])
-  if v and string.sub(v, 1, 8) == 'pending:' then return 'pending' end
-  return 'done'
+  if v == 'pending:' .. ARGV[3] then
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  elseif v and string.sub(v, 1, 8) == 'pending:' then
+    return 'pending'
+  else
+    return 'done'
+  end
 end
 if state ~= 'running' then
   redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
@@ -202,10 +216,25 @@ return 'go'
 "#
 );
 
+/// Cluster mode, step 2, on the target stream's node: adds the tick's
+/// entry unless its marker says it was added. KEYS: stream, marker (same
+/// slot). ARGV: marker ttl ms, owner, fields…. Returns `added:<id>` or
+/// `had:<owner> <id>`.
+const FIRE_ADD: &str = r#"
+local had = redis.call('GET', KEYS[2])
+if had then return 'had:' .. had end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. id, 'PX', ARGV[1])
+return 'added:' .. id
+"#;
+
 /// Cluster mode, step 3 (after the XADD): completes the guard and the
-/// schedule's progress. KEYS: hash, tick key. ARGV: tick, ttl ms, owner,
-/// now, entry id.
+/// schedule's progress, once: a guard already completed (this step sent
+/// again, or run by both a slow replica and the one that took over) is left
+/// alone. KEYS: hash, tick key. ARGV: tick, ttl ms, owner, now, entry id.
 const FIRE_DONE: &str = r#"
+local v = redis.call('GET', KEYS[2])
+if v and string.sub(v, 1, 8) ~= 'pending:' then return 'done' end
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
 local last = tonumber(redis.call('HGET', KEYS[1], 'last_tick'))
 if not last or tonumber(ARGV[1]) > last then redis.call('HSET', KEYS[1], 'last_tick', ARGV[1]) end
@@ -284,6 +313,7 @@ return 'fired:' .. id
 
 static FIRE_S: OnceLock<Script> = OnceLock::new();
 static FIRE_GUARD_S: OnceLock<Script> = OnceLock::new();
+static FIRE_ADD_S: OnceLock<Script> = OnceLock::new();
 static FIRE_DONE_S: OnceLock<Script> = OnceLock::new();
 static ACTIVATE_S: OnceLock<Script> = OnceLock::new();
 static UPSERT_S: OnceLock<Script> = OnceLock::new();
@@ -384,8 +414,10 @@ pub async fn fire(
 
 /// Cluster mode: guard, XADD, complete (see the module doc). A replica that
 /// dies between the guard and the XADD leaves a `pending` guard, which
-/// expires so another replica fires the tick; one that dies between the
-/// XADD and completing it can have the tick fired twice. Never lost.
+/// expires so another replica fires the tick. The XADD is idempotent per
+/// tick (its marker, in the stream's slot): re-sent after a cut, or run
+/// again by a replica taking over an expired guard, it adds no second
+/// entry, so a tick adds at most one entry. Never lost.
 #[allow(clippy::too_many_arguments)]
 async fn fire_in_steps(
     client: &Client,
@@ -413,7 +445,27 @@ async fn fire_in_steps(
     if reply != "go" {
         return outcome(reply);
     }
-    let id: String = client.xadd(stream, false, None, "*", fields).await?;
+    // The marker outlives every guard of the tick.
+    let marker_ttl = ttl.parse::<u64>().unwrap_or(0).max(PENDING_TTL_MS) * 2;
+    let mut args = vec![marker_ttl.to_string(), owner.to_string()];
+    for (k, v) in fields {
+        args.push(k);
+        args.push(v);
+    }
+    let added = eval(
+        client,
+        (&FIRE_ADD_S, FIRE_ADD),
+        vec![stream.to_string(), fired_key(stream, &spec.name, tick)],
+        args,
+    )
+    .await?;
+    let (by, id) = match (added.strip_prefix("added:"), added.strip_prefix("had:")) {
+        (Some(id), _) => (owner, id),
+        (None, Some(had)) => had
+            .split_once(' ')
+            .ok_or_else(|| StoreError::Reply(added.clone()))?,
+        _ => return Err(StoreError::Reply(added)),
+    };
     eval(
         client,
         (&FIRE_DONE_S, FIRE_DONE),
@@ -423,11 +475,42 @@ async fn fire_in_steps(
             ttl.to_string(),
             owner.to_string(),
             now.to_string(),
-            id.clone(),
+            id.to_string(),
         ],
     )
     .await?;
-    Ok(FireOutcome::Fired(id))
+    Ok(if by == owner {
+        FireOutcome::Fired(id.to_string())
+    } else {
+        FireOutcome::AlreadyDone
+    })
+}
+
+/// The marker of `tick`'s entry: a key in the slot of `stream` (its hash
+/// tag, else its whole name, as this key's tag), so one script on the
+/// stream's node can check it and add the entry together.
+pub fn fired_key(stream: &str, name: &str, tick: Millis) -> String {
+    let slot = fred::util::redis_keyslot(stream.as_bytes());
+    let tag = hash_tag(stream).unwrap_or(stream);
+    let key = format!("sluice:schedule:fired:{{{tag}}}:{name}:{tick}");
+    if fred::util::redis_keyslot(key.as_bytes()) == slot {
+        return key;
+    }
+    // A name whose braces defeat the tag above (e.g. `a}b`): any tag of the
+    // same slot will do; one is found within a few tens of thousands of tries.
+    let tag = (0u32..)
+        .map(|n| format!("s{n}"))
+        .find(|t| fred::util::redis_keyslot(t.as_bytes()) == slot)
+        .expect("every slot has a short tag");
+    format!("sluice:schedule:fired:{{{tag}}}:{name}:{tick}")
+}
+
+/// The hash tag of a key: the text between its first `{` and the next `}`,
+/// if not empty (Redis Cluster's rule).
+fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let close = key[open + 1..].find('}')?;
+    (close > 0).then(|| &key[open + 1..open + 1 + close])
 }
 
 fn outcome(reply: String) -> Result<FireOutcome> {
@@ -695,4 +778,34 @@ pub fn describe(s: &Stored, now: Millis) -> serde_json::Value {
         "triggered": s.triggered,
         "source": s.source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fired_marker_shares_the_stream_slot() {
+        for stream in [
+            "jobs", "jobs:{0}", "{t}x", "a}b", "a{}b", "x{", "{}", "a{b}{c}", "ü{ß}",
+        ] {
+            let key = fired_key(stream, "nightly", 1700000000000);
+            assert_eq!(
+                fred::util::redis_keyslot(key.as_bytes()),
+                fred::util::redis_keyslot(stream.as_bytes()),
+                "{stream} → {key}"
+            );
+            assert!(key.ends_with(":nightly:1700000000000"), "{key}");
+        }
+        assert_eq!(
+            fired_key("jobs:{0}", "n", 5),
+            "sluice:schedule:fired:{0}:n:5"
+        );
+        assert_eq!(
+            fired_key("jobs", "n", 5),
+            "sluice:schedule:fired:{jobs}:n:5"
+        );
+        assert_eq!(hash_tag("a{}b"), None);
+        assert_eq!(hash_tag("a{b}c"), Some("b"));
+    }
 }

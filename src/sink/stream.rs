@@ -11,29 +11,46 @@
 //! by the hash of its `shard_by` field, or round-robin; each shard has the
 //! stream's cap.
 //!
-//! Backpressure: a target may have a `max_len`. The committer writes only
-//! as many entries as fit under each cap; when a target is full the flow
+//! Backpressure: a target may have a `max_len`. What counts toward it is
+//! set by `capacity` ([`Capacity`]): by default the entries still to be
+//! processed downstream (the slowest target group's lag + pending, or XLEN
+//! for a target without a group), else XLEN. The committer writes only as
+//! many entries as fit under each cap; when a target is full the flow
 //! pauses ([`Pause`]: the reader stops issuing XREADGROUP, the claim loop
 //! stops claiming, nothing is acked) and resumes once the target has
 //! drained below its cap. Nothing is trimmed: sluice never XADDs with MAXLEN.
 //! While paused, the entries held stay pending under this consumer, whose
 //! claim loop keeps refreshing them so no other replica takes them over.
+//!
+//! The cap holds across replicas: entries for a capped target are added by
+//! a script ([`ADD_UNDER_CAP`]) that counts the target and adds only what
+//! fits, in one step on the target's node, so replicas that find room at
+//! the same moment cannot together pass the cap (overshoot: none). A
+//! replica that finds the room taken waits `check_every` and tries again.
+//!
+//! Templated targets are remembered in the router's registry, at most
+//! `max_targets` of them: at the limit, targets that no batch in flight
+//! uses are forgotten (metric `sluice_stream_sink_targets_evicted_total`)
+//! and built again when a message names them; nothing is lost.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fred::prelude::*;
-use fred::types::{CustomCommand, Value};
+use fred::types::scripts::Script;
+use fred::types::{CustomCommand, Key, Value};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::commit::Abandoned;
 use super::retry::Backoff;
-use crate::config::{template_fields, BatchConfig, Config, OnSuccess, StreamSinkConfig, Targets};
+use crate::config::{
+    template_fields, BatchConfig, Capacity, Config, OnSuccess, StreamSinkConfig, Targets,
+};
 use crate::metrics::FlowMetrics;
 use crate::stream::dead_letter::{dead_letter_and_ack, DeadLetter};
 use crate::stream::{commands, Message};
@@ -44,6 +61,50 @@ const MAX_ROUTE_VALUE: usize = 128;
 const ROUTE_CACHE: usize = 10_000;
 /// Most commands in one pipeline.
 const PIPELINE: usize = 5_000;
+/// Most entries one [`ADD_UNDER_CAP`] call adds (a script holds Redis while
+/// it runs: 500 XADDs take about a millisecond).
+const SCRIPT_ENTRIES: usize = 500;
+/// Fields past which an entry is added by a script call of its own: Lua
+/// unpacks at most about 8,000 values into one XADD.
+const SCRIPT_MAX_FIELDS: usize = 3_900;
+
+/// Counts a capped target's entries toward its cap and adds, in order, as
+/// many of the given entries as fit, in one step on the target's node.
+/// KEYS[1]: the target. ARGV[1]: the cap; ARGV[2]: `lag` or `length`
+/// ([`Capacity`]); then per entry its field count n and n field/value pairs.
+/// Returns {entries added, count before adding}.
+///
+/// `lag`: for each consumer group of the target, lag + pending (capped at
+/// XLEN: Redis's lag can still count trimmed entries; XLEN when Redis
+/// reports no lag, after an XDEL among unread entries); the largest wins.
+/// A target without a group counts XLEN.
+pub const ADD_UNDER_CAP: &str = r#"
+local len = redis.call('XLEN', KEYS[1])
+local used = len
+if ARGV[2] == 'lag' and len > 0 then
+  local worst = nil
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local lag, pending = nil, 0
+    for i = 1, #g, 2 do
+      if g[i] == 'lag' then lag = g[i + 1] elseif g[i] == 'pending' then pending = g[i + 1] end
+    end
+    local n = len
+    if lag then n = math.min(len, lag + pending) end
+    if not worst or n > worst then worst = n end
+  end
+  if worst then used = worst end
+end
+local room = tonumber(ARGV[1]) - used
+local added, i = 0, 3
+while i <= #ARGV and added < room do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + 2 * n))
+  added = added + 1
+  i = i + 1 + 2 * n
+end
+return {added, used}
+"#;
+static ADD_UNDER_CAP_S: OnceLock<Script> = OnceLock::new();
 
 /// The flow-wide pause switch: set while a target is full.
 #[derive(Default)]
@@ -121,6 +182,10 @@ pub struct StreamSink {
     /// Names a template may not produce: the flow's own and dead-letter streams.
     forbidden: Vec<String>,
     pub check_every: Duration,
+    /// What counts toward a cap.
+    pub capacity: Capacity,
+    /// Most targets the router remembers (see the module docs).
+    max_targets: usize,
     /// Which target streams are sharded, and how to pick a shard.
     sharder: crate::shard::Sharder,
 }
@@ -143,6 +208,8 @@ impl StreamSink {
             sink_cap: cfg.max_len,
             forbidden,
             check_every: cfg.check_every,
+            capacity: cfg.capacity,
+            max_targets: cfg.max_targets,
             sharder: crate::shard::Sharder::default(),
         };
         let mut registry = HashMap::new();
@@ -246,6 +313,7 @@ impl StreamSink {
             registry,
             cache: HashMap::new(),
             key: Vec::new(),
+            metrics: FlowMetrics::disabled(),
         }
     }
 }
@@ -302,13 +370,53 @@ fn check_route_value(field: &[u8], value: &[u8]) -> Result<(), String> {
 /// Picks each message's targets; owned by one batch loop.
 pub struct Router {
     sink: Arc<StreamSink>,
+    /// One shared [`Target`] per stream name (caps are counted per object),
+    /// at most `max_targets` beyond those in use (see [`Router::target`]).
     registry: HashMap<String, Arc<Target>>,
     /// Template expansions keyed by the placeholder values.
     cache: HashMap<Bytes, Result<RouteSet, String>>,
     key: Vec<u8>,
+    metrics: FlowMetrics,
 }
 
 impl Router {
+    /// Reports the registry's size and evictions to `metrics`.
+    pub fn with_metrics(mut self, metrics: FlowMetrics) -> Router {
+        metrics.stream_sink_targets(self.registry.len(), 0);
+        self.metrics = metrics;
+        self
+    }
+
+    /// How many targets the registry holds.
+    pub fn targets(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// The target object of `name`. A new name at `max_targets` first makes
+    /// the router forget the targets nothing else holds: not in a batch
+    /// being built or committed, not a static route (a forgotten one is
+    /// built again when a message names it). Those in use stay, so one name
+    /// never has two objects at once and the registry holds at most
+    /// `max_targets` plus the targets of the batches in flight.
+    fn target(&mut self, name: &str, own_cap: Option<u64>) -> Arc<Target> {
+        if let Some(t) = self.registry.get(name) {
+            return t.clone();
+        }
+        if self.registry.len() >= self.sink.max_targets {
+            // Cached expansions hold targets too.
+            self.cache.clear();
+            let before = self.registry.len();
+            self.registry.retain(|_, t| Arc::strong_count(t) > 1);
+            let evicted = before - self.registry.len();
+            self.metrics
+                .stream_sink_targets(self.registry.len(), evicted);
+        }
+        let sink = self.sink.clone();
+        let target = sink.target(name, own_cap, &mut self.registry);
+        self.metrics.stream_sink_targets(self.registry.len(), 0);
+        target
+    }
+
     /// The targets of `m` (sharded ones resolved to a shard), or why it has none.
     pub fn route(&mut self, m: &Message) -> Result<RouteSet, String> {
         let set = self.route_streams(m)?;
@@ -321,7 +429,7 @@ impl Router {
         for t in set.iter() {
             let target = if sink.sharder.is_sharded(&t.name) {
                 let shard = sink.sharder.pick(&t.name, &m.fields);
-                sink.target(shard, t.max_len, &mut self.registry)
+                self.target(shard, t.max_len)
             } else {
                 t.clone()
             };
@@ -431,7 +539,7 @@ impl Router {
                     "target `{name}` is the flow's own or dead-letter stream"
                 ));
             }
-            let target = sink.target(&name, t.max_len, &mut self.registry);
+            let target = self.target(&name, t.max_len);
             if !set.iter().any(|s| Arc::ptr_eq(s, &target)) {
                 set.push(target);
             }
@@ -534,8 +642,14 @@ pub fn describe(cfg: &StreamSinkConfig, config: &Config) -> Vec<String> {
         Some(t) => out.push(format!("otherwise to {}", list(t))),
         None => out.push("messages no rule places are dead-lettered".into()),
     }
+    let counted = match cfg.capacity {
+        Capacity::Lag => {
+            "entries its groups have not processed (lag + pending; XLEN without a group)"
+        }
+        Capacity::Length => "XLEN",
+    };
     out.push(format!(
-        "then XACKs at the source; pauses while a target is at its max_len (re-checked every {:?})",
+        "then XACKs at the source; pauses while a target is at its max_len, counting {counted} (re-checked every {:?})",
         cfg.check_every
     ));
     out
@@ -548,6 +662,36 @@ pub fn xadd_error_is_permanent(text: &str) -> bool {
     text.contains("WRONGTYPE")
 }
 
+/// The script's error for an entry with too many fields for one Lua call
+/// (such an entry is sent alone, so only it is refused).
+fn too_many_fields(text: &str) -> bool {
+    text.contains("too many results to unpack")
+}
+
+/// What one write round left to do.
+#[derive(Default)]
+struct Round {
+    /// Failed (Redis trouble): retried after a backoff.
+    failed: Vec<(usize, Arc<Target>)>,
+    /// Not added: the target had no room left.
+    full: Vec<(usize, Arc<Target>)>,
+    /// Refused for good, with the reason.
+    refused: Vec<(usize, String)>,
+    last_error: String,
+}
+
+impl Round {
+    fn error(&mut self, i: usize, t: &Arc<Target>, text: String) {
+        if xadd_error_is_permanent(&text) {
+            self.refused
+                .push((i, format!("target `{}`: {text}", t.name)));
+        } else {
+            self.last_error = text;
+            self.failed.push((i, t.clone()));
+        }
+    }
+}
+
 /// Writes sealed batches: waits for room, XADDs, then acks.
 pub struct StreamCommitter {
     pub flow: String,
@@ -558,6 +702,8 @@ pub struct StreamCommitter {
     pub metrics: FlowMetrics,
     pub pause: Arc<Pause>,
     pub check_every: Duration,
+    /// What counts toward a target's cap.
+    pub capacity: Capacity,
     pub hard_stop: CancellationToken,
 }
 
@@ -695,10 +841,10 @@ impl StreamCommitter {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         let mut paused_at: Option<Instant> = None;
         loop {
-            let lens = match self.lengths(&capped).await {
+            let lens = match self.counted(&capped).await {
                 Ok(l) => l,
                 Err(error) => {
-                    tracing::warn!(flow = %self.flow, %error, "XLEN of targets failed; retrying");
+                    tracing::warn!(flow = %self.flow, %error, "counting the entries of capped targets failed; retrying");
                     if !self.wait(backoff.next_delay()).await {
                         return Err(());
                     }
@@ -729,7 +875,7 @@ impl StreamCommitter {
                         format!("{} ({len}/{})", t.name, t.max_len.expect("capped"))
                     })
                     .collect();
-                tracing::warn!(flow = %self.flow, targets = ?full, held = messages.len() - start, "target stream full (length at max_len); flow paused: no reads, no acks until it drains");
+                tracing::warn!(flow = %self.flow, targets = ?full, capacity = self.capacity.as_str(), held = messages.len() - start, "target stream full (count at max_len); flow paused: no reads, no acks until it drains");
             }
             if !self.wait(self.check_every).await {
                 self.pause.set(false);
@@ -738,26 +884,66 @@ impl StreamCommitter {
         }
     }
 
-    async fn lengths(&self, targets: &[(Arc<Target>, u64)]) -> Result<Vec<u64>, String> {
-        let pipeline = self.redis.pipeline();
-        let xlen = CustomCommand::new_static("XLEN", fred::types::ClusterHash::FirstKey, false);
-        for (t, _) in targets {
-            let _: Value = pipeline
-                .custom(xlen.clone(), vec![Value::Bytes(t.key.clone())])
-                .await
-                .map_err(|e| e.to_string())?;
+    /// What counts toward each target's cap now ([`ADD_UNDER_CAP`] adding
+    /// nothing), all targets at once. A key of the wrong type counts 0: the
+    /// write then refuses its messages (dead letters) instead of waiting.
+    async fn counted(&self, targets: &[(Arc<Target>, u64)]) -> Result<Vec<u64>, String> {
+        let counts =
+            futures_util::future::join_all(targets.iter().map(|(t, _)| self.add_under_cap(t, &[])))
+                .await;
+        counts
+            .into_iter()
+            .map(|r| match r {
+                Ok((_, used)) => Ok(used),
+                Err(e) if xadd_error_is_permanent(&e) => Ok(0),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
+    /// One [`ADD_UNDER_CAP`] call: adds as many of `messages` to `target`
+    /// as fit under its cap; returns (added, counted before adding).
+    async fn add_under_cap(
+        &self,
+        target: &Target,
+        messages: &[&Message],
+    ) -> Result<(usize, u64), String> {
+        let cap = target.max_len.expect("only capped targets");
+        let values: usize = messages.iter().map(|m| 1 + 2 * m.fields.len()).sum();
+        let mut args: Vec<Value> = Vec::with_capacity(2 + values);
+        args.push(Value::Integer(cap.min(i64::MAX as u64) as i64));
+        args.push(self.capacity.as_str().into());
+        for m in messages {
+            args.push(Value::Integer(m.fields.len() as i64));
+            for (k, v) in &m.fields {
+                args.push(Value::Bytes(k.clone()));
+                args.push(Value::Bytes(v.clone()));
+            }
         }
-        let mut out = Vec::with_capacity(targets.len());
-        for r in pipeline.try_all::<Value>().await {
-            let v = r.map_err(|e| e.to_string())?;
-            out.push(v.as_u64().unwrap_or(0));
+        let script = ADD_UNDER_CAP_S.get_or_init(|| Script::from_lua(ADD_UNDER_CAP));
+        let reply: Value = script
+            .evalsha_with_reload(&self.redis, vec![Key::from(target.key.clone())], args)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (added, used) = match &reply {
+            Value::Array(v) if v.len() == 2 => (v[0].as_u64(), v[1].as_u64()),
+            _ => (None, None),
+        };
+        match (added, used) {
+            (Some(added), Some(used)) => Ok((added as usize, used)),
+            _ => Err(format!(
+                "unexpected reply from the capacity script: {reply:?}"
+            )),
         }
-        Ok(out)
     }
 
     /// XADDs every (message, target) pair, retrying failed pairs only (so a
     /// retry does not duplicate what landed). Returns the messages refused
     /// for good (target of the wrong type), with the reason.
+    ///
+    /// Pairs for capped targets go through [`ADD_UNDER_CAP`]; one whose
+    /// room another replica took since [`Self::wait_for_room`] counted is
+    /// written once the target has room again (the flow pauses meanwhile).
     async fn write(
         &self,
         messages: &[Message],
@@ -771,55 +957,158 @@ impl StreamCommitter {
         }
         let mut refused: Vec<(usize, String)> = Vec::new();
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        let mut paused = false;
         while !todo.is_empty() {
-            let mut failed: Vec<(usize, Arc<Target>)> = Vec::new();
-            let mut last_error = String::new();
-            for part in todo.chunks(PIPELINE) {
-                let pipeline = self.redis.pipeline();
-                let mut queued = true;
-                for (i, t) in part {
-                    let m = &messages[*i];
-                    let mut args: Vec<Value> = Vec::with_capacity(2 + m.fields.len() * 2);
-                    args.push(Value::Bytes(t.key.clone()));
-                    args.push(Value::Bytes(Bytes::from_static(b"*")));
-                    for (k, v) in &m.fields {
-                        args.push(Value::Bytes(k.clone()));
-                        args.push(Value::Bytes(v.clone()));
-                    }
-                    if let Err(e) = pipeline.custom::<Value, _>(xadd(), args).await {
-                        last_error = e.to_string();
-                        queued = false;
-                        break;
-                    }
+            let mut round = Round::default();
+            let (plain, capped): (Vec<_>, Vec<_>) =
+                todo.into_iter().partition(|(_, t)| t.max_len.is_none());
+            self.write_plain(messages, plain, &mut round).await;
+            self.write_capped(messages, capped, &mut round).await;
+            refused.append(&mut round.refused);
+            let waited = if !round.failed.is_empty() {
+                tracing::warn!(flow = %self.flow, pending_writes = round.failed.len(), error = %round.last_error, "XADD to target streams failed; retrying those (nothing acked)");
+                self.wait(backoff.next_delay()).await
+            } else if !round.full.is_empty() {
+                if !paused {
+                    paused = true;
+                    self.pause.set(true);
+                    tracing::info!(flow = %self.flow, waiting = round.full.len(), "another replica took the room left in a capped target; flow paused until it has room again");
                 }
-                if !queued {
-                    failed.extend(part.iter().cloned());
-                    continue;
-                }
-                for ((i, t), result) in part.iter().zip(pipeline.try_all::<Value>().await) {
-                    if let Err(e) = result {
-                        let text = e.to_string();
-                        if xadd_error_is_permanent(&text) {
-                            refused.push((*i, format!("target `{}`: {text}", t.name)));
-                        } else {
-                            last_error = text;
-                            failed.push((*i, t.clone()));
-                        }
-                    }
-                }
-            }
-            if failed.is_empty() {
-                break;
-            }
-            tracing::warn!(flow = %self.flow, pending_writes = failed.len(), error = %last_error, "XADD to target streams failed; retrying those (nothing acked)");
-            if !self.wait(backoff.next_delay()).await {
+                self.wait(self.check_every).await
+            } else {
+                true
+            };
+            if !waited {
+                self.pause.set(false);
                 return Err(());
             }
-            todo = failed;
+            todo = round.failed;
+            todo.append(&mut round.full);
+            // Entries keep their order within each target.
+            todo.sort_by_key(|(i, _)| *i);
+        }
+        if paused {
+            self.pause.set(false);
         }
         refused.sort_by_key(|(i, _)| *i);
         refused.dedup_by_key(|(i, _)| *i);
         Ok(refused)
+    }
+
+    /// Pipelined XADDs for targets without a cap.
+    async fn write_plain(
+        &self,
+        messages: &[Message],
+        pairs: Vec<(usize, Arc<Target>)>,
+        round: &mut Round,
+    ) {
+        for part in pairs.chunks(PIPELINE) {
+            let pipeline = self.redis.pipeline();
+            let mut queued = true;
+            for (i, t) in part {
+                let m = &messages[*i];
+                let mut args: Vec<Value> = Vec::with_capacity(2 + m.fields.len() * 2);
+                args.push(Value::Bytes(t.key.clone()));
+                args.push(Value::Bytes(Bytes::from_static(b"*")));
+                for (k, v) in &m.fields {
+                    args.push(Value::Bytes(k.clone()));
+                    args.push(Value::Bytes(v.clone()));
+                }
+                if let Err(e) = pipeline.custom::<Value, _>(xadd(), args).await {
+                    round.last_error = e.to_string();
+                    queued = false;
+                    break;
+                }
+            }
+            if !queued {
+                round.failed.extend(part.iter().cloned());
+                continue;
+            }
+            for ((i, t), result) in part.iter().zip(pipeline.try_all::<Value>().await) {
+                if let Err(e) = result {
+                    round.error(*i, t, e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Capped targets, all at once; each target's entries in order, in
+    /// script calls of at most [`SCRIPT_ENTRIES`], stopping at the first
+    /// call that finds no more room.
+    async fn write_capped(
+        &self,
+        messages: &[Message],
+        pairs: Vec<(usize, Arc<Target>)>,
+        round: &mut Round,
+    ) {
+        // Keyed by the target object's address (one object per name).
+        let mut slot: HashMap<usize, usize> = HashMap::new();
+        let mut by_target: Vec<(Arc<Target>, Vec<usize>)> = Vec::new();
+        for (i, t) in pairs {
+            let n = *slot.entry(Arc::as_ptr(&t) as usize).or_insert_with(|| {
+                by_target.push((t.clone(), Vec::new()));
+                by_target.len() - 1
+            });
+            by_target[n].1.push(i);
+        }
+        let outcomes = futures_util::future::join_all(
+            by_target
+                .iter()
+                .map(|(t, ids)| self.add_all_under_cap(messages, t, ids)),
+        )
+        .await;
+        for ((t, ids), (added, error)) in by_target.iter().zip(outcomes) {
+            let mut rest = ids[added..].iter();
+            match error {
+                None => round.full.extend(rest.map(|&i| (i, t.clone()))),
+                Some(e) => {
+                    // Too many fields: that entry was sent alone; only it is refused.
+                    if too_many_fields(&e) {
+                        if let Some(&i) = rest.next() {
+                            round.refused.push((i, format!("target `{}`: {e}", t.name)));
+                        }
+                    }
+                    for &i in rest {
+                        round.error(i, t, e.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds `ids` (in order) to `target` until it is full or a call fails;
+    /// returns how many were added and the error, if any.
+    async fn add_all_under_cap(
+        &self,
+        messages: &[Message],
+        target: &Target,
+        ids: &[usize],
+    ) -> (usize, Option<String>) {
+        let mut done = 0;
+        while done < ids.len() {
+            let mut chunk: Vec<&Message> = Vec::new();
+            for &i in &ids[done..] {
+                let m = &messages[i];
+                let alone = m.fields.len() > SCRIPT_MAX_FIELDS;
+                if chunk.len() == SCRIPT_ENTRIES || (alone && !chunk.is_empty()) {
+                    break;
+                }
+                chunk.push(m);
+                if alone {
+                    break;
+                }
+            }
+            match self.add_under_cap(target, &chunk).await {
+                Ok((added, _)) => {
+                    done += added;
+                    if added < chunk.len() {
+                        break;
+                    }
+                }
+                Err(e) => return (done, Some(e)),
+            }
+        }
+        (done, None)
     }
 
     /// Dead-letters refused messages, then acks the rest, retrying Redis
@@ -895,6 +1184,7 @@ pub async fn run(
         metrics: flow.metrics.clone(),
         pause: flow.pause.clone(),
         check_every: sink.check_every,
+        capacity: sink.capacity,
         hard_stop,
     };
     let commit_task = tokio::spawn(async move {
@@ -918,7 +1208,7 @@ pub async fn run(
         all_committed
     });
 
-    let mut router = sink.router();
+    let mut router = sink.router().with_metrics(flow.metrics.clone());
     let mut open = StreamBatch::default();
     let limits = &flow.cfg.batch;
     'outer: loop {
@@ -1070,6 +1360,8 @@ routes = { a = "jobs.a" }"#,
             default: None,
             max_len: None,
             check_every: Duration::from_millis(10),
+            capacity: Capacity::Lag,
+            max_targets: 10_000,
         };
         let mut r = router(&cfg);
         let set = r
@@ -1081,6 +1373,29 @@ routes = { a = "jobs.a" }"#,
             .unwrap();
         assert_eq!(names(&set), ["eu.view", "all.view"]);
         assert!(r.route(&msg("3-0", &[("kind", "view")])).is_err());
+    }
+
+    #[test]
+    fn router_forgets_idle_targets_at_max_targets() {
+        let mut cfg = sink_cfg("to = \"out.{k}\"\nmax_len = 10");
+        cfg.max_targets = 3;
+        let mut r = router(&cfg);
+        // Routed and dropped (no batch holds them): idle, forgotten at the cap.
+        for i in 0..20 {
+            r.route(&msg("1-0", &[("k", &i.to_string())])).unwrap();
+            assert!(r.targets() <= 3, "{} targets", r.targets());
+        }
+        // Held by a batch in flight: kept, one object per name.
+        let held: Vec<RouteSet> = (0..5)
+            .map(|i| r.route(&msg("2-0", &[("k", &format!("h{i}"))])).unwrap())
+            .collect();
+        assert_eq!(r.targets(), 5, "targets in use are never forgotten");
+        let again = r.route(&msg("3-0", &[("k", "h0")])).unwrap();
+        assert!(Arc::ptr_eq(&again[0], &held[0][0]));
+        drop(held);
+        drop(again);
+        r.route(&msg("4-0", &[("k", "new")])).unwrap();
+        assert_eq!(r.targets(), 1, "idle ones go once the batches are done");
     }
 
     #[test]

@@ -112,8 +112,35 @@ pub async fn create_group(
     match reply::check(frame) {
         Ok(_) => Ok(true),
         Err(StreamError::Reply(msg)) if msg.starts_with("BUSYGROUP") => Ok(false),
+        // At `maxmemory` Redis refuses XGROUP CREATE before it looks for the
+        // group: a replica (re)starting then must still start when the group
+        // is there (XINFO is a read, always answered).
+        Err(StreamError::Reply(msg)) if msg.starts_with("OOM") => {
+            if group_exists(client, stream, group).await? {
+                Ok(false)
+            } else {
+                Err(StreamError::Reply(msg))
+            }
+        }
         Err(e) => Err(e),
     }
+}
+
+/// Whether `stream` has the consumer group `group` (XINFO GROUPS).
+async fn group_exists(client: &Client, stream: &str, group: &str) -> Result<bool> {
+    let frame = match info(client, "GROUPS", &[stream]).await {
+        Ok(f) => f,
+        Err(StreamError::Reply(m)) if m.contains("no such key") => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    for item in reply::array_of(frame, "XINFO GROUPS")? {
+        for (k, v) in reply::key_values(item, "XINFO GROUPS")? {
+            if k == "name" && reply::bytes_of(v, "XINFO GROUPS")?.as_ref() == group.as_bytes() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// XAUTOCLAIM stream group consumer min-idle cursor COUNT n.

@@ -45,9 +45,16 @@ fn xadd_args(dead_stream: &str, group: &str, d: &DeadLetter) -> Vec<Value> {
     args
 }
 
-/// XADDs every dead letter, then XACKs (and XDELs) the originals, in one
-/// pipelined round trip. A dead letter is written before its ack, so a crash
-/// in between can only duplicate it, never lose it.
+/// XADDs every dead letter and, only once Redis confirmed every one of
+/// them, XACKs (and XDELs) the originals: two pipelined round trips.
+///
+/// The acks wait for the confirmations because an XADD can be refused while
+/// the XACK of its source would pass: at `maxmemory` with `noeviction` Redis
+/// refuses XADD (OOM) but not XACK, and on a cluster the dead-letter stream
+/// lives on another node, which may be failing over. On any failure nothing
+/// is acked: the sources stay pending and the caller retries. A retry after
+/// a partial failure (some XADDs confirmed, a connection cut before the
+/// rest) can duplicate a dead letter, never lose one.
 pub async fn dead_letter_and_ack(
     client: &Client,
     dead_stream: &str,
@@ -58,13 +65,17 @@ pub async fn dead_letter_and_ack(
     if items.is_empty() {
         return Ok(());
     }
-    let pipeline = client.pipeline();
     let cmd = |name| CustomCommand::new_static(name, fred::types::ClusterHash::FirstKey, false);
+    let pipeline = client.pipeline();
     for d in items {
         let _: Value = pipeline
             .custom(cmd("XADD"), xadd_args(dead_stream, group, d))
             .await?;
     }
+    for result in pipeline.try_all::<Value>().await {
+        result?;
+    }
+    let pipeline = client.pipeline();
     for d in items {
         let stream = Value::Bytes(Bytes::copy_from_slice(d.message.stream.as_bytes()));
         let id = Value::Bytes(d.message.id.clone());

@@ -10,6 +10,7 @@ pub mod dead_letter;
 pub mod group;
 pub mod held;
 pub mod reply;
+pub mod version;
 
 use std::sync::Arc;
 

@@ -84,6 +84,30 @@ async fn chaos_redis_connections_cut_lose_nothing() {
     check(Case::RedisCut, Params::quick(seed())).await;
 }
 
+/// Fault combination: Redis at `maxmemory` while bad rows arrive (their
+/// dead letters refused), a replica killed in some windows. Nothing lost.
+async fn redis_maxmemory(params: Params) {
+    let r = check(Case::RedisMaxmemory, params).await;
+    assert!(r.dead > 0, "no bad row was dead-lettered");
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.starts_with("dead letters refused")),
+        "Redis never refused a dead letter: the combination did not happen\n{:?}",
+        r.notes
+    );
+}
+
+#[tokio::test]
+async fn chaos_redis_maxmemory_with_bad_rows_loses_nothing() {
+    redis_maxmemory(Params::quick(seed())).await;
+}
+
+#[tokio::test]
+async fn chaos_exactly_once_redis_maxmemory_with_bad_rows_no_loss_no_duplicates() {
+    redis_maxmemory(exactly_once(seed())).await;
+}
+
 /// One RESP command, binary-safe.
 fn resp(args: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();

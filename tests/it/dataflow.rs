@@ -18,7 +18,7 @@ fn fixture() -> String {
 }
 
 /// `[redis]` + `[worker]`, then `rest`.
-fn config(redis_url: &str, rest: &str) -> String {
+pub fn config(redis_url: &str, rest: &str) -> String {
     format!(
         r#"
 [redis]

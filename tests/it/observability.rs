@@ -104,7 +104,7 @@ fn url_encode(s: &str) -> String {
 }
 
 /// The worker's `/metrics` text.
-async fn scrape(port: u16) -> String {
+pub async fn scrape(port: u16) -> String {
     match http_get(port, "/metrics").await {
         Some((200, body)) => body,
         _ => String::new(),
@@ -113,7 +113,7 @@ async fn scrape(port: u16) -> String {
 
 /// Value of the sample `name{...}` whose labels include every `label="value"`
 /// pair given; None when there is no such series.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find(|l| {

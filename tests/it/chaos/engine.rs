@@ -47,15 +47,20 @@ pub enum Case {
     /// Every Redis connection of the workers cut at random moments, hitting
     /// XREADGROUP, XACK and XAUTOCLAIM in flight.
     RedisCut,
+    /// Redis at `maxmemory` (`noeviction`: XADD refused, XACK not) while
+    /// bad rows arrive, whose dead letters are refused; a replica killed
+    /// in half the windows, its replacement starting at the limit.
+    RedisMaxmemory,
 }
 
 impl Case {
-    pub const ALL: [Case; 5] = [
+    pub const ALL: [Case; 6] = [
         Case::Kill,
         Case::ClickHouseFaults,
         Case::RedisRestart,
         Case::SlowClickHouse,
         Case::RedisCut,
+        Case::RedisMaxmemory,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +70,7 @@ impl Case {
             Case::RedisRestart => "redis-restart",
             Case::SlowClickHouse => "slow-ch",
             Case::RedisCut => "redis-cut",
+            Case::RedisMaxmemory => "redis-oom",
         }
     }
 
@@ -414,6 +420,55 @@ async fn produce(client: Client, stream: String, params: Params, stats: Arc<Prod
     stats.done.store(true, Ordering::SeqCst);
 }
 
+/// `redis-oom`: bad rows (`rec_id` is not a number: each becomes a dead
+/// letter) every 10 ms while the main producer runs; refused ones (Redis
+/// at its limit) are not retried.
+async fn produce_bad_rows(client: Client, stream: String, stats: Arc<ProducerStats>) {
+    let mut n: u64 = 0;
+    while !stats.done.load(Ordering::SeqCst) {
+        let args: Vec<Value> = vec![
+            stream.as_str().into(),
+            "*".into(),
+            "rec_id".into(),
+            format!("bad-{n}").into(),
+            "data".into(),
+            "x".into(),
+        ];
+        if try_raw(&client, "XADD", args).await.is_none() {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `INFO memory`: (`used_memory`, `maxmemory`); 0 for what it lacks.
+async fn used_memory(client: &Client) -> (u64, u64) {
+    let info: String = client
+        .info(Some(fred::types::InfoKind::Memory))
+        .await
+        .unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("used_memory:"), field("maxmemory:"))
+}
+
+/// `CONFIG SET maxmemory <bytes>` with `noeviction` (0 = no limit).
+async fn set_maxmemory(client: &Client, bytes: u64) {
+    let args: Vec<Value> = vec![
+        "SET".into(),
+        "maxmemory-policy".into(),
+        "noeviction".into(),
+        "maxmemory".into(),
+        bytes.to_string().into(),
+    ];
+    let _ = try_raw(client, "CONFIG", args).await;
+}
+
 /// The replicas, restartable, with their peak memory.
 struct Fleet {
     config: String,
@@ -424,6 +479,8 @@ struct Fleet {
     /// Log lines of replicas reporting orphans: entries pending under
     /// their name whose reply a cut connection lost.
     orphan_reports: u64,
+    /// `redis-oom`: log lines of replicas whose dead letters Redis refused.
+    dead_letters_refused: u64,
 }
 
 impl Fleet {
@@ -436,6 +493,7 @@ impl Fleet {
             unexpected_exits: 0,
             panics: 0,
             orphan_reports: 0,
+            dead_letters_refused: 0,
         }
     }
 
@@ -477,6 +535,7 @@ impl Fleet {
         let log = self.workers[i].log_contents();
         self.panics += log.matches("panicked").count() as u64;
         self.orphan_reports += log.matches("that we never received").count() as u64;
+        self.dead_letters_refused += log.matches("writing dead letters failed").count() as u64;
     }
 
     fn kill_and_restart(&mut self, i: usize) {
@@ -627,7 +686,10 @@ pub async fn run(case: Case, params: &Params) -> Report {
         report.notes.push("replicas did not start".into());
         report.unexpected_exits = fleet.workers.len() as u64;
         for w in &fleet.workers {
-            eprintln!("chaos: replica log:\n{}", tail(&w.log_contents(), 4000));
+            let log = w.log_contents();
+            // The error line comes before the backtrace that fills the tail.
+            let error = log.lines().find(|l| l.starts_with("Error:")).unwrap_or("");
+            eprintln!("chaos: replica log:\n{error}\n…\n{}", tail(&log, 4000));
         }
         return report;
     }
@@ -739,6 +801,36 @@ pub async fn run(case: Case, params: &Params) -> Report {
             }
             proxy.pass();
         }
+        Case::RedisMaxmemory => {
+            let bad = tokio::spawn(produce_bad_rows(
+                s.redis.client().await,
+                s.stream.clone(),
+                stats.clone(),
+            ));
+            while producing() {
+                tokio::time::sleep(ms(&mut rng, 300, 800)).await;
+                // A little headroom: the producers fill it, so the bad rows
+                // read last before the limit have their dead letters refused.
+                set_maxmemory(&s.rc, used_memory(&s.rc).await.0 + 64 * 1024).await;
+                until(Duration::from_secs(10), || async {
+                    let (used, max) = used_memory(&s.rc).await;
+                    used > max
+                })
+                .await;
+                tokio::time::sleep(ms(&mut rng, 300, 700)).await;
+                if rng.random_bool(0.5) {
+                    let victim = rng.random_range(0..fleet.workers.len());
+                    fleet.kill_and_restart(victim);
+                }
+                tokio::time::sleep(ms(&mut rng, 300, 700)).await;
+                set_maxmemory(&s.rc, 0).await;
+                report.faults += 1;
+                fleet.check_alive();
+                sample_pending(&s, &mut report).await;
+            }
+            set_maxmemory(&s.rc, 0).await;
+            let _ = bad.await;
+        }
     }
     let _ = producer.await;
     if case == Case::RedisRestart && !s.redis.ping().await {
@@ -815,6 +907,12 @@ pub async fn run(case: Case, params: &Params) -> Report {
         report.notes.push(format!(
             "replicas reported orphaned pending entries (reply lost on a cut) {} times; recovered by the claim pass",
             fleet.orphan_reports
+        ));
+    }
+    if fleet.dead_letters_refused > 0 {
+        report.notes.push(format!(
+            "dead letters refused by Redis at maxmemory {} times; their sources stayed pending",
+            fleet.dead_letters_refused
         ));
     }
     if fleet.panics > 0 {
