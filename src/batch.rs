@@ -4,6 +4,7 @@
 //! never reaches ClickHouse; the rest of the batch carries on.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -209,6 +210,30 @@ impl RowMapper {
         }
         blocks.seal(self)
     }
+
+    /// Converts and encodes `messages` anew, e.g. for a table whose columns
+    /// changed since they were batched: the block of those that convert,
+    /// those messages, and the others as dead letters with the reason.
+    pub fn encode_checked(
+        &self,
+        messages: Vec<Message>,
+        batch_id: Option<&str>,
+    ) -> (Bytes, Vec<Message>, Vec<DeadLetter>) {
+        let mut blocks = Blocks::default();
+        let mut kept = Vec::with_capacity(messages.len());
+        let mut dead = Vec::new();
+        for m in messages {
+            match blocks.push(self, &m, batch_id) {
+                Ok(()) => kept.push(m),
+                Err(reason) => dead.push(DeadLetter {
+                    message: m,
+                    reason,
+                    kind: "convert",
+                }),
+            }
+        }
+        (blocks.seal(self), kept, dead)
+    }
 }
 
 /// Most distinct "which DEFAULT columns are absent" shapes per batch; rows
@@ -293,6 +318,9 @@ pub struct SealedBatch {
     pub opened: Instant,
     /// The batch id in the block's rows (exactly-once), if any.
     pub batch_id: Option<String>,
+    /// The mapping the block was encoded with, when the sink's can change
+    /// (the table's columns are re-read while the flow runs).
+    pub mapper: Option<Arc<RowMapper>>,
 }
 
 impl SealedBatch {
@@ -367,6 +395,15 @@ impl OpenBatch {
                 .batch_id
                 .as_mut()
                 .map(|id| std::mem::replace(id, crate::sink::ledger::new_batch_id())),
+            mapper: None,
+        }
+    }
+
+    /// [`seal`](Self::seal), remembering the mapping the block was encoded with.
+    pub fn seal_with(&mut self, mapper: &Arc<RowMapper>) -> SealedBatch {
+        SealedBatch {
+            mapper: Some(mapper.clone()),
+            ..self.seal(mapper)
         }
     }
 }

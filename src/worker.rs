@@ -6,9 +6,10 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::flow::Flow;
+use crate::flow::{Flow, Opening};
 use crate::handler::Handlers;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::stream::group::consumer_name;
 
 /// Runs all flows of `config` until `shutdown` is cancelled, then drains.
@@ -42,26 +43,26 @@ pub async fn run_with_handlers(
     let consumer = consumer_name(config.worker.consumer_prefix.as_deref());
     tracing::info!(%consumer, flows = config.flows.len(), "starting worker");
 
+    // What needs no ClickHouse starts first, so that a replica started
+    // during a ClickHouse outage serves /healthz, /readyz (not ready, and
+    // why), the HTTP entry and the schedules while its flows wait.
+    let readiness = Arc::new(Readiness::default());
+    for cfg in &config.flows {
+        readiness.waiting(&cfg.name, "opening");
+    }
     let metrics_task = match &config.metrics.listen {
         Some(addr) => {
             let addr = addr.parse().expect("validated address");
             let token = shutdown.clone();
             Some(tokio::spawn(crate::metrics::serve(
                 metrics.clone(),
+                readiness.clone(),
                 addr,
                 token,
             )))
         }
         None => None,
     };
-
-    let mut flows = Vec::new();
-    for cfg in &config.flows {
-        flows.push(
-            Flow::open_with_handlers(&config, cfg, consumer.clone(), metrics.clone(), &handlers)
-                .await?,
-        );
-    }
     let http_entry = match &config.http {
         Some(_) => Some(crate::http_entry::start(&config, shutdown.clone()).await?),
         None => None,
@@ -86,9 +87,38 @@ pub async fn run_with_handlers(
         });
     }
 
-    let handles: Vec<_> = flows
-        .into_iter()
-        .map(|f| tokio::spawn(f.run(shutdown.clone(), hard_stop.clone())))
+    // Each flow opens (waiting for ClickHouse if need be), then runs. A flow
+    // that cannot open for good (a missing table, a mapping that does not
+    // fit) stops the whole process, as before.
+    let config = Arc::new(config);
+    let handlers = Arc::new(handlers);
+    let handles: Vec<_> = (0..config.flows.len())
+        .map(|i| {
+            let (config, handlers, readiness) =
+                (config.clone(), handlers.clone(), readiness.clone());
+            let (consumer, metrics) = (consumer.clone(), metrics.clone());
+            let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
+            tokio::spawn(async move {
+                let cfg = &config.flows[i];
+                let opening = Opening {
+                    consumer,
+                    metrics,
+                    handlers: &handlers,
+                    readiness: &readiness,
+                    stop: &shutdown,
+                };
+                let flow = match Flow::open(&config, cfg, opening).await {
+                    Ok(Some(flow)) => flow,
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        shutdown.cancel();
+                        return Err(e);
+                    }
+                };
+                readiness.running(&cfg.name);
+                flow.run(shutdown, hard_stop).await
+            })
+        })
         .collect();
     let mut result = Ok(());
     for h in handles {
