@@ -52,7 +52,7 @@ impl Committer {
             return self.commit_sharded(batch).await;
         }
         let total = batch.messages.len() + batch.dead.len();
-        let batch = self.for_current_columns(batch);
+        let batch = self.for_current_columns(batch).await;
         let mut dead = batch.dead;
         let mut batch_ids = Vec::new();
         let inserted = if batch.messages.is_empty() {
@@ -81,8 +81,13 @@ impl Committer {
     /// A batch converted for columns the table no longer has (they were
     /// re-read since) is converted again, its conversion failures too: a
     /// new column is filled, a dropped one no longer sent, and a row that
-    /// does not convert any more is dead-lettered with the reason.
-    fn for_current_columns(&self, mut batch: SealedBatch) -> SealedBatch {
+    /// does not convert any more is dead-lettered with the reason. Rows
+    /// that failed to convert first have the columns re-read: they may
+    /// fit columns changed since the last read.
+    async fn for_current_columns(&self, mut batch: SealedBatch) -> SealedBatch {
+        if batch.dead.iter().any(|d| d.kind == "convert") {
+            self.sink.refresh_schema_if_due().await;
+        }
         match &batch.mapper {
             Some(m) if !self.sink.mapper.is_current(m) => {}
             _ => return batch,
@@ -127,6 +132,7 @@ impl Committer {
     async fn commit_sharded(&self, batch: SealedBatch) -> Result<(), Abandoned> {
         let sharding = self.sink.sharding.as_ref().expect("sharded sink");
         let total = batch.messages.len() + batch.dead.len();
+        let batch = self.for_current_columns(batch).await;
         self.finish(Vec::new(), batch.dead)
             .await
             .map_err(|_| Abandoned(total))?;

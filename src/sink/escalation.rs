@@ -14,8 +14,9 @@
 //!    landed is **poison**: it is dead-lettered with the server's message.
 //!    A single row refused while nothing has landed yet is a **suspect**:
 //!    held, neither dead-lettered nor acked, until the batch shows whether
-//!    the table takes rows at all. The first part that lands turns every
-//!    suspect into poison.
+//!    the table takes rows at all. When a part lands, every suspect is
+//!    tried alone once more (the table may have been fixed meanwhile) and
+//!    is poison if refused again.
 //! 3. When `bisect_after` suspects were refused the same way and nothing
 //!    landed — or every row of the batch is a suspect — the error is
 //!    **table-level**: bisecting stops, and the rows left (suspects and
@@ -31,8 +32,8 @@
 //!    left.
 //!
 //! The invariant that protects healthy rows: a row is dead-lettered only
-//! when, in the same batch, ClickHouse accepted other rows after refusing
-//! it alone. Errors that are not refusals (no answer, an overloaded server)
+//! when ClickHouse refused it alone after accepting other rows of the same
+//! batch. Errors that are not refusals (no answer, an overloaded server)
 //! never reach this module: they are retried and say nothing about rows.
 
 use std::time::SystemTime;
@@ -195,7 +196,8 @@ impl Escalation {
         verdict
     }
 
-    /// A part landed. True when held suspects are now proven poison.
+    /// A part landed. True when held suspects must be tried again: refused
+    /// alone once more, they are poison.
     pub fn landed(&mut self) -> bool {
         let release = !self.accepted && !self.suspects.is_empty();
         self.accepted = true;
@@ -334,8 +336,9 @@ mod tests {
         assert_eq!(e.refused(2, 1, &bad), Verdict::Split);
         assert_eq!(e.refused(1, 1, &bad), Verdict::Suspect);
         assert_eq!(e.suspect(&bad), AfterSuspect::Continue);
-        assert!(e.landed(), "the held suspect is poison now");
+        assert!(e.landed(), "the held suspect is tried again");
         assert!(!e.landed(), "nothing more to release");
+        // Refused alone again, now that the table takes rows: poison.
         assert_eq!(e.refused(1, 1, &bad), Verdict::Poison);
     }
 

@@ -195,8 +195,10 @@ impl Committer {
                     backoff.reset();
                     p.landed.extend(part.messages);
                     if esc.landed() {
-                        for (m, r) in std::mem::take(&mut p.suspects) {
-                            p.poison(m, &r);
+                        // The table takes rows: each suspect is tried alone
+                        // once more, and is poison if refused again.
+                        for (m, _) in std::mem::take(&mut p.suspects).into_iter().rev() {
+                            p.todo.push(Part::new(vec![m], None, fresh_id()));
                         }
                     }
                     self.unstick(&mut esc).await;

@@ -321,6 +321,71 @@ async fn data_error_is_not_retried_on_another_endpoint() {
     assert!(reason.contains("rejected by ClickHouse"), "{dead:?}");
 }
 
+/// A row a materialized view refuses with an error code no list names
+/// (division by zero) is poison, not an outage: the endpoint stays up, the
+/// insert is not walked across the endpoints, the row is dead-lettered.
+#[tokio::test]
+async fn a_row_a_view_refuses_neither_marks_the_endpoint_down_nor_walks_endpoints() {
+    let c = Cluster::start().await;
+    let (stream, table) = (unique_name("chep_view"), unique_name("chep_view"));
+    c.exec_both(&format!(
+        "CREATE TABLE {table} (id UInt64, x Int32, _id String) ENGINE = MergeTree ORDER BY id"
+    ))
+    .await;
+    c.exec_both(&format!(
+        "CREATE MATERIALIZED VIEW {table}_mv ENGINE = MergeTree ORDER BY id AS SELECT id, intDiv(100, x - 13) AS q FROM {table}"
+    ))
+    .await;
+    let port = free_port();
+    let w = Worker::spawn(&c.config(
+        "endpoints = \"failover\"",
+        &format!(
+            "streams = [\"{stream}\"]\nsink = {{ type = \"clickhouse\", table = \"{table}\" }}"
+        ),
+        port,
+    ));
+    for i in 0..20 {
+        let x = if i == 7 { 13 } else { 100 + i }.to_string();
+        xadd(&c.rc, &stream, &[("id", &i.to_string()), ("x", &x)]).await;
+    }
+    let dead_stream = format!("{stream}:dead");
+    wait_for(
+        LONG,
+        "the bad row dead-lettered, or the batch walking endpoints",
+        || async {
+            xlen(&c.rc, &dead_stream).await == 1
+                || w.log_contents().contains("trying the next endpoint")
+        },
+    )
+    .await;
+    assert!(
+        !w.log_contents().contains("trying the next endpoint"),
+        "a view's refusal was treated as an outage:\n{}",
+        w.log_contents()
+    );
+    assert!(!w.log_contents().contains("endpoint marked down"));
+    wait_for(LONG, "good rows in A's view, nothing pending", || async {
+        c.a.count(&format!("{table}_mv")).await == 19 && pending(&c.rc, &stream, "g").await == 0
+    })
+    .await;
+    assert_eq!(c.b.count(&table).await, 0, "B never saw an insert");
+    for endpoint in [c.a.url(), c.b.url()] {
+        assert_eq!(
+            metric(
+                port,
+                "sluice_clickhouse_endpoint_up",
+                &[("endpoint", &endpoint)]
+            )
+            .await,
+            Some(1.0),
+            "{endpoint}"
+        );
+    }
+    let dead = entries(&c.rc, &dead_stream).await;
+    let reason = field(&dead[0].1, "sluice.reason").unwrap_or_default();
+    assert!(reason.contains("Division by zero"), "{dead:?}");
+}
+
 #[tokio::test]
 async fn shard_by_places_rows_by_key_and_a_down_shard_holds_back_only_its_rows() {
     let mut c = Cluster::start().await;
