@@ -706,8 +706,9 @@ impl Flow {
                 None => chunks.recv().await,
             };
             let Some(chunk) = chunk else { break };
-            if open.is_empty() {
+            if open.is_empty() && !sink.mapper.is_current(&mapper) {
                 mapper = sink.mapper.current();
+                open.remap();
             }
             let mut chunk = chunk.into_iter().peekable();
             while let Some(m) = chunk.next() {

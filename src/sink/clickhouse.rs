@@ -113,13 +113,8 @@ pub struct ClickHouseSink {
     /// `clickhouse.bisect_after`: see [`super::escalation`].
     pub bisect_after: u32,
     schema_refresh: Duration,
-    /// When the columns were last re-read.
-    refreshed: std::sync::Mutex<std::time::Instant>,
     flow: String,
 }
-
-/// Least time between two re-reads asked for by conversion failures.
-const REFRESH_ON_DEMAND_EVERY: Duration = Duration::from_secs(1);
 
 impl ClickHouseSink {
     /// Connects, learns the table's columns and checks the flow's mapping.
@@ -208,7 +203,6 @@ impl ClickHouseSink {
             sharding,
             bisect_after: cfg.bisect_after,
             schema_refresh: cfg.schema_refresh,
-            refreshed: std::sync::Mutex::new(std::time::Instant::now()),
             flow: flow.name.clone(),
         })
     }
@@ -222,7 +216,6 @@ impl ClickHouseSink {
             .iter()
             .find(|e| e.is_up())
             .unwrap_or_else(|| self.endpoints.get(0));
-        *self.refreshed.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
         let refresh = self.mapper.refresh(&endpoint.client).await?;
         match &refresh {
             Refresh::Unchanged => {}
@@ -234,19 +227,6 @@ impl ClickHouseSink {
             }
         }
         Ok(refresh)
-    }
-
-    /// Rows failed to convert: the columns may have changed since they were
-    /// last read (a type widened, a column added), so re-read them unless
-    /// that was just done. Errors are logged: the rows then stay refused.
-    pub async fn refresh_schema_if_due(&self) {
-        let last = *self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
-        if last.elapsed() < REFRESH_ON_DEMAND_EVERY {
-            return;
-        }
-        if let Err(e) = self.refresh_schema().await {
-            tracing::warn!(flow = %self.flow, error = %e, "could not re-read the table's columns");
-        }
     }
 
     /// Re-reads the columns every `clickhouse.schema_refresh` until `self`

@@ -81,12 +81,15 @@ impl Committer {
     /// A batch converted for columns the table no longer has (they were
     /// re-read since) is converted again, its conversion failures too: a
     /// new column is filled, a dropped one no longer sent, and a row that
-    /// does not convert any more is dead-lettered with the reason. Rows
-    /// that failed to convert first have the columns re-read: they may
-    /// fit columns changed since the last read.
+    /// does not convert any more is dead-lettered with the reason. A batch
+    /// with rows that failed to convert has the columns re-read first (one
+    /// `system.columns` query): they may fit columns changed since the
+    /// last read, e.g. a type widened just before they came.
     async fn for_current_columns(&self, mut batch: SealedBatch) -> SealedBatch {
         if batch.dead.iter().any(|d| d.kind == "convert") {
-            self.sink.refresh_schema_if_due().await;
+            if let Err(e) = self.sink.refresh_schema().await {
+                tracing::warn!(flow = %self.flow, error = %e, "could not re-read the table's columns");
+            }
         }
         match &batch.mapper {
             Some(m) if !self.sink.mapper.is_current(m) => {}

@@ -91,8 +91,10 @@ async fn columns_added_and_dropped_while_rows_flow_are_followed_without_restart(
     s.ch.exec(&format!("ALTER TABLE {table} ADD COLUMN extra String"))
         .await;
     let added_ms = now_ms();
-    wait_for(LONG, "the new column filled", || async {
-        s.ch.query_u64(&format!("SELECT count() FROM {table} WHERE extra != ''"))
+    // Enqueued three re-read periods after the ADD: the mapping knows the column.
+    let after_reread = format!("toUInt64(splitByChar('-', _id)[1]) > {}", added_ms + 1500);
+    wait_for(LONG, "rows enqueued after the re-read landed", || async {
+        s.ch.query_u64(&format!("SELECT count() FROM {table} WHERE {after_reread}"))
             .await
             >= 200
     })
@@ -115,17 +117,19 @@ async fn columns_added_and_dropped_while_rows_flow_are_followed_without_restart(
     })
     .await;
     assert_eq!(xlen(&s.rc, &format!("{stream}:dead")).await, 0);
-    // Enqueued well after the ADD (refresh every 500 ms): the column is filled.
-    let unfilled = s
-        .ch
-        .query_u64(&format!(
-            "SELECT count() FROM {table} WHERE extra = '' AND toUInt64(splitByChar('-', _id)[1]) > {}",
-            added_ms + 3000
+    let unfilled =
+        s.ch.query_u64(&format!(
+            "SELECT count() FROM {table} WHERE extra = '' AND {after_reread}"
         ))
         .await;
     assert_eq!(
         unfilled, 0,
         "rows enqueued after the re-read lack the new column"
+    );
+    assert!(
+        s.ch.query_u64(&format!("SELECT count() FROM {table} WHERE extra != ''"))
+            .await
+            >= 200
     );
     let log = w.log_contents();
     assert!(log.contains("added extra String"), "{log}");
