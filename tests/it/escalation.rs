@@ -19,29 +19,11 @@ use crate::probe::{metric, sluice_status};
 
 /// One flow with a metrics endpoint; `bisect_after` left at its default (3).
 fn config(s: &Stack, stream: &str, table: &str, metrics_port: u16) -> String {
+    let flow = format!("f_{stream}");
+    let extra = "batch = { max_rows = 1000, max_wait = \"300ms\" }\nmetadata = { id = \"_id\" }";
     format!(
-        r#"
-[redis]
-url = "{redis}"
-[clickhouse]
-url = "{ch}"
-health_check_every = "300ms"
-[worker]
-shutdown_timeout = "10s"
-block = "200ms"
-[metrics]
-listen = "127.0.0.1:{metrics_port}"
-[[flow]]
-name = "f_{stream}"
-streams = ["{stream}"]
-group = "g"
-sink = {{ type = "clickhouse", table = "{table}" }}
-dead_letter = "{stream}:dead"
-batch = {{ max_rows = 1000, max_wait = "300ms" }}
-metadata = {{ id = "_id" }}
-"#,
-        redis = s.redis.url(),
-        ch = s.ch.url()
+        "{}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+        s.config(&s.ch.url(), &flow, stream, table, extra)
     )
 }
 

@@ -11,28 +11,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::common::*;
 use crate::harness::{unique_name, wait_for, Worker};
 
-fn config(s: &Stack, stream: &str, table: &str, schema_refresh: &str) -> String {
-    format!(
-        r#"
-[redis]
-url = "{redis}"
-[clickhouse]
-url = "{ch}"
-schema_refresh = "{schema_refresh}"
-[worker]
-shutdown_timeout = "10s"
-block = "200ms"
-[[flow]]
-name = "f_{stream}"
-streams = ["{stream}"]
-group = "g"
-sink = {{ type = "clickhouse", table = "{table}" }}
-dead_letter = "{stream}:dead"
-batch = {{ max_rows = 500, max_wait = "100ms" }}
-metadata = {{ id = "_id" }}
-"#,
-        redis = s.redis.url(),
-        ch = s.ch.url()
+/// A worker re-reading the table's columns every `schema_refresh`.
+fn spawn(s: &Stack, stream: &str, table: &str, schema_refresh: &str) -> Worker {
+    let extra = "batch = { max_rows = 500, max_wait = \"100ms\" }\nmetadata = { id = \"_id\" }";
+    let config = s.config(&s.ch.url(), &format!("f_{stream}"), stream, table, extra);
+    Worker::spawn_with_env(
+        &config,
+        &[("SLUICE_CLICKHOUSE__SCHEMA_REFRESH", schema_refresh)],
     )
 }
 
@@ -77,7 +62,7 @@ async fn columns_added_and_dropped_while_rows_flow_are_followed_without_restart(
         "CREATE TABLE {table} (id UInt64, data String, _id String) ENGINE = MergeTree ORDER BY id"
     ))
     .await;
-    let w = Worker::spawn(&config(&s, &stream, &table, "500ms"));
+    let w = spawn(&s, &stream, &table, "500ms");
     let (stop, sent) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicUsize::new(0)),
@@ -150,7 +135,7 @@ async fn column_types_changed_under_the_flow_are_reread_before_anything_is_refus
         "CREATE TABLE {table} (id UInt64, n Int32, m Int32, _id String) ENGINE = MergeTree ORDER BY id"
     ))
     .await;
-    let w = Worker::spawn(&config(&s, &stream, &table, "1h"));
+    let w = spawn(&s, &stream, &table, "1h");
     let add = |from: u64, to: u64, m_scale: i64| {
         let (rc, stream) = (s.rc.clone(), stream.clone());
         async move {
