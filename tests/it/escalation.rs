@@ -13,6 +13,8 @@
 //! refused insert leaves its rows in the base table (the views' targets
 //! get each row once). The assertions look at the views' targets.
 
+use std::time::Duration;
+
 use crate::common::*;
 use crate::harness::{free_port, unique_name, wait_for, Worker};
 use crate::probe::{metric, sluice_status};
@@ -164,14 +166,20 @@ async fn a_view_refusing_every_row_keeps_the_batch_and_reports_the_flow_stuck() 
     assert!(w.log_contents().contains("table-level error"));
 
     // Fixed: everything lands once, nothing dead-lettered, no longer stuck.
+    // The stuck batch is retried at most a minute apart.
     s.ch.exec(&format!("DROP TABLE {table}_mv")).await;
     s.ch.exec(&view("id, x")).await;
-    wait_for(LONG, "every row in the view, nothing pending", || async {
-        s.ch.query_u64(&format!("SELECT uniqExact(id) FROM {table}_to"))
-            .await
-            == 30
-            && pending(&s.rc, &stream, "g").await == 0
-    })
+    let stuck_retry = Duration::from_secs(60);
+    wait_for(
+        LONG + stuck_retry,
+        "every row in the view, nothing pending",
+        || async {
+            s.ch.query_u64(&format!("SELECT uniqExact(id) FROM {table}_to"))
+                .await
+                == 30
+                && pending(&s.rc, &stream, "g").await == 0
+        },
+    )
     .await;
     assert_eq!(xlen(&s.rc, &dead_stream).await, 0);
     assert_eq!(s.ch.count(&format!("{table}_to")).await, 30);
