@@ -189,3 +189,76 @@ async fn a_view_refusing_every_row_keeps_the_batch_and_reports_the_flow_stuck() 
     .await;
     assert!(!sluice_status(&w.config_path()).await.contains("STUCK"));
 }
+
+/// Exactly-once: the same judgement through the fenced stage (a
+/// MATERIALIZED `throwIf` is evaluated when the stage is filled, so nothing
+/// reaches the table): one bad row among good ones is dead-lettered and the
+/// rest land once; a batch whose every row is refused is held and reported
+/// stuck, then lands once when the column is fixed.
+#[tokio::test]
+async fn exactly_once_isolates_a_refused_row_and_holds_a_table_refusing_every_row() {
+    let s = Stack::start().await;
+    let (stream, table) = (unique_name("esc_eo"), unique_name("esc_eo"));
+    let flow = format!("f_{stream}");
+    s.ch.exec(&format!(
+        "CREATE TABLE {table} (id UInt64, x Int32, _id String, _batch String, chk UInt8 MATERIALIZED throwIf(x = 13)) ENGINE = MergeTree ORDER BY id"
+    ))
+    .await;
+    let port = free_port();
+    let config = config(&s, &stream, &table, port).replace(
+        "metadata = ",
+        "delivery = \"exactly_once\"\nbatch_id_column = \"_batch\"\nmetadata = ",
+    );
+    let w = Worker::spawn(&config);
+    add_rows(
+        &s,
+        &stream,
+        20,
+        |i| if i == 7 { 13 } else { 100 + i as i32 },
+    )
+    .await;
+    let dead_stream = format!("{stream}:dead");
+    let once = format!("SELECT count() = uniqExact(_id) FROM {table}");
+    wait_for(LONG, "19 rows once, the bad one dead-lettered", || async {
+        s.ch.count(&table).await == 19
+            && xlen(&s.rc, &dead_stream).await == 1
+            && pending(&s.rc, &stream, "g").await == 0
+    })
+    .await;
+    assert_eq!(s.ch.query_u64(&once).await, 1);
+    wait_for(LONG, "no ledger record left", || async {
+        open_batches(&s.rc, &flow).await == 0
+    })
+    .await;
+
+    // Every row refused: held, reported, nothing more dead-lettered.
+    let ids = xadd_many(&s.rc, &stream, 10, |i| {
+        vec![
+            ("id".into(), (100 + i).to_string().into_bytes()),
+            ("x".into(), b"13".to_vec()),
+        ]
+    })
+    .await;
+    wait_for(LONG, "the flow reported stuck", || async {
+        sluice_status(&w.config_path()).await.contains("STUCK")
+    })
+    .await;
+    assert_eq!(xlen(&s.rc, &dead_stream).await, 1);
+    assert_eq!(pending(&s.rc, &stream, "g").await, ids.len() as u64);
+    s.ch.exec(&format!(
+        "ALTER TABLE {table} MODIFY COLUMN chk UInt8 MATERIALIZED 0"
+    ))
+    .await;
+    let stuck_retry = Duration::from_secs(60);
+    wait_for(LONG + stuck_retry, "the held rows landed once", || async {
+        s.ch.count(&table).await == 29 && pending(&s.rc, &stream, "g").await == 0
+    })
+    .await;
+    assert_eq!(s.ch.query_u64(&once).await, 1);
+    assert_eq!(xlen(&s.rc, &dead_stream).await, 1);
+    wait_for(LONG, "no longer stuck, no ledger record left", || async {
+        metric(port, "sluice_sink_stuck_since_seconds", &[("flow", &flow)]).await == Some(0.0)
+            && open_batches(&s.rc, &flow).await == 0
+    })
+    .await;
+}
