@@ -9,7 +9,7 @@
 //!
 //! Options (all optional):
 //!   --seed N            seed of the fault schedule (default: random, printed)
-//!   --case NAME|all     kill, ch-faults, redis-restart, slow-ch, redis-cut, redis-oom (default all)
+//!   --case NAME|all     kill, ch-faults, redis-restart, slow-ch, redis-cut, redis-oom, schema-change (default all)
 //!   --delivery MODE     at-least-once, exactly-once or both (default at-least-once)
 //!   --messages N        messages per case (default 300000)
 //!   --rate N            producer msgs/s (default 10000)

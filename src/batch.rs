@@ -4,6 +4,7 @@
 //! never reaches ClickHouse; the rest of the batch carries on.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -209,6 +210,30 @@ impl RowMapper {
         }
         blocks.seal(self)
     }
+
+    /// Converts and encodes `messages` anew, e.g. for a table whose columns
+    /// changed since they were batched: the block of those that convert,
+    /// those messages, and the others as dead letters with the reason.
+    pub fn encode_checked(
+        &self,
+        messages: Vec<Message>,
+        batch_id: Option<&str>,
+    ) -> (Bytes, Vec<Message>, Vec<DeadLetter>) {
+        let mut blocks = Blocks::default();
+        let mut kept = Vec::with_capacity(messages.len());
+        let mut dead = Vec::new();
+        for m in messages {
+            match blocks.push(self, &m, batch_id) {
+                Ok(()) => kept.push(m),
+                Err(reason) => dead.push(DeadLetter {
+                    message: m,
+                    reason,
+                    kind: "convert",
+                }),
+            }
+        }
+        (blocks.seal(self), kept, dead)
+    }
 }
 
 /// Most distinct "which DEFAULT columns are absent" shapes per batch; rows
@@ -293,6 +318,9 @@ pub struct SealedBatch {
     pub opened: Instant,
     /// The batch id in the block's rows (exactly-once), if any.
     pub batch_id: Option<String>,
+    /// The mapping the block was encoded with, when the sink's can change
+    /// (the table's columns are re-read while the flow runs).
+    pub mapper: Option<Arc<RowMapper>>,
 }
 
 impl SealedBatch {
@@ -323,6 +351,14 @@ impl OpenBatch {
 
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty() && self.dead.is_empty()
+    }
+
+    /// The mapping changes (the table's columns were re-read): drops the
+    /// encoders kept from earlier batches, built for the old columns. Only
+    /// while the batch is empty.
+    pub fn remap(&mut self) {
+        debug_assert!(self.is_empty());
+        self.blocks = Blocks::default();
     }
 
     pub fn opened(&self) -> Option<Instant> {
@@ -367,6 +403,68 @@ impl OpenBatch {
                 .batch_id
                 .as_mut()
                 .map(|id| std::mem::replace(id, crate::sink::ledger::new_batch_id())),
+            mapper: None,
         }
+    }
+
+    /// [`seal`](Self::seal), remembering the mapping the block was encoded with.
+    pub fn seal_with(&mut self, mapper: &Arc<RowMapper>) -> SealedBatch {
+        SealedBatch {
+            mapper: Some(mapper.clone()),
+            ..self.seal(mapper)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::ColumnType;
+
+    fn mapper(columns: &[&str]) -> Arc<RowMapper> {
+        let schema = TableSchema {
+            database: "db".into(),
+            table: "t".into(),
+            columns: columns
+                .iter()
+                .map(|name| ColumnSpec {
+                    name: name.to_string(),
+                    type_name: "String".into(),
+                    ty: ColumnType::String,
+                    default_kind: DefaultKind::None,
+                })
+                .collect(),
+        };
+        Arc::new(RowMapper::new(&schema, &MetadataColumns::default(), None).unwrap())
+    }
+
+    fn message(i: u32) -> Message {
+        let v = |s: &str| Bytes::from(format!("{s}{i}"));
+        Message {
+            stream: Arc::from("s"),
+            id: Bytes::from(format!("{i}-0")),
+            fields: vec![(v("a").slice(..1), v("a")), (v("b").slice(..1), v("b"))],
+            deliveries: 1,
+        }
+    }
+
+    /// A batch opened after the columns were re-read gets encoders for the
+    /// new columns, not the ones kept from the previous batch.
+    #[test]
+    fn a_remapped_batch_encodes_for_the_new_columns() {
+        let (old, new) = (mapper(&["a"]), mapper(&["a", "b"]));
+        let mut open = OpenBatch::new();
+        open.add(&old, message(1));
+        let first = open.seal_with(&old);
+        assert!(first.dead.is_empty());
+        open.remap();
+        open.add(&new, message(2));
+        let second = open.seal_with(&new);
+        assert!(second.dead.is_empty(), "{:?}", second.dead[0].reason);
+        assert_eq!(second.messages.len(), 1);
+        assert!(Arc::ptr_eq(second.mapper.as_ref().unwrap(), &new));
+        // The same message encoded on its own gives the same block.
+        let (block, kept, dead) = new.encode_checked(vec![message(2)], None);
+        assert_eq!((block, kept.len(), dead.len()), (second.block, 1, 0));
     }
 }

@@ -180,6 +180,15 @@ pub struct ClickHouseConfig {
     /// Upper bound for one insert, from first byte sent to the server's answer.
     #[serde(default = "default_insert_timeout", with = "humantime_serde")]
     pub insert_timeout: Duration,
+    /// A batch ClickHouse refuses the same way (same exception code) this
+    /// many times in a row is bisected, whatever the code
+    /// (`sink::escalation`).
+    #[serde(default = "default_bisect_after")]
+    pub bisect_after: u32,
+    /// How often a running flow re-reads its table's columns (also re-read
+    /// at once on an insert error that says they may have changed).
+    #[serde(default = "default_schema_refresh", with = "humantime_serde")]
+    pub schema_refresh: Duration,
 }
 
 impl std::fmt::Debug for ClickHouseConfig {
@@ -201,6 +210,8 @@ impl std::fmt::Debug for ClickHouseConfig {
             .field("password_file", &self.password_file)
             .field("compression", &self.compression)
             .field("insert_timeout", &self.insert_timeout)
+            .field("bisect_after", &self.bisect_after)
+            .field("schema_refresh", &self.schema_refresh)
             .finish()
     }
 }
@@ -826,6 +837,12 @@ fn default_user() -> String {
 fn default_health_check_every() -> Duration {
     Duration::from_secs(5)
 }
+fn default_bisect_after() -> u32 {
+    3
+}
+fn default_schema_refresh() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_insert_timeout() -> Duration {
     Duration::from_secs(60)
 }
@@ -1313,6 +1330,15 @@ fn validate_clickhouse(ch: &ClickHouseConfig) -> Result<()> {
             "must be at least 100ms",
         ));
     }
+    if ch.bisect_after == 0 {
+        return Err(key_error("clickhouse.bisect_after", "must be at least 1"));
+    }
+    if ch.schema_refresh < Duration::from_millis(100) {
+        return Err(key_error(
+            "clickhouse.schema_refresh",
+            "must be at least 100ms",
+        ));
+    }
     Ok(())
 }
 
@@ -1729,7 +1755,20 @@ on_success = "ack"              # or "ack_del": XACK then XDEL, as the original 
         assert_eq!(ch.endpoint_urls(), ["http://a:8123", "http://u:pw@b:8123"]);
         assert_eq!(ch.endpoints, EndpointMode::RoundRobin);
         assert_eq!(ch.health_check_every, Duration::from_secs(5));
+        assert_eq!(ch.bisect_after, 3);
+        assert_eq!(ch.schema_refresh, Duration::from_secs(60));
         assert!(!format!("{ch:?}").contains("pw"), "{ch:?}");
+        for (bad, key) in [
+            ("bisect_after = 0", "clickhouse.bisect_after"),
+            ("schema_refresh = \"10ms\"", "clickhouse.schema_refresh"),
+        ] {
+            let text = EXAMPLE.replace(
+                "database = \"default\"",
+                &format!("{bad}\ndatabase = \"default\""),
+            );
+            let err = parse(&text, &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
 
         let both = EXAMPLE.replace(
             "database = \"default\"",

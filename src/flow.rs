@@ -39,6 +39,7 @@ use crate::batch::{OpenBatch, RowMapper, SealedBatch};
 use crate::config::{Config, Delivery, FlowConfig, SinkConfig};
 use crate::handler::{Handler, Handlers};
 use crate::metrics::{FlowMetrics, Metrics};
+use crate::readiness::Readiness;
 use crate::sink::clickhouse::ClickHouseSink;
 use crate::sink::commit::Committer;
 use crate::sink::exactly_once::ExactlyOnce;
@@ -103,25 +104,34 @@ pub fn over_max_deliveries(m: &Message, max: u64) -> Option<String> {
     })
 }
 
+/// How a flow opens: where it says what it waits for, and when to give up.
+pub struct Opening<'a> {
+    pub consumer: String,
+    pub metrics: Arc<Metrics>,
+    pub handlers: &'a Handlers,
+    /// Told why the flow is not running yet (ClickHouse not answering).
+    pub readiness: &'a Readiness,
+    /// Stops waiting for ClickHouse.
+    pub stop: &'a CancellationToken,
+}
+
 impl Flow {
     /// Connects to Redis and the sink, creates missing groups (MKSTREAM).
+    /// While ClickHouse does not answer, waits for it (with backoff, saying
+    /// so in `readiness`) instead of failing: a replica may start during an
+    /// outage. Ok(None): stopped while waiting.
     pub async fn open(
         config: &Config,
         cfg: &FlowConfig,
-        consumer: String,
-        metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Flow> {
-        Self::open_with_handlers(config, cfg, consumer, metrics, &Handlers::new()).await
-    }
-
-    /// Like [`Flow::open`]; Rust handlers named by the config come from `handlers`.
-    pub async fn open_with_handlers(
-        config: &Config,
-        cfg: &FlowConfig,
-        consumer: String,
-        metrics: Arc<Metrics>,
-        handlers: &Handlers,
-    ) -> anyhow::Result<Flow> {
+        o: Opening<'_>,
+    ) -> anyhow::Result<Option<Flow>> {
+        let Opening {
+            consumer,
+            metrics,
+            handlers,
+            readiness,
+            stop,
+        } = o;
         let command_client = client::connect(&config.redis).await?;
         for stream in &cfg.streams {
             if commands::create_group(&command_client, stream, &cfg.group, &cfg.start_id).await? {
@@ -135,11 +145,25 @@ impl Flow {
                     .as_ref()
                     .expect("validated: clickhouse sink has a section");
                 let endpoint_metrics = config.metrics.listen.is_some().then_some(&metrics);
-                Some(Arc::new(
-                    ClickHouseSink::open_with_metrics(ch, cfg, table, endpoint_metrics)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("flow `{}`: {e}", cfg.name))?,
-                ))
+                let waiting = |e: &crate::sink::clickhouse::SinkError| {
+                    readiness.waiting(&cfg.name, format!("waiting for ClickHouse: {e}"));
+                };
+                let opened = ClickHouseSink::open_when_reachable(
+                    ch,
+                    cfg,
+                    table,
+                    endpoint_metrics,
+                    waiting,
+                    stop,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("flow `{}`: {e}", cfg.name))?;
+                let Some(sink) = opened else {
+                    return Ok(None);
+                };
+                let sink = Arc::new(sink);
+                sink.spawn_schema_refresh();
+                Some(sink)
             }
             SinkConfig::Stream(_) => None,
         };
@@ -208,7 +232,7 @@ impl Flow {
             }
             (None, SinkConfig::Clickhouse { .. }) => unreachable!("opened above"),
         };
-        Ok(Flow {
+        Ok(Some(Flow {
             cfg: cfg.clone(),
             consumer,
             streams,
@@ -222,7 +246,7 @@ impl Flow {
             block: config.worker.block,
             prune_idle: config.worker.prune_idle,
             held: Held::default(),
-        })
+        }))
     }
 
     /// Runs until `shutdown`; then stops reading, commits what it holds and
@@ -657,7 +681,9 @@ impl Flow {
         mut chunks: mpsc::Receiver<Vec<Message>>,
         batches: mpsc::Sender<SealedBatch>,
     ) {
-        let mapper: &RowMapper = &sink.mapper;
+        // The table's columns may be re-read meanwhile: each batch is
+        // converted with the mapping current when it opens.
+        let mut mapper: Arc<RowMapper> = sink.mapper.current();
         // A handler's outputs of one message share its id: never seal between them.
         let siblings = self.handler.is_some();
         let mut open = if self.recovery.is_some() {
@@ -673,13 +699,17 @@ impl Flow {
                 Some(deadline) => tokio::select! {
                     c = chunks.recv() => c,
                     _ = tokio::time::sleep_until(deadline) => {
-                        if batches.send(open.seal(mapper)).await.is_err() { return; }
+                        if batches.send(open.seal_with(&mapper)).await.is_err() { return; }
                         continue;
                     }
                 },
                 None => chunks.recv().await,
             };
             let Some(chunk) = chunk else { break };
+            if open.is_empty() && !sink.mapper.is_current(&mapper) {
+                mapper = sink.mapper.current();
+                open.remap();
+            }
             let mut chunk = chunk.into_iter().peekable();
             while let Some(m) = chunk.next() {
                 let boundary = !siblings
@@ -697,18 +727,18 @@ impl Flow {
                         kind: "max_deliveries",
                     });
                 } else {
-                    open.add(mapper, m);
+                    open.add(&mapper, m);
                 }
                 if boundary
                     && open.is_full(&self.cfg.batch)
-                    && batches.send(open.seal(mapper)).await.is_err()
+                    && batches.send(open.seal_with(&mapper)).await.is_err()
                 {
                     return;
                 }
             }
         }
         if !open.is_empty() {
-            let _ = batches.send(open.seal(mapper)).await;
+            let _ = batches.send(open.seal_with(&mapper)).await;
         }
     }
 
@@ -721,6 +751,7 @@ impl Flow {
     ) -> bool {
         let committer = Committer {
             flow: self.cfg.name.clone(),
+            consumer: self.consumer.clone(),
             group: self.cfg.group.clone(),
             dead_letter_stream: self.cfg.dead_letter_stream(),
             on_success: self.cfg.on_success,

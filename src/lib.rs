@@ -12,8 +12,9 @@
 //! - [`payload`]: JSON / MessagePack payload fields expanded into columns.
 //! - [`batch`]: field→column mapping and batches closed by rows/bytes/time.
 //! - [`sink`]: the ClickHouse sink, its endpoints (failover / round-robin,
-//!   health checks) and `shard_by` placement, retry-or-bisect decision,
-//!   commit + ack, and exactly-once: the batch ledger with leases
+//!   health checks) and `shard_by` placement, the live mapping of the
+//!   table's current columns, retry-or-bisect decision and its escalation
+//!   (table-level errors reported stuck), commit + ack, and exactly-once: the batch ledger with leases
 //!   (`sink::ledger`), fenced stage-table inserts settled before any retry
 //!   (`sink::fenced`), the shared insert (`sink::exactly_once`) and the
 //!   recovery of dead replicas' batches (`sink::recover`).
@@ -26,6 +27,7 @@
 //! - [`http_entry`]: `POST /v1/streams/{stream}/messages` (all-or-nothing,
 //!   429 at `max_len`), stream state, health; bearer tokens per stream.
 //! - [`worker`]: runs all flows (and the HTTP entry); shutdown with a deadline.
+//! - [`readiness`]: whether every flow runs (`/readyz`), and why not.
 //! - [`status`]: per-stream group state (exact lag) for `sluice status` and
 //!   the gauges, sampled by one replica holding a lease.
 //! - [`check`]: `sluice check` — validate, connect, show the plan.
@@ -57,6 +59,7 @@ pub mod http_entry;
 pub mod metrics;
 pub mod native;
 pub mod payload;
+pub mod readiness;
 pub mod retry_queue;
 pub mod schedule;
 pub mod schema;

@@ -71,6 +71,7 @@ pub struct Metrics {
     pub endpoint_errors: IntCounterVec,
     pub stream_sink_targets: IntGaugeVec,
     pub stream_sink_targets_evicted: IntCounterVec,
+    pub sink_stuck_since: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -285,6 +286,12 @@ impl Metrics {
                 "Idle templated targets the router forgot because it held max_targets.",
                 &["flow"],
             ),
+            sink_stuck_since: int_gauge(
+                &r,
+                "sluice_sink_stuck_since_seconds",
+                "Unix time since which the flow's inserts are refused with a table-level error (every row the same way; the batch is kept and retried, nothing dead-lettered); 0 while not stuck.",
+                &["flow", "sink"],
+            ),
             registry: r,
         })
         .init_build_info()
@@ -343,6 +350,7 @@ struct FlowHandles {
     errors_retry: IntCounter,
     errors_bisect: IntCounter,
     dead_lettered: Vec<(&'static str, IntCounter)>,
+    stuck_since: prometheus::IntGauge,
 }
 
 struct StreamHandles {
@@ -390,6 +398,7 @@ impl FlowMetrics {
                 .iter()
                 .map(|&r| (r, m.messages_dead_lettered.with_label_values(&[flow, r])))
                 .collect(),
+            stuck_since: m.sink_stuck_since.with_label_values(&[flow, SINK]),
         };
         FlowMetrics {
             inner: Some(Arc::new(handles)),
@@ -490,6 +499,15 @@ impl FlowMetrics {
         }
     }
 
+    /// The flow is stuck on a table-level error since `since` (None: no longer).
+    pub fn stuck_since(&self, since: Option<SystemTime>) {
+        let Some(h) = &self.inner else { return };
+        let secs = since
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs().max(1));
+        h.stuck_since.set(secs as i64);
+    }
+
     pub fn dead_lettered(&self, reason: &'static str) {
         let Some(h) = &self.inner else { return };
         match h.dead_lettered.iter().find(|(r, _)| *r == reason) {
@@ -522,9 +540,12 @@ impl FlowMetrics {
     }
 }
 
-/// Serves `/metrics` (and `/healthz`) until `shutdown`.
+/// Serves `/metrics`, `/healthz` (200 while the process runs) and
+/// `/readyz` (200 once every flow runs, else 503 naming what each waits
+/// for) until `shutdown`.
 pub async fn serve(
     metrics: Arc<Metrics>,
+    readiness: Arc<crate::readiness::Readiness>,
     addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -545,7 +566,19 @@ pub async fn serve(
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move {
+                    match readiness.check() {
+                        Ok(()) => (axum::http::StatusCode::OK, "ready\n".to_string()),
+                        Err(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, why),
+                    }
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics endpoint listening");
     axum::serve(listener, app)

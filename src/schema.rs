@@ -440,7 +440,7 @@ impl DefaultKind {
 }
 
 /// One column of a table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ColumnSpec {
     pub name: String,
     /// Exactly as the server printed it; sent back as the Native column type.
@@ -452,7 +452,7 @@ pub struct ColumnSpec {
 }
 
 /// A table's columns, in table order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TableSchema {
     pub database: String,
     pub table: String,
@@ -540,6 +540,34 @@ impl TableSchema {
             table: table.to_owned(),
             columns,
         })
+    }
+
+    /// What changed from `old` to `self`, for the log line of a schema
+    /// refresh: `added c String; dropped d; x: Int32 → Int64`. Empty when
+    /// the columns are the same.
+    pub fn changes_since(&self, old: &TableSchema) -> String {
+        let find = |list: &[ColumnSpec], name: &str| list.iter().find(|c| c.name == name).cloned();
+        let mut out = Vec::new();
+        for c in &self.columns {
+            match find(&old.columns, &c.name) {
+                None => out.push(format!("added {} {}", c.name, c.type_name)),
+                Some(o) if o.type_name != c.type_name || o.default_kind != c.default_kind => out
+                    .push(format!(
+                        "{}: {} {:?} → {} {:?}",
+                        c.name, o.type_name, o.default_kind, c.type_name, c.default_kind
+                    )),
+                Some(_) => {}
+            }
+        }
+        for o in &old.columns {
+            if find(&self.columns, &o.name).is_none() {
+                out.push(format!("dropped {}", o.name));
+            }
+        }
+        if out.is_empty() && self.columns != old.columns {
+            out.push("columns reordered".into());
+        }
+        out.join("; ")
     }
 
     /// Columns we may write: everything but MATERIALIZED and ALIAS.
@@ -796,5 +824,26 @@ mod tests {
             .execute()
             .await
             .unwrap();
+    }
+
+    #[test]
+    fn changes_between_schemas_are_named() {
+        let rows = |list: &[(&str, &str)]| {
+            TableSchema::from_rows(
+                "db",
+                "t",
+                list.iter()
+                    .map(|(n, t)| (n.to_string(), t.to_string(), String::new()))
+                    .collect(),
+            )
+            .unwrap()
+        };
+        let old = rows(&[("id", "UInt64"), ("x", "Int32"), ("gone", "String")]);
+        let new = rows(&[("id", "UInt64"), ("x", "Int64"), ("extra", "String")]);
+        let changes = new.changes_since(&old);
+        assert!(changes.contains("added extra String"), "{changes}");
+        assert!(changes.contains("dropped gone"), "{changes}");
+        assert!(changes.contains("x: Int32"), "{changes}");
+        assert_eq!(old.changes_since(&old.clone()), "");
     }
 }

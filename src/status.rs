@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::sink::stuck::StuckReport;
 use crate::stream::group::{consumers, ConsumerInfo};
 use crate::stream::{client, commands, parse_id, reply, Result};
 
@@ -74,6 +75,9 @@ pub struct StreamStatus {
     pub consumers: Vec<ConsumerInfo>,
     pub dead_letter_stream: String,
     pub dead_letter_length: u64,
+    /// The flow is stuck on a table-level ClickHouse error: one record per
+    /// replica holding refused rows (`sink::stuck`); empty when not.
+    pub stuck: Vec<StuckReport>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -233,6 +237,7 @@ pub async fn stream_status(
         consumers: Vec::new(),
         dead_letter_stream: dead_letter.into(),
         dead_letter_length,
+        stuck: Vec::new(),
     };
     let Some((last, lag, pending)) = group_info(client, stream, group).await? else {
         return Ok(s);
@@ -273,10 +278,18 @@ pub async fn stream_status(
 pub async fn all(client: &Client, config: &Config) -> Result<Vec<StreamStatus>> {
     let mut out = Vec::new();
     for f in &config.flows {
+        let stuck = match crate::sink::stuck::list(client, &f.name, now_ms()).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(flow = %f.name, error = %e, "could not read the flow's stuck records");
+                Vec::new()
+            }
+        };
         for stream in &f.streams {
-            out.push(
-                stream_status(client, &f.name, stream, &f.group, &f.dead_letter_stream()).await?,
-            );
+            let mut s =
+                stream_status(client, &f.name, stream, &f.group, &f.dead_letter_stream()).await?;
+            s.stuck = stuck.clone();
+            out.push(s);
         }
     }
     Ok(out)
@@ -449,6 +462,16 @@ pub fn render_table(list: &[StreamStatus]) -> String {
             );
         }
     }
+    let mut flows_shown: Vec<&str> = Vec::new();
+    for s in list.iter().filter(|s| !s.stuck.is_empty()) {
+        if flows_shown.contains(&s.flow.as_str()) {
+            continue;
+        }
+        flows_shown.push(&s.flow);
+        for r in &s.stuck {
+            let _ = writeln!(out, "{}", render_stuck(&s.flow, r, now_ms()));
+        }
+    }
     if list
         .iter()
         .any(|s| s.lag_source.is_exact() && s.redis_lag != Some(s.lag))
@@ -465,6 +488,21 @@ pub fn render_table(list: &[StreamStatus]) -> String {
         );
     }
     out
+}
+
+/// One line for a replica stuck on a table-level error: since when (and
+/// for how long at `now_ms`), the table, the rows held, the error.
+pub fn render_stuck(flow: &str, r: &StuckReport, now_ms: u64) -> String {
+    let since = chrono::DateTime::from_timestamp_millis(r.since_ms as i64)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| r.since_ms.to_string());
+    let lasting = humantime::format_duration(std::time::Duration::from_secs(
+        now_ms.saturating_sub(r.since_ms) / 1000,
+    ));
+    format!(
+        "STUCK flow `{flow}` since {since} ({lasting}): ClickHouse refuses every row the same way (table-level error) on {}; {} rows held by {}, retried, nothing dead-lettered: {}",
+        r.table, r.rows, r.consumer, r.error
+    )
 }
 
 /// ClickHouse endpoints' health for `sluice status` (URLs without credentials).
@@ -559,6 +597,7 @@ mod tests {
             consumers: vec![],
             dead_letter_stream: "s:dead".into(),
             dead_letter_length: 0,
+            stuck: vec![],
         };
         let table = render_table(std::slice::from_ref(&base));
         assert!(
@@ -575,5 +614,27 @@ mod tests {
             table.contains(">=6~") && table.contains("~ estimate"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn a_stuck_flow_is_shown_with_since_when_and_the_error() {
+        let r = StuckReport {
+            consumer: "host-1-ab".into(),
+            table: "default.events".into(),
+            since_ms: 1_700_000_000_000,
+            error: "Code: 53, e.displayText() = DB::Exception: Type mismatch for column x".into(),
+            rows: 1200,
+            expires_ms: 1_700_000_400_000,
+        };
+        let line = render_stuck("events", &r, 1_700_000_125_000);
+        assert!(
+            line.contains("STUCK flow `events` since 2023-11-14T22:13:20Z (2m 5s)"),
+            "{line}"
+        );
+        assert!(
+            line.contains("default.events") && line.contains("1200 rows held by host-1-ab"),
+            "{line}"
+        );
+        assert!(line.ends_with("Type mismatch for column x"), "{line}");
     }
 }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::flow::Flow;
+use crate::flow::{Flow, Opening};
 use crate::handler::Handlers;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::stream::group::consumer_name;
 
 /// Refuses to start on a Redis older than the supported minimum (every
@@ -56,41 +57,26 @@ pub async fn run_with_handlers(
     let consumer = consumer_name(config.worker.consumer_prefix.as_deref());
     tracing::info!(%consumer, flows = config.flows.len(), "starting worker");
 
+    // A replica started during a ClickHouse outage serves /healthz and
+    // /readyz (not ready, and why), the HTTP entry and the schedules while
+    // its flows wait for ClickHouse.
+    let readiness = Arc::new(Readiness::default());
+    for cfg in &config.flows {
+        readiness.opening(&cfg.name);
+    }
     let metrics_task = match &config.metrics.listen {
         Some(addr) => {
             let addr = addr.parse().expect("validated address");
             let token = shutdown.clone();
             Some(tokio::spawn(crate::metrics::serve(
                 metrics.clone(),
+                readiness.clone(),
                 addr,
                 token,
             )))
         }
         None => None,
     };
-
-    let mut flows = Vec::new();
-    for cfg in &config.flows {
-        flows.push(
-            Flow::open_with_handlers(&config, cfg, consumer.clone(), metrics.clone(), &handlers)
-                .await?,
-        );
-    }
-    let http_entry = match &config.http {
-        Some(_) => Some(crate::http_entry::start(&config, shutdown.clone()).await?),
-        None => None,
-    };
-    let console = match config.console.as_ref().and_then(|c| c.listen.clone()) {
-        Some(listen) => Some(crate::console::start(&config, &listen, shutdown.clone()).await?),
-        None => None,
-    };
-    let sampler = tokio::spawn(crate::status::sample_loop(
-        config.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-    // Schedules and delayed-job promotion (every replica; Redis arbitrates).
-    let scheduling = crate::schedule::spawn(&config, &consumer, shutdown.clone()).await?;
 
     let hard_stop = CancellationToken::new();
     let deadline = config.worker.shutdown_timeout;
@@ -104,10 +90,60 @@ pub async fn run_with_handlers(
         });
     }
 
-    let handles: Vec<_> = flows
-        .into_iter()
-        .map(|f| tokio::spawn(f.run(shutdown.clone(), hard_stop.clone())))
+    // Each flow opens (waiting for ClickHouse if need be), then runs once
+    // the services below have started. A flow that cannot open for good (a
+    // missing table, a mapping that does not fit) stops the whole process,
+    // as before.
+    let config = Arc::new(config);
+    let handlers = Arc::new(handlers);
+    let services_started = CancellationToken::new();
+    let handles: Vec<_> = (0..config.flows.len())
+        .map(|i| {
+            let (config, handlers, readiness) =
+                (config.clone(), handlers.clone(), readiness.clone());
+            let (consumer, metrics) = (consumer.clone(), metrics.clone());
+            let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
+            let go = services_started.clone();
+            tokio::spawn(async move {
+                let cfg = &config.flows[i];
+                let opening = Opening {
+                    consumer,
+                    metrics,
+                    handlers: &handlers,
+                    readiness: &readiness,
+                    stop: &shutdown,
+                };
+                let flow = match Flow::open(&config, cfg, opening).await {
+                    Ok(Some(flow)) => flow,
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        shutdown.cancel();
+                        return Err(e);
+                    }
+                };
+                readiness.running(&cfg.name);
+                tokio::select! {
+                    _ = go.cancelled() => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                flow.run(shutdown, hard_stop).await
+            })
+        })
         .collect();
+
+    // The rest starts once every flow is open or waits for ClickHouse, and
+    // the open flows run after it: the order of a start with ClickHouse up
+    // (flows and their handlers first, then the HTTP entry and schedules,
+    // then reads), without waiting for ClickHouse when it is down.
+    tokio::select! {
+        _ = readiness.settled() => {}
+        _ = shutdown.cancelled() => {}
+    }
+    let started = start_services(&config, &consumer, &metrics, &shutdown).await;
+    if started.is_err() {
+        shutdown.cancel();
+    }
+    services_started.cancel();
     let mut result = Ok(());
     for h in handles {
         match h.await {
@@ -120,18 +156,43 @@ pub async fn run_with_handlers(
         shutdown.cancelled().await; // schedules only: run until told to stop
     }
     shutdown.cancel();
-    if let Some(t) = http_entry {
+    let services = match started {
+        Ok(services) => services,
+        Err(e) => return Err(e),
+    };
+    for t in services {
         let _ = t.await;
     }
-    if let Some(t) = console {
-        let _ = t.await;
-    }
-    for t in scheduling {
-        let _ = t.await;
-    }
-    let _ = sampler.await;
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
     result
+}
+
+/// The HTTP entry, the console, the gauge sampler, the schedules and delayed-job
+/// promotion (every replica; Redis arbitrates): their tasks. Skipped when
+/// shutting down already.
+async fn start_services(
+    config: &Config,
+    consumer: &str,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    if shutdown.is_cancelled() {
+        return Ok(Vec::new());
+    }
+    let mut tasks = Vec::new();
+    if config.http.is_some() {
+        tasks.push(crate::http_entry::start(config, shutdown.clone()).await?);
+    }
+    if let Some(listen) = config.console.as_ref().and_then(|c| c.listen.clone()) {
+        tasks.push(crate::console::start(config, &listen, shutdown.clone()).await?);
+    }
+    tasks.push(tokio::spawn(crate::status::sample_loop(
+        config.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )));
+    tasks.extend(crate::schedule::spawn(config, consumer, shutdown.clone()).await?);
+    Ok(tasks)
 }

@@ -4,15 +4,18 @@
 //! Which endpoint takes an insert is [`super::endpoints`]' business; how a
 //! sharded flow splits a batch is [`super::shard`]'s.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use clickhouse::Client;
+use tokio_util::sync::CancellationToken;
 
 use super::endpoints::{Endpoint, Endpoints};
+use super::mapping::{LiveMapping, Refresh, RefreshError};
+use super::retry::Backoff;
 use super::shard::Sharding;
-use crate::batch::{MappingError, RowMapper};
+use crate::batch::MappingError;
 use crate::config::{ClickHouseConfig, FlowConfig, SinkConfig};
 use crate::metrics::Metrics;
 use crate::schema::{SchemaError, TableSchema};
@@ -27,6 +30,26 @@ pub enum SinkError {
     Mapping(#[from] MappingError),
     #[error("no ClickHouse endpoint answered: {0}")]
     NoEndpoint(String),
+}
+
+impl SinkError {
+    /// ClickHouse could not be asked (no endpoint answered, or the columns
+    /// query failed): worth waiting for, unlike a missing table or a
+    /// mapping that does not fit.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            SinkError::NoEndpoint(_) | SinkError::Schema(SchemaError::Query { .. })
+        )
+    }
+}
+
+impl From<RefreshError> for SinkError {
+    fn from(e: RefreshError) -> Self {
+        match e {
+            RefreshError::Schema(e) => SinkError::Schema(e),
+        }
+    }
 }
 
 /// A client for `cfg`'s first endpoint. Validation is off: it sends a
@@ -78,11 +101,19 @@ pub enum Target {
 pub struct ClickHouseSink {
     endpoints: Arc<Endpoints>,
     insert_sql: String,
+    /// The table as first read: its database and table names. Its columns
+    /// may have changed since: the current ones are `mapper.schema()`.
     pub schema: TableSchema,
-    pub mapper: RowMapper,
+    /// The row mapping for the table's current columns (re-read while the
+    /// flow runs: [`super::mapping`]).
+    pub mapper: LiveMapping,
     insert_timeout: Duration,
     /// `shard_by`: the endpoints are shards, rows routed by this field.
     pub sharding: Option<Sharding>,
+    /// `clickhouse.bisect_after`: see [`super::escalation`].
+    pub bisect_after: u32,
+    schema_refresh: Duration,
+    flow: String,
 }
 
 impl ClickHouseSink {
@@ -98,6 +129,7 @@ impl ClickHouseSink {
     /// Like [`open`](Self::open), exporting per-endpoint metrics to `metrics`.
     /// Checks every endpoint, reads the schema from the first one that
     /// answers (in `urls` order) and starts the background health checks.
+    /// Fails at once when ClickHouse cannot be asked (`sluice check`).
     pub async fn open_with_metrics(
         cfg: &ClickHouseConfig,
         flow: &FlowConfig,
@@ -105,32 +137,54 @@ impl ClickHouseSink {
         metrics: Option<&Arc<Metrics>>,
     ) -> Result<Self, SinkError> {
         let endpoints = Arc::new(Endpoints::new(cfg, &flow.name, metrics));
-        endpoints.check_all().await;
-        let Some(first) = endpoints.iter().find(|e| e.is_up()) else {
-            let why: Vec<String> = endpoints
-                .statuses()
-                .into_iter()
-                .map(|s| format!("{} {}: {}", s.key, s.endpoint, s.error.unwrap_or_default()))
-                .collect();
-            return Err(SinkError::NoEndpoint(why.join("; ")));
-        };
-        for e in endpoints.iter().filter(|e| !e.is_up()) {
-            tracing::warn!(flow = %flow.name, endpoint = %e.label, error = e.status().error.unwrap_or_default(), "ClickHouse endpoint unreachable at start-up; the health checks bring it in when it answers");
+        let schema = read_schema(&endpoints, cfg, &flow.name, table).await?;
+        Self::assemble(cfg, flow, endpoints, schema)
+    }
+
+    /// Like [`open_with_metrics`](Self::open_with_metrics), but while
+    /// ClickHouse cannot be asked ([`SinkError::is_unreachable`]) waits and
+    /// tries again with backoff, telling `waiting` why each time, so that a
+    /// replica can start during an outage. Ok(None): `stop` came first.
+    /// Other errors (no such table, a mapping that does not fit) fail at once.
+    pub async fn open_when_reachable(
+        cfg: &ClickHouseConfig,
+        flow: &FlowConfig,
+        table: &str,
+        metrics: Option<&Arc<Metrics>>,
+        waiting: impl Fn(&SinkError),
+        stop: &CancellationToken,
+    ) -> Result<Option<Self>, SinkError> {
+        let endpoints = Arc::new(Endpoints::new(cfg, &flow.name, metrics));
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        loop {
+            match read_schema(&endpoints, cfg, &flow.name, table).await {
+                Ok(schema) => return Self::assemble(cfg, flow, endpoints, schema).map(Some),
+                Err(e) if e.is_unreachable() => {
+                    waiting(&e);
+                    tracing::warn!(flow = %flow.name, error = %e, attempt = backoff.attempts() + 1, "waiting for ClickHouse to read the table's columns; the flow starts once it answers");
+                    if !backoff.wait(stop).await {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let (db, table) = split_table(&cfg.database, table);
-        let schema = TableSchema::load(&first.client, db, table).await?;
-        let mapper = RowMapper::with_batch_id_column(
-            &schema,
-            &flow.metadata,
-            flow.payload.clone(),
-            flow.batch_id_column.as_deref(),
-        )?;
+    }
+
+    /// The sink over `endpoints` for `schema`; starts the health checks.
+    fn assemble(
+        cfg: &ClickHouseConfig,
+        flow: &FlowConfig,
+        endpoints: Arc<Endpoints>,
+        schema: TableSchema,
+    ) -> Result<Self, SinkError> {
+        let mapper = LiveMapping::new(schema.clone(), flow)?;
         // No column list: each Native block names its columns, and a block
         // may leave out DEFAULT-expression columns its rows lack.
         let insert_sql = format!(
             "INSERT INTO {}.{} FORMAT Native",
-            quote_identifier(db),
-            quote_identifier(table)
+            quote_identifier(&schema.database),
+            quote_identifier(&schema.table)
         );
         let sharding = match &flow.sink {
             SinkConfig::Clickhouse {
@@ -147,7 +201,53 @@ impl ClickHouseSink {
             mapper,
             insert_timeout: cfg.insert_timeout,
             sharding,
+            bisect_after: cfg.bisect_after,
+            schema_refresh: cfg.schema_refresh,
+            flow: flow.name.clone(),
         })
+    }
+
+    /// Re-reads the table's columns from a healthy endpoint (the first,
+    /// when none is) and puts a changed schema's mapping in use; logs what
+    /// changed.
+    pub async fn refresh_schema(&self) -> Result<Refresh, SinkError> {
+        let endpoint = self
+            .endpoints
+            .iter()
+            .find(|e| e.is_up())
+            .unwrap_or_else(|| self.endpoints.get(0));
+        let refresh = self.mapper.refresh(&endpoint.client).await?;
+        match &refresh {
+            Refresh::Unchanged => {}
+            Refresh::Changed(what) => {
+                tracing::info!(flow = %self.flow, table = %self.table_name(), changes = %what, "the table's columns changed; converting rows for the new ones")
+            }
+            Refresh::Unusable(why) => {
+                tracing::error!(flow = %self.flow, table = %self.table_name(), error = %why, "the table's columns changed in a way the flow's mapping cannot follow; keeping the previous mapping")
+            }
+        }
+        Ok(refresh)
+    }
+
+    /// Re-reads the columns every `clickhouse.schema_refresh` until `self`
+    /// is dropped.
+    pub fn spawn_schema_refresh(self: &Arc<Self>) {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let every = self.schema_refresh;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await; // the first tick is immediate: just read
+            loop {
+                tick.tick().await;
+                let Some(sink) = weak.upgrade() else {
+                    return;
+                };
+                if let Err(e) = sink.refresh_schema().await {
+                    tracing::warn!(flow = %sink.flow, error = %e, "re-reading the table's columns failed; keeping the current ones");
+                }
+            }
+        });
     }
 
     pub fn table_name(&self) -> String {
@@ -335,6 +435,30 @@ impl ClickHouseSink {
             .await?;
         Ok(lists.into_iter().flatten().collect())
     }
+}
+
+/// Checks every endpoint and reads `table`'s columns from the first that
+/// answers (in `urls` order).
+async fn read_schema(
+    endpoints: &Endpoints,
+    cfg: &ClickHouseConfig,
+    flow: &str,
+    table: &str,
+) -> Result<TableSchema, SinkError> {
+    endpoints.check_all().await;
+    let Some(first) = endpoints.iter().find(|e| e.is_up()) else {
+        let why: Vec<String> = endpoints
+            .statuses()
+            .into_iter()
+            .map(|s| format!("{} {}: {}", s.key, s.endpoint, s.error.unwrap_or_default()))
+            .collect();
+        return Err(SinkError::NoEndpoint(why.join("; ")));
+    };
+    for e in endpoints.iter().filter(|e| !e.is_up()) {
+        tracing::warn!(%flow, endpoint = %e.label, error = e.status().error.unwrap_or_default(), "ClickHouse endpoint unreachable at start-up; the health checks bring it in when it answers");
+    }
+    let (db, table) = split_table(&cfg.database, table);
+    Ok(TableSchema::load(&first.client, db, table).await?)
 }
 
 /// `major.minor` of a `SELECT version()` string is at least the given one.

@@ -1,18 +1,18 @@
-//! Committing a sealed batch: insert (retrying transient errors, bisecting
-//! data errors), then dead-letter what was refused and ack what landed.
-//! Nothing is acked before ClickHouse confirmed it.
+//! Committing a sealed batch: insert (retrying transient errors, isolating
+//! refused rows: [`super::isolate`]), then dead-letter what was refused and
+//! ack what landed. Nothing is acked before ClickHouse confirmed it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::clickhouse::{ClickHouseSink, Target};
-use super::exactly_once::{Batch, ExactlyOnce, Outcome};
+use super::exactly_once::ExactlyOnce;
 use super::ledger::new_batch_id;
-use super::retry::{classify, Backoff, Disposition};
+use super::retry::Backoff;
 use crate::batch::SealedBatch;
 use crate::config::OnSuccess;
 use crate::metrics::FlowMetrics;
@@ -27,6 +27,8 @@ pub struct Abandoned(pub usize);
 
 pub struct Committer {
     pub flow: String,
+    /// This replica's consumer name (its record of a stuck flow).
+    pub consumer: String,
     pub group: String,
     pub dead_letter_stream: String,
     pub on_success: OnSuccess,
@@ -50,6 +52,7 @@ impl Committer {
             return self.commit_sharded(batch).await;
         }
         let total = batch.messages.len() + batch.dead.len();
+        let batch = self.for_current_columns(batch).await;
         let mut dead = batch.dead;
         let mut batch_ids = Vec::new();
         let inserted = if batch.messages.is_empty() {
@@ -73,6 +76,39 @@ impl Committer {
             .map_err(|_| Abandoned(total))?;
         self.forget(&batch_ids).await;
         Ok(())
+    }
+
+    /// A batch converted for columns the table no longer has (they were
+    /// re-read since) is converted again, its conversion failures too: a
+    /// new column is filled, a dropped one no longer sent, and a row that
+    /// does not convert any more is dead-lettered with the reason. A batch
+    /// with rows that failed to convert has the columns re-read first (one
+    /// `system.columns` query): they may fit columns changed since the
+    /// last read, e.g. a type widened just before they came.
+    async fn for_current_columns(&self, mut batch: SealedBatch) -> SealedBatch {
+        if batch.dead.iter().any(|d| d.kind == "convert") {
+            if let Err(e) = self.sink.refresh_schema().await {
+                tracing::warn!(flow = %self.flow, error = %e, "could not re-read the table's columns");
+            }
+        }
+        match &batch.mapper {
+            Some(m) if !self.sink.mapper.is_current(m) => {}
+            _ => return batch,
+        }
+        let mapper = self.sink.mapper.current();
+        let (retry, keep): (Vec<_>, Vec<_>) =
+            batch.dead.into_iter().partition(|d| d.kind == "convert");
+        let mut messages = batch.messages;
+        messages.extend(retry.into_iter().map(|d| d.message));
+        let rows = messages.len();
+        let (block, ok, mut dead) = mapper.encode_checked(messages, batch.batch_id.as_deref());
+        tracing::info!(flow = %self.flow, rows, dead = dead.len(), "batch converted for the table's previous columns; converted again for the current ones");
+        dead.extend(keep);
+        batch.block = block;
+        batch.messages = ok;
+        batch.dead = dead;
+        batch.mapper = Some(mapper);
+        batch
     }
 
     /// Drops the ledger records of acked batches (exactly-once).
@@ -99,6 +135,7 @@ impl Committer {
     async fn commit_sharded(&self, batch: SealedBatch) -> Result<(), Abandoned> {
         let sharding = self.sink.sharding.as_ref().expect("sharded sink");
         let total = batch.messages.len() + batch.dead.len();
+        let batch = self.for_current_columns(batch).await;
         self.finish(Vec::new(), batch.dead)
             .await
             .map_err(|_| Abandoned(total))?;
@@ -124,150 +161,6 @@ impl Committer {
             return Err(Abandoned(total));
         }
         Ok(())
-    }
-
-    /// Inserts `messages` (encoded as `block`); on a data error splits the
-    /// batch in halves until the refused rows are alone. Returns the messages
-    /// that landed and those refused, with ClickHouse's reason.
-    /// With batch ids (exactly-once), every insert — the whole batch, or a
-    /// part while bisecting — is recorded under its own id first and goes
-    /// through [`ExactlyOnce::insert`]; the ids used are appended to
-    /// `batch_ids`.
-    async fn insert_isolating(
-        &self,
-        target: Target,
-        messages: Vec<Message>,
-        block: Bytes,
-        batch_id: Option<String>,
-        batch_ids: &mut Vec<String>,
-    ) -> Result<(Vec<Message>, Vec<DeadLetter>), ()> {
-        let with_ids = batch_id.is_some();
-        let mut landed = Vec::with_capacity(messages.len());
-        let mut refused = Vec::new();
-        // Work list of (messages, pre-encoded block and its batch id, if any).
-        type Part = (Vec<Message>, Option<(Bytes, Option<String>)>);
-        let mut todo: Vec<Part> = vec![(messages, Some((block, batch_id)))];
-        while let Some((part, encoded)) = todo.pop() {
-            let (block, id) = encoded.unwrap_or_else(|| {
-                let id = with_ids.then(new_batch_id);
-                (self.sink.mapper.encode_all(&part, id.as_deref()), id)
-            });
-            let (part, result) = match (&self.exactly_once, id) {
-                (Some(eo), Some(id)) => {
-                    let before = part.len();
-                    let part = eo
-                        .record_owned(&id, part, &self.hard_stop)
-                        .await
-                        .map_err(|_| ())?;
-                    if part.is_empty() {
-                        continue;
-                    }
-                    let block = if part.len() == before {
-                        block
-                    } else {
-                        self.sink.mapper.encode_all(&part, Some(&id))
-                    };
-                    batch_ids.push(id.clone());
-                    match eo
-                        .insert(
-                            Batch {
-                                id: &id,
-                                messages: &part,
-                                block,
-                                target,
-                            },
-                            &eo.committer(),
-                            false,
-                            &self.hard_stop,
-                        )
-                        .await
-                        .map_err(|_| ())?
-                    {
-                        Outcome::Landed => (part, None),
-                        Outcome::Refused(error) => (part, Some(error)),
-                        Outcome::LeaseLost => {
-                            // Our lease lapsed (Redis was unreachable for
-                            // long) and a replica that claimed the entries
-                            // recovers the batch: nothing of ours to ack.
-                            tracing::warn!(flow = %self.flow, batch = %id, rows = part.len(), "another replica took over the batch");
-                            continue;
-                        }
-                    }
-                }
-                _ => {
-                    let result = self.insert_with_retry(target, block, part.len()).await?;
-                    (part, result)
-                }
-            };
-            match result {
-                None => landed.extend(part),
-                Some(error) if part.len() == 1 => {
-                    let message = part.into_iter().next().expect("one message");
-                    refused.push(DeadLetter {
-                        message,
-                        reason: format!("rejected by ClickHouse: {error}"),
-                        kind: "rejected",
-                    });
-                }
-                Some(error) => {
-                    tracing::warn!(flow = %self.flow, rows = part.len(), %error, "ClickHouse refused the batch; bisecting to isolate bad rows");
-                    let mut left = part;
-                    let right = left.split_off(left.len() / 2);
-                    // Pop order: left half first, to keep rows roughly in order.
-                    todo.push((right, None));
-                    todo.push((left, None));
-                }
-            }
-        }
-        Ok((landed, refused))
-    }
-
-    /// One insert, retried while the error is transient. Ok(None) = landed;
-    /// Ok(Some(error)) = the data was refused; Err = hard stop. Each try
-    /// with [`Target::Any`] is a pass over the healthy endpoints (failover
-    /// within the pass); the backoff is between passes.
-    async fn insert_with_retry(
-        &self,
-        target: Target,
-        block: Bytes,
-        rows: usize,
-    ) -> Result<Option<String>, ()> {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        loop {
-            let started = Instant::now();
-            let size = block.len();
-            let result = match target {
-                Target::Any => self.sink.insert(block.clone(), rows, None).await,
-                Target::Shard(shard) => {
-                    self.sink
-                        .insert_shard(shard, block.clone(), rows, None)
-                        .await
-                }
-            };
-            match result {
-                Ok(()) => {
-                    self.metrics.inserted(rows, size, started.elapsed());
-                    return Ok(None);
-                }
-                Err(error) => match classify(&error) {
-                    Disposition::Bisect => {
-                        self.metrics.insert_refused();
-                        return Ok(Some(error.to_string()));
-                    }
-                    Disposition::Retry => {
-                        self.metrics.insert_retried(rows);
-                        let shard = match target {
-                            Target::Shard(s) => Some(self.sink.endpoints().get(s).label.as_str()),
-                            Target::Any => None,
-                        };
-                        tracing::warn!(flow = %self.flow, table = %self.sink.table_name(), shard, attempt = backoff.attempts() + 1, %error, "insert failed; will retry (nothing acked)");
-                        if !self.wait(&mut backoff).await {
-                            return Err(());
-                        }
-                    }
-                },
-            }
-        }
     }
 
     /// Dead-letters refused messages and acks landed ones, retrying Redis

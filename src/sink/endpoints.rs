@@ -14,9 +14,11 @@
 //!   period that doubles with consecutive failures (from
 //!   `health_check_every`, at most [`MAX_DOWN`]). Every `health_check_every`
 //!   each endpoint answers `SELECT version()`; a down endpoint is back once
-//!   its period is over and a check passes. A data error (Bisect) says
-//!   nothing about the endpoint: it stays up and the error is not retried
-//!   elsewhere, since every endpoint would refuse the same rows.
+//!   its period is over and a check passes. A refusal (the server answered
+//!   with an exception about the insert: Bisect or Escalate, e.g. a view
+//!   that fails for a row) says nothing about the endpoint: it stays up and
+//!   the insert is not retried elsewhere, since every endpoint would refuse
+//!   it the same way.
 //! - **Shards** (`shard_by`): the endpoints are shards, addressed by index
 //!   ([`Endpoints::insert_at`]); a down shard is retried, never replaced.
 //!
@@ -32,7 +34,7 @@ use clickhouse::Client;
 use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 
-use super::retry::{classify, Disposition};
+use super::retry::classify;
 use crate::config::{ClickHouseConfig, EndpointMode};
 use crate::metrics::Metrics;
 
@@ -380,9 +382,10 @@ impl Endpoints {
     }
 
     /// One insert pass: `send` (given an endpoint's index) on each endpoint
-    /// of [`plan`](Self::plan) until one confirms. A data error ends the pass at once (every
-    /// endpoint would refuse the same rows); a transient error marks the
-    /// endpoint down and moves on. Returns the last error when all failed.
+    /// of [`plan`](Self::plan) until one confirms. A refusal ends the pass at
+    /// once (every endpoint would refuse the same rows); a transient error
+    /// marks the endpoint down and moves on. Returns the last error when all
+    /// failed.
     pub async fn insert<F, Fut>(
         &self,
         rows: usize,
@@ -398,7 +401,7 @@ impl Endpoints {
             let endpoint = &self.list[i];
             match self.attempt(endpoint, rows, send(i).await) {
                 Ok(()) => return Ok(()),
-                Err(e) if classify(&e) == Disposition::Bisect => return Err(e),
+                Err(e) if classify(&e).is_refusal() => return Err(e),
                 Err(e) => {
                     if let Some(next) = plan.get(n + 1) {
                         tracing::warn!(endpoint = %endpoint.label, next = %self.list[*next].label, error = %e, "insert failed; trying the next endpoint");
@@ -444,7 +447,7 @@ impl Endpoints {
     ) -> Result<(), clickhouse::error::Error> {
         match &result {
             Ok(()) => endpoint.insert_ok(rows),
-            Err(e) if classify(e) == Disposition::Bisect => endpoint.insert_refused(),
+            Err(e) if classify(e).is_refusal() => endpoint.insert_refused(),
             Err(e) => endpoint.insert_failed(self.check_every, &e.to_string()),
         }
         result
@@ -554,22 +557,25 @@ mod tests {
         assert_eq!(tried, [0, 1]);
         assert!(!e.list[0].is_up() && e.list[1].is_up());
 
-        let mut tried = 0;
-        let r = e
-            .insert(1, |_| {
-                tried += 1;
-                async {
-                    Err(clickhouse::error::Error::BadResponse(
-                        "Code: 27, e.displayText() = DB::Exception: Cannot parse input".into(),
-                    ))
-                }
-            })
-            .await;
-        assert!(r.is_err());
-        assert_eq!(tried, 1, "a data error must not be retried elsewhere");
-        assert!(
-            e.list[1].is_up(),
-            "a data error does not mark the endpoint down"
-        );
+        // A parse error, and a row a materialized view refuses (a code no
+        // list names): the same on every endpoint.
+        for refusal in [
+            "Code: 27, e.displayText() = DB::Exception: Cannot parse input",
+            "Code: 153, e.displayText() = DB::Exception: Division by zero: while pushing to view default.mv",
+        ] {
+            let mut tried = 0;
+            let r = e
+                .insert(1, |_| {
+                    tried += 1;
+                    async { Err(clickhouse::error::Error::BadResponse(refusal.into())) }
+                })
+                .await;
+            assert!(r.is_err());
+            assert_eq!(tried, 1, "a refusal must not be retried elsewhere: {refusal}");
+            assert!(
+                e.list[1].is_up(),
+                "a refusal does not mark the endpoint down: {refusal}"
+            );
+        }
     }
 }

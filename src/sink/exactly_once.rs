@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::clickhouse::{ClickHouseSink, Target};
 use super::fenced;
 use super::ledger::Ledger;
-use super::retry::{classify, Backoff, Disposition};
+use super::retry::{classify, Backoff};
 use crate::metrics::FlowMetrics;
 use crate::stream::{commands, parse_id, Message, StreamError};
 
@@ -53,7 +53,8 @@ pub struct Batch<'a> {
 pub enum Outcome {
     /// Every row of the batch is in the table (now or from an earlier attempt).
     Landed,
-    /// ClickHouse refused the data and none of it landed.
+    /// ClickHouse refused the insert (an exception about it, not an
+    /// outage) and none of it landed.
     Refused(String),
     /// Another replica holds the batch's lease: it is theirs to finish.
     LeaseLost,
@@ -240,7 +241,9 @@ impl ExactlyOnce {
                 }
                 Err(error) => {
                     settle_first = true;
-                    if classify(&error) == Disposition::Bisect {
+                    // A refusal goes back to the committer, which decides
+                    // to retry or to bisect (`escalation`).
+                    if classify(&error).is_refusal() {
                         self.metrics.insert_refused();
                         refused = Some(error.to_string());
                         continue; // settle at once: did anything land?

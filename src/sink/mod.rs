@@ -4,10 +4,14 @@
 pub mod clickhouse;
 pub mod commit;
 pub mod endpoints;
+pub mod escalation;
 pub mod exactly_once;
 pub mod fenced;
+mod isolate;
 pub mod ledger;
+pub mod mapping;
 pub mod recover;
 pub mod retry;
 pub mod shard;
 pub mod stream;
+pub mod stuck;

@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::common::*;
 use crate::harness::{free_port, unique_name, wait_for, ClickHouseServer, RedisServer, Worker};
+use crate::probe::metric;
 
 struct Cluster {
     redis: RedisServer,
@@ -96,33 +95,6 @@ fn produce(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         all
-    })
-}
-
-/// A sample of the worker's `/metrics` (`name{…labels…}` containing every
-/// given `label="value"`), or None.
-async fn metric(port: u16, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let text = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            .await
-            .ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        Some(String::from_utf8_lossy(&buf).into_owned())
-    };
-    let text = tokio::time::timeout(Duration::from_secs(5), text)
-        .await
-        .ok()??;
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
-        let (labels_text, value) = rest.split_once("} ")?;
-        labels
-            .iter()
-            .all(|(k, v)| labels_text.contains(&format!("{k}=\"{v}\"")))
-            .then(|| value.trim().parse().ok())?
     })
 }
 
@@ -261,6 +233,28 @@ async fn stopped_endpoint_fails_over_loses_nothing_and_rejoins_round_robin() {
     drop(w);
 }
 
+/// A worker inserting into `table` over A and B (failover), and 20 rows of
+/// which only row 7 has `x = 13`.
+async fn failover_worker_with_one_bad_row(
+    c: &Cluster,
+    stream: &str,
+    table: &str,
+    metrics_port: u16,
+) -> Worker {
+    let w = Worker::spawn(&c.config(
+        "endpoints = \"failover\"",
+        &format!(
+            "streams = [\"{stream}\"]\nsink = {{ type = \"clickhouse\", table = \"{table}\" }}"
+        ),
+        metrics_port,
+    ));
+    for i in 0..20 {
+        let x = if i == 7 { 13 } else { 100 + i }.to_string();
+        xadd(&c.rc, stream, &[("id", &i.to_string()), ("x", &x)]).await;
+    }
+    w
+}
+
 #[tokio::test]
 async fn data_error_is_not_retried_on_another_endpoint() {
     let c = Cluster::start().await;
@@ -271,18 +265,7 @@ async fn data_error_is_not_retried_on_another_endpoint() {
     ))
     .await;
     let port = free_port();
-    let w = Worker::spawn(&c.config(
-        "endpoints = \"failover\"",
-        &format!(
-            "streams = [\"{stream}\"]\nsink = {{ type = \"clickhouse\", table = \"{table}\" }}"
-        ),
-        port,
-    ));
-    for i in 0..20 {
-        // Only row 7 trips the check (x = 13).
-        let x = if i == 7 { 13 } else { 100 + i }.to_string();
-        xadd(&c.rc, &stream, &[("id", &i.to_string()), ("x", &x)]).await;
-    }
+    let w = failover_worker_with_one_bad_row(&c, &stream, &table, port).await;
     wait_for(LONG, "good rows landed, bad one dead-lettered", || async {
         c.a.count(&table).await == 19 && xlen(&c.rc, &format!("{stream}:dead")).await == 1
     })
@@ -319,6 +302,61 @@ async fn data_error_is_not_retried_on_another_endpoint() {
         .unwrap_or_default()
         .to_string();
     assert!(reason.contains("rejected by ClickHouse"), "{dead:?}");
+}
+
+/// A row a materialized view refuses with an error code no list names
+/// (division by zero) is poison, not an outage: the endpoint stays up, the
+/// insert is not walked across the endpoints, the row is dead-lettered.
+#[tokio::test]
+async fn a_row_a_view_refuses_neither_marks_the_endpoint_down_nor_walks_endpoints() {
+    let c = Cluster::start().await;
+    let (stream, table) = (unique_name("chep_view"), unique_name("chep_view"));
+    c.exec_both(&format!(
+        "CREATE TABLE {table} (id UInt64, x Int32, _id String) ENGINE = MergeTree ORDER BY id"
+    ))
+    .await;
+    c.exec_both(&format!(
+        "CREATE MATERIALIZED VIEW {table}_mv ENGINE = MergeTree ORDER BY id AS SELECT id, intDiv(100, x - 13) AS q FROM {table}"
+    ))
+    .await;
+    let port = free_port();
+    let w = failover_worker_with_one_bad_row(&c, &stream, &table, port).await;
+    let dead_stream = format!("{stream}:dead");
+    wait_for(
+        LONG,
+        "the bad row dead-lettered, or the batch walking endpoints",
+        || async {
+            xlen(&c.rc, &dead_stream).await == 1
+                || w.log_contents().contains("trying the next endpoint")
+        },
+    )
+    .await;
+    assert!(
+        !w.log_contents().contains("trying the next endpoint"),
+        "a view's refusal was treated as an outage:\n{}",
+        w.log_contents()
+    );
+    assert!(!w.log_contents().contains("endpoint marked down"));
+    wait_for(LONG, "good rows in A's view, nothing pending", || async {
+        c.a.count(&format!("{table}_mv")).await == 19 && pending(&c.rc, &stream, "g").await == 0
+    })
+    .await;
+    assert_eq!(c.b.count(&table).await, 0, "B never saw an insert");
+    for endpoint in [c.a.url(), c.b.url()] {
+        assert_eq!(
+            metric(
+                port,
+                "sluice_clickhouse_endpoint_up",
+                &[("endpoint", &endpoint)]
+            )
+            .await,
+            Some(1.0),
+            "{endpoint}"
+        );
+    }
+    let dead = entries(&c.rc, &dead_stream).await;
+    let reason = field(&dead[0].1, "sluice.reason").unwrap_or_default();
+    assert!(reason.contains("Division by zero"), "{dead:?}");
 }
 
 #[tokio::test]

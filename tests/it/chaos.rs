@@ -243,3 +243,23 @@ async fn chaos_exactly_once_clickhouse_faults_no_loss_no_duplicates() {
 async fn chaos_exactly_once_redis_restart_no_loss_no_duplicates() {
     check(Case::RedisRestart, exactly_once(seed())).await;
 }
+
+/// Long enough (7.5 s of producing) for rows enqueued well after the ADD.
+fn schema_change(params: Params) -> Params {
+    Params {
+        messages: 30_000,
+        ..params
+    }
+}
+
+#[tokio::test]
+async fn chaos_schema_change_stalls_nothing_and_dead_letters_nothing() {
+    let r = check(Case::SchemaChange, schema_change(Params::quick(seed()))).await;
+    assert_eq!(r.faults, 2, "{:?}", r.notes);
+}
+
+#[tokio::test]
+async fn chaos_exactly_once_schema_change_no_loss_no_duplicates() {
+    let r = check(Case::SchemaChange, schema_change(exactly_once(seed()))).await;
+    assert_eq!(r.faults, 2, "{:?}", r.notes);
+}

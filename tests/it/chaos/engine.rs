@@ -51,16 +51,21 @@ pub enum Case {
     /// bad rows arrive, whose dead letters are refused; a replica killed
     /// in half the windows, its replacement starting at the limit.
     RedisMaxmemory,
+    /// The table altered while rows flow: a column added (the messages
+    /// carry it from the start), later one dropped. No stall, nothing
+    /// dead-lettered, the new column filled once the schema is re-read.
+    SchemaChange,
 }
 
 impl Case {
-    pub const ALL: [Case; 6] = [
+    pub const ALL: [Case; 7] = [
         Case::Kill,
         Case::ClickHouseFaults,
         Case::RedisRestart,
         Case::SlowClickHouse,
         Case::RedisCut,
         Case::RedisMaxmemory,
+        Case::SchemaChange,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +76,7 @@ impl Case {
             Case::SlowClickHouse => "slow-ch",
             Case::RedisCut => "redis-cut",
             Case::RedisMaxmemory => "redis-oom",
+            Case::SchemaChange => "schema-change",
         }
     }
 
@@ -214,6 +220,9 @@ pub struct Report {
     pub max_backlog: u64,
     /// Replicas that exited although nobody killed them.
     pub unexpected_exits: u64,
+    /// `schema-change`: rows enqueued well after the new column was added
+    /// (three re-read periods) that still lack it.
+    pub unfilled: u64,
     /// Whether everything was accounted for before `drain_limit`.
     pub drained: bool,
     pub secs: f64,
@@ -272,6 +281,20 @@ impl Report {
                 "{} duplicates in exactly-once mode",
                 self.duplicates
             ));
+        }
+        if self.case == Case::SchemaChange.name() {
+            if self.dead > 0 {
+                out.push(format!(
+                    "{} rows dead-lettered for the schema change",
+                    self.dead
+                ));
+            }
+            if self.unfilled > 0 {
+                out.push(format!(
+                    "{} rows enqueued after the re-read lack the new column",
+                    self.unfilled
+                ));
+            }
         }
         out
     }
@@ -379,7 +402,14 @@ struct ProducerStats {
 
 /// XADDs `n` messages at about `rate`/s in pipelined chunks. A failed XADD
 /// (Redis down) is not retried: whether it landed is read from the stream.
-async fn produce(client: Client, stream: String, params: Params, stats: Arc<ProducerStats>) {
+/// `extra`: each message also carries the field of a column added later.
+async fn produce(
+    client: Client,
+    stream: String,
+    params: Params,
+    stats: Arc<ProducerStats>,
+    extra: bool,
+) {
     let started = Instant::now();
     let n = params.messages as u64;
     let mut seq: u64 = 0;
@@ -392,7 +422,7 @@ async fn produce(client: Client, stream: String, params: Params, stats: Arc<Prod
         let end = due.min(seq + 2000);
         let pipeline = client.pipeline();
         for i in seq..end {
-            let args: Vec<Value> = vec![
+            let mut args: Vec<Value> = vec![
                 stream.as_str().into(),
                 "*".into(),
                 "rec_id".into(),
@@ -400,6 +430,9 @@ async fn produce(client: Client, stream: String, params: Params, stats: Arc<Prod
                 "data".into(),
                 payload(params.seed, i, params.payload_bytes).into(),
             ];
+            if extra {
+                args.extend([EXTRA_COLUMN.into(), format!("x{i}").into()]);
+            }
             let _: Result<Value, _> = pipeline.custom(cmd("XADD"), args).await;
         }
         let mut ok = Vec::with_capacity((end - seq) as usize);
@@ -575,6 +608,12 @@ struct Setup {
     table: String,
 }
 
+/// `schema-change`: the column added while rows flow.
+const EXTRA_COLUMN: &str = "extra";
+
+/// `schema-change`: how often the workers re-read the table's columns.
+const SCHEMA_REFRESH: Duration = Duration::from_secs(1);
+
 fn config_text(
     params: &Params,
     redis_url: &str,
@@ -593,6 +632,7 @@ url = "{redis_url}"
 [clickhouse]
 url = "{ch_url}"
 insert_timeout = "{insert_timeout}"
+schema_refresh = "{refresh}ms"
 [worker]
 shutdown_timeout = "15s"
 block = "200ms"
@@ -610,6 +650,7 @@ metadata = {{ id = "_id" }}
 "#,
         rows = params.batch_rows,
         read = params.read_count,
+        refresh = SCHEMA_REFRESH.as_millis(),
     )
 }
 
@@ -700,7 +741,10 @@ pub async fn run(case: Case, params: &Params) -> Report {
         s.stream.clone(),
         params.clone(),
         stats.clone(),
+        case == Case::SchemaChange,
     ));
+    // `schema-change`: when the column was added (unix ms).
+    let mut added_ms = None;
     let producing = || !stats.done.load(Ordering::SeqCst);
     let ms = |rng: &mut StdRng, lo: u64, hi: u64| Duration::from_millis(rng.random_range(lo..=hi));
 
@@ -831,6 +875,41 @@ pub async fn run(case: Case, params: &Params) -> Report {
             set_maxmemory(&s.rc, 0).await;
             let _ = bad.await;
         }
+        Case::SchemaChange => {
+            // A column added a fifth of the way in, one dropped halfway:
+            // rows keep coming long after the ADD was re-read.
+            let total = params.messages;
+            let steps = [
+                (
+                    total / 5,
+                    format!("ALTER TABLE {} ADD COLUMN {EXTRA_COLUMN} String", s.table),
+                ),
+                (
+                    total / 2,
+                    format!("ALTER TABLE {} DROP COLUMN data", s.table),
+                ),
+            ];
+            for (at, sql) in steps {
+                while producing() && stats.confirmed.lock().unwrap().len() < at {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    fleet.sample();
+                    fleet.check_alive();
+                    sample_pending(&s, &mut report).await;
+                }
+                match s.ch.try_exec(&sql).await {
+                    Ok(()) => {
+                        report.faults += 1;
+                        added_ms.get_or_insert_with(unix_ms);
+                    }
+                    Err(e) => report.notes.push(format!("{sql}: {e}")),
+                }
+            }
+            while producing() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                fleet.check_alive();
+                sample_pending(&s, &mut report).await;
+            }
+        }
     }
     let _ = producer.await;
     if case == Case::RedisRestart && !s.redis.ping().await {
@@ -878,6 +957,29 @@ pub async fn run(case: Case, params: &Params) -> Report {
     report.lost = stream_len.saturating_sub(landed.len() as u64);
     report.confirmed_missing = confirmed.iter().filter(|id| !landed.contains(*id)).count() as u64;
     report.lost = report.lost.max(report.confirmed_missing);
+    if let Some(added) = added_ms {
+        // Enqueued three re-read periods after the ADD: filled.
+        let after = added + 3 * SCHEMA_REFRESH.as_millis() as u64;
+        let by_id = "toUInt64(splitByChar('-', _id)[1])";
+        let (ch, table) = (&s.ch, &s.table);
+        let count = |filter: String| async move {
+            ch.query_u64(&format!("SELECT count() FROM {table} WHERE {filter}"))
+                .await
+        };
+        report.unfilled = count(format!("{EXTRA_COLUMN} = '' AND {by_id} > {after}")).await;
+        let filled = count(format!("{EXTRA_COLUMN} != ''")).await;
+        let late = count(format!("{by_id} > {after}")).await;
+        report.notes.push(format!(
+            "new column filled in {filled} rows; {late} rows enqueued 3 re-reads after the ADD, {} of them unfilled",
+            report.unfilled
+        ));
+        if late == 0 {
+            report.unfilled = u64::MAX;
+            report
+                .notes
+                .push("no row enqueued late enough to judge the fill".into());
+        }
+    }
     if params.delivery == Delivery::ExactlyOnce && report.duplicates > 0 {
         // Which kind: one batch inserted twice (same batch id), or the
         // same entry in two different batches?
@@ -935,6 +1037,13 @@ pub async fn run(case: Case, params: &Params) -> Report {
     }
     report.secs = started.elapsed().as_secs_f64();
     report
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 async fn sample_pending(s: &Setup, report: &mut Report) {
