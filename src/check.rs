@@ -79,8 +79,11 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
             )?;
         }
     }
+    // Every named connection (`[redis.remote.*]`, `[clickhouse.remote.*]`).
+    out.push_str(&crate::connections::check_named(config).await?);
     for f in &config.flows {
         writeln!(out, "flow `{}`:", f.name)?;
+        writeln!(out, "  {}", crate::connections::describe_flow(config, f))?;
         for s in &f.streams {
             let len = commands::len(&redis, s).await?;
             writeln!(
@@ -98,8 +101,14 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
                     writeln!(out, "  {line}")?;
                 }
             }
-            SinkConfig::Clickhouse { table, shard_by } => {
-                let ch = config.clickhouse.as_ref().expect("validated");
+            SinkConfig::Clickhouse {
+                table,
+                shard_by,
+                clickhouse,
+            } => {
+                let ch = config
+                    .clickhouse_for(clickhouse.as_deref())
+                    .expect("validated");
                 let sink = ClickHouseSink::open(ch, f, table)
                     .await
                     .map_err(|e| anyhow::anyhow!("flow `{}`: {e}", f.name))?;
@@ -153,6 +162,11 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
             "  claims entries idle > {:?} every {:?}",
             f.claim.min_idle, f.claim.every
         )?;
+    }
+    for i in 0..config.sources.len() {
+        for line in crate::source::status::plan(config, i).await? {
+            writeln!(out, "{line}")?;
+        }
     }
     Ok(out)
 }

@@ -34,9 +34,13 @@ pub async fn run_with_handlers(
     metrics: Arc<Metrics>,
     handlers: Handlers,
 ) -> anyhow::Result<()> {
-    if config.flows.is_empty() && !config.scheduler.enabled && config.http.is_none() {
+    if config.flows.is_empty()
+        && config.sources.is_empty()
+        && !config.scheduler.enabled
+        && config.http.is_none()
+    {
         anyhow::bail!(
-            "config has no [[flow]], no [http] and [scheduler] is disabled: nothing to do"
+            "config has no [[flow]], no [[source]], no [http] and [scheduler] is disabled: nothing to do"
         );
     }
     let consumer = consumer_name(config.worker.consumer_prefix.as_deref());
@@ -73,6 +77,11 @@ pub async fn run_with_handlers(
     ));
     // Schedules and delayed-job promotion (every replica; Redis arbitrates).
     let scheduling = crate::schedule::spawn(&config, &consumer, shutdown.clone()).await?;
+    // `[[source]]`s: every replica opens them, the lease holder runs each.
+    let sources = crate::source::spawn_all(&config, &consumer, &metrics, shutdown.clone()).await?;
+    if config.metrics.listen.is_some() {
+        crate::connections::export_info(&metrics, &config);
+    }
 
     let hard_stop = CancellationToken::new();
     let deadline = config.worker.shutdown_timeout;
@@ -99,13 +108,13 @@ pub async fn run_with_handlers(
         }
     }
     if config.flows.is_empty() {
-        shutdown.cancelled().await; // schedules only: run until told to stop
+        shutdown.cancelled().await; // schedules / sources only: run until told to stop
     }
     shutdown.cancel();
     if let Some(t) = http_entry {
         let _ = t.await;
     }
-    for t in scheduling {
+    for t in scheduling.into_iter().chain(sources) {
         let _ = t.await;
     }
     let _ = sampler.await;

@@ -11,3 +11,4 @@ pub mod recover;
 pub mod retry;
 pub mod shard;
 pub mod stream;
+pub mod stream_once;

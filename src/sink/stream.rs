@@ -123,6 +123,11 @@ pub struct StreamSink {
     pub check_every: Duration,
     /// Which target streams are sharded, and how to pick a shard.
     sharder: crate::shard::Sharder,
+    /// `redis = "<name>"`: the targets' Redis and its name; None = the
+    /// flow's own Redis.
+    pub target: Option<(Client, String)>,
+    /// `delivery = "exactly_once"`: the dedup script on the target.
+    pub exactly_once: Option<Arc<super::stream_once::StreamOnce>>,
 }
 
 impl StreamSink {
@@ -144,6 +149,8 @@ impl StreamSink {
             forbidden,
             check_every: cfg.check_every,
             sharder: crate::shard::Sharder::default(),
+            target: None,
+            exactly_once: None,
         };
         let mut registry = HashMap::new();
         for (value, targets) in &cfg.routes {
@@ -180,6 +187,19 @@ impl StreamSink {
     /// Writes to sharded targets go to their shards.
     pub fn with_sharder(mut self, sharder: crate::shard::Sharder) -> StreamSink {
         self.sharder = sharder;
+        self
+    }
+
+    /// Targets on another Redis (`redis = "<name>"`): XADDs and length
+    /// checks go to `client`, acks stay on the flow's own.
+    pub fn with_target(mut self, client: Client, connection: &str) -> StreamSink {
+        self.target = Some((client, connection.to_string()));
+        self
+    }
+
+    /// Exactly-once writes (see `sink::stream_once`).
+    pub fn with_exactly_once(mut self, once: super::stream_once::StreamOnce) -> StreamSink {
+        self.exactly_once = Some(Arc::new(once));
         self
     }
 
@@ -320,7 +340,12 @@ impl Router {
         let mut out: Vec<Arc<Target>> = Vec::with_capacity(set.len());
         for t in set.iter() {
             let target = if sink.sharder.is_sharded(&t.name) {
-                let shard = sink.sharder.pick(&t.name, &m.fields);
+                // Exactly-once: a retry must land on the shard holding its
+                // dedup record, so no round-robin.
+                let shard = match sink.exactly_once {
+                    Some(_) => sink.sharder.pick_by_id(&t.name, &m.fields, &m.id),
+                    None => sink.sharder.pick(&t.name, &m.fields),
+                };
                 sink.target(shard, t.max_len, &mut self.registry)
             } else {
                 t.clone()
@@ -521,6 +546,16 @@ pub fn describe(cfg: &StreamSinkConfig, config: &Config) -> Vec<String> {
             .join(" + ")
     };
     let mut out = Vec::new();
+    if let Some(name) = cfg
+        .redis
+        .as_deref()
+        .filter(|n| *n != crate::connections::DEFAULT)
+    {
+        let url = crate::config::redact_url(&config.redis_for(Some(name)).url);
+        out.push(format!(
+            "targets on redis `{name}` ({url}): XADDs and max_len checks there, acks at the source"
+        ));
+    }
     if let Some(field) = &cfg.route_by {
         out.push(format!("routes by field `{field}`:"));
         for (value, t) in &cfg.routes {
@@ -554,7 +589,12 @@ pub struct StreamCommitter {
     pub group: String,
     pub dead_letter_stream: String,
     pub on_success: OnSuccess,
+    /// The source's Redis: acks and dead letters.
     pub redis: Client,
+    /// The targets' Redis: XADDs and lengths (the same client unless the
+    /// sink names another connection).
+    pub target: Client,
+    pub exactly_once: Option<Arc<super::stream_once::StreamOnce>>,
     pub metrics: FlowMetrics,
     pub pause: Arc<Pause>,
     pub check_every: Duration,
@@ -662,15 +702,22 @@ impl StreamCommitter {
             start = end;
         }
         // A refused message is acked through its dead letter.
-        let landed: Vec<Message> = batch
+        let (landed, routes): (Vec<Message>, Vec<RouteSet>) = batch
             .messages
             .into_iter()
+            .zip(batch.routes)
             .zip(refused)
             .filter_map(|(m, r)| (!r).then_some(m))
-            .collect();
-        self.finish(landed, dead)
+            .unzip();
+        let landed = self
+            .finish(landed, dead)
             .await
-            .map_err(|_| Abandoned(total))
+            .map_err(|_| Abandoned(total))?;
+        if let Some(once) = &self.exactly_once {
+            // Acked: no retry will look for these records again.
+            once.forget(&self.target, &landed, &routes).await;
+        }
+        Ok(())
     }
 
     /// Waits until at least one message from `start` fits; returns the end
@@ -739,7 +786,7 @@ impl StreamCommitter {
     }
 
     async fn lengths(&self, targets: &[(Arc<Target>, u64)]) -> Result<Vec<u64>, String> {
-        let pipeline = self.redis.pipeline();
+        let pipeline = self.target.pipeline();
         let xlen = CustomCommand::new_static("XLEN", fred::types::ClusterHash::FirstKey, false);
         for (t, _) in targets {
             let _: Value = pipeline
@@ -763,6 +810,11 @@ impl StreamCommitter {
         messages: &[Message],
         routes: &[RouteSet],
     ) -> Result<Vec<(usize, String)>, ()> {
+        if let Some(once) = &self.exactly_once {
+            return once
+                .write(&self.target, messages, routes, &self.hard_stop)
+                .await;
+        }
         let mut todo: Vec<(usize, Arc<Target>)> = Vec::with_capacity(messages.len());
         for (i, set) in routes.iter().enumerate() {
             for t in set.iter() {
@@ -775,7 +827,7 @@ impl StreamCommitter {
             let mut failed: Vec<(usize, Arc<Target>)> = Vec::new();
             let mut last_error = String::new();
             for part in todo.chunks(PIPELINE) {
-                let pipeline = self.redis.pipeline();
+                let pipeline = self.target.pipeline();
                 let mut queued = true;
                 for (i, t) in part {
                     let m = &messages[*i];
@@ -823,8 +875,12 @@ impl StreamCommitter {
     }
 
     /// Dead-letters refused messages, then acks the rest, retrying Redis
-    /// errors until the hard stop.
-    async fn finish(&self, landed: Vec<Message>, dead: Vec<DeadLetter>) -> Result<(), ()> {
+    /// errors until the hard stop. Returns the acked messages.
+    async fn finish(
+        &self,
+        landed: Vec<Message>,
+        dead: Vec<DeadLetter>,
+    ) -> Result<Vec<Message>, ()> {
         let delete = self.on_success == OnSuccess::AckDel;
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         while let Err(error) = dead_letter_and_ack(
@@ -873,7 +929,7 @@ impl StreamCommitter {
             self.metrics.acked(stream, ids.len());
         }
         self.metrics.end_to_end(&landed);
-        Ok(())
+        Ok(landed)
     }
 }
 
@@ -892,6 +948,11 @@ pub async fn run(
         dead_letter_stream: flow.cfg.dead_letter_stream(),
         on_success: flow.cfg.on_success,
         redis: flow.command_client.clone(),
+        target: match &sink.target {
+            Some((client, _)) => client.clone(),
+            None => flow.command_client.clone(),
+        },
+        exactly_once: sink.exactly_once.clone(),
         metrics: flow.metrics.clone(),
         pause: flow.pause.clone(),
         check_every: sink.check_every,
@@ -1070,6 +1131,7 @@ routes = { a = "jobs.a" }"#,
             default: None,
             max_len: None,
             check_every: Duration::from_millis(10),
+            redis: None,
         };
         let mut r = router(&cfg);
         let set = r

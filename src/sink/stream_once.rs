@@ -1,0 +1,353 @@
+//! Exactly-once stream sinks (`delivery = "exactly_once"` with
+//! `sink = { type = "stream", … }`, on the flow's own Redis or another one).
+//!
+//! At-least-once is XADD on the target, then XACK at the source: a replica
+//! that dies between the two leaves entries pending that another replica
+//! claims and XADDs again. Here the target remembers what it was sent. For
+//! every (target stream, flow, source stream) it keeps a hash, the *written
+//! set* `sluice:s2s:{T}:<flow>:<source stream>` (`{T}` puts it in the
+//! target's Redis Cluster slot), mapping each source entry id written and
+//! not yet acked to the time it was written. One script per target stream
+//! and batch ([`WRITE`]) checks each entry's id in the set, XADDs the ones
+//! not there and records them, atomically; so a batch written again (a
+//! retry after a lost reply, or another replica recovering a dead one's
+//! pending entries) adds nothing twice. After the source acked, the ids are
+//! dropped from the set (`HDEL`).
+//!
+//! Why ids and not a "last id written" per source: entries reach a target
+//! out of id order (several replicas write at once; a claimed entry is
+//! older than what live replicas wrote since), so a high-water mark would
+//! skip entries never written.
+//!
+//! Costs and bounds: per entry, an HEXISTS and an HSET in the script and an
+//! HDEL after the ack, all on the target; the set holds only entries in
+//! flight. Ids whose HDEL was lost (a crash between ack and HDEL) are swept
+//! once older than `ledger_ttl` ([`StreamOnce::sweep`]), and a set not
+//! written for `ledger_ttl` expires whole. The guarantee holds while the
+//! record exists: a batch recovered more than `ledger_ttl` after it was
+//! written is written again. A replica that stalls longer than
+//! `claim.min_idle` after writing (its entries claimed meanwhile) and then
+//! acks and drops the ids while the claimer is about to write them can
+//! still duplicate: as with any takeover, a live-but-frozen replica is the
+//! limit (docs/EXACTLY_ONCE.md).
+//!
+//! Needs Redis 7.0+ on the target (the script declares no flags, so Redis
+//! refuses it up front when out of memory instead of failing half-way).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use fred::types::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::retry::Backoff;
+use super::stream::{xadd_error_is_permanent, RouteSet};
+use crate::stream::Message;
+
+/// KEYS: target stream, written set. ARGV: now (ms), ttl (ms), entry
+/// count, then per entry: source id, field/value count, fields and values.
+/// Returns how many entries it added.
+pub const WRITE: &str = r#"#!lua
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'stream' and t ~= 'none' then
+  return redis.error_reply('WRONGTYPE target `' .. KEYS[1] .. '` holds a ' .. t .. ', not a stream')
+end
+local now, n = ARGV[1], tonumber(ARGV[3])
+local added, i = 0, 4
+for e = 1, n do
+  local id, c = ARGV[i], tonumber(ARGV[i + 1])
+  if redis.call('HEXISTS', KEYS[2], id) == 0 then
+    redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 2, i + 1 + c))
+    redis.call('HSET', KEYS[2], id, now)
+    added = added + 1
+  end
+  i = i + 2 + c
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return added
+"#;
+
+static WRITE_S: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+
+/// Most entries in one script call: bounds how long Redis runs it.
+const CHUNK: usize = 1_000;
+/// Fields of the written sets inspected per HSCAN page while sweeping.
+const SWEEP_PAGE: u64 = 1_000;
+/// Most pages one sweep of one set reads.
+const SWEEP_PAGES: usize = 100;
+
+/// The written set of `flow`'s entries from `source` in `target`.
+pub fn written_key(flow: &str, target: &str, source: &str) -> String {
+    format!(
+        "sluice:s2s:{}:{flow}:{source}",
+        crate::shard::same_slot_tag(target)
+    )
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Entries of one source stream going to one target stream.
+struct Group {
+    target: Arc<str>,
+    key: String,
+    messages: Vec<usize>,
+}
+
+/// A flow's exactly-once writer: the script calls and the written sets.
+pub struct StreamOnce {
+    flow: String,
+    ttl: Duration,
+    /// Written sets this process wrote to, for the sweep.
+    touched: Mutex<HashSet<String>>,
+    last_sweep: Mutex<Instant>,
+}
+
+impl StreamOnce {
+    pub fn new(flow: &str, ttl: Duration) -> StreamOnce {
+        StreamOnce {
+            flow: flow.to_string(),
+            ttl,
+            touched: Mutex::new(HashSet::new()),
+            last_sweep: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// `messages[i]` goes to every target in `routes[i]`: grouped per
+    /// (target, source stream), in first-seen order, messages in order.
+    fn groups(&self, messages: &[Message], routes: &[RouteSet]) -> Vec<Group> {
+        let mut groups: Vec<Group> = Vec::new();
+        let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+        for (i, (m, set)) in messages.iter().zip(routes).enumerate() {
+            for t in set.iter() {
+                let g = *index.entry((&t.name, &m.stream)).or_insert_with(|| {
+                    groups.push(Group {
+                        target: t.name.clone(),
+                        key: written_key(&self.flow, &t.name, &m.stream),
+                        messages: Vec::new(),
+                    });
+                    groups.len() - 1
+                });
+                groups[g].messages.push(i);
+            }
+        }
+        groups
+    }
+
+    /// Writes every (message, target) pair not written before, retrying
+    /// failed calls (the script makes a retry harmless) until `stop`.
+    /// Returns the messages refused for good (a target that is not a
+    /// stream), with the reason; Err = stopped before all were written.
+    pub async fn write(
+        &self,
+        client: &Client,
+        messages: &[Message],
+        routes: &[RouteSet],
+        stop: &CancellationToken,
+    ) -> Result<Vec<(usize, String)>, ()> {
+        let groups = self.groups(messages, routes);
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+            touched.extend(groups.iter().map(|g| g.key.clone()));
+        }
+        let mut todo: Vec<(&Group, &[usize])> = groups
+            .iter()
+            .flat_map(|g| g.messages.chunks(CHUNK).map(move |c| (g, c)))
+            .collect();
+        let mut refused: Vec<(usize, String)> = Vec::new();
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        while !todo.is_empty() {
+            let calls = todo
+                .iter()
+                .map(|(g, chunk)| self.call(client, g, chunk, messages));
+            let results = futures_util::future::join_all(calls).await;
+            let mut failed = Vec::new();
+            let mut last_error = String::new();
+            for ((g, chunk), result) in todo.into_iter().zip(results) {
+                match result {
+                    Ok(()) => {}
+                    Err(e) if xadd_error_is_permanent(&e) => {
+                        refused.extend(
+                            chunk
+                                .iter()
+                                .map(|&i| (i, format!("target `{}`: {e}", g.target))),
+                        );
+                    }
+                    Err(e) => {
+                        last_error = e;
+                        failed.push((g, chunk));
+                    }
+                }
+            }
+            if failed.is_empty() {
+                break;
+            }
+            tracing::warn!(flow = %self.flow, calls = failed.len(), error = %last_error, "exactly-once write to target streams failed; retrying those (the script skips what landed)");
+            if !backoff.wait(stop).await {
+                return Err(());
+            }
+            todo = failed;
+        }
+        refused.sort_by_key(|(i, _)| *i);
+        refused.dedup_by_key(|(i, _)| *i);
+        Ok(refused)
+    }
+
+    async fn call(
+        &self,
+        client: &Client,
+        group: &Group,
+        chunk: &[usize],
+        messages: &[Message],
+    ) -> Result<(), String> {
+        let mut args: Vec<Value> = Vec::with_capacity(3 + chunk.len() * 10);
+        args.push(now_ms().to_string().into());
+        args.push((self.ttl.as_millis().max(1) as u64).to_string().into());
+        args.push(chunk.len().to_string().into());
+        for &i in chunk {
+            let m = &messages[i];
+            args.push(Value::Bytes(m.id.clone()));
+            args.push((m.fields.len() * 2).to_string().into());
+            for (k, v) in &m.fields {
+                args.push(Value::Bytes(k.clone()));
+                args.push(Value::Bytes(v.clone()));
+            }
+        }
+        let keys = vec![group.target.to_string(), group.key.clone()];
+        let script = WRITE_S.get_or_init(|| Script::from_lua(WRITE));
+        let _added: Value = script
+            .evalsha_with_reload(client, keys, args)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Drops acked entries from the written sets (and sweeps now and
+    /// then). Best effort: what is left behind is swept after `ledger_ttl`.
+    pub async fn forget(&self, client: &Client, messages: &[Message], routes: &[RouteSet]) {
+        let groups = self.groups(messages, routes);
+        let pipeline = client.pipeline();
+        for g in &groups {
+            for chunk in g.messages.chunks(10_000) {
+                let ids: Vec<fred::types::Key> = chunk
+                    .iter()
+                    .map(|&i| messages[i].id.clone().into())
+                    .collect();
+                let _: Result<Value, _> = pipeline.hdel(g.key.as_str(), ids).await;
+            }
+        }
+        if let Err(error) = pipeline
+            .try_all::<Value>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+        {
+            tracing::warn!(flow = %self.flow, %error, "dropping acked ids from the exactly-once written sets failed; they are swept after ledger_ttl");
+        }
+        let due = {
+            let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
+            let every = (self.ttl / 8).clamp(Duration::from_secs(1), Duration::from_secs(600));
+            let due = last.elapsed() >= every;
+            if due {
+                *last = Instant::now();
+            }
+            due
+        };
+        if due {
+            let keys: Vec<String> = self
+                .touched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            for key in keys {
+                if let Err(error) = self.sweep(client, &key).await {
+                    tracing::warn!(flow = %self.flow, %key, %error, "sweeping an exactly-once written set failed");
+                }
+            }
+        }
+    }
+
+    /// Drops ids recorded longer than `ledger_ttl` ago from `key`: left by
+    /// a crash between an ack and its HDEL.
+    pub async fn sweep(&self, client: &Client, key: &str) -> Result<usize, fred::error::Error> {
+        let cutoff = now_ms().saturating_sub(self.ttl.as_millis() as u64);
+        let mut cursor = "0".to_string();
+        let mut dropped = 0;
+        for _ in 0..SWEEP_PAGES {
+            let page: Value = client
+                .custom(
+                    fred::types::CustomCommand::new_static(
+                        "HSCAN",
+                        fred::types::ClusterHash::FirstKey,
+                        false,
+                    ),
+                    vec![
+                        Value::from(key),
+                        Value::from(cursor.as_str()),
+                        Value::from("COUNT"),
+                        Value::from(SWEEP_PAGE as i64),
+                    ],
+                )
+                .await?;
+            let (next, items) = match page {
+                Value::Array(mut parts) if parts.len() == 2 => {
+                    let items = parts.pop().expect("two parts");
+                    (parts.pop().expect("two parts"), items)
+                }
+                other => {
+                    return Err(fred::error::Error::new(
+                        fred::error::ErrorKind::Parse,
+                        format!("unexpected HSCAN reply {other:?}"),
+                    ))
+                }
+            };
+            let mut old: Vec<fred::types::Key> = Vec::new();
+            if let Value::Array(flat) = items {
+                for pair in flat.chunks(2) {
+                    let written: Option<u64> = pair.get(1).and_then(|v| v.as_u64());
+                    if let (Some(t), Some(id)) = (written, pair[0].as_bytes()) {
+                        if t < cutoff {
+                            old.push(fred::types::Key::from(&id[..]));
+                        }
+                    }
+                }
+            }
+            if !old.is_empty() {
+                dropped += old.len();
+                let _: Value = client.hdel(key, old).await?;
+            }
+            cursor = next.as_string().unwrap_or_else(|| "0".into());
+            if cursor == "0" {
+                break;
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_sets_share_the_target_slot() {
+        let slot = |k: &str| fred::util::redis_keyslot(k.as_bytes());
+        for target in ["jobs.in", "jobs.in:{2}", "{edge}.jobs"] {
+            let key = written_key("move", target, "src:{0}");
+            assert_eq!(slot(&key), slot(target), "{key}");
+        }
+        assert_eq!(
+            written_key("move", "jobs", "src"),
+            "sluice:s2s:{jobs}:move:src"
+        );
+    }
+}
