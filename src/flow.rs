@@ -221,9 +221,12 @@ impl Flow {
                     sink = sink.with_target(target, name);
                 }
                 if cfg.delivery == Delivery::ExactlyOnce {
+                    // Records outlive their ack by more than the flow holds.
+                    let keep = 3 * (cfg.read_count + cfg.batch.max_rows);
                     sink = sink.with_exactly_once(crate::sink::stream_once::StreamOnce::new(
                         &cfg.name,
                         cfg.ledger_ttl,
+                        keep,
                     ));
                 }
                 FlowSink::Stream(Arc::new(sink))

@@ -976,6 +976,10 @@ pub async fn run(
                 all_committed = false;
             }
         }
+        // Nothing is in flight any more: the kept exactly-once records go.
+        if let (Some(once), true) = (&committer.exactly_once, all_committed) {
+            once.flush(&committer.target).await;
+        }
         all_committed
     });
 

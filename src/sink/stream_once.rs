@@ -12,7 +12,11 @@
 //! not there and records them, atomically; so a batch written again (a
 //! retry after a lost reply, or another replica recovering a dead one's
 //! pending entries) adds nothing twice. After the source acked, the ids are
-//! dropped from the set (`HDEL`).
+//! dropped from the set (`HDEL`) — not at once but once more entries than
+//! the flow holds in flight were acked after them, so that a second copy of
+//! an entry in this process (claimed by our own claim pass while the first
+//! copy was still being written: a process starved for `claim.min_idle`)
+//! still finds its record.
 //!
 //! Why ids and not a "last id written" per source: entries reach a target
 //! out of id order (several replicas write at once; a claimed entry is
@@ -20,16 +24,16 @@
 //! skip entries never written.
 //!
 //! Costs and bounds: per entry, an HEXISTS and an HSET in the script and an
-//! HDEL after the ack, all on the target; the set holds only entries in
-//! flight. Ids whose HDEL was lost (a crash between ack and HDEL) are swept
-//! once older than `ledger_ttl` ([`StreamOnce::sweep`]), and a set not
-//! written for `ledger_ttl` expires whole. The guarantee holds while the
-//! record exists: a batch recovered more than `ledger_ttl` after it was
-//! written is written again. A replica that stalls longer than
-//! `claim.min_idle` after writing (its entries claimed meanwhile) and then
-//! acks and drops the ids while the claimer is about to write them can
-//! still duplicate: as with any takeover, a live-but-frozen replica is the
-//! limit (docs/EXACTLY_ONCE.md).
+//! HDEL later, all on the target; the set holds the entries in flight plus
+//! the last few batches' (`3 × (read_count + batch.max_rows)` entries).
+//! Ids whose HDEL was lost (a crash) are swept once older than
+//! `ledger_ttl` ([`StreamOnce::sweep`]), and a set not written for
+//! `ledger_ttl` expires whole. The guarantee holds while the record exists:
+//! a batch recovered more than `ledger_ttl` after it was written is written
+//! again. A replica that stalls longer than `claim.min_idle` (its entries
+//! claimed by another replica meanwhile) and then acks and drops the ids
+//! before the claimer writes its copies can still duplicate: as with any
+//! takeover, a live-but-frozen replica is the limit (docs/EXACTLY_ONCE.md).
 //!
 //! Needs Redis 7.0+ on the target (the script declares no flags, so Redis
 //! refuses it up front when out of memory instead of failing half-way).
@@ -101,20 +105,63 @@ struct Group {
     messages: Vec<usize>,
 }
 
+/// One acked batch's records: (written set, source ids).
+type Acked = Vec<(String, Vec<bytes::Bytes>)>;
+
+/// Acked batches whose records are still kept, oldest first.
+#[derive(Default)]
+struct AckedQueue {
+    batches: std::collections::VecDeque<(usize, Acked)>,
+    entries: usize,
+}
+
+impl AckedQueue {
+    fn push(&mut self, batch: Acked) {
+        let n = batch.iter().map(|(_, ids)| ids.len()).sum();
+        self.entries += n;
+        self.batches.push_back((n, batch));
+    }
+
+    /// The oldest batches, as long as `keep` entries stay queued after them.
+    fn take_due(&mut self, keep: usize) -> Vec<Acked> {
+        let mut out = Vec::new();
+        while let Some((n, _)) = self.batches.front() {
+            if self.entries - n < keep {
+                break;
+            }
+            self.entries -= n;
+            out.push(self.batches.pop_front().expect("front exists").1);
+        }
+        out
+    }
+}
+
 /// A flow's exactly-once writer: the script calls and the written sets.
 pub struct StreamOnce {
     flow: String,
     ttl: Duration,
+    /// Entries whose records outlive their ack (see [`StreamOnce::new`]).
+    keep: usize,
+    acked: Mutex<AckedQueue>,
     /// Written sets this process wrote to, for the sweep.
     touched: Mutex<HashSet<String>>,
     last_sweep: Mutex<Instant>,
 }
 
 impl StreamOnce {
-    pub fn new(flow: &str, ttl: Duration) -> StreamOnce {
+    /// `keep`: how many acked entries' records to keep after their ack.
+    /// The same entry can come round again in this process while its
+    /// first copy is being acked (the claim pass takes an entry whose
+    /// keep-alive came late — a starved process — and the copy trails the
+    /// original through the flow's channels); keeping the records of the
+    /// last `keep` acked entries, more than the flow holds between reader
+    /// and committer, makes such a copy find its record.
+    pub fn new(flow: &str, ttl: Duration, keep: usize) -> StreamOnce {
         StreamOnce {
             flow: flow.to_string(),
             ttl,
+            keep,
+            acked: Mutex::new(AckedQueue::default()),
             touched: Mutex::new(HashSet::new()),
             last_sweep: Mutex::new(Instant::now()),
         }
@@ -229,18 +276,45 @@ impl StreamOnce {
         Ok(())
     }
 
-    /// Drops acked entries from the written sets (and sweeps now and
-    /// then). Best effort: what is left behind is swept after `ledger_ttl`.
+    /// Schedules the records of acked entries for removal: they are dropped
+    /// once `keep` more entries were acked after them (and the sets are
+    /// swept now and then). Best effort: what is left behind is swept after
+    /// `ledger_ttl`.
     pub async fn forget(&self, client: &Client, messages: &[Message], routes: &[RouteSet]) {
-        let groups = self.groups(messages, routes);
+        let due: Vec<Acked> = {
+            let mut queue = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+            let mut batch: Acked = Vec::new();
+            for g in self.groups(messages, routes) {
+                let ids = g.messages.iter().map(|&i| messages[i].id.clone()).collect();
+                batch.push((g.key, ids));
+            }
+            queue.push(batch);
+            queue.take_due(self.keep)
+        };
+        self.drop_records(client, due).await;
+        self.sweep_if_due(client).await;
+    }
+
+    /// Drops every record still kept: at the end of the flow, when no copy
+    /// of an entry can be in flight any more.
+    pub async fn flush(&self, client: &Client) {
+        let all = self
+            .acked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_due(0);
+        self.drop_records(client, all).await;
+    }
+
+    async fn drop_records(&self, client: &Client, batches: Vec<Acked>) {
+        if batches.is_empty() {
+            return;
+        }
         let pipeline = client.pipeline();
-        for g in &groups {
-            for chunk in g.messages.chunks(10_000) {
-                let ids: Vec<fred::types::Key> = chunk
-                    .iter()
-                    .map(|&i| messages[i].id.clone().into())
-                    .collect();
-                let _: Result<Value, _> = pipeline.hdel(g.key.as_str(), ids).await;
+        for (key, ids) in batches.iter().flatten() {
+            for chunk in ids.chunks(10_000) {
+                let ids: Vec<fred::types::Key> = chunk.iter().map(|id| id.clone().into()).collect();
+                let _: Result<Value, _> = pipeline.hdel(key.as_str(), ids).await;
             }
         }
         if let Err(error) = pipeline
@@ -251,6 +325,9 @@ impl StreamOnce {
         {
             tracing::warn!(flow = %self.flow, %error, "dropping acked ids from the exactly-once written sets failed; they are swept after ledger_ttl");
         }
+    }
+
+    async fn sweep_if_due(&self, client: &Client) {
         let due = {
             let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
             let every = (self.ttl / 8).clamp(Duration::from_secs(1), Duration::from_secs(600));
@@ -260,18 +337,19 @@ impl StreamOnce {
             }
             due
         };
-        if due {
-            let keys: Vec<String> = self
-                .touched
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .cloned()
-                .collect();
-            for key in keys {
-                if let Err(error) = self.sweep(client, &key).await {
-                    tracing::warn!(flow = %self.flow, %key, %error, "sweeping an exactly-once written set failed");
-                }
+        if !due {
+            return;
+        }
+        let keys: Vec<String> = self
+            .touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for key in keys {
+            if let Err(error) = self.sweep(client, &key).await {
+                tracing::warn!(flow = %self.flow, %key, %error, "sweeping an exactly-once written set failed");
             }
         }
     }
@@ -337,6 +415,20 @@ impl StreamOnce {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acked_records_are_dropped_only_after_keep_more_entries() {
+        let batch = |n: usize| vec![("k".to_string(), vec![bytes::Bytes::new(); n])];
+        let mut q = AckedQueue::default();
+        q.push(batch(3));
+        q.push(batch(4));
+        assert!(q.take_due(5).is_empty(), "4 after the first: keep it");
+        q.push(batch(2));
+        assert_eq!(q.take_due(5).len(), 1, "6 after the first");
+        assert_eq!(q.entries, 6);
+        assert_eq!(q.take_due(0).len(), 2);
+        assert_eq!(q.entries, 0);
+    }
 
     #[test]
     fn written_sets_share_the_target_slot() {

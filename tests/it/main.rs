@@ -15,6 +15,7 @@ mod delivery;
 mod exactly_once;
 mod harness;
 mod harness_selftest;
+mod hosts;
 mod http_entry;
 mod ingest;
 mod lifecycle;
