@@ -8,8 +8,8 @@
 //!                                             │  cursor + lease in Redis
 //! ```
 //!
-//! - **Pages** ([`query`]): keyset pagination on `(cursor, key…)`; ties at a
-//!   page boundary handled (see there). Rows become flat entries in the
+//! - **Pages** ([`query`]): keyset pagination on `(cursor, key…)`, each
+//!   page a bounded position range; ties at a page boundary handled. Rows become flat entries in the
 //!   text forms the ClickHouse sink accepts ([`text`]), so a row moved
 //!   through a stream into another table arrives unchanged.
 //! - **Cursor** ([`cursor`]): the last position written, in Redis next to
@@ -373,10 +373,10 @@ impl Source {
                 }
                 continue;
             };
-            let page = match self.fetch(&after).await {
-                Ok(rows) => {
+            let (page, full) = match self.fetch(&after).await {
+                Ok(fetched) => {
                     backoff.reset();
-                    rows
+                    fetched
                 }
                 Err(error) => {
                     self.metrics.error();
@@ -387,7 +387,6 @@ impl Source {
                     continue;
                 }
             };
-            let full = page.len() >= self.plan.page;
             if !page.is_empty() {
                 match self.write_page(&page, &mut pos, lost, shutdown).await {
                     Ok(()) => {}
@@ -446,17 +445,22 @@ impl Source {
         Err(last.expect("a connection has at least one endpoint"))
     }
 
+    /// One row's position values.
+    fn position(&self, reader: &mut text::Reader) -> Result<Vec<Bytes>> {
+        let mut position = Vec::with_capacity(self.plan.position.len());
+        for p in &self.plan.position {
+            let mut never = None; // plain text and FixedString: no problem
+            position.push(reader.value(&p.shape, &mut never)?.unwrap_or_default());
+        }
+        Ok(position)
+    }
+
     fn parse(&self, bytes: Bytes) -> Result<Vec<Row>> {
         let mut reader = text::Reader::new(bytes);
         let mut rows = Vec::new();
         while !reader.is_done() {
             let (fields, problem) = text::row_fields(&mut reader, &self.plan.fields)?;
-            let mut position = Vec::with_capacity(self.plan.position.len());
-            for p in &self.plan.position {
-                let mut ignored = None;
-                let v = reader.value(&p.shape, &mut ignored)?.unwrap_or_default();
-                position.push(v);
-            }
+            let position = self.position(&mut reader)?;
             rows.push(Row {
                 fields,
                 position,
@@ -466,18 +470,20 @@ impl Source {
         Ok(rows)
     }
 
-    /// The page after `after`. Without a key, a full page is completed
-    /// with every row sharing its last cursor value.
-    pub async fn fetch(&self, after: &[Bytes]) -> Result<Vec<Row>> {
+    /// The page after `after`, and whether rows are left after it (it was
+    /// a full page).
+    pub async fn fetch(&self, after: &[Bytes]) -> Result<(Vec<Row>, bool)> {
         self.metrics.page();
-        let mut rows = self.parse(self.query(&self.plan.page_sql(after)).await?)?;
-        if !self.plan.keyed() && rows.len() >= self.plan.page {
-            let last = rows.last().expect("a full page").position[0].clone();
-            let ties = self.parse(self.query(&self.plan.ties_sql(&last)).await?)?;
-            rows.retain(|r| r.position[0] != last);
-            rows.extend(ties);
-        }
-        Ok(rows)
+        let bound = self.query(&self.plan.bound_sql(after)).await?;
+        let upto = match bound.is_empty() {
+            true => None,
+            false => Some(self.position(&mut text::Reader::new(bound))?),
+        };
+        let rows = self.parse(
+            self.query(&self.plan.page_sql(after, upto.as_deref()))
+                .await?,
+        )?;
+        Ok((rows, upto.is_some()))
     }
 
     /// Where the chunk from `start` ends: whole groups (rows sharing a

@@ -1,19 +1,22 @@
 //! The page queries of a ClickHouse source: keyset pagination in cursor
 //! order.
 //!
-//! Each page is `WHERE (filter) AND (after the last row read) ORDER BY
-//! cursor, key… LIMIT page`. A row's *position* is its cursor and key
-//! values, selected as text next to its fields; the next page starts
-//! strictly after the last position written, written out as SQL literals:
-//! `c > L0 OR (c = L0 AND (k1 > L1 OR (k1 = L1 AND …)))`.
+//! A row's *position* is its cursor and key values, selected as text next
+//! to its fields. A page is two queries: the position `page` rows ahead
+//! (`ORDER BY cursor, key… LIMIT 1 OFFSET page-1`, reading only those
+//! columns), then the rows from just after the last position written up
+//! to it, in order: `WHERE (filter) AND (c > L0 OR (c = L0 AND (k1 > L1 OR
+//! …))) AND (c < U0 OR (c = U0 AND …)) ORDER BY c, k…`. Bounding the range
+//! instead of `LIMIT`ing the rows keeps the text expressions to the page's
+//! rows: 18.16 computes them before it sorts. No row ahead: the page is the
+//! rest, and the last one.
 //!
 //! Ties: with a `key`, `(cursor, key…)` identifies a row, so the position is
-//! exact and a page may end anywhere. Without one, a page may only end
-//! where the cursor value changes: when a page comes back full, the rows
-//! sharing its last cursor value are fetched whole (`WHERE c = L`) and
-//! replace the page's tail, so the next page (`c > L`) skips none of them.
-//! Skipping seen keys instead (`c >= L`, remembering the keys read at L)
-//! would need memory for every key sharing a value; this needs none.
+//! exact and a page may end anywhere. Without one, the page's bound is a
+//! cursor value `U` and `c <= U` takes every row sharing it, however many,
+//! so the next page (`c > U`) skips none of them. Skipping seen keys
+//! instead (`c >= L`, remembering the keys read at L) would need memory for
+//! every key sharing a value; this needs none.
 //!
 //! Cursor and key columns must be orderable scalars with exact text forms:
 //! integers, `Decimal`, `Date`, `DateTime`, `DateTime64`, `String`,
@@ -246,14 +249,15 @@ impl Plan {
         self.position.len() > 1
     }
 
-    fn select_where(&self, condition: Option<String>) -> String {
+    fn select_where(&self, select: &str, conditions: Vec<String>) -> String {
         let conditions: Vec<String> = self
             .filter
             .iter()
-            .map(|f| format!("({f})"))
-            .chain(condition.map(|c| format!("({c})")))
+            .cloned()
+            .chain(conditions)
+            .map(|c| format!("({c})"))
             .collect();
-        let mut sql = format!("SELECT {} FROM {}", self.select, self.table);
+        let mut sql = format!("SELECT {select} FROM {}", self.table);
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&conditions.join(" AND "));
@@ -261,35 +265,58 @@ impl Plan {
         sql
     }
 
-    /// The next page after `after` (empty: from the start).
-    pub fn page_sql(&self, after: &[Bytes]) -> String {
-        let condition = (!after.is_empty()).then(|| self.after(after));
+    /// The position of the last row of the next page after `after` (empty:
+    /// from the start), if that many rows are left: reads only the cursor
+    /// and key columns.
+    pub fn bound_sql(&self, after: &[Bytes]) -> String {
+        let select = self
+            .position
+            .iter()
+            .map(|p| p.expr.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let condition = (!after.is_empty()).then(|| self.compare(after, ">"));
         format!(
-            "{} ORDER BY {} LIMIT {}",
-            self.select_where(condition),
+            "{} ORDER BY {} LIMIT 1 OFFSET {}",
+            self.select_where(&select, condition.into_iter().collect()),
             self.order_by,
-            self.page
+            self.page - 1
         )
     }
 
-    /// Every row whose cursor is `value` (completes a full page without key).
-    pub fn ties_sql(&self, value: &[u8]) -> String {
-        let c = &self.position[0];
-        self.select_where(Some(format!("{} = {}", c.quoted, c.literal.sql(value))))
+    /// The rows after `after` up to `upto` inclusive (None: all the rest).
+    /// Bounding the range rather than using LIMIT keeps the text
+    /// expressions to the page's rows (18.16 computes them before sorting),
+    /// and without a key `c <= L` takes every row sharing the last value.
+    pub fn page_sql(&self, after: &[Bytes], upto: Option<&[Bytes]>) -> String {
+        let mut conditions = Vec::new();
+        if !after.is_empty() {
+            conditions.push(self.compare(after, ">"));
+        }
+        if let Some(upto) = upto {
+            conditions.push(self.compare(upto, "<"));
+        }
+        format!(
+            "{} ORDER BY {}",
+            self.select_where(&self.select, conditions),
+            self.order_by
+        )
     }
 
-    /// `(c, k…) > (after…)`, spelled out (18.16 cannot compare tuples of
-    /// any type, and the OR form keeps the primary key index usable).
-    fn after(&self, after: &[Bytes]) -> String {
-        let n = after.len().min(self.position.len());
+    /// `(c, k…) > (at…)` for `op` `>`, `(c, k…) <= (at…)` for `<`,
+    /// spelled out: 18.16 cannot compare tuples of any type, and the OR
+    /// form keeps the primary key index usable.
+    fn compare(&self, at: &[Bytes], op: &str) -> String {
+        let n = at.len().min(self.position.len());
         let mut sql = String::new();
         for i in (0..n).rev() {
             let c = &self.position[i];
-            let lit = c.literal.sql(&after[i]);
+            let lit = c.literal.sql(&at[i]);
             sql = if i == n - 1 {
-                format!("{} > {lit}", c.quoted)
+                let last = if op == "<" { "<=" } else { op };
+                format!("{} {last} {lit}", c.quoted)
             } else {
-                format!("{q} > {lit} OR ({q} = {lit} AND ({sql}))", q = c.quoted)
+                format!("{q} {op} {lit} OR ({q} = {lit} AND ({sql}))", q = c.quoted)
             };
         }
         sql
@@ -363,12 +390,18 @@ mod tests {
         .unwrap();
         assert!(p.keyed());
         assert_eq!(
-            p.page_sql(&[]),
-            "SELECT if(toUInt32(`ts`) = 0, '1970-01-01 00:00:00', toString(`ts`, 'UTC')), toString(`id`), `v`, toString(toUInt32(`ts`)), toString(`id`) \
-             FROM `db`.`t` WHERE (ts < now()) ORDER BY `ts`, `id` LIMIT 100"
+            p.bound_sql(&[]),
+            "SELECT toString(toUInt32(`ts`)), toString(`id`) FROM `db`.`t` WHERE (ts < now()) \
+             ORDER BY `ts`, `id` LIMIT 1 OFFSET 99"
         );
-        assert!(p.page_sql(&[b("5"), b("7")]).contains(
-            "WHERE (ts < now()) AND (`ts` > toDateTime(5) OR (`ts` = toDateTime(5) AND (`id` > CAST('7' AS UInt64))))"
+        assert_eq!(
+            p.page_sql(&[], None),
+            "SELECT if(toUInt32(`ts`) = 0, '1970-01-01 00:00:00', toString(`ts`, 'UTC')), toString(`id`), `v`, toString(toUInt32(`ts`)), toString(`id`) \
+             FROM `db`.`t` WHERE (ts < now()) ORDER BY `ts`, `id`"
+        );
+        assert!(p.page_sql(&[b("5"), b("7")], Some(&[b("9"), b("1")])).contains(
+            "WHERE (ts < now()) AND (`ts` > toDateTime(5) OR (`ts` = toDateTime(5) AND (`id` > CAST('7' AS UInt64)))) \
+             AND (`ts` < toDateTime(9) OR (`ts` = toDateTime(9) AND (`id` <= CAST('1' AS UInt64)))) ORDER BY"
         ));
     }
 
@@ -377,12 +410,9 @@ mod tests {
         let s = schema(&[("name", "FixedString(3)"), ("n", "Int8")]);
         let p = Plan::new(&s, &["n".into()], "name", &[], None, 10, "source[0]").unwrap();
         assert!(!p.keyed());
-        assert!(p
-            .page_sql(&[b("a\0'")])
-            .ends_with("WHERE (`name` > 'a\\x00\\'') ORDER BY `name` LIMIT 10"));
         assert_eq!(
-            p.ties_sql(b"ab\\"),
-            "SELECT toString(`n`), `name` FROM `db`.`t` WHERE (`name` = 'ab\\\\')"
+            p.page_sql(&[b("a\0'")], Some(&[b("ab\\")])),
+            "SELECT toString(`n`), `name` FROM `db`.`t` WHERE (`name` > 'a\\x00\\'') AND (`name` <= 'ab\\\\') ORDER BY `name`"
         );
     }
 
@@ -407,7 +437,7 @@ mod tests {
         let lc = schema(&[("c", "LowCardinality(String)"), ("e", "Enum8('a' = 1)")]);
         let p = Plan::new(&lc, &[], "e", &["c".into()], None, 1, "s").unwrap();
         assert!(p
-            .page_sql(&[b("a"), b("x")])
+            .page_sql(&[b("a"), b("x")], None)
             .contains("CAST('a' AS Enum8('a' = 1))"));
     }
 

@@ -5,8 +5,10 @@
 
 mod bad_input;
 mod ch_endpoints;
+mod ch_source;
 mod chaos;
 mod cluster;
+mod cold_move;
 mod common;
 mod dataflow;
 mod dead;
