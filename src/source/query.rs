@@ -396,7 +396,7 @@ mod tests {
         );
         assert_eq!(
             p.page_sql(&[], None),
-            "SELECT if(toUInt32(`ts`) = 0, '1970-01-01 00:00:00', toString(`ts`, 'UTC')), toString(`id`), `v`, toString(toUInt32(`ts`)), toString(`id`) \
+            "SELECT if(toUInt32(`ts`) BETWEEN 1 AND 4102444799, toString(`ts`, 'UTC'), toString(toUInt32(`ts`))), toString(`id`), `v`, toString(toUInt32(`ts`)), toString(`id`) \
              FROM `db`.`t` WHERE (ts < now()) ORDER BY `ts`, `id`"
         );
         assert!(p.page_sql(&[b("5"), b("7")], Some(&[b("9"), b("1")])).contains(

@@ -11,8 +11,8 @@
 //! |---|---|---|
 //! | `String`, `FixedString(N)` | the column | its bytes; `FixedString`'s trailing zero bytes (padding) dropped |
 //! | `Int*`, `UInt*`, `Float*`, `Decimal`, `UUID`, `Enum*`, `Bool` | `toString(x)` | `-12`, `0.1`, `nan`, `1.5000`, `…-…`, the member's name, `true` |
-//! | `Date` | `toString(x)` | `YYYY-MM-DD` (day 0 as `1970-01-01`: 18.16 prints it `0000-00-00`) |
-//! | `DateTime` | `toString(x, 'UTC')` | `YYYY-MM-DD hh:mm:ss` in UTC (second 0 as `1970-01-01 00:00:00`) |
+//! | `Date` | `toString(x)` | `YYYY-MM-DD`; day 0 and days from 2100 on as the day number (18.16 prints day 0 as `0000-00-00` and days from 2106-02-07 as 1970) |
+//! | `DateTime` | `toString(x, 'UTC')` | `YYYY-MM-DD hh:mm:ss` in UTC; second 0 and times from 2100 on as unix seconds (same reason) |
 //! | `DateTime64(P)` | `toString(x, 'UTC')` | `YYYY-MM-DD hh:mm:ss.fff…` in UTC |
 //! | `Nullable(T)` | `if(isNull(x), NULL, …)` | NULL: the field is left out (the sink reads an absent field as NULL) |
 //! | `LowCardinality(T)` | as `T` | as `T` |
@@ -27,6 +27,11 @@
 use bytes::Bytes;
 
 use crate::schema::ColumnType;
+
+/// The last day (2099-12-31) and second (2099-12-31 23:59:59) written as
+/// text; later ones go as numbers (18.16 prints them wrong).
+const LAST_TEXT_DAY: u32 = 47_481;
+const LAST_TEXT_SECOND: u32 = 4_102_444_799;
 
 /// How a selected expression comes back in RowBinary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,14 +114,20 @@ fn text_expr(ty: &ColumnType, x: &str, depth: usize) -> (String, Shape) {
             };
             (expr, Shape::Array(Box::new(shape)))
         }
-        // 18.16 prints day 0 and second 0 as `0000-00-00 …`, which no
-        // parser (ours included) takes back.
+        // 18.16 prints day 0 and second 0 as `0000-00-00 …` (no parser,
+        // ours included, takes that back) and days from 2106-02-07 on as
+        // 1970: outside 1970-01-02 … 2099-12-31 the number goes out (day
+        // number, unix seconds), which the sink takes as well.
         T::Date => (
-            format!("if(toUInt16({x}) = 0, '1970-01-01', toString({x}))"),
+            format!(
+                "if(toUInt16({x}) BETWEEN 1 AND {LAST_TEXT_DAY}, toString({x}), toString(toUInt16({x})))"
+            ),
             text(false),
         ),
         T::DateTime => (
-            format!("if(toUInt32({x}) = 0, '1970-01-01 00:00:00', toString({x}, 'UTC'))"),
+            format!(
+                "if(toUInt32({x}) BETWEEN 1 AND {LAST_TEXT_SECOND}, toString({x}, 'UTC'), toString(toUInt32({x})))"
+            ),
             text(false),
         ),
         T::DateTime64 { .. } => (format!("toString({x}, 'UTC')"), text(false)),
@@ -329,12 +340,12 @@ mod tests {
         assert_eq!(col("Int64").shape, Shape::Text { number: true });
         assert_eq!(
             col("DateTime('Europe/Berlin')").expr,
-            "if(toUInt32(`c`) = 0, '1970-01-01 00:00:00', toString(`c`, 'UTC'))"
+            "if(toUInt32(`c`) BETWEEN 1 AND 4102444799, toString(`c`, 'UTC'), toString(toUInt32(`c`)))"
         );
         assert_eq!(col("DateTime64(3)").expr, "toString(`c`, 'UTC')");
         assert_eq!(
             col("Nullable(Date)").expr,
-            "if(isNull(`c`), NULL, if(toUInt16(assumeNotNull(`c`)) = 0, '1970-01-01', toString(assumeNotNull(`c`))))"
+            "if(isNull(`c`), NULL, if(toUInt16(assumeNotNull(`c`)) BETWEEN 1 AND 47481, toString(assumeNotNull(`c`)), toString(toUInt16(assumeNotNull(`c`)))))"
         );
         assert_eq!(col("Array(String)").expr, "`c`");
         assert_eq!(
@@ -437,8 +448,16 @@ mod tests {
             ),
             ("Decimal(18, 4)", &["-1.5000", "0.0000"]),
             ("Decimal(38, 10)", &["-123.4500000000"]),
-            ("Date", &["1970-01-01", "2149-06-06"]),
-            ("DateTime", &["1970-01-01 00:00:00", "2106-02-07 06:28:15"]),
+            ("Date", &["0", "1970-01-02", "2099-12-31", "47482", "65535"]),
+            (
+                "DateTime",
+                &[
+                    "0",
+                    "1970-01-01 00:00:01",
+                    "2099-12-31 23:59:59",
+                    "4294967295",
+                ],
+            ),
             (
                 "DateTime64(3)",
                 &["1900-01-01 00:00:00.000", "2024-05-06 07:08:09.123"],
@@ -449,7 +468,10 @@ mod tests {
             ("Array(Nullable(Int32))", &["[1,null]"]),
             ("Array(Decimal(9, 2))", &["[\"1.50\"]"]),
             ("Array(Float64)", &["[\"nan\",\"1e100\"]"]),
-            ("Array(Array(Date))", &["[[\"2020-01-01\"],[]]"]),
+            (
+                "Array(Array(Date))",
+                &["[[\"2020-01-01\",\"0\",\"65535\"],[]]"],
+            ),
             (
                 "Array(DateTime64(6))",
                 &["[\"2024-01-01 00:00:00.000001\"]"],

@@ -167,7 +167,8 @@ const ALL_COLUMNS: &[&str] = &[
 ];
 
 /// Rows covering edge values: day and second 0 (18.16 prints them
-/// `0000-00-00`), NaN and infinities, bytes that are not UTF-8 and
+/// `0000-00-00`) and dates up to 2106 (18.16 prints days from 2106-02-07
+/// as 1970), NaN and infinities, bytes that are not UTF-8 and
 /// control characters in a String, quotes and backslashes in array strings,
 /// NULLs at every level, empty and nested arrays, FixedString padding.
 fn insert_all_types(table: &str, rows: usize) -> String {
@@ -179,7 +180,7 @@ fn insert_all_types(table: &str, rows: usize) -> String {
   toUInt8(number % 256), toUInt16(number % 65536), toUInt32(number * 14321), number * 61489000000000,
   toFloat32(number) / 7, if(number % 997 = 0, nan, if(number % 991 = 0, -inf, toFloat64(number) / 3 - 50000)),
   concat('s', toString(number), if(number % 101 = 0, unhex('00FF0A09'), '')), toFixedString(toString(number), 8),
-  toDate(number % 60000), toDateTime(number * 10007), generateUUIDv4(),
+  toDate(number % 60000), toDateTime(number * 14316), generateUUIDv4(),
   CAST(multiIf(number % 3 = 0, 'a', number % 3 = 1, 'b', 'c') AS Enum8('a' = 1, 'b' = 2, 'c' = -3)),
   CAST(if(number % 2 = 0, 'x', 'y') AS Enum16('x' = 1000, 'y' = -1000)),
   toDecimal32(toInt32(number % 2000000) - 1000000, 2) / 100, toDecimal64(toInt64(number) - 150000, 4) / 7,
