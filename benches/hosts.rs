@@ -232,8 +232,8 @@ fn main() {
         }
         println!("\nsluice hosts bench (1 worker, private servers, same 2-core box)");
         println!(
-            "  {:<58} {:>10} {:>9} {:>11}  {}",
-            "run", "rows", "secs", "rows/s", "server cost"
+            "  {:<58} {:>10} {:>9} {:>11}  server cost",
+            "run", "rows", "secs", "rows/s"
         );
         for r in &runs {
             println!(

@@ -1134,13 +1134,12 @@ impl Config {
             // records what it was sent (crate::sink::stream_once).
             if flow.delivery == Delivery::ExactlyOnce
                 && matches!(flow.sink, SinkConfig::Clickhouse { .. })
+                && flow.batch_id_column.as_deref().unwrap_or("").is_empty()
             {
-                if flow.batch_id_column.as_deref().unwrap_or("").is_empty() {
-                    return Err(bad(
-                        key("batch_id_column"),
-                        "exactly_once needs a column for the batch id",
-                    ));
-                }
+                return Err(bad(
+                    key("batch_id_column"),
+                    "exactly_once needs a column for the batch id",
+                ));
             }
             let mut seen = std::collections::HashSet::new();
             for column in flow.metadata.names() {

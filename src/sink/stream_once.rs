@@ -394,7 +394,7 @@ impl StreamOnce {
                     let written: Option<u64> = pair.get(1).and_then(|v| v.as_u64());
                     if let (Some(t), Some(id)) = (written, pair[0].as_bytes()) {
                         if t < cutoff {
-                            old.push(fred::types::Key::from(&id[..]));
+                            old.push(fred::types::Key::from(id));
                         }
                     }
                 }

@@ -497,7 +497,7 @@ impl Source {
             let v = &rows[from].position[0];
             from + rows[from..]
                 .iter()
-                .take_while(|r| &r.position[0] == v)
+                .take_while(|r| r.position[0] == *v)
                 .count()
         };
         let mut end = group_end(start);

@@ -289,12 +289,15 @@ impl Reader {
     }
 }
 
+/// A row's fields (name, text) in column order.
+pub type Fields = Vec<(Bytes, Bytes)>;
+
 /// One row's fields, in column order (NULLs left out), and why it cannot
 /// be written, if it cannot.
 pub fn row_fields(
     reader: &mut Reader,
     columns: &[FieldColumn],
-) -> Result<(Vec<(Bytes, Bytes)>, Option<String>), DecodeError> {
+) -> Result<(Fields, Option<String>), DecodeError> {
     let mut fields = Vec::with_capacity(columns.len());
     let mut problem = None;
     for c in columns {
