@@ -14,17 +14,7 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
     let redis = client::connect(&config.redis)
         .await
         .map_err(|e| anyhow::anyhow!("redis.url: cannot connect: {e}"))?;
-    use fred::prelude::*;
-    let info: String = redis
-        .info(Some(fred::types::InfoKind::Server))
-        .await
-        .unwrap_or_default();
-    let version = info
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .unwrap_or("?")
-        .trim()
-        .to_string();
+    let version = crate::connections::redis_version(&redis).await;
     let kind = if config.redis.is_cluster() {
         "redis cluster"
     } else {
@@ -38,39 +28,11 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
     if let Some(ch) = &config.clickhouse {
         let endpoints = crate::sink::endpoints::probe(ch).await;
         let several = endpoints.len() > 1;
-        for e in &endpoints {
-            match (&e.version, &e.error) {
-                (Some(v), _) => writeln!(
-                    out,
-                    "clickhouse: {}{} (version {v}) as user `{}` ok",
-                    if several {
-                        format!("{} ", e.key)
-                    } else {
-                        String::new()
-                    },
-                    e.endpoint,
-                    ch.user
-                )?,
-                (None, error) => writeln!(
-                    out,
-                    "clickhouse: {} {} DOWN: {}",
-                    e.key,
-                    e.endpoint,
-                    error.as_deref().unwrap_or("?")
-                )?,
-            }
-        }
-        // One endpoint down of several is a warning (the others take its
-        // inserts); all down is an error.
-        if !endpoints.iter().any(|e| e.up) {
-            let e = &endpoints[0];
-            anyhow::bail!(
-                "{}: cannot query {}: {}",
-                e.key,
-                e.endpoint,
-                e.error.as_deref().unwrap_or("?")
-            );
-        }
+        out.push_str(&crate::connections::endpoint_lines(
+            "clickhouse",
+            ch,
+            &endpoints,
+        )?);
         if several {
             writeln!(
                 out,

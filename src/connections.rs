@@ -286,31 +286,56 @@ pub async fn check_named(config: &Config) -> anyhow::Result<String> {
     }
     for (name, ch) in &config.clickhouse_remote {
         let endpoints = crate::sink::endpoints::probe(ch).await;
-        for e in &endpoints {
-            match (&e.version, &e.error) {
-                (Some(v), _) => writeln!(
-                    out,
-                    "clickhouse `{name}`: {} (version {v}) as user `{}` ok",
-                    e.endpoint, ch.user
-                )?,
-                (None, error) => writeln!(
-                    out,
-                    "clickhouse `{name}`: {} {} DOWN: {}",
-                    e.key,
-                    e.endpoint,
-                    error.as_deref().unwrap_or("?")
-                )?,
-            }
-        }
-        if !endpoints.iter().any(|e| e.up) {
-            let e = &endpoints[0];
-            anyhow::bail!(
-                "{}: cannot query {}: {}",
+        out.push_str(&endpoint_lines(
+            &format!("clickhouse `{name}`"),
+            ch,
+            &endpoints,
+        )?);
+    }
+    Ok(out)
+}
+
+/// `sluice check`'s lines for one ClickHouse connection's endpoints
+/// (`label`: `clickhouse`, or ``clickhouse `name` ``). One endpoint down of
+/// several is a warning (the others take its inserts); all down is the
+/// error.
+pub fn endpoint_lines(
+    label: &str,
+    ch: &ClickHouseConfig,
+    endpoints: &[crate::sink::endpoints::EndpointStatus],
+) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let several = endpoints.len() > 1;
+    for e in endpoints {
+        match (&e.version, &e.error) {
+            (Some(v), _) => writeln!(
+                out,
+                "{label}: {}{} (version {v}) as user `{}` ok",
+                if several {
+                    format!("{} ", e.key)
+                } else {
+                    String::new()
+                },
+                e.endpoint,
+                ch.user
+            )?,
+            (None, error) => writeln!(
+                out,
+                "{label}: {} {} DOWN: {}",
                 e.key,
                 e.endpoint,
-                e.error.as_deref().unwrap_or("?")
-            );
+                error.as_deref().unwrap_or("?")
+            )?,
         }
+    }
+    if !endpoints.iter().any(|e| e.up) {
+        let e = &endpoints[0];
+        anyhow::bail!(
+            "{}: cannot query {}: {}",
+            e.key,
+            e.endpoint,
+            e.error.as_deref().unwrap_or("?")
+        );
     }
     Ok(out)
 }

@@ -644,10 +644,7 @@ impl Source {
             let mut args: Vec<Value> = Vec::with_capacity(2 + fields.len() * 2);
             args.push(stream.into());
             args.push("*".into());
-            for (k, v) in *fields {
-                args.push(Value::Bytes(k.clone()));
-                args.push(Value::Bytes(v.clone()));
-            }
+            push_fields(&mut args, fields);
             let _: Value = pipeline
                 .custom(
                     crate::stream::commands::command("XADD", stream, false),
@@ -680,10 +677,7 @@ impl Source {
                 args.push(k.into());
                 args.push(v.into());
             }
-            for (k, v) in &r.fields {
-                args.push(Value::Bytes(k.clone()));
-                args.push(Value::Bytes(v.clone()));
-            }
+            push_fields(&mut args, &r.fields);
             let _: Value = pipeline
                 .custom(
                     crate::stream::commands::command("XADD", &stream, false),
@@ -698,6 +692,14 @@ impl Source {
             tracing::warn!(source = %self.cfg.name, reason = r.problem.as_deref().unwrap_or_default(), "row dead-lettered");
         }
         Ok(())
+    }
+}
+
+/// Appends the field/value pairs of an XADD.
+fn push_fields(args: &mut Vec<Value>, fields: &[(Bytes, Bytes)]) {
+    for (k, v) in fields {
+        args.push(Value::Bytes(k.clone()));
+        args.push(Value::Bytes(v.clone()));
     }
 }
 

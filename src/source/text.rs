@@ -485,14 +485,14 @@ mod tests {
                 &["[\"01234567-89ab-cdef-0123-456789abcdef\"]"],
             ),
         ];
+        let spec = |ty: &str| ColumnSpec {
+            name: "c".into(),
+            type_name: ty.to_string(),
+            ty: ColumnType::parse(ty).unwrap(),
+            default_kind: DefaultKind::Default,
+        };
         for (ty, texts) in cases {
-            let spec = ColumnSpec {
-                name: "c".into(),
-                type_name: ty.to_string(),
-                ty: ColumnType::parse(ty).unwrap(),
-                default_kind: DefaultKind::Default,
-            };
-            let mut enc = BlockEncoder::new(std::slice::from_ref(&spec));
+            let mut enc = BlockEncoder::new(&[spec(ty)]);
             for t in *texts {
                 enc.push_row(&[Some(FieldValue::Text(t.as_bytes()))])
                     .unwrap_or_else(|e| panic!("{ty} {t}: {e}"));
@@ -501,13 +501,7 @@ mod tests {
         // The value itself, for types 18.16 lacks (the integration test
         // compares the others on a real server): the block ends with it.
         let last = |ty: &str, text: &str| {
-            let spec = ColumnSpec {
-                name: "c".into(),
-                type_name: ty.to_string(),
-                ty: ColumnType::parse(ty).unwrap(),
-                default_kind: DefaultKind::Default,
-            };
-            let mut enc = BlockEncoder::new(std::slice::from_ref(&spec));
+            let mut enc = BlockEncoder::new(&[spec(ty)]);
             enc.push_row(&[Some(FieldValue::Text(text.as_bytes()))])
                 .unwrap();
             let mut out = Vec::new();

@@ -6,7 +6,7 @@
 //! whole, `max_len` pauses the source, rows that cannot be entries are
 //! dead-lettered, and `sluice check` / `sluice status` describe it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::Value;
@@ -405,24 +405,7 @@ async fn a_full_stream_pauses_the_source() {
         xlen(&h.rc, &stream).await == CAP && w.log_contents().contains("source paused")
     })
     .await;
-    let mut seen: Vec<u64> = Vec::new();
-    let started = Instant::now();
-    while seen.len() < N {
-        assert!(started.elapsed() < LONG, "drain stalled at {}", seen.len());
-        let batch = entries(&h.rc, &stream).await;
-        assert!(batch.len() as u64 <= CAP, "passed max_len: {}", batch.len());
-        if batch.is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        }
-        let mut args: Vec<Value> = vec![stream.as_str().into()];
-        for (id, f) in &batch {
-            seen.push(field(f, "id").unwrap().parse().unwrap());
-            args.push(id.as_str().into());
-        }
-        raw(&h.rc, "XDEL", args).await;
-    }
-    seen.sort_unstable();
+    let seen = drain_capped(&h.rc, &stream, CAP, N, "id").await;
     assert_eq!(seen, (0..N as u64).collect::<Vec<_>>());
     assert!(w.log_contents().contains("source resumed"));
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::Value;
@@ -315,27 +315,7 @@ async fn remote_target_max_len_pauses_the_flow_and_nothing_is_trimmed() {
     assert_eq!(xlen(&ra, &dst).await, 0, "nothing written to A");
     assert_eq!(xlen(&ra, &src).await, N as u64, "source trimmed");
     // Drain B as its consumer would; it never holds more than the cap.
-    let mut seen: Vec<u64> = Vec::new();
-    let started = Instant::now();
-    while seen.len() < N {
-        assert!(started.elapsed() < LONG, "drain stalled at {}", seen.len());
-        let batch = entries(&rb, &dst).await;
-        assert!(
-            batch.len() as u64 <= CAP,
-            "B passed max_len: {}",
-            batch.len()
-        );
-        if batch.is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        }
-        let mut args: Vec<Value> = vec![dst.as_str().into()];
-        for (id, f) in &batch {
-            seen.push(field(f, "rec_id").unwrap().parse().unwrap());
-            args.push(id.as_str().into());
-        }
-        raw(&rb, "XDEL", args).await;
-    }
+    let seen = drain_capped(&rb, &dst, CAP, N, "rec_id").await;
     assert_eq!(lost_and_doubled(seen, N as u64), (0, 0));
     wait_for(LONG, "source acked", || async {
         source_done(&ra, &src).await
