@@ -53,25 +53,39 @@ use crate::stream::Message;
 
 /// KEYS: target stream, written set. ARGV: now (ms), ttl (ms), entry
 /// count, then per entry: source id, field/value count, fields and values.
-/// Returns how many entries it added.
+/// Returns how many entries it added. One HMGET looks every id up, one
+/// HSET records the new ones after their XADDs (were the script to stop
+/// half-way, an entry would be written unrecorded — written again by a
+/// retry — never recorded unwritten); `done` catches an id twice in one
+/// call.
 pub const WRITE: &str = r#"#!lua
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'stream' and t ~= 'none' then
   return redis.error_reply('WRONGTYPE target `' .. KEYS[1] .. '` holds a ' .. t .. ', not a stream')
 end
-local now, n = ARGV[1], tonumber(ARGV[3])
-local added, i = 0, 4
+local n = tonumber(ARGV[3])
+if n == 0 then return 0 end
+local ids, at = {}, {}
+local i = 4
 for e = 1, n do
-  local id, c = ARGV[i], tonumber(ARGV[i + 1])
-  if redis.call('HEXISTS', KEYS[2], id) == 0 then
-    redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 2, i + 1 + c))
-    redis.call('HSET', KEYS[2], id, now)
-    added = added + 1
-  end
-  i = i + 2 + c
+  ids[e], at[e] = ARGV[i], i
+  i = i + 2 + tonumber(ARGV[i + 1])
 end
+local seen = redis.call('HMGET', KEYS[2], unpack(ids))
+local new, done = {}, {}
+for e = 1, n do
+  local id = ids[e]
+  if not seen[e] and not done[id] then
+    local j = at[e]
+    redis.call('XADD', KEYS[1], '*', unpack(ARGV, j + 2, j + 1 + tonumber(ARGV[j + 1])))
+    done[id] = true
+    new[#new + 1] = id
+    new[#new + 1] = ARGV[1]
+  end
+end
+if #new > 0 then redis.call('HSET', KEYS[2], unpack(new)) end
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return added
+return #new / 2
 "#;
 
 static WRITE_S: std::sync::OnceLock<Script> = std::sync::OnceLock::new();

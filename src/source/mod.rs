@@ -602,30 +602,24 @@ impl Source {
             .filter(|r| r.problem.is_none())
             .map(|r| r.fields.as_slice())
             .collect();
-        let advanced = if self.cfg.delivery == Delivery::ExactlyOnce {
-            cursor::advance(
-                &self.redis,
-                &self.keys,
-                pos,
-                new_pos,
-                rows.len() as u64,
-                self.max_len,
-                &good,
-            )
-            .await?
+        // Exactly-once: the script XADDs the rows as it moves the cursor;
+        // at-least-once: XADDs first, then the cursor alone.
+        let (max_len, entries) = if self.cfg.delivery == Delivery::ExactlyOnce {
+            (self.max_len, good.as_slice())
         } else {
             self.xadd(&good).await?;
-            cursor::advance(
-                &self.redis,
-                &self.keys,
-                pos,
-                new_pos,
-                rows.len() as u64,
-                None,
-                &[],
-            )
-            .await?
+            (None, &[][..])
         };
+        let advanced = cursor::advance(
+            &self.redis,
+            &self.keys,
+            pos,
+            new_pos,
+            rows.len() as u64,
+            max_len,
+            entries,
+        )
+        .await?;
         if advanced == Advanced::Done {
             self.metrics.written(good.len(), dead.len());
         }

@@ -245,14 +245,12 @@ async fn allow_scripts(client: &Client, allow: bool) {
     .await;
 }
 
-/// A slow target makes a worker's claim pass long: it claims a dead
-/// replica's backlog page by page, each page waiting for room in the
-/// flow's channel. Meanwhile the worker's own entries, read but not yet
-/// written, must not go idle and be claimed by the same pass — they would
-/// be processed twice, after the first copy was acked (and its
-/// exactly-once record dropped).
+/// A dead replica's backlog claimed while the target is slow (each batch
+/// takes seconds through a delaying proxy, so the claim pass runs long and
+/// interleaves with the worker's own reads): exactly-once still writes
+/// every entry once.
 #[tokio::test]
-async fn a_long_claim_pass_does_not_take_the_workers_own_entries() {
+async fn exactly_once_with_a_slow_target_and_a_dead_replicas_backlog() {
     const N: usize = 20_000;
     let (a, b) = tokio::join!(RedisServer::start(), RedisServer::start());
     let (ra, rb) = (a.client().await, b.client().await);
@@ -283,6 +281,45 @@ async fn a_long_claim_pass_does_not_take_the_workers_own_entries() {
         .contains("claimed idle pending entries"));
     let (lost, doubled) = lost_and_doubled(rec_ids(&rb, &dst).await, N as u64);
     assert_eq!((lost, doubled), (0, 0));
+}
+
+/// The fix for duplicates the SIGKILL test found under load: a second copy
+/// of an entry inside one process (its own claim pass took it back while
+/// the first copy was being written: a starved process) must find its
+/// record after the first copy was acked. Dropping records at the ack
+/// (`keep` = 0, the first version) writes the copy again.
+#[tokio::test]
+async fn a_second_copy_of_an_acked_entry_finds_its_record() {
+    use sluice::sink::stream::StreamSink;
+    use sluice::sink::stream_once::StreamOnce;
+    use std::sync::Arc;
+    let b = RedisServer::start().await;
+    let rb = b.client().await;
+    let dst = unique_name("copy_dst");
+    let cfg: sluice::config::StreamSinkConfig = toml::from_str(&format!("to = \"{dst}\"")).unwrap();
+    let sink = Arc::new(StreamSink::new(&cfg, Default::default(), Vec::new()));
+    let mut router = sink.router();
+    let messages: Vec<sluice::stream::Message> = (0..10)
+        .map(|i| sluice::stream::Message {
+            stream: Arc::from("src"),
+            id: format!("{}-0", i + 1).into(),
+            fields: vec![("rec_id".into(), i.to_string().into())],
+            deliveries: 1,
+        })
+        .collect();
+    let routes: Vec<_> = messages.iter().map(|m| router.route(m).unwrap()).collect();
+    let stop = tokio_util::sync::CancellationToken::new();
+    // keep = 0: the two copies are written again (12).
+    for (keep, want) in [(100, 10), (0, 12)] {
+        raw(&rb, "DEL", vec![dst.as_str().into()]).await;
+        let once = StreamOnce::new(&format!("f{keep}"), Duration::from_secs(3600), keep);
+        once.write(&rb, &messages, &routes, &stop).await.unwrap();
+        once.forget(&rb, &messages, &routes).await; // the first copy acked
+        once.write(&rb, &messages[3..5], &routes[3..5], &stop)
+            .await
+            .unwrap();
+        assert_eq!(xlen(&rb, &dst).await, want, "keep = {keep}");
+    }
 }
 
 /// The target's cap is checked on the target (B), not on A: the flow
