@@ -35,39 +35,11 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
     if let Some(ch) = &config.clickhouse {
         let endpoints = crate::sink::endpoints::probe(ch).await;
         let several = endpoints.len() > 1;
-        for e in &endpoints {
-            match (&e.version, &e.error) {
-                (Some(v), _) => writeln!(
-                    out,
-                    "clickhouse: {}{} (version {v}) as user `{}` ok",
-                    if several {
-                        format!("{} ", e.key)
-                    } else {
-                        String::new()
-                    },
-                    e.endpoint,
-                    ch.user
-                )?,
-                (None, error) => writeln!(
-                    out,
-                    "clickhouse: {} {} DOWN: {}",
-                    e.key,
-                    e.endpoint,
-                    error.as_deref().unwrap_or("?")
-                )?,
-            }
-        }
-        // One endpoint down of several is a warning (the others take its
-        // inserts); all down is an error.
-        if !endpoints.iter().any(|e| e.up) {
-            let e = &endpoints[0];
-            anyhow::bail!(
-                "{}: cannot query {}: {}",
-                e.key,
-                e.endpoint,
-                e.error.as_deref().unwrap_or("?")
-            );
-        }
+        out.push_str(&crate::connections::endpoint_lines(
+            "clickhouse",
+            ch,
+            &endpoints,
+        )?);
         if several {
             writeln!(
                 out,
@@ -76,8 +48,11 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
             )?;
         }
     }
+    // Every named connection (`[redis.remote.*]`, `[clickhouse.remote.*]`).
+    out.push_str(&crate::connections::check_named(config).await?);
     for f in &config.flows {
         writeln!(out, "flow `{}`:", f.name)?;
+        writeln!(out, "  {}", crate::connections::describe_flow(config, f))?;
         for s in &f.streams {
             let len = commands::len(&redis, s).await?;
             writeln!(
@@ -95,8 +70,14 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
                     writeln!(out, "  {line}")?;
                 }
             }
-            SinkConfig::Clickhouse { table, shard_by } => {
-                let ch = config.clickhouse.as_ref().expect("validated");
+            SinkConfig::Clickhouse {
+                table,
+                shard_by,
+                clickhouse,
+            } => {
+                let ch = config
+                    .clickhouse_for(clickhouse.as_deref())
+                    .expect("validated");
                 let sink = ClickHouseSink::open(ch, f, table)
                     .await
                     .map_err(|e| anyhow::anyhow!("flow `{}`: {e}", f.name))?;
@@ -150,6 +131,11 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
             "  claims entries idle > {:?} every {:?}",
             f.claim.min_idle, f.claim.every
         )?;
+    }
+    for i in 0..config.sources.len() {
+        for line in crate::source::status::plan(config, i).await? {
+            writeln!(out, "{line}")?;
+        }
     }
     Ok(out)
 }

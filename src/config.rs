@@ -72,6 +72,16 @@ pub struct Config {
     /// `listen` is set); off when absent.
     #[serde(default)]
     pub console: Option<crate::console::ConsoleConfig>,
+    /// `[[source]]`: ClickHouse tables read into streams (`crate::source`).
+    #[serde(default, rename = "source")]
+    pub sources: Vec<crate::source::config::SourceConfig>,
+    /// Named Redis connections, `[redis.remote.<name>]`: taken out of
+    /// `redis.remote` at load (see `crate::connections`).
+    #[serde(skip)]
+    pub redis_remote: BTreeMap<String, RedisConfig>,
+    /// Named ClickHouse connections, `[clickhouse.remote.<name>]`.
+    #[serde(skip)]
+    pub clickhouse_remote: BTreeMap<String, ClickHouseConfig>,
 }
 
 /// Secrets (`password`, the URL's password) never appear in its `Debug`
@@ -103,6 +113,10 @@ pub struct RedisConfig {
     /// More cluster seed nodes, `host:port`, tried when `url`'s is down.
     #[serde(default)]
     pub nodes: Vec<String>,
+    /// Named connections to other Redis servers (`[redis.remote.<name>]`,
+    /// same keys); moved to [`Config::redis_remote`] at load.
+    #[serde(default)]
+    pub remote: BTreeMap<String, RedisConfig>,
 }
 
 impl RedisConfig {
@@ -116,6 +130,7 @@ impl RedisConfig {
             command_timeout: default_redis_timeout(),
             cluster: false,
             nodes: Vec::new(),
+            remote: BTreeMap::new(),
         }
     }
 
@@ -189,6 +204,15 @@ pub struct ClickHouseConfig {
     /// at once on an insert error that says they may have changed).
     #[serde(default = "default_schema_refresh", with = "humantime_serde")]
     pub schema_refresh: Duration,
+    /// Named connections to other ClickHouse servers
+    /// (`[clickhouse.remote.<name>]`, same keys); moved to
+    /// [`Config::clickhouse_remote`] at load.
+    #[serde(default)]
+    pub remote: BTreeMap<String, ClickHouseConfig>,
+    /// The connection's name (`None`: the default `[clickhouse]`); set at
+    /// load, for config keys in messages and the `connection` label.
+    #[serde(skip)]
+    pub name: Option<String>,
 }
 
 impl std::fmt::Debug for ClickHouseConfig {
@@ -228,10 +252,19 @@ impl ClickHouseConfig {
 
     /// The key the endpoint at `index` came from, for error messages.
     pub fn endpoint_key(&self, index: usize) -> String {
+        let section = self.key();
         if self.urls.is_empty() {
-            "clickhouse.url".into()
+            format!("{section}.url")
         } else {
-            format!("clickhouse.urls[{index}]")
+            format!("{section}.urls[{index}]")
+        }
+    }
+
+    /// The config section: `clickhouse` or `clickhouse.remote.<name>`.
+    pub fn key(&self) -> String {
+        match &self.name {
+            None => "clickhouse".into(),
+            Some(name) => format!("clickhouse.remote.{name}"),
         }
     }
 }
@@ -411,6 +444,10 @@ pub enum SinkConfig {
         /// them). Unset: every endpoint serves the whole table.
         #[serde(default)]
         shard_by: Option<String>,
+        /// A named ClickHouse connection (`[clickhouse.remote.<name>]`);
+        /// unset = `[clickhouse]`.
+        #[serde(default)]
+        clickhouse: Option<String>,
     },
     /// XADD to other streams, then XACK at the source (the original s2s).
     Stream(StreamSinkConfig),
@@ -450,6 +487,11 @@ pub struct StreamSinkConfig {
     /// batch in flight uses are forgotten (and re-resolved when used again).
     #[serde(default = "default_max_targets")]
     pub max_targets: usize,
+    /// The targets live on this named Redis (`[redis.remote.<name>]`);
+    /// unset = the flow's own `[redis]`. XADDs and the `max_len` checks go
+    /// there, acks to the source.
+    #[serde(default)]
+    pub redis: Option<String>,
 }
 
 /// What a stream sink counts against a target's `max_len`.
@@ -950,6 +992,7 @@ impl Config {
         loop {
             let err = match serde_path_to_error::deserialize::<_, Config>(doc.clone()) {
                 Ok(mut config) => {
+                    config.take_remotes()?;
                     config.load_secrets()?;
                     config.validate()?;
                     config.expand_shards();
@@ -986,24 +1029,38 @@ impl Config {
         }
     }
 
-    /// Reads `*.password_file`s into the passwords.
+    /// Reads `*.password_file`s into the passwords (named connections too).
     fn load_secrets(&mut self) -> Result<()> {
         let both = |key: &str| ConfigError::Key {
             key: key.to_string(),
             message: "set either password or password_file, not both".into(),
         };
-        if let Some(path) = &self.redis.password_file {
-            if self.redis.password.is_some() {
-                return Err(both("redis.password_file"));
-            }
-            self.redis.password = Some(read_secret("redis.password_file", path)?);
-        }
-        if let Some(ch) = &mut self.clickhouse {
-            if let Some(path) = &ch.password_file {
-                if !ch.password.is_empty() {
-                    return Err(both("clickhouse.password_file"));
+        let remotes = self
+            .redis_remote
+            .iter_mut()
+            .map(|(name, r)| (format!("redis.remote.{name}"), r));
+        for (section, redis) in
+            std::iter::once(("redis".to_string(), &mut self.redis)).chain(remotes)
+        {
+            if let Some(path) = &redis.password_file {
+                let key = format!("{section}.password_file");
+                if redis.password.is_some() {
+                    return Err(both(&key));
                 }
-                ch.password = read_secret("clickhouse.password_file", path)?;
+                redis.password = Some(read_secret(&key, path)?);
+            }
+        }
+        for ch in self
+            .clickhouse
+            .iter_mut()
+            .chain(self.clickhouse_remote.values_mut())
+        {
+            if let Some(path) = &ch.password_file {
+                let key = format!("{}.password_file", ch.key());
+                if !ch.password.is_empty() {
+                    return Err(both(&key));
+                }
+                ch.password = read_secret(&key, path)?;
             }
         }
         if let Some(console) = &mut self.console {
@@ -1028,27 +1085,13 @@ impl Config {
             key,
             message: message.to_string(),
         };
-        let schemes = [
-            "redis://",
-            "rediss://",
-            "redis-cluster://",
-            "rediss-cluster://",
-        ];
-        if !schemes.iter().any(|s| self.redis.url.starts_with(s)) {
-            return Err(bad(
-                "redis.url".into(),
-                "must start with redis://, rediss://, redis-cluster:// or rediss-cluster://",
-            ));
-        }
-        for (i, node) in self.redis.nodes.iter().enumerate() {
-            let port = node.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
-            if !matches!(port, Some((h, Ok(_))) if !h.is_empty()) {
-                return Err(bad(format!("redis.nodes[{i}]"), "must be host:port"));
-            }
-        }
+        validate_redis("redis", &self.redis)?;
         if let Some(ch) = &self.clickhouse {
             validate_clickhouse(ch)?;
         }
+        // Named connections (`[redis.remote.*]`, `[clickhouse.remote.*]`)
+        // and every reference to one.
+        self.validate_connections()?;
         if self.worker.block.is_zero() {
             return Err(bad(
                 "worker.block".into(),
@@ -1123,8 +1166,13 @@ impl Config {
                 ));
             }
             match &flow.sink {
-                SinkConfig::Clickhouse { table, shard_by } => {
-                    let Some(ch) = &self.clickhouse else {
+                SinkConfig::Clickhouse {
+                    table,
+                    shard_by,
+                    clickhouse,
+                } => {
+                    // A named connection is checked by validate_connections.
+                    let Some(ch) = self.clickhouse_for(clickhouse.as_deref()) else {
                         return Err(bad(
                             key("sink"),
                             "a clickhouse sink needs a [clickhouse] section",
@@ -1140,7 +1188,7 @@ impl Config {
                         if ch.urls.is_empty() {
                             return Err(bad(
                                 key("sink.shard_by"),
-                                "needs clickhouse.urls: the shards, in order",
+                                &format!("needs {}.urls: the shards, in order", ch.key()),
                             ));
                         }
                     }
@@ -1150,16 +1198,16 @@ impl Config {
             if let Some(handler) = &flow.handler {
                 validate_handler(flow, handler, &key("handler"))?;
             }
-            if flow.delivery == Delivery::ExactlyOnce {
-                if !matches!(flow.sink, SinkConfig::Clickhouse { .. }) {
-                    return Err(bad(key("delivery"), "exactly_once needs a clickhouse sink"));
-                }
-                if flow.batch_id_column.as_deref().unwrap_or("").is_empty() {
-                    return Err(bad(
-                        key("batch_id_column"),
-                        "exactly_once needs a column for the batch id",
-                    ));
-                }
+            // A stream sink's exactly-once needs no column: the target
+            // records what it was sent (crate::sink::stream_once).
+            if flow.delivery == Delivery::ExactlyOnce
+                && matches!(flow.sink, SinkConfig::Clickhouse { .. })
+                && flow.batch_id_column.as_deref().unwrap_or("").is_empty()
+            {
+                return Err(bad(
+                    key("batch_id_column"),
+                    "exactly_once needs a column for the batch id",
+                ));
             }
             let mut seen = std::collections::HashSet::new();
             for column in flow.metadata.names() {
@@ -1226,6 +1274,7 @@ impl Config {
         }
         crate::schedule::validate(&self.scheduler, &self.schedules)
             .map_err(|(key, message)| ConfigError::Key { key, message })?;
+        crate::source::config::validate(self)?;
         for (name, s) in &self.streams {
             if name.is_empty() {
                 return Err(bad("streams".into(), "stream name must not be empty"));
@@ -1298,18 +1347,46 @@ impl Config {
     }
 }
 
-fn validate_clickhouse(ch: &ClickHouseConfig) -> Result<()> {
+/// `redis.url` and `redis.nodes` of the section `section` (`redis` or
+/// `redis.remote.<name>`).
+pub(crate) fn validate_redis(section: &str, redis: &RedisConfig) -> Result<()> {
+    let schemes = [
+        "redis://",
+        "rediss://",
+        "redis-cluster://",
+        "rediss-cluster://",
+    ];
+    if !schemes.iter().any(|s| redis.url.starts_with(s)) {
+        return Err(key_error(
+            &format!("{section}.url"),
+            "must start with redis://, rediss://, redis-cluster:// or rediss-cluster://",
+        ));
+    }
+    for (i, node) in redis.nodes.iter().enumerate() {
+        let port = node.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
+        if !matches!(port, Some((h, Ok(_))) if !h.is_empty()) {
+            return Err(key_error(
+                &format!("{section}.nodes[{i}]"),
+                "must be host:port",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_clickhouse(ch: &ClickHouseConfig) -> Result<()> {
+    let section = ch.key();
     match (ch.url.is_empty(), ch.urls.is_empty()) {
         (false, false) => {
             return Err(key_error(
-                "clickhouse.urls",
-                "set either clickhouse.url or clickhouse.urls, not both",
+                &format!("{section}.urls"),
+                format!("set either {section}.url or {section}.urls, not both"),
             ))
         }
         (true, true) => {
             return Err(key_error(
-                "clickhouse.url",
-                "missing: set clickhouse.url (one server) or clickhouse.urls (several)",
+                &format!("{section}.url"),
+                format!("missing: set {section}.url (one server) or {section}.urls (several)"),
             ))
         }
         _ => {}
@@ -1326,7 +1403,7 @@ fn validate_clickhouse(ch: &ClickHouseConfig) -> Result<()> {
     }
     if ch.health_check_every < Duration::from_millis(100) {
         return Err(key_error(
-            "clickhouse.health_check_every",
+            &format!("{section}.health_check_every"),
             "must be at least 100ms",
         ));
     }
@@ -1342,7 +1419,7 @@ fn validate_clickhouse(ch: &ClickHouseConfig) -> Result<()> {
     Ok(())
 }
 
-fn key_error(key: &str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn key_error(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Key {
         key: key.to_string(),
         message: message.into(),

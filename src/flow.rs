@@ -139,11 +139,12 @@ impl Flow {
             }
         }
         let clickhouse = match &cfg.sink {
-            SinkConfig::Clickhouse { table, .. } => {
+            SinkConfig::Clickhouse {
+                table, clickhouse, ..
+            } => {
                 let ch = config
-                    .clickhouse
-                    .as_ref()
-                    .expect("validated: clickhouse sink has a section");
+                    .clickhouse_for(clickhouse.as_deref())
+                    .expect("validated: clickhouse sink has a connection");
                 let endpoint_metrics = config.metrics.listen.is_some().then_some(&metrics);
                 let waiting = |e: &crate::sink::clickhouse::SinkError| {
                     readiness.waiting(&cfg.name, format!("waiting for ClickHouse: {e}"));
@@ -225,10 +226,34 @@ impl Flow {
                     .collect();
                 let mut forbidden = cfg.streams.clone();
                 forbidden.push(cfg.dead_letter_stream());
-                FlowSink::Stream(Arc::new(
-                    StreamSink::new(s, caps, forbidden)
-                        .with_sharder(crate::shard::Sharder::new(config)),
-                ))
+                let mut sink = StreamSink::new(s, caps, forbidden)
+                    .with_sharder(crate::shard::Sharder::new(config));
+                // Targets on a named Redis (docs/DATAFLOW.md, "Across hosts").
+                if let Some(name) = s
+                    .redis
+                    .as_deref()
+                    .filter(|n| *n != crate::connections::DEFAULT)
+                {
+                    let target = client::connect(config.redis_for(Some(name)))
+                        .await
+                        .map_err(|e| {
+                            anyhow::anyhow!(
+                                "flow `{}`: redis.remote.{name}: cannot connect: {e}",
+                                cfg.name
+                            )
+                        })?;
+                    sink = sink.with_target(target, name);
+                }
+                if cfg.delivery == Delivery::ExactlyOnce {
+                    // Records outlive their ack by more than the flow holds.
+                    let keep = 3 * (cfg.read_count + cfg.batch.max_rows);
+                    sink = sink.with_exactly_once(crate::sink::stream_once::StreamOnce::new(
+                        &cfg.name,
+                        cfg.ledger_ttl,
+                        keep,
+                    ));
+                }
+                FlowSink::Stream(Arc::new(sink))
             }
             (None, SinkConfig::Clickhouse { .. }) => unreachable!("opened above"),
         };

@@ -4,6 +4,8 @@
 //!
 //! Map of the crate:
 //! - [`config`]: TOML + `SLUICE_…` env overrides, validated; errors name the key.
+//! - [`connections`]: named Redis / ClickHouse connections
+//!   (`[redis.remote.<name>]`, `[clickhouse.remote.<name>]`) and references to them.
 //! - [`stream`]: Redis Streams — message model, raw reply parsing, the
 //!   commands (XREADGROUP, XACK, XAUTOCLAIM, …), dead letters, group upkeep.
 //! - [`schema`]: a ClickHouse table's columns and types, from `system.columns`.
@@ -18,7 +20,9 @@
 //!   (`sink::ledger`), fenced stage-table inserts settled before any retry
 //!   (`sink::fenced`), the shared insert (`sink::exactly_once`) and the
 //!   recovery of dead replicas' batches (`sink::recover`).
-//!   The stream sink: routing, `max_len` backpressure, XADD then XACK.
+//!   The stream sink: routing, `max_len` backpressure, XADD then XACK,
+//!   possibly on another Redis; exactly-once by a dedup script on the
+//!   target (`sink::stream_once`).
 //! - [`flow`]: one flow's reader, claim loop, batcher and committer tasks.
 //! - [`handler`]: the processing step before a sink: exec (JSON-lines child
 //!   processes), http (POST per message) or a Rust [`handler::Handler`].
@@ -41,6 +45,9 @@
 //!   with `[console] listen`): pages and a JSON API over streams, groups,
 //!   dead letters, schedules and delayed jobs, and the live tap
 //!   (`sluice tap`).
+//! - [`source`]: `[[source]]` — a ClickHouse table read in cursor order
+//!   into a stream (once or following new rows), one replica at a time
+//!   (a lease), cursor kept in Redis, exactly-once with a script.
 //! - [`shard`]: sharded streams (`name:{0}` … for Redis Cluster): which
 //!   shard a producer writes an entry to.
 
@@ -48,6 +55,7 @@ pub mod batch;
 pub mod check;
 pub mod config;
 pub mod console;
+pub mod connections;
 pub mod convert;
 pub mod dead;
 pub mod delayed;
@@ -65,6 +73,7 @@ pub mod schedule;
 pub mod schema;
 pub mod shard;
 pub mod sink;
+pub mod source;
 pub mod status;
 pub mod stream;
 pub mod telemetry;

@@ -87,10 +87,18 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 print!("{}", sluice::status::render_table(&list));
-                if let Some(ch) = &config.clickhouse {
+                // The default ClickHouse, then the named ones.
+                for ch in config
+                    .clickhouse
+                    .iter()
+                    .chain(config.clickhouse_remote.values())
+                {
                     let endpoints = sluice::sink::endpoints::probe(ch).await;
                     print!("{}", sluice::status::render_endpoints(&endpoints));
                 }
+                print!("{}", sluice::connections::render_sinks(&config));
+                let sources = sluice::source::status::all(&config).await?;
+                print!("{}", sluice::source::status::render(&sources));
             }
             Ok(())
         }

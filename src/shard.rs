@@ -34,6 +34,24 @@ pub fn hash_tag(key: &str) -> Option<&str> {
     (!tag.is_empty()).then_some(tag)
 }
 
+/// A hash tag (braces included) that puts a key in the same Redis Cluster
+/// slot as `key`: `key`'s own tag, else `{key}` when that hashes as the
+/// whole name does, else the shortest number with that slot.
+pub fn same_slot_tag(key: &str) -> String {
+    if let Some(tag) = hash_tag(key) {
+        return format!("{{{tag}}}");
+    }
+    if !key.is_empty() && !key.contains('}') {
+        return format!("{{{key}}}");
+    }
+    let slot = fred::util::redis_keyslot(key.as_bytes());
+    let tag = (0u32..)
+        .map(|i| i.to_string())
+        .find(|t| fred::util::redis_keyslot(t.as_bytes()) == slot)
+        .expect("some number hashes to every slot");
+    format!("{{{tag}}}")
+}
+
 /// FNV-1a, 64 bits: stable across processes, versions and platforms, so
 /// every producer puts a given key on the same shard.
 pub fn fnv1a(data: &[u8]) -> u64 {
@@ -95,6 +113,28 @@ impl Sharder {
     /// `stream` itself unless it is sharded; else the shard its `shard_by`
     /// value hashes to, or the next one round-robin.
     pub fn pick<'a>(&'a self, stream: &'a str, fields: &[(Bytes, Bytes)]) -> &'a str {
+        self.pick_keyed(stream, fields, None)
+    }
+
+    /// Like [`Sharder::pick`], but where `pick` would go round-robin the
+    /// hash of `id` (the source entry's id) picks the shard, so a retried
+    /// entry lands on the shard it went to before: exactly-once stream
+    /// sinks find their dedup record there.
+    pub fn pick_by_id<'a>(
+        &'a self,
+        stream: &'a str,
+        fields: &[(Bytes, Bytes)],
+        id: &[u8],
+    ) -> &'a str {
+        self.pick_keyed(stream, fields, Some(id))
+    }
+
+    fn pick_keyed<'a>(
+        &'a self,
+        stream: &'a str,
+        fields: &[(Bytes, Bytes)],
+        id: Option<&[u8]>,
+    ) -> &'a str {
         let Some(s) = self.streams.get(stream) else {
             return stream;
         };
@@ -105,7 +145,9 @@ impl Sharder {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| (fnv1a(v) % n as u64) as usize)
         });
-        let i = keyed.unwrap_or_else(|| s.next.fetch_add(1, Ordering::Relaxed) % n);
+        let i = keyed
+            .or_else(|| id.map(|id| (fnv1a(id) % n as u64) as usize))
+            .unwrap_or_else(|| s.next.fetch_add(1, Ordering::Relaxed) % n);
         &s.shards[i]
     }
 
@@ -204,5 +246,42 @@ mod tests {
         rr.sort();
         rr.dedup();
         assert_eq!(rr.len(), 4, "no shard_by field: round-robin");
+    }
+
+    #[test]
+    fn same_slot_tags_share_the_slot() {
+        let slot = |k: &str| fred::util::redis_keyslot(k.as_bytes());
+        for key in ["jobs", "jobs:{3}", "{a}.b", "a{b", "a}b", "x{}y", "", "é"] {
+            let tag = same_slot_tag(key);
+            assert_eq!(
+                slot(&format!("sluice:x:{tag}:flow")),
+                slot(key),
+                "{key:?} → {tag}"
+            );
+        }
+        assert_eq!(same_slot_tag("jobs"), "{jobs}");
+        assert_eq!(same_slot_tag("jobs:{3}"), "{3}");
+    }
+
+    #[test]
+    fn pick_by_id_is_repeatable_where_pick_goes_round_robin() {
+        let s = sharder("");
+        let a = s.pick_by_id("jobs", &[], b"1-0").to_string();
+        for _ in 0..5 {
+            assert_eq!(s.pick_by_id("jobs", &[], b"1-0"), a);
+        }
+        let mut spread: Vec<&str> = (0..64)
+            .map(|i| s.pick_by_id("jobs", &[], format!("{i}-0").as_bytes()))
+            .collect();
+        spread.sort();
+        spread.dedup();
+        assert_eq!(spread.len(), 4);
+        let keyed = sharder("shard_by = \"user\"");
+        let f = vec![(Bytes::from("user"), Bytes::from("alice"))];
+        assert_eq!(
+            keyed.pick_by_id("jobs", &f, b"9-9"),
+            "jobs:{3}",
+            "shard_by still wins"
+        );
     }
 }

@@ -48,9 +48,13 @@ pub async fn run_with_handlers(
     metrics: Arc<Metrics>,
     handlers: Handlers,
 ) -> anyhow::Result<()> {
-    if config.flows.is_empty() && !config.scheduler.enabled && config.http.is_none() {
+    if config.flows.is_empty()
+        && config.sources.is_empty()
+        && !config.scheduler.enabled
+        && config.http.is_none()
+    {
         anyhow::bail!(
-            "config has no [[flow]], no [http] and [scheduler] is disabled: nothing to do"
+            "config has no [[flow]], no [[source]], no [http] and [scheduler] is disabled: nothing to do"
         );
     }
     require_redis_version(&config).await?;
@@ -153,7 +157,7 @@ pub async fn run_with_handlers(
         }
     }
     if config.flows.is_empty() {
-        shutdown.cancelled().await; // schedules only: run until told to stop
+        shutdown.cancelled().await; // schedules / sources only: run until told to stop
     }
     shutdown.cancel();
     let services = match started {
@@ -169,7 +173,7 @@ pub async fn run_with_handlers(
     result
 }
 
-/// The HTTP entry, the console, the gauge sampler, the schedules and delayed-job
+/// The HTTP entry, the console, the gauge sampler, the sources, the schedules and delayed-job
 /// promotion (every replica; Redis arbitrates): their tasks. Skipped when
 /// shutting down already.
 async fn start_services(
@@ -194,5 +198,10 @@ async fn start_services(
         shutdown.clone(),
     )));
     tasks.extend(crate::schedule::spawn(config, consumer, shutdown.clone()).await?);
+    // `[[source]]`s: every replica opens them, the lease holder runs each.
+    tasks.extend(crate::source::spawn_all(config, consumer, metrics, shutdown.clone()).await?);
+    if config.metrics.listen.is_some() {
+        crate::connections::export_info(metrics, config);
+    }
     Ok(tasks)
 }

@@ -15,3 +15,4 @@ pub mod retry;
 pub mod shard;
 pub mod stream;
 pub mod stuck;
+pub mod stream_once;

@@ -188,6 +188,11 @@ pub struct StreamSink {
     max_targets: usize,
     /// Which target streams are sharded, and how to pick a shard.
     sharder: crate::shard::Sharder,
+    /// `redis = "<name>"`: the targets' Redis and its name; None = the
+    /// flow's own Redis.
+    pub target: Option<(Client, String)>,
+    /// `delivery = "exactly_once"`: the dedup script on the target.
+    pub exactly_once: Option<Arc<super::stream_once::StreamOnce>>,
 }
 
 impl StreamSink {
@@ -211,6 +216,8 @@ impl StreamSink {
             capacity: cfg.capacity,
             max_targets: cfg.max_targets,
             sharder: crate::shard::Sharder::default(),
+            target: None,
+            exactly_once: None,
         };
         let mut registry = HashMap::new();
         for (value, targets) in &cfg.routes {
@@ -247,6 +254,19 @@ impl StreamSink {
     /// Writes to sharded targets go to their shards.
     pub fn with_sharder(mut self, sharder: crate::shard::Sharder) -> StreamSink {
         self.sharder = sharder;
+        self
+    }
+
+    /// Targets on another Redis (`redis = "<name>"`): XADDs and capacity
+    /// checks go to `client`, acks stay on the flow's own.
+    pub fn with_target(mut self, client: Client, connection: &str) -> StreamSink {
+        self.target = Some((client, connection.to_string()));
+        self
+    }
+
+    /// Exactly-once writes (see `sink::stream_once`).
+    pub fn with_exactly_once(mut self, once: super::stream_once::StreamOnce) -> StreamSink {
+        self.exactly_once = Some(Arc::new(once));
         self
     }
 
@@ -428,7 +448,12 @@ impl Router {
         let mut out: Vec<Arc<Target>> = Vec::with_capacity(set.len());
         for t in set.iter() {
             let target = if sink.sharder.is_sharded(&t.name) {
-                let shard = sink.sharder.pick(&t.name, &m.fields);
+                // Exactly-once: a retry must land on the shard holding its
+                // dedup record, so no round-robin.
+                let shard = match sink.exactly_once {
+                    Some(_) => sink.sharder.pick_by_id(&t.name, &m.fields, &m.id),
+                    None => sink.sharder.pick(&t.name, &m.fields),
+                };
                 self.target(shard, t.max_len)
             } else {
                 t.clone()
@@ -648,6 +673,16 @@ pub fn describe(cfg: &StreamSinkConfig, config: &Config) -> Vec<String> {
         }
         Capacity::Length => "XLEN",
     };
+    if let Some(name) = cfg
+        .redis
+        .as_deref()
+        .filter(|n| *n != crate::connections::DEFAULT)
+    {
+        let url = crate::config::redact_url(&config.redis_for(Some(name)).url);
+        out.push(format!(
+            "targets on redis `{name}` ({url}): XADDs and max_len checks there, acks at the source"
+        ));
+    }
     out.push(format!(
         "then XACKs at the source; pauses while a target is at its max_len, counting {counted} (re-checked every {:?})",
         cfg.check_every
@@ -698,7 +733,12 @@ pub struct StreamCommitter {
     pub group: String,
     pub dead_letter_stream: String,
     pub on_success: OnSuccess,
+    /// The source's Redis: acks and dead letters.
     pub redis: Client,
+    /// The targets' Redis: XADDs and capacity checks (the same client
+    /// unless the sink names another connection).
+    pub target: Client,
+    pub exactly_once: Option<Arc<super::stream_once::StreamOnce>>,
     pub metrics: FlowMetrics,
     pub pause: Arc<Pause>,
     pub check_every: Duration,
@@ -808,15 +848,22 @@ impl StreamCommitter {
             start = end;
         }
         // A refused message is acked through its dead letter.
-        let landed: Vec<Message> = batch
+        let (landed, routes): (Vec<Message>, Vec<RouteSet>) = batch
             .messages
             .into_iter()
+            .zip(batch.routes)
             .zip(refused)
             .filter_map(|(m, r)| (!r).then_some(m))
-            .collect();
-        self.finish(landed, dead)
+            .unzip();
+        let landed = self
+            .finish(landed, dead)
             .await
-            .map_err(|_| Abandoned(total))
+            .map_err(|_| Abandoned(total))?;
+        if let Some(once) = &self.exactly_once {
+            // Acked: no retry will look for these records again.
+            once.forget(&self.target, &landed, &routes).await;
+        }
+        Ok(())
     }
 
     /// Waits until at least one message from `start` fits; returns the end
@@ -922,7 +969,7 @@ impl StreamCommitter {
         }
         let script = ADD_UNDER_CAP_S.get_or_init(|| Script::from_lua(ADD_UNDER_CAP));
         let reply: Value = script
-            .evalsha_with_reload(&self.redis, vec![Key::from(target.key.clone())], args)
+            .evalsha_with_reload(&self.target, vec![Key::from(target.key.clone())], args)
             .await
             .map_err(|e| e.to_string())?;
         let (added, used) = match &reply {
@@ -954,6 +1001,11 @@ impl StreamCommitter {
             for t in set.iter() {
                 todo.push((i, t.clone()));
             }
+        }
+        if let Some(once) = &self.exactly_once {
+            return once
+                .write(&self.target, messages, routes, &self.hard_stop)
+                .await;
         }
         let mut refused: Vec<(usize, String)> = Vec::new();
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
@@ -1003,7 +1055,7 @@ impl StreamCommitter {
         round: &mut Round,
     ) {
         for part in pairs.chunks(PIPELINE) {
-            let pipeline = self.redis.pipeline();
+            let pipeline = self.target.pipeline();
             let mut queued = true;
             for (i, t) in part {
                 let m = &messages[*i];
@@ -1112,8 +1164,12 @@ impl StreamCommitter {
     }
 
     /// Dead-letters refused messages, then acks the rest, retrying Redis
-    /// errors until the hard stop.
-    async fn finish(&self, landed: Vec<Message>, dead: Vec<DeadLetter>) -> Result<(), ()> {
+    /// errors until the hard stop. Returns the acked messages.
+    async fn finish(
+        &self,
+        landed: Vec<Message>,
+        dead: Vec<DeadLetter>,
+    ) -> Result<Vec<Message>, ()> {
         let delete = self.on_success == OnSuccess::AckDel;
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         while let Err(error) = dead_letter_and_ack(
@@ -1162,7 +1218,7 @@ impl StreamCommitter {
             self.metrics.acked(stream, ids.len());
         }
         self.metrics.end_to_end(&landed);
-        Ok(())
+        Ok(landed)
     }
 }
 
@@ -1181,6 +1237,11 @@ pub async fn run(
         dead_letter_stream: flow.cfg.dead_letter_stream(),
         on_success: flow.cfg.on_success,
         redis: flow.command_client.clone(),
+        target: match &sink.target {
+            Some((client, _)) => client.clone(),
+            None => flow.command_client.clone(),
+        },
+        exactly_once: sink.exactly_once.clone(),
         metrics: flow.metrics.clone(),
         pause: flow.pause.clone(),
         check_every: sink.check_every,
@@ -1204,6 +1265,10 @@ pub async fn run(
                 tracing::error!(flow = %committer.flow, error = %e);
                 all_committed = false;
             }
+        }
+        // Nothing is in flight any more: the kept exactly-once records go.
+        if let (Some(once), true) = (&committer.exactly_once, all_committed) {
+            once.flush(&committer.target).await;
         }
         all_committed
     });
@@ -1362,6 +1427,7 @@ routes = { a = "jobs.a" }"#,
             check_every: Duration::from_millis(10),
             capacity: Capacity::Lag,
             max_targets: 10_000,
+            redis: None,
         };
         let mut r = router(&cfg);
         let set = r

@@ -266,3 +266,38 @@ pub fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> 
 }
 
 pub const LONG: Duration = Duration::from_secs(60);
+
+/// Drains `stream` as its consumer would (reads what is there, XDELs it)
+/// until `n` entries were seen, asserting it never holds more than `cap`;
+/// returns their `name` field values, sorted.
+pub async fn drain_capped(
+    client: &Client,
+    stream: &str,
+    cap: u64,
+    n: usize,
+    name: &str,
+) -> Vec<u64> {
+    let mut seen: Vec<u64> = Vec::new();
+    let started = std::time::Instant::now();
+    while seen.len() < n {
+        assert!(started.elapsed() < LONG, "drain stalled at {}", seen.len());
+        let batch = entries(client, stream).await;
+        assert!(
+            batch.len() as u64 <= cap,
+            "`{stream}` passed max_len: {}",
+            batch.len()
+        );
+        if batch.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let mut args: Vec<Value> = vec![stream.into()];
+        for (id, f) in &batch {
+            seen.push(field(f, name).unwrap().parse().unwrap());
+            args.push(id.as_str().into());
+        }
+        raw(client, "XDEL", args).await;
+    }
+    seen.sort_unstable();
+    seen
+}

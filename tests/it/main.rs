@@ -5,8 +5,10 @@
 
 mod bad_input;
 mod ch_endpoints;
+mod ch_source;
 mod chaos;
 mod cluster;
+mod cold_move;
 mod common;
 mod console;
 mod dataflow;
@@ -18,6 +20,7 @@ mod exactly_once;
 mod exec_replies;
 mod harness;
 mod harness_selftest;
+mod hosts;
 mod http_entry;
 mod ingest;
 mod lifecycle;

@@ -627,8 +627,19 @@ async fn prometheus_evaluates_every_dashboard_and_alert_expression() {
         metrics_port,
         &stream,
         &table,
-        r#"batch = { max_rows = 500, max_wait = "100ms" }
-claim = { min_idle = "3s", every = "500ms" }"#,
+        &format!(
+            r#"batch = {{ max_rows = 500, max_wait = "100ms" }}
+claim = {{ min_idle = "3s", every = "500ms" }}
+# The dashboard's source panels: a source copying the table to a stream.
+[[source]]
+name = "copy"
+type = "clickhouse"
+table = "{table}"
+cursor = "id"
+to = "{stream}.copy"
+mode = "follow"
+poll = "200ms""#
+        ),
     );
     let flow = format!("f_{stream}");
     let worker = Worker::spawn(&config);
