@@ -221,7 +221,7 @@ group = "g"
 max_deliveries = 3
 claim = {{ min_idle = "2s", every = "250ms" }}
 batch = {{ max_rows = 100, max_wait = "50ms" }}
-handler = {{ type = "exec", command = ["python3", "{script}"], workers = 2, timeout = "1s" }}
+handler = {{ type = "exec", command = ["python3", "{script}"], workers = 2, timeout = "5s" }}
 sink = {{ type = "stream", to = "{stream_out}" }}
 
 [[flow]]
