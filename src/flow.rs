@@ -186,6 +186,7 @@ impl Flow {
                     redis: command_client.clone(),
                     batch_id_column: cfg.batch_id_column.clone().unwrap_or_default(),
                     id_column: cfg.metadata.id.clone(),
+                    stream_column: cfg.metadata.stream.clone(),
                     metrics: metrics.clone(),
                 }),
                 on_success: cfg.on_success,

@@ -315,23 +315,29 @@ impl ClickHouseSink {
         })
     }
 
-    /// Values of `id_column` in rows carrying `batch_id` (exactly-once
-    /// recovery of a partial batch): the union over the endpoints read.
-    pub async fn batch_ids(
+    /// `(stream, entry id)` of the rows carrying `batch_id` (exactly-once
+    /// completion of a partly landed batch): the union over the endpoints
+    /// read. The stream is `""` when the table has no stream column.
+    pub async fn landed_keys(
         &self,
+        stream_column: Option<&str>,
         id_column: &str,
         batch_id_column: &str,
         batch_id: &str,
-    ) -> Result<Vec<String>, clickhouse::error::Error> {
+    ) -> Result<Vec<(String, String)>, clickhouse::error::Error> {
+        let stream = stream_column.map_or_else(
+            || "''".to_string(),
+            |c| format!("toString({})", quote_identifier(c)),
+        );
         let sql = format!(
-            "SELECT {} FROM {}.{} WHERE {} = ?",
+            "SELECT {stream}, toString({}) FROM {}.{} WHERE {} = ?",
             quote_identifier(id_column),
             quote_identifier(&self.schema.database),
             quote_identifier(&self.schema.table),
             quote_identifier(batch_id_column)
         );
         let lists = self
-            .read_all(|c| c.query(&sql).bind(batch_id).fetch_all::<String>())
+            .read_all(|c| c.query(&sql).bind(batch_id).fetch_all::<(String, String)>())
             .await?;
         Ok(lists.into_iter().flatten().collect())
     }

@@ -156,3 +156,115 @@ async fn killed_before_insert_has_its_batch_inserted_once() {
         b.log_contents()
     );
 }
+
+/// The open batch ids of a flow's ledger (`SMEMBERS sluice:eo:{flow}:open`).
+async fn open_batch_ids(s: &Stack, flow: &str) -> Vec<String> {
+    let key = format!("sluice:eo:{{{flow}}}:open");
+    match raw(&s.rc, "SMEMBERS", vec![key.into()]).await {
+        fred::types::Value::Array(ids) => ids.iter().filter_map(|v| v.as_string()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Item 5 of issue 11: a partly landed batch is completed per (stream, id),
+/// not per id. The two shards of one stream hold the same entry ids; a
+/// batch holding both is recorded, its worker dies, and only shard 0's rows
+/// landed (a move cut between partitions). The recovering worker must insert
+/// shard 1's rows, although rows with their ids are already in the table.
+#[tokio::test]
+async fn partly_landed_batch_is_completed_per_stream_not_by_id_alone() {
+    const PER_SHARD: usize = 20;
+    let s = Stack::start().await;
+    let (flow, stream, table) = (unique_name("eo5"), unique_name("eo5"), unique_name("eo5"));
+    s.ch.exec(&format!("CREATE TABLE {table} ({SEED_TABLE_COLUMNS}, _stream String, _batch String) ENGINE = MergeTree ORDER BY rec_id")).await;
+    let config = |ch_url: &str| {
+        config(&s.redis.url(), ch_url, &flow, &stream, &table)
+            .replace(
+                "metadata = { id = \"_id\" }",
+                "metadata = { id = \"_id\", stream = \"_stream\" }",
+            )
+            + &format!("\n[streams.\"{stream}\"]\nshards = 2\n")
+    };
+    let shards = [format!("{stream}:{{0}}"), format!("{stream}:{{1}}")];
+    let ch_proxy = TcpProxy::start(s.ch.http_addr());
+    let mut a = Worker::spawn(&config(&ch_proxy.url()));
+    wait_for(LONG, "A running", || async {
+        a.log_contents().contains("flow running")
+    })
+    .await;
+    ch_proxy.refuse();
+    // The same ids in both shards.
+    for i in 0..PER_SHARD {
+        for shard in &shards {
+            let id = format!("{}-0", i + 1);
+            let mut args: Vec<fred::types::Value> = vec![shard.as_str().into(), id.into()];
+            for (k, v) in seed_job(i) {
+                args.push(k.into());
+                args.push(fred::types::Value::Bytes(v.into()));
+            }
+            raw(&s.rc, "XADD", args).await;
+        }
+    }
+    wait_for(LONG, "one batch of both shards recorded", || async {
+        open_batches(&s.rc, &flow).await == 1
+    })
+    .await;
+    wait_for(LONG, "A retrying the insert", || async {
+        a.log_contents().contains("insert failed; settling")
+    })
+    .await;
+    a.kill();
+    a.wait_exit(LONG).await.expect("A exited");
+    let batch = open_batch_ids(&s, &flow).await.remove(0);
+    // Shard 0's rows of the batch land; shard 1's do not.
+    let rows: Vec<String> = (0..PER_SHARD)
+        .map(|i| {
+            let f: Vec<String> = seed_job(i)
+                .into_iter()
+                .map(|(_, v)| String::from_utf8(v).unwrap())
+                .collect();
+            format!(
+                "({}, '{}', '{}', '{}', '{}-0', '{}', '{batch}')",
+                f[0],
+                f[1],
+                f[2],
+                f[3],
+                i + 1,
+                shards[0]
+            )
+        })
+        .collect();
+    s.ch.exec(&format!(
+        "INSERT INTO {table} (rec_id, task_for, function_type, data, _id, _stream, _batch) VALUES {}",
+        rows.join(", ")
+    ))
+    .await;
+
+    let b = Worker::spawn(&config(&s.ch.url()));
+    wait_for(LONG, "B settled A's batch", || async {
+        pending(&s.rc, &shards[0], "g").await == 0
+            && pending(&s.rc, &shards[1], "g").await == 0
+            && open_batches(&s.rc, &flow).await == 0
+    })
+    .await;
+    assert!(
+        b.log_contents().contains("completing a partly landed batch"),
+        "{}",
+        b.log_contents()
+    );
+    assert_eq!(
+        s.ch.query_u64(&format!(
+            "SELECT count() FROM {table} WHERE _stream = '{}'",
+            shards[1]
+        ))
+        .await,
+        PER_SHARD as u64,
+        "shard 1's rows were taken for landed (same ids as shard 0's) and acked: lost"
+    );
+    assert_eq!(s.ch.count(&table).await, 2 * PER_SHARD as u64, "duplicates");
+    assert_eq!(
+        s.ch.query_u64(&format!("SELECT uniqExact(_stream, _id) FROM {table}"))
+            .await,
+        2 * PER_SHARD as u64
+    );
+}
