@@ -182,6 +182,7 @@ impl Flow {
                         &cfg.name,
                         cfg.ledger_ttl,
                         lease,
+                        &streams,
                     )),
                     redis: command_client.clone(),
                     batch_id_column: cfg.batch_id_column.clone().unwrap_or_default(),

@@ -77,15 +77,8 @@ impl Committer {
 
     /// Drops the ledger records of acked batches (exactly-once).
     async fn forget(&self, batch_ids: &[String]) {
-        let Some(eo) = &self.exactly_once else {
-            return;
-        };
-        for id in batch_ids {
-            // Best effort: a record left behind expires with ledger_ttl,
-            // and its members are acked, so nobody will look it up.
-            if let Err(e) = eo.ledger.forget(id).await {
-                tracing::warn!(flow = %self.flow, batch = %id, error = %e, "could not drop ledger record");
-            }
+        if let Some(eo) = &self.exactly_once {
+            eo.forget(batch_ids, &eo.committer()).await;
         }
     }
 
@@ -132,7 +125,9 @@ impl Committer {
     /// With batch ids (exactly-once), every insert — the whole batch, or a
     /// part while bisecting — is recorded under its own id first and goes
     /// through [`ExactlyOnce::insert`]; the ids used are appended to
-    /// `batch_ids`.
+    /// `batch_ids`, except those another replica took over (theirs to drop).
+    /// A part is recorded as a child of the part it was bisected from, so
+    /// every entry is in one open record at any time.
     async fn insert_isolating(
         &self,
         target: Target,
@@ -144,19 +139,24 @@ impl Committer {
         let with_ids = batch_id.is_some();
         let mut landed = Vec::with_capacity(messages.len());
         let mut refused = Vec::new();
-        // Work list of (messages, pre-encoded block and its batch id, if any).
-        type Part = (Vec<Message>, Option<(Bytes, Option<String>)>);
-        let mut todo: Vec<Part> = vec![(messages, Some((block, batch_id)))];
-        while let Some((part, encoded)) = todo.pop() {
+        // Work list of (messages, pre-encoded block and its batch id if
+        // any, the batch id of the part it was bisected from).
+        type Part = (
+            Vec<Message>,
+            Option<(Bytes, Option<String>)>,
+            Option<String>,
+        );
+        let mut todo: Vec<Part> = vec![(messages, Some((block, batch_id)), None)];
+        while let Some((part, encoded, parent)) = todo.pop() {
             let (block, id) = encoded.unwrap_or_else(|| {
                 let id = with_ids.then(new_batch_id);
                 (self.sink.mapper.encode_all(&part, id.as_deref()), id)
             });
-            let (part, result) = match (&self.exactly_once, id) {
+            let (part, result, id) = match (&self.exactly_once, id) {
                 (Some(eo), Some(id)) => {
                     let before = part.len();
                     let part = eo
-                        .record_owned(&id, part, &self.hard_stop)
+                        .record_owned(&id, parent.as_deref(), part, &self.hard_stop)
                         .await
                         .map_err(|_| ())?;
                     if part.is_empty() {
@@ -167,7 +167,6 @@ impl Committer {
                     } else {
                         self.sink.mapper.encode_all(&part, Some(&id))
                     };
-                    batch_ids.push(id.clone());
                     match eo
                         .insert(
                             Batch {
@@ -183,20 +182,27 @@ impl Committer {
                         .await
                         .map_err(|_| ())?
                     {
-                        Outcome::Landed => (part, None),
-                        Outcome::Refused(error) => (part, Some(error)),
+                        Outcome::Landed => {
+                            batch_ids.push(id.clone());
+                            (part, None, Some(id))
+                        }
+                        Outcome::Refused(error) => {
+                            batch_ids.push(id.clone());
+                            (part, Some(error), Some(id))
+                        }
                         Outcome::LeaseLost => {
                             // Our lease lapsed (Redis was unreachable for
                             // long) and a replica that claimed the entries
-                            // recovers the batch: nothing of ours to ack.
+                            // recovers the batch: nothing of ours to ack,
+                            // and its record is the other replica's to drop.
                             tracing::warn!(flow = %self.flow, batch = %id, rows = part.len(), "another replica took over the batch");
                             continue;
                         }
                     }
                 }
-                _ => {
+                (_, id) => {
                     let result = self.insert_with_retry(target, block, part.len()).await?;
-                    (part, result)
+                    (part, result, id)
                 }
             };
             match result {
@@ -214,8 +220,8 @@ impl Committer {
                     let mut left = part;
                     let right = left.split_off(left.len() / 2);
                     // Pop order: left half first, to keep rows roughly in order.
-                    todo.push((right, None));
-                    todo.push((left, None));
+                    todo.push((right, None, id.clone()));
+                    todo.push((left, None, id));
                 }
             }
         }

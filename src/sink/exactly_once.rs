@@ -78,19 +78,31 @@ impl ExactlyOnce {
         format!("{}#recover-{:08x}", self.consumer, rand::random::<u32>())
     }
 
-    /// Records `part` as batch `id`, then keeps only the members still
-    /// pending under our consumer (re-recording if some were taken). Entries
-    /// another replica claimed before the record existed are batched by it.
+    /// Records `part` as batch `id` (bisected from batch `parent`, which
+    /// gives its members up in the same step), then keeps only the members
+    /// still pending under our consumer (re-recording if some were taken).
+    /// Entries another replica claimed before the record existed are batched
+    /// by it. Empty when nothing is left for us to insert — including when
+    /// another replica holds the parent's lease: it recovers those entries.
     pub async fn record_owned(
         &self,
         id: &str,
+        parent: Option<&str>,
         mut part: Vec<Message>,
         stop: &CancellationToken,
     ) -> Result<Vec<Message>, Stopped> {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
-            let ours = match self.ledger.record(id, &self.committer(), &part).await {
-                Ok(()) => self.still_ours(&part).await,
+            let ours = match self
+                .ledger
+                .record(id, parent, &self.committer(), &part)
+                .await
+            {
+                Ok(true) => self.still_ours(&part).await,
+                Ok(false) => {
+                    tracing::warn!(flow = %self.flow, batch = %id, rows = part.len(), "another replica took over the batch this part was bisected from; leaving it");
+                    return Ok(Vec::new());
+                }
                 Err(e) => Err(e),
             };
             match ours {
@@ -102,7 +114,7 @@ impl ExactlyOnce {
                     }
                     tracing::warn!(flow = %self.flow, batch = %id, taken = before - part.len(), "entries were claimed by another replica before the batch was recorded; leaving them to it");
                     if part.is_empty() {
-                        let _ = self.ledger.forget(id).await;
+                        let _ = self.ledger.forget(id, &self.committer()).await;
                         return Ok(part);
                     }
                 }
@@ -112,6 +124,31 @@ impl ExactlyOnce {
                         return Err(Stopped);
                     }
                 }
+            }
+        }
+    }
+
+    /// Drops ledger records of batches this task is done with, and now and
+    /// then sweeps expired records out of the ledger (exporting how many
+    /// are open). Best effort: a record left behind expires with
+    /// `ledger_ttl`; a record another task holds the lease of stays (it is
+    /// that task's to drop).
+    pub async fn forget(&self, ids: &[String], holder: &str) {
+        for id in ids {
+            if let Err(e) = self.ledger.forget(id, holder).await {
+                tracing::warn!(flow = %self.flow, batch = %id, error = %e, "could not drop ledger record");
+            }
+        }
+        self.sweep_ledger().await;
+    }
+
+    /// Sweeps the ledger at most every 10 s; see [`Ledger::sweep`].
+    pub async fn sweep_ledger(&self) {
+        match self.ledger.sweep(Duration::from_secs(10)).await {
+            Ok(Some(open)) => self.metrics.exactly_once_open_batches(open),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(flow = %self.flow, %error, "sweeping the exactly-once ledger failed")
             }
         }
     }
@@ -394,16 +431,23 @@ mod tests {
 
     #[test]
     fn the_same_id_in_two_streams_is_matched_per_stream() {
-        let batch = [m("x:{0}", "5-0", 0), m("x:{1}", "5-0", 1), m("x:{1}", "6-0", 2)];
-        let (missing, duplicated) =
-            missing_members(&batch, &landed(&[("x:{0}", "5-0")]), true);
+        let batch = [
+            m("x:{0}", "5-0", 0),
+            m("x:{1}", "5-0", 1),
+            m("x:{1}", "6-0", 2),
+        ];
+        let (missing, duplicated) = missing_members(&batch, &landed(&[("x:{0}", "5-0")]), true);
         assert_eq!(missing, vec![batch[1].clone(), batch[2].clone()]);
         assert_eq!(duplicated, 0);
     }
 
     #[test]
     fn without_a_stream_column_an_id_shared_by_two_streams_is_inserted_again_whole() {
-        let batch = [m("x:{0}", "5-0", 0), m("x:{1}", "5-0", 1), m("x:{1}", "6-0", 2)];
+        let batch = [
+            m("x:{0}", "5-0", 0),
+            m("x:{1}", "5-0", 1),
+            m("x:{1}", "6-0", 2),
+        ];
         // One of the two `5-0` rows landed, which one is unknown: both go
         // again (one duplicate) rather than one being taken for landed.
         let (missing, duplicated) = missing_members(&batch, &landed(&[("", "5-0")]), false);

@@ -178,12 +178,10 @@ async fn partly_landed_batch_is_completed_per_stream_not_by_id_alone() {
     let (flow, stream, table) = (unique_name("eo5"), unique_name("eo5"), unique_name("eo5"));
     s.ch.exec(&format!("CREATE TABLE {table} ({SEED_TABLE_COLUMNS}, _stream String, _batch String) ENGINE = MergeTree ORDER BY rec_id")).await;
     let config = |ch_url: &str| {
-        config(&s.redis.url(), ch_url, &flow, &stream, &table)
-            .replace(
-                "metadata = { id = \"_id\" }",
-                "metadata = { id = \"_id\", stream = \"_stream\" }",
-            )
-            + &format!("\n[streams.\"{stream}\"]\nshards = 2\n")
+        config(&s.redis.url(), ch_url, &flow, &stream, &table).replace(
+            "metadata = { id = \"_id\" }",
+            "metadata = { id = \"_id\", stream = \"_stream\" }",
+        ) + &format!("\n[streams.\"{stream}\"]\nshards = 2\n")
     };
     let shards = [format!("{stream}:{{0}}"), format!("{stream}:{{1}}")];
     let ch_proxy = TcpProxy::start(s.ch.http_addr());
@@ -248,7 +246,8 @@ async fn partly_landed_batch_is_completed_per_stream_not_by_id_alone() {
     })
     .await;
     assert!(
-        b.log_contents().contains("completing a partly landed batch"),
+        b.log_contents()
+            .contains("completing a partly landed batch"),
         "{}",
         b.log_contents()
     );
@@ -266,5 +265,185 @@ async fn partly_landed_batch_is_completed_per_stream_not_by_id_alone() {
         s.ch.query_u64(&format!("SELECT uniqExact(_stream, _id) FROM {table}"))
             .await,
         2 * PER_SHARD as u64
+    );
+}
+
+/// Every open record of a flow's ledger: (batch id, [(stream, entry id)]).
+async fn open_records(s: &Stack, flow: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let mut out = Vec::new();
+    for id in open_batch_ids(s, flow).await {
+        let key = format!("sluice:eo:{{{flow}}}:batch:{id}");
+        if let Some(text) = raw(&s.rc, "GET", vec![key.into()]).await.as_string() {
+            out.push((id, serde_json::from_str(&text).expect("record is JSON")));
+        }
+    }
+    out
+}
+
+/// Item 7 of issue 11 (crash mid-bisect): a batch holding a row the server
+/// refuses is bisected, each part recorded under its own id. Killed after
+/// every good row landed but before any ack, the worker leaves the ledger
+/// with each entry in exactly one open record, so the replica that takes
+/// over settles each entry against the part that may hold it: the good rows
+/// are acked, not inserted again, and the bad one is dead-lettered.
+#[tokio::test]
+async fn killed_mid_bisect_leaves_each_entry_in_one_record_and_nothing_twice() {
+    const N: usize = 16;
+    let s = Stack::start().await;
+    let (flow, stream, table) = (
+        unique_name("eo7b"),
+        unique_name("eo7b"),
+        unique_name("eo7b"),
+    );
+    // throwIf in a MATERIALIZED column: converts fine, refused by the
+    // server when staged (the stage copies the column).
+    s.ch.exec(&format!(
+        "CREATE TABLE {table} ({SEED_TABLE_COLUMNS}, _batch String, chk UInt8 MATERIALIZED throwIf(rec_id = 1000)) ENGINE = MergeTree ORDER BY rec_id"
+    ))
+    .await;
+    let config = config(&s.redis.url(), &s.ch.url(), &flow, &stream, &table);
+    // No XACK: rows land, nothing is acked (nor dead-lettered and acked).
+    deny_acks(&s.rc, true).await;
+    let mut a = Worker::spawn(&config);
+    wait_for(LONG, "A running", || async {
+        a.log_contents().contains("flow running")
+    })
+    .await;
+    let ids = xadd_many(&s.rc, &stream, N, |i| {
+        seed_job(if i == 0 { 1000 } else { i })
+    })
+    .await;
+    wait_for(LONG, "every good row landed", || async {
+        s.ch.count(&table).await == N as u64 - 1
+    })
+    .await;
+    a.kill();
+    a.wait_exit(LONG).await.expect("A exited");
+    deny_acks(&s.rc, false).await;
+    assert_eq!(pending(&s.rc, &stream, "g").await, N as u64);
+
+    let records = open_records(&s, &flow).await;
+    for id in &ids {
+        let holders: Vec<&str> = records
+            .iter()
+            .filter(|(_, members)| members.iter().any(|(_, m)| m == id))
+            .map(|(b, _)| b.as_str())
+            .collect();
+        assert!(
+            holders.len() <= 1,
+            "entry {id} is in {} open records: {records:?}",
+            holders.len()
+        );
+    }
+
+    let b = Worker::spawn(&config);
+    wait_for(LONG, "B settled A's parts", || async {
+        pending(&s.rc, &stream, "g").await == 0 && open_batches(&s.rc, &flow).await == 0
+    })
+    .await;
+    assert_eq!(s.ch.count(&table).await, N as u64 - 1, "a good row twice");
+    assert_eq!(
+        s.ch.query_u64(&format!("SELECT uniqExact(_id) FROM {table}"))
+            .await,
+        N as u64 - 1
+    );
+    let dead = entries(&s.rc, &format!("{stream}:dead")).await;
+    assert!(
+        !dead.is_empty() && dead.iter().all(|(_, f)| field(f, "rec_id") == Some("1000")),
+        "{dead:?}\n{}",
+        b.log_contents()
+    );
+}
+
+/// Item 7 of issue 11 (stale forget): worker A, cut off from Redis while its
+/// insert fails, loses its batch to worker B, which takes the lapsed lease
+/// and recovers the batch. When A reaches Redis again it finds the lease
+/// taken and gives the batch up — without dropping the record B is working
+/// from. B then lands the rows and dies before its ack; C, taking over from
+/// B, finds the record and only acks: nothing is inserted twice.
+#[tokio::test]
+async fn replica_that_lost_its_lease_leaves_the_record_to_the_new_holder() {
+    let s = Stack::start().await;
+    let (flow, stream, table) = setup(&s).await;
+    let (redis_a, ch_a, ch_b) = (
+        TcpProxy::start(s.redis.addr()),
+        TcpProxy::start(s.ch.http_addr()),
+        TcpProxy::start(s.ch.http_addr()),
+    );
+    let config_via =
+        |redis_url: &str, ch_url: &str| config(redis_url, ch_url, &flow, &stream, &table);
+    let mut a = Worker::spawn(&config_via(&redis_a.redis_url(), &ch_a.url()));
+    wait_for(LONG, "A running", || async {
+        a.log_contents().contains("flow running")
+    })
+    .await;
+    ch_a.refuse();
+    let ids = xadd_many(&s.rc, &stream, N, seed_job).await;
+    wait_for(LONG, "A's batch recorded", || async {
+        open_batches(&s.rc, &flow).await == 1
+    })
+    .await;
+    wait_for(LONG, "A retrying the insert", || async {
+        a.log_contents().contains("insert failed; settling")
+    })
+    .await;
+    let batch = open_batch_ids(&s, &flow).await.remove(0);
+    let record_key = format!("sluice:eo:{{{flow}}}:batch:{batch}");
+    // A is cut off from Redis: it cannot renew its lease nor keep its
+    // entries alive. B claims them and, once the lease lapsed, recovers the
+    // batch — and stays in the middle of it (its ClickHouse holds requests).
+    redis_a.refuse();
+    let mut b = Worker::spawn(&config_via(&s.redis.url(), &ch_b.url()));
+    wait_for(LONG, "B running", || async {
+        b.log_contents().contains("flow running")
+    })
+    .await;
+    // Well within A's lease (insert_timeout + 5 s): B cannot have taken
+    // the batch yet.
+    ch_b.stall();
+    wait_for(LONG, "B recovering A's batch", || async {
+        b.log_contents()
+            .contains("recovering a dead replica's batch")
+    })
+    .await;
+    // A is back: its next try finds the lease taken.
+    redis_a.pass();
+    wait_for(LONG, "A gave the batch up", || async {
+        a.log_contents()
+            .contains("another replica took over the batch")
+    })
+    .await;
+    a.term();
+    a.wait_exit(LONG).await.expect("A exited");
+    assert!(
+        raw(&s.rc, "EXISTS", vec![record_key.clone().into()])
+            .await
+            .as_u64()
+            == Some(1),
+        "A dropped the record B is recovering\n{}",
+        a.log_contents()
+    );
+    // B lands the batch but cannot ack it, and dies.
+    deny_acks(&s.rc, true).await;
+    ch_b.pass();
+    wait_for(LONG, "B inserted the batch", || async {
+        s.ch.count(&table).await == N as u64
+    })
+    .await;
+    b.kill();
+    b.wait_exit(LONG).await.expect("B exited");
+    deny_acks(&s.rc, false).await;
+
+    let c = Worker::spawn(&config_via(&s.redis.url(), &s.ch.url()));
+    wait_for(LONG, "C settled the batch", || async {
+        pending(&s.rc, &stream, "g").await == 0 && open_batches(&s.rc, &flow).await == 0
+    })
+    .await;
+    assert_exactly_once(&s, &table, &ids).await;
+    assert!(
+        c.log_contents()
+            .contains("ClickHouse holds the whole batch"),
+        "{}",
+        c.log_contents()
     );
 }

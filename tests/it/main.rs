@@ -17,6 +17,7 @@ mod harness;
 mod harness_selftest;
 mod http_entry;
 mod ingest;
+mod ledger;
 mod lifecycle;
 mod observability;
 mod outage;
