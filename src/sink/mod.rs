@@ -1,6 +1,7 @@
 //! Sinks: where a flow's batches land, and the commit step that acks only
 //! what the sink confirmed.
 
+pub mod ack_gate;
 pub mod clickhouse;
 pub mod commit;
 pub mod endpoints;

@@ -706,3 +706,84 @@ async fn exactly_once_with_shard_by_recovers_each_part_once() {
         assert_eq!(wrong, 0, "shard {shard} holds rows of the other shard");
     }
 }
+
+/// An exec handler giving two outputs per message: `key = "a"` (shard 0 by
+/// `cityHash64`) and `key = "b"` (shard 1), both carrying the message's `n`.
+const TWO_SHARD_OUTPUTS: &str = r#"
+import json, sys
+for line in sys.stdin:
+    req = json.loads(line)
+    n = req["fields"].get("n", "")
+    out = [{"key": "a", "n": n}, {"key": "b", "n": n}]
+    sys.stdout.write(json.dumps({"id": req["id"], "outputs": out}) + "\n")
+    sys.stdout.flush()
+"#;
+
+/// Item 8 of issue 11: with a handler and `shard_by`, a message's outputs go
+/// to different shards. While shard B is down, shard A's outputs land — but
+/// no source may be acked before its output on B has landed too. A worker
+/// stopped then (B's part abandoned at the deadline) leaves every message
+/// pending; with B back, another worker lands every output.
+#[tokio::test]
+async fn handler_outputs_on_two_shards_ack_their_source_only_when_both_landed() {
+    let mut c = Cluster::start().await;
+    let (stream, table) = (unique_name("chep_ho"), unique_name("chep_ho"));
+    c.exec_both(&format!(
+        "CREATE TABLE {table} (key String, n UInt64, _id String) ENGINE = MergeTree ORDER BY n"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("two_shards.py");
+    std::fs::write(&script, TWO_SHARD_OUTPUTS).unwrap();
+    let config = c.config(
+        "",
+        &format!(
+            "streams = [\"{stream}\"]\nsink = {{ type = \"clickhouse\", table = \"{table}\", shard_by = \"key\" }}\nhandler = {{ type = \"exec\", command = [\"python3\", \"{}\"], timeout = \"2s\" }}",
+            script.display()
+        ),
+        free_port(),
+    );
+    let mut w = Worker::spawn(&config);
+    wait_for(LONG, "worker running", || async {
+        w.log_contents().contains("flow running")
+    })
+    .await;
+    c.b.stop().await;
+    const N: usize = 50;
+    xadd_many(&c.rc, &stream, N, |i| {
+        vec![("n".to_string(), i.to_string().into_bytes())]
+    })
+    .await;
+    wait_for(LONG, "outputs for shard A landed", || async {
+        c.a.count(&table).await == N as u64
+    })
+    .await;
+    // Stopped with B still down: B's part is abandoned at the deadline; what
+    // the worker acked by then, it acked with B's outputs missing.
+    w.term();
+    w.wait_exit(LONG).await.expect("worker exited");
+    assert_eq!(
+        pending(&c.rc, &stream, "g").await,
+        N as u64,
+        "sources acked before their outputs on shard B landed\n{}",
+        w.log_contents()
+    );
+
+    c.b.start_again().await;
+    // The same config (and metrics port): the first worker has exited.
+    let _w2 = Worker::spawn(&config);
+    wait_for(LONG, "every output on shard B", || async {
+        pending(&c.rc, &stream, "g").await == 0 && c.b.count(&table).await >= N as u64
+    })
+    .await;
+    assert_eq!(
+        c.b.query_u64(&format!("SELECT uniqExact(n) FROM {table} WHERE key = 'b'"))
+            .await,
+        N as u64
+    );
+    assert_eq!(
+        c.b.query_u64(&format!("SELECT countIf(key != 'b') FROM {table}"))
+            .await,
+        0
+    );
+}
