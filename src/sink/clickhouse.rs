@@ -11,9 +11,10 @@ use bytes::Bytes;
 use clickhouse::Client;
 
 use super::endpoints::{Endpoint, Endpoints};
+use super::eo_table::{completion_warning, EoTable, EoTableError};
 use super::shard::Sharding;
 use crate::batch::{MappingError, RowMapper};
-use crate::config::{ClickHouseConfig, FlowConfig, SinkConfig};
+use crate::config::{ClickHouseConfig, Delivery, FlowConfig, SinkConfig};
 use crate::metrics::Metrics;
 use crate::schema::{SchemaError, TableSchema};
 
@@ -27,6 +28,8 @@ pub enum SinkError {
     Mapping(#[from] MappingError),
     #[error("no ClickHouse endpoint answered: {0}")]
     NoEndpoint(String),
+    #[error(transparent)]
+    ExactlyOnce(#[from] EoTableError),
 }
 
 /// A client for `cfg`'s first endpoint. Validation is off: it sends a
@@ -83,6 +86,9 @@ pub struct ClickHouseSink {
     insert_timeout: Duration,
     /// `shard_by`: the endpoints are shards, rows routed by this field.
     pub sharding: Option<Sharding>,
+    /// Exactly-once: how a batch is looked up in the table (checked to
+    /// keep a countable row for every row inserted when the flow opened).
+    pub eo_table: Option<EoTable>,
 }
 
 impl ClickHouseSink {
@@ -139,6 +145,13 @@ impl ClickHouseSink {
             } => Some(Sharding::new(field, endpoints.len())),
             _ => None,
         };
+        let eo_table = match flow.delivery {
+            Delivery::ExactlyOnce => Some(EoTable::inspect(&first.client, db, table).await?),
+            Delivery::AtLeastOnce => None,
+        };
+        if let Some(warning) = eo_table.as_ref().and_then(|_| completion_warning(flow)) {
+            tracing::warn!(flow = %flow.name, "exactly_once: {warning}");
+        }
         endpoints.spawn_health_checks();
         Ok(ClickHouseSink {
             endpoints,
@@ -147,6 +160,7 @@ impl ClickHouseSink {
             mapper,
             insert_timeout: cfg.insert_timeout,
             sharding,
+            eo_table,
         })
     }
 
@@ -250,96 +264,19 @@ impl ClickHouseSink {
     /// each must answer. Shards: all of them, each must answer (a part is
     /// on its shard only). Replicas / Distributed nodes: the healthy ones
     /// (all when none is), one answer is enough.
-    fn read_endpoints(&self) -> (Vec<&Endpoint>, bool) {
+    pub fn read_endpoints(&self) -> (Vec<usize>, bool) {
         if self.sharding.is_some() {
-            return (self.endpoints.iter().collect(), true);
+            return ((0..self.endpoints.len()).collect(), true);
         }
         let any_up = self.endpoints.iter().any(|e| e.is_up());
         let list = self
             .endpoints
             .iter()
-            .filter(|e| !any_up || e.is_up())
+            .enumerate()
+            .filter(|(_, e)| !any_up || e.is_up())
+            .map(|(i, _)| i)
             .collect();
         (list, false)
-    }
-
-    /// Runs `query` on the recovery read endpoints; the answers, or the
-    /// error that makes them incomplete.
-    async fn read_all<T, F, Fut>(&self, query: F) -> Result<Vec<T>, clickhouse::error::Error>
-    where
-        F: Fn(&Client) -> Fut,
-        Fut: std::future::Future<Output = Result<T, clickhouse::error::Error>>,
-    {
-        let (endpoints, all_needed) = self.read_endpoints();
-        let mut answers = Vec::new();
-        let mut last_error = None;
-        for e in endpoints {
-            match query(&e.client).await {
-                Ok(v) => answers.push(v),
-                Err(err) if all_needed => return Err(err),
-                Err(err) => {
-                    tracing::warn!(endpoint = %e.label, error = %err, "exactly-once recovery read failed on this endpoint");
-                    last_error = Some(err);
-                }
-            }
-        }
-        match (answers.is_empty(), last_error) {
-            (true, Some(err)) => Err(err),
-            _ => Ok(answers),
-        }
-    }
-
-    /// Rows carrying `batch_id` in `column` (exactly-once recovery).
-    /// Replicas / Distributed nodes: the largest count a healthy endpoint
-    /// gives — a lagging replica may not hold the batch yet, so the batch
-    /// is missed only if no reachable one has it (docs/CLICKHOUSE_CLUSTER.md).
-    /// Shards: the sum over every shard, all of which must answer.
-    pub async fn count_batch(
-        &self,
-        column: &str,
-        batch_id: &str,
-    ) -> Result<u64, clickhouse::error::Error> {
-        let sql = format!(
-            "SELECT count() FROM {}.{} WHERE {} = ?",
-            quote_identifier(&self.schema.database),
-            quote_identifier(&self.schema.table),
-            quote_identifier(column)
-        );
-        let counts = self
-            .read_all(|c| c.query(&sql).bind(batch_id).fetch_one::<u64>())
-            .await?;
-        Ok(if self.sharding.is_some() {
-            counts.iter().sum()
-        } else {
-            counts.into_iter().max().unwrap_or(0)
-        })
-    }
-
-    /// `(stream, entry id)` of the rows carrying `batch_id` (exactly-once
-    /// completion of a partly landed batch): the union over the endpoints
-    /// read. The stream is `""` when the table has no stream column.
-    pub async fn landed_keys(
-        &self,
-        stream_column: Option<&str>,
-        id_column: &str,
-        batch_id_column: &str,
-        batch_id: &str,
-    ) -> Result<Vec<(String, String)>, clickhouse::error::Error> {
-        let stream = stream_column.map_or_else(
-            || "''".to_string(),
-            |c| format!("toString({})", quote_identifier(c)),
-        );
-        let sql = format!(
-            "SELECT {stream}, toString({}) FROM {}.{} WHERE {} = ?",
-            quote_identifier(id_column),
-            quote_identifier(&self.schema.database),
-            quote_identifier(&self.schema.table),
-            quote_identifier(batch_id_column)
-        );
-        let lists = self
-            .read_all(|c| c.query(&sql).bind(batch_id).fetch_all::<(String, String)>())
-            .await?;
-        Ok(lists.into_iter().flatten().collect())
     }
 }
 

@@ -325,7 +325,17 @@ impl ExactlyOnce {
         messages: &[Message],
         block: &Bytes,
     ) -> Result<Settled, clickhouse::error::Error> {
-        let held = fenced::settle(&self.sink, &self.batch_id_column, id).await? as usize;
+        let lookup = fenced::Lookup {
+            batch_column: &self.batch_id_column,
+            batch_id: id,
+            block,
+            keys: self
+                .id_column
+                .as_deref()
+                .map(|id| (self.stream_column.as_deref(), id)),
+        };
+        let found = fenced::settle(&self.sink, &lookup).await?;
+        let held = found.rows as usize;
         if held >= messages.len() {
             tracing::info!(flow = %self.flow, batch = %id, rows = held, "ClickHouse holds the whole batch");
             return Ok(Settled::All);
@@ -333,19 +343,11 @@ impl ExactlyOnce {
         if held == 0 {
             return Ok(Settled::Nothing);
         }
-        let Some(id_column) = &self.id_column else {
+        if self.id_column.is_none() {
             tracing::warn!(flow = %self.flow, batch = %id, held, members = messages.len(), "ClickHouse holds part of the batch and no metadata.id column tells which rows: inserting all again (duplicates)");
             return Ok(Settled::Part(block.clone()));
-        };
-        let landed = self
-            .sink
-            .landed_keys(
-                self.stream_column.as_deref(),
-                id_column,
-                &self.batch_id_column,
-                id,
-            )
-            .await?;
+        }
+        let landed = found.keys;
         let (missing, duplicated) =
             missing_members(messages, &landed, self.stream_column.is_some());
         if duplicated > 0 {

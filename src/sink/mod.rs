@@ -5,6 +5,7 @@ pub mod ack_gate;
 pub mod clickhouse;
 pub mod commit;
 pub mod endpoints;
+pub mod eo_table;
 pub mod exactly_once;
 pub mod fenced;
 pub mod ledger;

@@ -447,3 +447,128 @@ async fn replica_that_lost_its_lease_leaves_the_record_to_the_new_holder() {
         c.log_contents()
     );
 }
+
+/// Item 6 of issue 11: exactly-once counts a batch's rows to settle it, so
+/// `sluice check` and start-up refuse tables where the count cannot equal
+/// the rows inserted (or cannot be read through an index), naming why.
+#[tokio::test]
+async fn exactly_once_is_refused_on_tables_whose_count_cannot_hold() {
+    let s = Stack::start().await;
+    let cases = [
+        ("ENGINE = Null", "engine Null: it stores nothing"),
+        (
+            "ENGINE = SummingMergeTree ORDER BY rec_id",
+            "engine SummingMergeTree: merges fold rows",
+        ),
+        (
+            "ENGINE = ReplacingMergeTree ORDER BY rec_id",
+            "engine ReplacingMergeTree: merges fold rows",
+        ),
+        (
+            "ENGINE = CollapsingMergeTree(sign) ORDER BY rec_id",
+            "engine CollapsingMergeTree: merges fold rows",
+        ),
+        (
+            "ENGINE = Buffer(default, x, 1, 10, 100, 10000, 1000000, 10000000, 100000000)",
+            "engine Buffer",
+        ),
+        ("ENGINE = Memory", "engine Memory"),
+        ("ENGINE = MergeTree ORDER BY tuple()", "no primary key"),
+    ];
+    for (engine, reason) in cases {
+        let (flow, stream, table) = (unique_name("eo6"), unique_name("eo6"), unique_name("eo6"));
+        s.ch.exec(&format!(
+            "CREATE TABLE {table} ({SEED_TABLE_COLUMNS}, _batch String, sign Int8 DEFAULT 1) {engine}"
+        ))
+        .await;
+        let text = config(&s.redis.url(), &s.ch.url(), &flow, &stream, &table);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, &text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["check", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && stderr.contains(&format!("cannot be used with table `default.{table}`"))
+                && stderr.contains(reason),
+            "{engine}: check must refuse with {reason:?}; got {}:\n{}{stderr}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let mut w = Worker::spawn(&text);
+        let status = w.wait_exit(LONG).await.expect("run refuses to start");
+        assert!(!status.success());
+        assert!(w.log_contents().contains(reason), "{}", w.log_contents());
+    }
+}
+
+/// Item 6 of issue 11: settling a batch reads a bounded part of a large
+/// table. A table of 4M rows; a recovered batch of 2000 is settled (the
+/// fence, then the count) by reading a few granules — ClickHouse's
+/// `SelectedMarks` grows by far less than the table's 488 marks (a
+/// `WHERE _batch = …` scan reads them all).
+#[tokio::test]
+async fn settle_reads_a_bounded_part_of_a_large_table() {
+    const ROWS: u64 = 4_000_000;
+    let s = Stack::start().await;
+    let (flow, stream, table) = setup(&s).await;
+    s.ch.exec(&format!(
+        "INSERT INTO {table} SELECT number + 1000000, 'x', 'y', 'z', '', '' FROM numbers({ROWS})"
+    ))
+    .await;
+    let ch_proxy = TcpProxy::start(s.ch.http_addr());
+    let mut a = Worker::spawn(&config(
+        &s.redis.url(),
+        &ch_proxy.url(),
+        &flow,
+        &stream,
+        &table,
+    ));
+    wait_for(LONG, "A running", || async {
+        a.log_contents().contains("flow running")
+    })
+    .await;
+    ch_proxy.refuse();
+    let ids = xadd_many(&s.rc, &stream, N, seed_job).await;
+    wait_for(LONG, "A retrying the insert", || async {
+        a.log_contents().contains("insert failed; settling")
+    })
+    .await;
+    a.kill();
+    a.wait_exit(LONG).await.expect("A exited");
+
+    let marks = || {
+        s.ch.query_u64(
+            "SELECT toUInt64(sum(value)) FROM system.events WHERE event = 'SelectedMarks'",
+        )
+    };
+    let before = marks().await;
+    let b = Worker::spawn(&config(&s.redis.url(), &s.ch.url(), &flow, &stream, &table));
+    wait_for(LONG, "B settled and inserted A's batch", || async {
+        pending(&s.rc, &stream, "g").await == 0 && open_batches(&s.rc, &flow).await == 0
+    })
+    .await;
+    let read = marks().await - before;
+    assert!(
+        b.log_contents()
+            .contains("no earlier attempt had landed it"),
+        "{}",
+        b.log_contents()
+    );
+    let table_marks = ROWS.div_ceil(8192);
+    assert!(
+        read < table_marks / 10,
+        "settling read {read} marks of a {table_marks}-mark table"
+    );
+    assert_eq!(s.ch.count(&table).await, ROWS + N as u64);
+    assert_eq!(
+        s.ch.query_u64(&format!(
+            "SELECT uniqExact(_id) FROM {table} WHERE _batch != ''"
+        ))
+        .await,
+        ids.len() as u64
+    );
+}
