@@ -45,16 +45,24 @@ pub async fn server_version(client: &Client) -> Result<String, clickhouse::error
 
 /// Backquotes an identifier so no table or database name can inject SQL.
 pub fn quote_identifier(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 2);
-    out.push('`');
-    for c in name.chars() {
-        match c {
-            '`' => out.push_str("\\`"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
+    quoted(name, '`')
+}
+
+/// `text` as a string literal, for SQL sent without bound parameters.
+pub fn quote_string(text: &str) -> String {
+    quoted(text, '\'')
+}
+
+fn quoted(text: &str, quote: char) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push(quote);
+    for c in text.chars() {
+        if c == quote || c == '\\' {
+            out.push('\\');
         }
+        out.push(c);
     }
-    out.push('`');
+    out.push(quote);
     out
 }
 
@@ -307,6 +315,7 @@ mod tests {
             "`a\\`; DROP TABLE x; --`"
         );
         assert_eq!(quote_identifier("back\\slash"), "`back\\\\slash`");
+        assert_eq!(quote_string("a'b\\c"), "'a\\'b\\\\c'");
     }
 
     #[test]

@@ -25,7 +25,6 @@ use std::fmt::Write;
 
 use clickhouse::Client;
 
-use super::clickhouse::quote_identifier;
 use crate::config::FlowConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -358,11 +357,6 @@ pub fn distributed_target(engine_full: &str, default_db: &str) -> Option<(String
         db
     };
     (!table.is_empty()).then_some((db, table))
-}
-
-/// A quoted `db.table`.
-pub fn table_sql(database: &str, table: &str) -> String {
-    format!("{}.{}", quote_identifier(database), quote_identifier(table))
 }
 
 #[cfg(test)]

@@ -17,13 +17,18 @@
 //! finds no table and fails — and only then counts the batch's rows in the
 //! target. The count is then final: the caller acks, retries, or completes a
 //! partial move, knowing that no earlier attempt can land afterwards.
+//!
+//! The count reads through the target's primary key: the batch is staged
+//! once more as a probe, and only rows whose key values are among the
+//! probe's are read ([`super::eo_table`]), so a settle reads a few granules
+//! however large the table is.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use clickhouse::error::Error;
 
-use super::clickhouse::{quote_identifier, ClickHouseSink};
+use super::clickhouse::{quote_identifier, quote_string, ClickHouseSink};
 use super::endpoints::Endpoint;
 use super::eo_table::EoTable;
 use super::retry::{classify, Disposition};
@@ -332,7 +337,7 @@ async fn find_where(
     let mut filter = format!(
         "{} = {}",
         quote_identifier(lookup.batch_column),
-        string_literal(lookup.batch_id)
+        quote_string(lookup.batch_id)
     );
     if let Some(bound) = bound {
         filter = format!("{filter} AND {bound}");
@@ -371,21 +376,6 @@ async fn find_where(
     }
 }
 
-/// `s` as a ClickHouse string literal.
-fn string_literal(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        match c {
-            '\'' => out.push_str("\\'"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
-}
-
 /// The error is a refused TCP connection (no server listening).
 fn connection_refused(error: &Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
@@ -403,11 +393,6 @@ fn connection_refused(error: &Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn batch_ids_are_quoted_as_literals() {
-        assert_eq!(string_literal("a'b\\c"), "'a\\'b\\\\c'");
-    }
 
     #[test]
     fn replicas_answers_combine_to_the_largest_per_entry() {

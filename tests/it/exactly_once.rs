@@ -33,6 +33,48 @@ async fn setup(s: &Stack) -> (String, String, String) {
     (flow, stream, table)
 }
 
+/// Starts worker A on `config`, makes its ClickHouse (`ch_proxy`) refuse
+/// connections, adds messages with `produce`, and returns A (and what
+/// `produce` returned) once their batch is recorded and its insert failing.
+async fn worker_with_failing_batch<T>(
+    s: &Stack,
+    flow: &str,
+    config: &str,
+    ch_proxy: &TcpProxy,
+    produce: impl std::future::Future<Output = T>,
+) -> (Worker, T) {
+    let a = Worker::spawn(config);
+    wait_for(LONG, "A running", || async {
+        a.log_contents().contains("flow running")
+    })
+    .await;
+    ch_proxy.refuse();
+    let produced = produce.await;
+    wait_for(LONG, "A's batch recorded in the ledger", || async {
+        open_batches(&s.rc, flow).await == 1
+    })
+    .await;
+    wait_for(LONG, "A retrying the insert", || async {
+        a.log_contents().contains("insert failed; settling")
+    })
+    .await;
+    (a, produced)
+}
+
+/// Waits until nothing of `streams` is pending in group `g` and the flow's
+/// ledger is empty: every batch settled, acked and dropped.
+async fn wait_settled(s: &Stack, flow: &str, streams: &[&str]) {
+    wait_for(LONG, "every batch settled, acked and dropped", || async {
+        for stream in streams {
+            if pending(&s.rc, stream, "g").await != 0 {
+                return false;
+            }
+        }
+        open_batches(&s.rc, flow).await == 0
+    })
+    .await;
+}
+
 async fn assert_exactly_once(s: &Stack, table: &str, ids: &[String]) {
     assert_eq!(
         s.ch.count(table).await,
@@ -92,14 +134,7 @@ async fn killed_between_insert_and_ack_is_acked_without_reinsert() {
     );
 
     let b = Worker::spawn(&config(&s.redis.url(), &s.ch.url(), &flow, &stream, &table));
-    wait_for(LONG, "B settled A's batch", || async {
-        pending(&s.rc, &stream, "g").await == 0
-    })
-    .await;
-    wait_for(LONG, "ledger emptied", || async {
-        open_batches(&s.rc, &flow).await == 0
-    })
-    .await;
+    wait_settled(&s, &flow, &[&stream]).await;
     assert_exactly_once(&s, &table, &ids).await;
     assert!(
         b.log_contents()
@@ -114,40 +149,21 @@ async fn killed_before_insert_has_its_batch_inserted_once() {
     let s = Stack::start().await;
     let (flow, stream, table) = setup(&s).await;
     let ch_proxy = TcpProxy::start(s.ch.http_addr());
-    let mut a = Worker::spawn(&config(
-        &s.redis.url(),
-        &ch_proxy.url(),
+    let config_a = config(&s.redis.url(), &ch_proxy.url(), &flow, &stream, &table);
+    let (mut a, ids) = worker_with_failing_batch(
+        &s,
         &flow,
-        &stream,
-        &table,
-    ));
-    wait_for(LONG, "A running", || async {
-        a.log_contents().contains("flow running")
-    })
-    .await;
-    ch_proxy.refuse();
-    let ids = xadd_many(&s.rc, &stream, N, seed_job).await;
-    wait_for(LONG, "batch recorded in the ledger", || async {
-        open_batches(&s.rc, &flow).await == 1
-    })
-    .await;
-    wait_for(LONG, "A retrying the insert", || async {
-        a.log_contents().contains("insert failed; settling")
-    })
+        &config_a,
+        &ch_proxy,
+        xadd_many(&s.rc, &stream, N, seed_job),
+    )
     .await;
     a.kill();
     a.wait_exit(LONG).await.expect("A exited");
     assert_eq!(s.ch.count(&table).await, 0);
 
     let b = Worker::spawn(&config(&s.redis.url(), &s.ch.url(), &flow, &stream, &table));
-    wait_for(LONG, "B settled A's batch", || async {
-        pending(&s.rc, &stream, "g").await == 0
-    })
-    .await;
-    wait_for(LONG, "ledger emptied", || async {
-        open_batches(&s.rc, &flow).await == 0
-    })
-    .await;
+    wait_settled(&s, &flow, &[&stream]).await;
     assert_exactly_once(&s, &table, &ids).await;
     assert!(
         b.log_contents()
@@ -185,32 +201,22 @@ async fn partly_landed_batch_is_completed_per_stream_not_by_id_alone() {
     };
     let shards = [format!("{stream}:{{0}}"), format!("{stream}:{{1}}")];
     let ch_proxy = TcpProxy::start(s.ch.http_addr());
-    let mut a = Worker::spawn(&config(&ch_proxy.url()));
-    wait_for(LONG, "A running", || async {
-        a.log_contents().contains("flow running")
-    })
-    .await;
-    ch_proxy.refuse();
     // The same ids in both shards.
-    for i in 0..PER_SHARD {
-        for shard in &shards {
-            let id = format!("{}-0", i + 1);
-            let mut args: Vec<fred::types::Value> = vec![shard.as_str().into(), id.into()];
-            for (k, v) in seed_job(i) {
-                args.push(k.into());
-                args.push(fred::types::Value::Bytes(v.into()));
+    let produce = async {
+        for i in 0..PER_SHARD {
+            for shard in &shards {
+                let id = format!("{}-0", i + 1);
+                let mut args: Vec<fred::types::Value> = vec![shard.as_str().into(), id.into()];
+                for (k, v) in seed_job(i) {
+                    args.push(k.into());
+                    args.push(fred::types::Value::Bytes(v.into()));
+                }
+                raw(&s.rc, "XADD", args).await;
             }
-            raw(&s.rc, "XADD", args).await;
         }
-    }
-    wait_for(LONG, "one batch of both shards recorded", || async {
-        open_batches(&s.rc, &flow).await == 1
-    })
-    .await;
-    wait_for(LONG, "A retrying the insert", || async {
-        a.log_contents().contains("insert failed; settling")
-    })
-    .await;
+    };
+    let (mut a, ()) =
+        worker_with_failing_batch(&s, &flow, &config(&ch_proxy.url()), &ch_proxy, produce).await;
     a.kill();
     a.wait_exit(LONG).await.expect("A exited");
     let batch = open_batch_ids(&s, &flow).await.remove(0);
@@ -239,12 +245,7 @@ async fn partly_landed_batch_is_completed_per_stream_not_by_id_alone() {
     .await;
 
     let b = Worker::spawn(&config(&s.ch.url()));
-    wait_for(LONG, "B settled A's batch", || async {
-        pending(&s.rc, &shards[0], "g").await == 0
-            && pending(&s.rc, &shards[1], "g").await == 0
-            && open_batches(&s.rc, &flow).await == 0
-    })
-    .await;
+    wait_settled(&s, &flow, &[&shards[0], &shards[1]]).await;
     assert!(
         b.log_contents()
             .contains("completing a partly landed batch"),
@@ -337,10 +338,7 @@ async fn killed_mid_bisect_leaves_each_entry_in_one_record_and_nothing_twice() {
     }
 
     let b = Worker::spawn(&config);
-    wait_for(LONG, "B settled A's parts", || async {
-        pending(&s.rc, &stream, "g").await == 0 && open_batches(&s.rc, &flow).await == 0
-    })
-    .await;
+    wait_settled(&s, &flow, &[&stream]).await;
     assert_eq!(s.ch.count(&table).await, N as u64 - 1, "a good row twice");
     assert_eq!(
         s.ch.query_u64(&format!("SELECT uniqExact(_id) FROM {table}"))
@@ -372,20 +370,13 @@ async fn replica_that_lost_its_lease_leaves_the_record_to_the_new_holder() {
     );
     let config_via =
         |redis_url: &str, ch_url: &str| config(redis_url, ch_url, &flow, &stream, &table);
-    let mut a = Worker::spawn(&config_via(&redis_a.redis_url(), &ch_a.url()));
-    wait_for(LONG, "A running", || async {
-        a.log_contents().contains("flow running")
-    })
-    .await;
-    ch_a.refuse();
-    let ids = xadd_many(&s.rc, &stream, N, seed_job).await;
-    wait_for(LONG, "A's batch recorded", || async {
-        open_batches(&s.rc, &flow).await == 1
-    })
-    .await;
-    wait_for(LONG, "A retrying the insert", || async {
-        a.log_contents().contains("insert failed; settling")
-    })
+    let (mut a, ids) = worker_with_failing_batch(
+        &s,
+        &flow,
+        &config_via(&redis_a.redis_url(), &ch_a.url()),
+        &ch_a,
+        xadd_many(&s.rc, &stream, N, seed_job),
+    )
     .await;
     let batch = open_batch_ids(&s, &flow).await.remove(0);
     let record_key = format!("sluice:eo:{{{flow}}}:batch:{batch}");
@@ -435,10 +426,7 @@ async fn replica_that_lost_its_lease_leaves_the_record_to_the_new_holder() {
     deny_acks(&s.rc, false).await;
 
     let c = Worker::spawn(&config_via(&s.redis.url(), &s.ch.url()));
-    wait_for(LONG, "C settled the batch", || async {
-        pending(&s.rc, &stream, "g").await == 0 && open_batches(&s.rc, &flow).await == 0
-    })
-    .await;
+    wait_settled(&s, &flow, &[&stream]).await;
     assert_exactly_once(&s, &table, &ids).await;
     assert!(
         c.log_contents()
@@ -520,22 +508,14 @@ async fn settle_reads_a_bounded_part_of_a_large_table() {
     ))
     .await;
     let ch_proxy = TcpProxy::start(s.ch.http_addr());
-    let mut a = Worker::spawn(&config(
-        &s.redis.url(),
-        &ch_proxy.url(),
+    let config_a = config(&s.redis.url(), &ch_proxy.url(), &flow, &stream, &table);
+    let (mut a, ids) = worker_with_failing_batch(
+        &s,
         &flow,
-        &stream,
-        &table,
-    ));
-    wait_for(LONG, "A running", || async {
-        a.log_contents().contains("flow running")
-    })
-    .await;
-    ch_proxy.refuse();
-    let ids = xadd_many(&s.rc, &stream, N, seed_job).await;
-    wait_for(LONG, "A retrying the insert", || async {
-        a.log_contents().contains("insert failed; settling")
-    })
+        &config_a,
+        &ch_proxy,
+        xadd_many(&s.rc, &stream, N, seed_job),
+    )
     .await;
     a.kill();
     a.wait_exit(LONG).await.expect("A exited");
@@ -547,10 +527,7 @@ async fn settle_reads_a_bounded_part_of_a_large_table() {
     };
     let before = marks().await;
     let b = Worker::spawn(&config(&s.redis.url(), &s.ch.url(), &flow, &stream, &table));
-    wait_for(LONG, "B settled and inserted A's batch", || async {
-        pending(&s.rc, &stream, "g").await == 0 && open_batches(&s.rc, &flow).await == 0
-    })
-    .await;
+    wait_settled(&s, &flow, &[&stream]).await;
     let read = marks().await - before;
     assert!(
         b.log_contents()
@@ -559,6 +536,7 @@ async fn settle_reads_a_bounded_part_of_a_large_table() {
         b.log_contents()
     );
     let table_marks = ROWS.div_ceil(8192);
+    println!("settling read {read} marks of a {table_marks}-mark table");
     assert!(
         read < table_marks / 10,
         "settling read {read} marks of a {table_marks}-mark table"

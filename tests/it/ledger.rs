@@ -21,6 +21,29 @@ fn msg(stream: &Arc<str>, ms: u64, seq: u64) -> Message {
     }
 }
 
+/// A ledger of a new flow reading `stream`, on `redis`.
+fn open_ledger(
+    rc: &fred::prelude::Client,
+    flow: &str,
+    stream: &Arc<str>,
+    ttl: Duration,
+    lease: Duration,
+) -> Ledger {
+    Ledger::new(rc.clone(), flow, ttl, lease, std::slice::from_ref(stream))
+}
+
+/// A private Redis and the ledger of a new flow reading one new stream.
+async fn start(lease: Duration) -> (RedisServer, fred::prelude::Client, String, Arc<str>, Ledger) {
+    let redis = RedisServer::start().await;
+    let rc = redis.client().await;
+    let (flow, stream) = (
+        unique_name("ledger"),
+        Arc::<str>::from(unique_name("ledger")),
+    );
+    let ledger = open_ledger(&rc, &flow, &stream, Duration::from_secs(3600), lease);
+    (redis, rc, flow, stream, ledger)
+}
+
 fn ids(messages: &[Message]) -> Vec<(Arc<str>, Bytes)> {
     messages
         .iter()
@@ -33,19 +56,7 @@ fn ids(messages: &[Message]) -> Vec<(Arc<str>, Bytes)> {
 /// overlaps.
 #[tokio::test]
 async fn a_claim_page_reads_only_the_records_it_overlaps() {
-    let redis = RedisServer::start().await;
-    let rc = redis.client().await;
-    let (flow, stream) = (
-        unique_name("ledger"),
-        Arc::<str>::from(unique_name("ledger")),
-    );
-    let ledger = Ledger::new(
-        rc.clone(),
-        &flow,
-        Duration::from_secs(3600),
-        Duration::from_secs(30),
-        std::slice::from_ref(&stream),
-    );
+    let (_redis, _, _, stream, ledger) = start(Duration::from_secs(30)).await;
     // Record k holds entries (1000k + j)-0, j < 10.
     const RECORDS: u64 = 2000;
     for k in 0..RECORDS {
@@ -82,19 +93,7 @@ async fn a_claim_page_reads_only_the_records_it_overlaps() {
 
 #[tokio::test]
 async fn a_bisected_part_takes_its_members_out_of_its_parent() {
-    let redis = RedisServer::start().await;
-    let rc = redis.client().await;
-    let (flow, stream) = (
-        unique_name("ledger"),
-        Arc::<str>::from(unique_name("ledger")),
-    );
-    let ledger = Ledger::new(
-        rc.clone(),
-        &flow,
-        Duration::from_secs(3600),
-        Duration::from_secs(30),
-        std::slice::from_ref(&stream),
-    );
+    let (_redis, _, _, stream, ledger) = start(Duration::from_secs(30)).await;
     let all: Vec<Message> = (0..4).map(|i| msg(&stream, 100, i)).collect();
     assert!(ledger.record("p", None, "w#commit", &all).await.unwrap());
     assert!(ledger
@@ -136,19 +135,7 @@ async fn a_bisected_part_takes_its_members_out_of_its_parent() {
 
 #[tokio::test]
 async fn only_the_lease_holder_drops_a_record_and_expired_ones_are_swept() {
-    let redis = RedisServer::start().await;
-    let rc = redis.client().await;
-    let (flow, stream) = (
-        unique_name("ledger"),
-        Arc::<str>::from(unique_name("ledger")),
-    );
-    let ledger = Ledger::new(
-        rc.clone(),
-        &flow,
-        Duration::from_secs(3600),
-        Duration::from_millis(200),
-        std::slice::from_ref(&stream),
-    );
+    let (_redis, rc, flow, stream, ledger) = start(Duration::from_millis(200)).await;
     let members = vec![msg(&stream, 7, 0)];
     assert!(ledger
         .record("a", None, "w1#commit", &members)
@@ -165,12 +152,12 @@ async fn only_the_lease_holder_drops_a_record_and_expired_ones_are_swept() {
     assert_eq!(ledger.members("a").await.unwrap(), None);
 
     // A record whose key expired (ledger_ttl) without being dropped.
-    let short = Ledger::new(
-        rc.clone(),
+    let short = open_ledger(
+        &rc,
         &flow,
+        &stream,
         Duration::from_millis(100),
         Duration::from_millis(100),
-        std::slice::from_ref(&stream),
     );
     assert!(short
         .record("b", None, "w1#commit", &members)
