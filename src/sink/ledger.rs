@@ -35,7 +35,7 @@ use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 
-use crate::stream::{Message, Result, StreamError};
+use crate::stream::{id_millis, Message, Result, StreamError};
 
 /// One recorded batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -214,10 +214,17 @@ fn decode_members(text: &str) -> Option<Vec<(Arc<str>, Bytes)>> {
 
 /// The first and last entry time (ms) of `messages` in each stream.
 fn time_spans(messages: &[Message]) -> HashMap<&str, (u64, u64)> {
+    spans_of(messages.iter().map(|m| (&*m.stream, &m.id[..])))
+}
+
+/// The same over `(stream, entry id)` pairs.
+fn spans_of<'a>(
+    entries: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> HashMap<&'a str, (u64, u64)> {
     let mut spans: HashMap<&str, (u64, u64)> = HashMap::new();
-    for m in messages {
-        let Some(t) = m.id_millis() else { continue };
-        let span = spans.entry(&m.stream).or_insert((t, t));
+    for (stream, id) in entries {
+        let Some(t) = id_millis(id) else { continue };
+        let span = spans.entry(stream).or_insert((t, t));
         span.0 = span.0.min(t);
         span.1 = span.1.max(t);
     }
@@ -412,14 +419,19 @@ impl Ledger {
 
     /// At most every `every`: purges a sample of the open set of records
     /// that expired without being dropped (a crash between ack and drop),
-    /// and returns the number of open records; None when not due.
+    /// and returns the number of open records; None when not due. The
+    /// first sweep of a process also indexes open records that are not
+    /// (written by a version without the index).
     pub async fn sweep(&self, every: Duration) -> Result<Option<u64>> {
-        {
+        let first = {
             let mut swept = self.swept.lock().expect("not poisoned");
             if swept.is_some_and(|t| t.elapsed() < every) {
                 return Ok(None);
             }
-            *swept = Some(Instant::now());
+            swept.replace(Instant::now()).is_none()
+        };
+        if first {
+            self.index_all().await?;
         }
         const SAMPLE: usize = 64;
         let sample: Vec<String> = self
@@ -429,6 +441,43 @@ impl Ledger {
         self.purge(&sample).await?;
         let open: u64 = self.client.scard(self.open_key()).await?;
         Ok(Some(open))
+    }
+
+    /// Adds every open record to the index (`ZADD` of the same scores again
+    /// for those already in it).
+    async fn index_all(&self) -> Result<()> {
+        let ids: Vec<String> = self.client.smembers(self.open_key()).await?;
+        for ids in ids.chunks(100) {
+            let keys: Vec<String> = ids.iter().map(|id| self.batch_key(id)).collect();
+            let texts: Vec<Option<String>> = self.client.mget(keys).await?;
+            let pipeline = self.client.pipeline();
+            for (id, text) in ids.iter().zip(texts) {
+                let Some(members) = text.as_deref().and_then(decode_members) else {
+                    continue;
+                };
+                let spans = spans_of(members.iter().map(|(s, id)| (&**s, &id[..])));
+                for (stream, (from, to)) in spans {
+                    let [from_key, to_key] = self.index_keys(stream);
+                    let _: () = pipeline
+                        .zadd(
+                            from_key,
+                            None,
+                            None,
+                            false,
+                            false,
+                            (from as f64, id.as_str()),
+                        )
+                        .await?;
+                    let _: () = pipeline
+                        .zadd(to_key, None, None, false, false, (to as f64, id.as_str()))
+                        .await?;
+                }
+            }
+            for r in pipeline.try_all::<Value>().await {
+                r?;
+            }
+        }
+        Ok(())
     }
 
     /// Renews `holder`'s lease on batch `id`, or takes it if it expired;

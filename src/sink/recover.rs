@@ -37,8 +37,9 @@ impl Recovery {
         &self,
         claimed: Vec<Message>,
     ) -> Result<(Vec<Message>, Vec<BatchRecord>), StreamError> {
-        let open = self.eo.ledger.records_for(&claimed).await?;
+        // First: a process's first sweep indexes records older versions left.
         self.eo.sweep_ledger().await;
+        let open = self.eo.ledger.records_for(&claimed).await?;
         if open.is_empty() {
             return Ok((claimed, Vec::new()));
         }

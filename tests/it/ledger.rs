@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fred::prelude::*;
 use sluice::sink::ledger::Ledger;
 use sluice::stream::Message;
 
@@ -169,4 +170,24 @@ async fn only_the_lease_holder_drops_a_record_and_expired_ones_are_swept() {
     })
     .await;
     assert!(short.records_for(&members).await.unwrap().is_empty());
+}
+
+/// A record written before the index existed (older version, same keys
+/// otherwise) is indexed by a process's first sweep, so a claim page finds it.
+#[tokio::test]
+async fn records_left_by_an_older_version_are_indexed_on_the_first_sweep() {
+    let (_redis, rc, flow, stream, ledger) = start(Duration::from_secs(30)).await;
+    let prefix = format!("sluice:eo:{{{flow}}}");
+    let members = format!("[[\"{stream}\",\"5000-0\"],[\"{stream}\",\"5001-3\"]]");
+    let _: () = rc
+        .set(format!("{prefix}:batch:old"), members, None, None, false)
+        .await
+        .unwrap();
+    let _: () = rc.sadd(format!("{prefix}:open"), "old").await.unwrap();
+    let page = vec![msg(&stream, 5001, 3)];
+    assert!(ledger.records_for(&page).await.unwrap().is_empty());
+    assert_eq!(ledger.sweep(Duration::ZERO).await.unwrap(), Some(1));
+    let found = ledger.records_for(&page).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].id, "old");
 }
