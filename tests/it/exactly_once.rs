@@ -504,7 +504,9 @@ async fn settle_reads_a_bounded_part_of_a_large_table() {
     let s = Stack::start().await;
     let (flow, stream, table) = setup(&s).await;
     s.ch.exec(&format!(
-        "INSERT INTO {table} SELECT number + 1000000, 'x', 'y', 'z', '', '' FROM numbers({ROWS})"
+        // rec_ids from 0, like the batch's: its key values are in the
+        // table's granules, which the lookup must read.
+        "INSERT INTO {table} SELECT number, 'x', 'y', 'z', '', '' FROM numbers({ROWS})"
     ))
     .await;
     let ch_proxy = TcpProxy::start(s.ch.http_addr());
