@@ -3,7 +3,8 @@
 //! "The settle read is bounded").
 //!
 //! Fills a MergeTree table (`ORDER BY rec_id`) with `SLUICE_BENCH_ROWS` rows
-//! (default 100,000,000; `INSERT … SELECT FROM numbers(…)`), then: worker A
+//! (default 100,000,000; `INSERT … SELECT FROM numbers(…)`; rec_ids from 0,
+//! as the batch's are), then: worker A
 //! records a batch of `SLUICE_BENCH_N` messages (default 5,000) while its
 //! ClickHouse refuses connections and is killed; worker B recovers the batch
 //! (fence, lookup, insert). Prints the granules (marks) ClickHouse selected
@@ -74,9 +75,10 @@ async fn run() {
     const CHUNK: u64 = 10_000_000;
     for from in (0..rows).step_by(CHUNK as usize) {
         let count = CHUNK.min(rows - from);
-        // rec_ids above the batch's; 5000-row "batches" with their own ids.
+        // rec_ids from 0, like the batch's (its key values are in the
+        // table's granules); 5000-row "batches" with their own ids.
         ch.exec(&format!(
-            "INSERT INTO {table} SELECT number + 1000000000, 'a', 'sum', '{{}}', toString(number), hex(cityHash64(intDiv(number, 5000))) FROM numbers({from}, {count})"
+            "INSERT INTO {table} SELECT number, 'a', 'sum', '{{}}', toString(number), hex(cityHash64(intDiv(number, 5000))) FROM numbers({from}, {count})"
         ))
         .await;
     }
@@ -115,7 +117,7 @@ async fn run() {
         .contains("no earlier attempt had landed it"));
     let batch = ch
         .query_tsv(&format!(
-            "SELECT any(_batch) FROM {table} WHERE rec_id < 1000000000"
+            "SELECT any(_batch) FROM {table} WHERE _id LIKE '%-%'"
         ))
         .await;
     let batch = batch.trim();
