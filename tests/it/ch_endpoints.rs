@@ -787,3 +787,80 @@ async fn handler_outputs_on_two_shards_ack_their_source_only_when_both_landed() 
         0
     );
 }
+
+/// Exactly-once through a Distributed table (item 6 of issue 11): start-up
+/// checks the local table's engine and primary key, and a settle looks the
+/// batch up through the Distributed table with literal key sets. Worker A
+/// inserts a batch through it and dies before acking; worker B finds the
+/// whole batch on the shards and only acks.
+#[tokio::test]
+async fn exactly_once_through_a_distributed_table_settles_by_key_sets() {
+    let c = Cluster::start().await;
+    define_cluster(&c).await;
+    let (flow, stream, table) = (
+        unique_name("chep_eod"),
+        unique_name("chep_eod"),
+        unique_name("chep_eod"),
+    );
+    let local = format!("{table}_local");
+    c.exec_both(&format!(
+        "CREATE TABLE {local} ({SEED_TABLE_COLUMNS}, _batch String) ENGINE = MergeTree ORDER BY rec_id"
+    ))
+    .await;
+    c.exec_both(&format!(
+        "CREATE TABLE {table} AS {local} ENGINE = Distributed(sluice_test, default, {local}, rec_id)"
+    ))
+    .await;
+    let config = |redis_url: &str, a_url: &str, b_url: &str| {
+        eo_config(
+            [redis_url, a_url, b_url],
+            [&flow, &stream, &table],
+            "endpoints = \"failover\"\n",
+            "",
+        )
+    };
+    let (proxy_a, proxy_b) = (
+        crate::harness::TcpProxy::start(c.a.http_addr()),
+        crate::harness::TcpProxy::start(c.b.http_addr()),
+    );
+    let mut w1 = Worker::spawn(&config(&c.redis.url(), &proxy_a.url(), &proxy_b.url()));
+    wait_for(LONG, "worker 1 running", || async {
+        w1.log_contents().contains("flow running")
+    })
+    .await;
+    proxy_a.stall();
+    proxy_b.stall();
+    const N: usize = 2000;
+    let sent = xadd_many(&c.rc, &stream, N, seed_job).await;
+    wait_for(LONG, "batch recorded in the ledger", || async {
+        open_batches(&c.rc, &flow).await == 1
+    })
+    .await;
+    deny_acks(&c.rc, true).await;
+    proxy_a.pass();
+    proxy_b.pass();
+    // On the shards (the Distributed insert forwards them asynchronously).
+    wait_for(LONG, "rows on the shards", || async {
+        c.a.count(&local).await + c.b.count(&local).await == N as u64
+    })
+    .await;
+    w1.kill();
+    w1.wait_exit(LONG).await.expect("worker 1 exited");
+    deny_acks(&c.rc, false).await;
+
+    let w2 = Worker::spawn(&config(&c.redis.url(), &c.a.url(), &c.b.url()));
+    wait_for(LONG, "worker 2 settled the batch", || async {
+        pending(&c.rc, &stream, "g").await == 0 && open_batches(&c.rc, &flow).await == 0
+    })
+    .await;
+    assert!(
+        w2.log_contents()
+            .contains("ClickHouse holds the whole batch"),
+        "{}",
+        w2.log_contents()
+    );
+    let (on_a, on_b) = (ids(&c.a, &local).await, ids(&c.b, &local).await);
+    assert_eq!(on_a.len() + on_b.len(), N, "inserted again");
+    let union: HashSet<&String> = on_a.iter().chain(&on_b).collect();
+    assert!(sent.iter().all(|id| union.contains(id)));
+}
