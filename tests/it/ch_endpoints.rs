@@ -15,7 +15,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
-use crate::harness::{free_port, unique_name, wait_for, ClickHouseServer, RedisServer, Worker};
+use crate::harness::{
+    free_port, unique_name, wait_for, ClickHouseServer, ProxyMode, RedisServer, TcpProxy, Worker,
+};
 
 struct Cluster {
     redis: RedisServer,
@@ -430,6 +432,56 @@ claim = {{ min_idle = "1s", every = "300ms" }}
     )
 }
 
+/// Worker 1 on `config` (its ClickHouse endpoints behind `proxies`, set to
+/// `held` once it runs) records `records` batches of `N_EO` seed jobs; then
+/// XACK is taken away, the stalled proxies pass (a refused one stays
+/// refused), and worker 1 is killed once `landed` says its rows are in.
+/// Returns the ids sent, every one still pending.
+async fn land_then_die_before_ack<F, Fut>(
+    c: &Cluster,
+    [flow, stream]: [&str; 2],
+    config: &str,
+    proxies: [&TcpProxy; 2],
+    held: [ProxyMode; 2],
+    records: u64,
+    landed: F,
+) -> Vec<String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut w1 = Worker::spawn(config);
+    wait_for(LONG, "worker 1 running", || async {
+        w1.log_contents().contains("flow running")
+    })
+    .await;
+    for (proxy, mode) in proxies.iter().zip(held) {
+        proxy.set_mode(mode);
+    }
+    let sent = xadd_many(&c.rc, stream, N_EO, seed_job).await;
+    wait_for(LONG, "batches recorded in the ledger", || async {
+        open_batches(&c.rc, flow).await == records
+    })
+    .await;
+    deny_acks(&c.rc, true).await;
+    for proxy in proxies.iter().filter(|p| p.mode() == ProxyMode::Stall) {
+        proxy.pass();
+    }
+    wait_for(LONG, "rows inserted", landed).await;
+    w1.kill();
+    w1.wait_exit(LONG).await.expect("worker 1 exited");
+    deny_acks(&c.rc, false).await;
+    assert_eq!(
+        pending(&c.rc, stream, "g").await,
+        N_EO as u64,
+        "acked before dying"
+    );
+    sent
+}
+
+/// Seed jobs per exactly-once test.
+const N_EO: usize = 2000;
+
 /// Exactly-once recovery counts a batch on every healthy endpoint: a batch
 /// that worker A inserted on B (A failing over from a refused endpoint) and
 /// died before acking is found there by worker C, whose preferred endpoint
@@ -456,39 +508,23 @@ async fn exactly_once_recovery_finds_a_batch_on_any_endpoint() {
     };
     let open_batches = || crate::common::open_batches(&c.rc, &flow);
     let (proxy_a, proxy_b) = (
-        crate::harness::TcpProxy::start(c.a.http_addr()),
-        crate::harness::TcpProxy::start(c.b.http_addr()),
+        TcpProxy::start(c.a.http_addr()),
+        TcpProxy::start(c.b.http_addr()),
     );
-    let mut w1 = Worker::spawn(&config(&c.redis.url(), &proxy_a.url(), &proxy_b.url()));
-    wait_for(LONG, "worker 1 running", || async {
-        w1.log_contents().contains("flow running")
-    })
-    .await;
     // A refuses (the insert fails over to B); B holds the insert until the
     // batch is recorded; then XACK is taken away, and worker 1 killed once
     // the rows are in (its acks fail until it dies).
-    proxy_a.refuse();
-    proxy_b.stall();
-    const N: usize = 2000;
-    let sent = xadd_many(&c.rc, &stream, N, seed_job).await;
-    wait_for(LONG, "batch recorded in the ledger", || async {
-        open_batches().await == 1
-    })
+    const N: usize = N_EO;
+    let sent = land_then_die_before_ack(
+        &c,
+        [&flow, &stream],
+        &config(&c.redis.url(), &proxy_a.url(), &proxy_b.url()),
+        [&proxy_a, &proxy_b],
+        [ProxyMode::Refuse, ProxyMode::Stall],
+        1,
+        || async { c.b.count(&table).await == N as u64 },
+    )
     .await;
-    deny_acks(&c.rc, true).await;
-    proxy_b.pass();
-    wait_for(LONG, "rows inserted on B", || async {
-        c.b.count(&table).await == N as u64
-    })
-    .await;
-    w1.kill();
-    w1.wait_exit(LONG).await.expect("worker 1 exited");
-    deny_acks(&c.rc, false).await;
-    assert_eq!(
-        pending(&c.rc, &stream, "g").await,
-        N as u64,
-        "acked before dying"
-    );
 
     // Worker 2 prefers A, which never saw the batch.
     let w2 = Worker::spawn(&config(&c.redis.url(), &c.a.url(), &c.b.url()));
@@ -643,39 +679,22 @@ async fn exactly_once_with_shard_by_recovers_each_part_once() {
     };
     let open_batches = || crate::common::open_batches(&c.rc, &flow);
     let (proxy_a, proxy_b) = (
-        crate::harness::TcpProxy::start(c.a.http_addr()),
-        crate::harness::TcpProxy::start(c.b.http_addr()),
+        TcpProxy::start(c.a.http_addr()),
+        TcpProxy::start(c.b.http_addr()),
     );
-    let mut w1 = Worker::spawn(&config(&c.redis.url(), &proxy_a.url(), &proxy_b.url()));
-    wait_for(LONG, "worker 1 running", || async {
-        w1.log_contents().contains("flow running")
-    })
+    // task_for is a, b or c: both shards get a part, each its own record;
+    // both parts land, neither is acked.
+    const N: usize = N_EO;
+    let sent = land_then_die_before_ack(
+        &c,
+        [&flow, &stream],
+        &config(&c.redis.url(), &proxy_a.url(), &proxy_b.url()),
+        [&proxy_a, &proxy_b],
+        [ProxyMode::Stall, ProxyMode::Stall],
+        2,
+        || async { c.a.count(&table).await + c.b.count(&table).await == N as u64 },
+    )
     .await;
-    proxy_a.stall();
-    proxy_b.stall();
-    const N: usize = 2000;
-    let sent = xadd_many(&c.rc, &stream, N, seed_job).await;
-    // task_for is a, b or c: both shards get a part, each its own record.
-    wait_for(LONG, "both parts recorded in the ledger", || async {
-        open_batches().await == 2
-    })
-    .await;
-    // No XACK from here: both parts land, neither is acked.
-    deny_acks(&c.rc, true).await;
-    proxy_a.pass();
-    proxy_b.pass();
-    wait_for(LONG, "both parts inserted", || async {
-        c.a.count(&table).await + c.b.count(&table).await == N as u64
-    })
-    .await;
-    w1.kill();
-    w1.wait_exit(LONG).await.expect("worker 1 exited");
-    deny_acks(&c.rc, false).await;
-    assert_eq!(
-        pending(&c.rc, &stream, "g").await,
-        N as u64,
-        "acked before dying"
-    );
     let (a_rows, b_rows) = (c.a.count(&table).await, c.b.count(&table).await);
 
     let w2 = Worker::spawn(&config(&c.redis.url(), &c.a.url(), &c.b.url()));
@@ -820,33 +839,21 @@ async fn exactly_once_through_a_distributed_table_settles_by_key_sets() {
         )
     };
     let (proxy_a, proxy_b) = (
-        crate::harness::TcpProxy::start(c.a.http_addr()),
-        crate::harness::TcpProxy::start(c.b.http_addr()),
+        TcpProxy::start(c.a.http_addr()),
+        TcpProxy::start(c.b.http_addr()),
     );
-    let mut w1 = Worker::spawn(&config(&c.redis.url(), &proxy_a.url(), &proxy_b.url()));
-    wait_for(LONG, "worker 1 running", || async {
-        w1.log_contents().contains("flow running")
-    })
+    const N: usize = N_EO;
+    // Landed on the shards (the Distributed insert forwards asynchronously).
+    let sent = land_then_die_before_ack(
+        &c,
+        [&flow, &stream],
+        &config(&c.redis.url(), &proxy_a.url(), &proxy_b.url()),
+        [&proxy_a, &proxy_b],
+        [ProxyMode::Stall, ProxyMode::Stall],
+        1,
+        || async { c.a.count(&local).await + c.b.count(&local).await == N as u64 },
+    )
     .await;
-    proxy_a.stall();
-    proxy_b.stall();
-    const N: usize = 2000;
-    let sent = xadd_many(&c.rc, &stream, N, seed_job).await;
-    wait_for(LONG, "batch recorded in the ledger", || async {
-        open_batches(&c.rc, &flow).await == 1
-    })
-    .await;
-    deny_acks(&c.rc, true).await;
-    proxy_a.pass();
-    proxy_b.pass();
-    // On the shards (the Distributed insert forwards them asynchronously).
-    wait_for(LONG, "rows on the shards", || async {
-        c.a.count(&local).await + c.b.count(&local).await == N as u64
-    })
-    .await;
-    w1.kill();
-    w1.wait_exit(LONG).await.expect("worker 1 exited");
-    deny_acks(&c.rc, false).await;
 
     let w2 = Worker::spawn(&config(&c.redis.url(), &c.a.url(), &c.b.url()));
     wait_for(LONG, "worker 2 settled the batch", || async {
