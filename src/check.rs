@@ -110,6 +110,12 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
                     };
                     writeln!(out, "    {} {} ← {source}", c.name, c.type_name)?;
                 }
+                if let Some(eo) = &sink.eo_table {
+                    writeln!(out, "  {}", eo.describe())?;
+                    if let Some(warning) = crate::sink::eo_table::completion_warning(f) {
+                        writeln!(out, "  warning: {warning}")?;
+                    }
+                }
             }
         }
         let ack = match f.on_success {

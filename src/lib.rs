@@ -54,8 +54,8 @@
 pub mod batch;
 pub mod check;
 pub mod config;
-pub mod console;
 pub mod connections;
+pub mod console;
 pub mod convert;
 pub mod dead;
 pub mod delayed;

@@ -72,6 +72,7 @@ pub struct Metrics {
     pub stream_sink_targets: IntGaugeVec,
     pub stream_sink_targets_evicted: IntCounterVec,
     pub sink_stuck_since: IntGaugeVec,
+    pub exactly_once_open_batches: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -292,6 +293,12 @@ impl Metrics {
                 "Unix time since which the flow's inserts are refused with a table-level error (every row the same way; the batch is kept and retried, nothing dead-lettered); 0 while not stuck.",
                 &["flow", "sink"],
             ),
+            exactly_once_open_batches: int_gauge(
+                &r,
+                "sluice_exactly_once_open_batches",
+                "Batches recorded in the flow's exactly-once ledger and not yet dropped (in flight, or left by a crash until recovered or expired).",
+                &["flow"],
+            ),
             registry: r,
         })
         .init_build_info()
@@ -423,6 +430,16 @@ impl FlowMetrics {
             .find(|(s, _)| Arc::ptr_eq(s, stream))
             .or_else(|| h.streams.iter().find(|(s, _)| **s == **stream))
             .map(|(_, sh)| sh)
+    }
+
+    /// Open records in the flow's exactly-once ledger (sampled by the
+    /// ledger's sweep; every replica sees the same shared ledger).
+    pub fn exactly_once_open_batches(&self, open: u64) {
+        let Some(h) = &self.inner else { return };
+        h.metrics
+            .exactly_once_open_batches
+            .with_label_values(&[&h.flow])
+            .set(open as i64);
     }
 
     /// One XREADGROUP's entries: one add per stream, not per message.

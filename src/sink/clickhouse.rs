@@ -12,11 +12,12 @@ use clickhouse::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::endpoints::{Endpoint, Endpoints};
+use super::eo_table::{completion_warning, EoTable, EoTableError};
 use super::mapping::{LiveMapping, Refresh, RefreshError};
 use super::retry::Backoff;
 use super::shard::Sharding;
 use crate::batch::MappingError;
-use crate::config::{ClickHouseConfig, FlowConfig, SinkConfig};
+use crate::config::{ClickHouseConfig, Delivery, FlowConfig, SinkConfig};
 use crate::metrics::Metrics;
 use crate::schema::{SchemaError, TableSchema};
 
@@ -30,6 +31,8 @@ pub enum SinkError {
     Mapping(#[from] MappingError),
     #[error("no ClickHouse endpoint answered: {0}")]
     NoEndpoint(String),
+    #[error(transparent)]
+    ExactlyOnce(#[from] EoTableError),
 }
 
 impl SinkError {
@@ -39,7 +42,9 @@ impl SinkError {
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            SinkError::NoEndpoint(_) | SinkError::Schema(SchemaError::Query { .. })
+            SinkError::NoEndpoint(_)
+                | SinkError::Schema(SchemaError::Query { .. })
+                | SinkError::ExactlyOnce(EoTableError::Query { .. })
         )
     }
 }
@@ -65,16 +70,24 @@ pub async fn server_version(client: &Client) -> Result<String, clickhouse::error
 
 /// Backquotes an identifier so no table or database name can inject SQL.
 pub fn quote_identifier(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 2);
-    out.push('`');
-    for c in name.chars() {
-        match c {
-            '`' => out.push_str("\\`"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
+    quoted(name, '`')
+}
+
+/// `text` as a string literal, for SQL sent without bound parameters.
+pub fn quote_string(text: &str) -> String {
+    quoted(text, '\'')
+}
+
+fn quoted(text: &str, quote: char) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push(quote);
+    for c in text.chars() {
+        if c == quote || c == '\\' {
+            out.push('\\');
         }
+        out.push(c);
     }
-    out.push('`');
+    out.push(quote);
     out
 }
 
@@ -114,6 +127,9 @@ pub struct ClickHouseSink {
     pub bisect_after: u32,
     schema_refresh: Duration,
     flow: String,
+    /// Exactly-once: how a batch is looked up in the table (checked to
+    /// keep a countable row for every row inserted when the flow opened).
+    pub eo_table: Option<EoTable>,
 }
 
 impl ClickHouseSink {
@@ -137,8 +153,8 @@ impl ClickHouseSink {
         metrics: Option<&Arc<Metrics>>,
     ) -> Result<Self, SinkError> {
         let endpoints = Arc::new(Endpoints::new(cfg, &flow.name, metrics));
-        let schema = read_schema(&endpoints, cfg, &flow.name, table).await?;
-        Self::assemble(cfg, flow, endpoints, schema)
+        let (schema, eo_table) = read_table(&endpoints, cfg, flow, table).await?;
+        Self::assemble(cfg, flow, endpoints, schema, eo_table)
     }
 
     /// Like [`open_with_metrics`](Self::open_with_metrics), but while
@@ -157,8 +173,10 @@ impl ClickHouseSink {
         let endpoints = Arc::new(Endpoints::new(cfg, &flow.name, metrics));
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
-            match read_schema(&endpoints, cfg, &flow.name, table).await {
-                Ok(schema) => return Self::assemble(cfg, flow, endpoints, schema).map(Some),
+            match read_table(&endpoints, cfg, flow, table).await {
+                Ok((schema, eo_table)) => {
+                    return Self::assemble(cfg, flow, endpoints, schema, eo_table).map(Some)
+                }
                 Err(e) if e.is_unreachable() => {
                     waiting(&e);
                     tracing::warn!(flow = %flow.name, error = %e, attempt = backoff.attempts() + 1, "waiting for ClickHouse to read the table's columns; the flow starts once it answers");
@@ -177,6 +195,7 @@ impl ClickHouseSink {
         flow: &FlowConfig,
         endpoints: Arc<Endpoints>,
         schema: TableSchema,
+        eo_table: Option<EoTable>,
     ) -> Result<Self, SinkError> {
         let mapper = LiveMapping::new(schema.clone(), flow)?;
         // No column list: each Native block names its columns, and a block
@@ -193,6 +212,9 @@ impl ClickHouseSink {
             } => Some(Sharding::new(field, endpoints.len())),
             _ => None,
         };
+        if let Some(warning) = eo_table.as_ref().and_then(|_| completion_warning(flow)) {
+            tracing::warn!(flow = %flow.name, "exactly_once: {warning}");
+        }
         endpoints.spawn_health_checks();
         Ok(ClickHouseSink {
             endpoints,
@@ -204,6 +226,7 @@ impl ClickHouseSink {
             bisect_after: cfg.bisect_after,
             schema_refresh: cfg.schema_refresh,
             flow: flow.name.clone(),
+            eo_table,
         })
     }
 
@@ -350,101 +373,32 @@ impl ClickHouseSink {
     /// each must answer. Shards: all of them, each must answer (a part is
     /// on its shard only). Replicas / Distributed nodes: the healthy ones
     /// (all when none is), one answer is enough.
-    fn read_endpoints(&self) -> (Vec<&Endpoint>, bool) {
+    pub fn read_endpoints(&self) -> (Vec<usize>, bool) {
         if self.sharding.is_some() {
-            return (self.endpoints.iter().collect(), true);
+            return ((0..self.endpoints.len()).collect(), true);
         }
         let any_up = self.endpoints.iter().any(|e| e.is_up());
         let list = self
             .endpoints
             .iter()
-            .filter(|e| !any_up || e.is_up())
+            .enumerate()
+            .filter(|(_, e)| !any_up || e.is_up())
+            .map(|(i, _)| i)
             .collect();
         (list, false)
-    }
-
-    /// Runs `query` on the recovery read endpoints; the answers, or the
-    /// error that makes them incomplete.
-    async fn read_all<T, F, Fut>(&self, query: F) -> Result<Vec<T>, clickhouse::error::Error>
-    where
-        F: Fn(&Client) -> Fut,
-        Fut: std::future::Future<Output = Result<T, clickhouse::error::Error>>,
-    {
-        let (endpoints, all_needed) = self.read_endpoints();
-        let mut answers = Vec::new();
-        let mut last_error = None;
-        for e in endpoints {
-            match query(&e.client).await {
-                Ok(v) => answers.push(v),
-                Err(err) if all_needed => return Err(err),
-                Err(err) => {
-                    tracing::warn!(endpoint = %e.label, error = %err, "exactly-once recovery read failed on this endpoint");
-                    last_error = Some(err);
-                }
-            }
-        }
-        match (answers.is_empty(), last_error) {
-            (true, Some(err)) => Err(err),
-            _ => Ok(answers),
-        }
-    }
-
-    /// Rows carrying `batch_id` in `column` (exactly-once recovery).
-    /// Replicas / Distributed nodes: the largest count a healthy endpoint
-    /// gives — a lagging replica may not hold the batch yet, so the batch
-    /// is missed only if no reachable one has it (docs/CLICKHOUSE_CLUSTER.md).
-    /// Shards: the sum over every shard, all of which must answer.
-    pub async fn count_batch(
-        &self,
-        column: &str,
-        batch_id: &str,
-    ) -> Result<u64, clickhouse::error::Error> {
-        let sql = format!(
-            "SELECT count() FROM {}.{} WHERE {} = ?",
-            quote_identifier(&self.schema.database),
-            quote_identifier(&self.schema.table),
-            quote_identifier(column)
-        );
-        let counts = self
-            .read_all(|c| c.query(&sql).bind(batch_id).fetch_one::<u64>())
-            .await?;
-        Ok(if self.sharding.is_some() {
-            counts.iter().sum()
-        } else {
-            counts.into_iter().max().unwrap_or(0)
-        })
-    }
-
-    /// Values of `id_column` in rows carrying `batch_id` (exactly-once
-    /// recovery of a partial batch): the union over the endpoints read.
-    pub async fn batch_ids(
-        &self,
-        id_column: &str,
-        batch_id_column: &str,
-        batch_id: &str,
-    ) -> Result<Vec<String>, clickhouse::error::Error> {
-        let sql = format!(
-            "SELECT {} FROM {}.{} WHERE {} = ?",
-            quote_identifier(id_column),
-            quote_identifier(&self.schema.database),
-            quote_identifier(&self.schema.table),
-            quote_identifier(batch_id_column)
-        );
-        let lists = self
-            .read_all(|c| c.query(&sql).bind(batch_id).fetch_all::<String>())
-            .await?;
-        Ok(lists.into_iter().flatten().collect())
     }
 }
 
 /// Checks every endpoint and reads `table`'s columns from the first that
-/// answers (in `urls` order).
-async fn read_schema(
+/// answers (in `urls` order); for exactly-once, also how a batch is looked
+/// up in it (refused where a count cannot hold: [`EoTable::inspect`]).
+async fn read_table(
     endpoints: &Endpoints,
     cfg: &ClickHouseConfig,
-    flow: &str,
+    flow_cfg: &FlowConfig,
     table: &str,
-) -> Result<TableSchema, SinkError> {
+) -> Result<(TableSchema, Option<EoTable>), SinkError> {
+    let flow = &flow_cfg.name;
     endpoints.check_all().await;
     let Some(first) = endpoints.iter().find(|e| e.is_up()) else {
         let why: Vec<String> = endpoints
@@ -458,7 +412,12 @@ async fn read_schema(
         tracing::warn!(%flow, endpoint = %e.label, error = e.status().error.unwrap_or_default(), "ClickHouse endpoint unreachable at start-up; the health checks bring it in when it answers");
     }
     let (db, table) = split_table(&cfg.database, table);
-    Ok(TableSchema::load(&first.client, db, table).await?)
+    let schema = TableSchema::load(&first.client, db, table).await?;
+    let eo_table = match flow_cfg.delivery {
+        Delivery::ExactlyOnce => Some(EoTable::inspect(&first.client, db, table).await?),
+        Delivery::AtLeastOnce => None,
+    };
+    Ok((schema, eo_table))
 }
 
 /// `major.minor` of a `SELECT version()` string is at least the given one.
@@ -488,6 +447,7 @@ mod tests {
             "`a\\`; DROP TABLE x; --`"
         );
         assert_eq!(quote_identifier("back\\slash"), "`back\\\\slash`");
+        assert_eq!(quote_string("a'b\\c"), "'a\\'b\\\\c'");
     }
 
     #[test]

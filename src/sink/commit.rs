@@ -2,13 +2,14 @@
 //! refused rows: [`super::isolate`]), then dead-letter what was refused and
 //! ack what landed. Nothing is acked before ClickHouse confirmed it.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+use super::ack_gate::{sources, AckGate};
 use super::clickhouse::{ClickHouseSink, Target};
 use super::exactly_once::ExactlyOnce;
 use super::ledger::new_batch_id;
@@ -39,6 +40,10 @@ pub struct Committer {
     pub hard_stop: CancellationToken,
     /// The exactly-once insert; None in at-least-once mode.
     pub exactly_once: Option<Arc<ExactlyOnce>>,
+}
+
+fn lock(gate: &Mutex<AckGate>) -> MutexGuard<'_, AckGate> {
+    gate.lock().expect("ack gate poisoned")
 }
 
 impl Committer {
@@ -113,15 +118,8 @@ impl Committer {
 
     /// Drops the ledger records of acked batches (exactly-once).
     async fn forget(&self, batch_ids: &[String]) {
-        let Some(eo) = &self.exactly_once else {
-            return;
-        };
-        for id in batch_ids {
-            // Best effort: a record left behind expires with ledger_ttl,
-            // and its members are acked, so nobody will look it up.
-            if let Err(e) = eo.ledger.forget(id).await {
-                tracing::warn!(flow = %self.flow, batch = %id, error = %e, "could not drop ledger record");
-            }
+        if let Some(eo) = &self.exactly_once {
+            eo.forget(batch_ids, &eo.committer()).await;
         }
     }
 
@@ -131,31 +129,38 @@ impl Committer {
     /// down shard's part is retried (no other shard takes it) while the
     /// other parts land; the next batch waits for all of them, so a long
     /// shard outage stops the flow's reads (bounded memory) instead of
-    /// piling up its rows.
+    /// piling up its rows. A handler's outputs of one source may sit in
+    /// several parts: the source is acked (or dead-lettered) only once the
+    /// last of them is done ([`AckGate`]).
     async fn commit_sharded(&self, batch: SealedBatch) -> Result<(), Abandoned> {
         let sharding = self.sink.sharding.as_ref().expect("sharded sink");
         let total = batch.messages.len() + batch.dead.len();
         let batch = self.for_current_columns(batch).await;
-        self.finish(Vec::new(), batch.dead)
+        let parts = sharding.split(batch.messages);
+        let gate = Mutex::new(AckGate::new(parts.iter().map(|(_, p)| p.as_slice())));
+        let (landed, dead) = lock(&gate).release(&HashSet::new(), Vec::new(), batch.dead);
+        self.finish(landed, dead)
             .await
             .map_err(|_| Abandoned(total))?;
         // The batch's block holds every shard's rows: each part is encoded
         // anew, and (exactly-once) is a batch of its own in the ledger.
         let with_ids = self.exactly_once.is_some();
-        let parts = sharding
-            .split(batch.messages)
-            .into_iter()
-            .map(|(shard, part)| async move {
-                let id = with_ids.then(new_batch_id);
-                let block = self.sink.mapper.encode_all(&part, id.as_deref());
-                let mut batch_ids = Vec::new();
-                let (landed, refused) = self
-                    .insert_isolating(Target::Shard(shard), part, block, id, &mut batch_ids)
-                    .await?;
-                self.finish(landed, refused).await?;
-                self.forget(&batch_ids).await;
-                Ok::<(), ()>(())
-            });
+        let gate = &gate;
+        let parts = parts.into_iter().map(|(shard, part)| async move {
+            let id = with_ids.then(new_batch_id);
+            let block = self.sink.mapper.encode_all(&part, id.as_deref());
+            let done = sources(&part);
+            let mut batch_ids = Vec::new();
+            let (landed, refused) = self
+                .insert_isolating(Target::Shard(shard), part, block, id, &mut batch_ids)
+                .await?;
+            // Exactly-once flows have no handler: each source is in one
+            // part, so nothing is held back past its record's drop below.
+            let (landed, refused) = lock(gate).release(&done, landed, refused);
+            self.finish(landed, refused).await?;
+            self.forget(&batch_ids).await;
+            Ok::<(), ()>(())
+        });
         let results = futures_util::future::join_all(parts).await;
         if results.iter().any(Result::is_err) {
             return Err(Abandoned(total));

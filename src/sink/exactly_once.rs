@@ -36,6 +36,10 @@ pub struct ExactlyOnce {
     /// The column holding entry ids (`metadata.id`), if configured: lets a
     /// partly landed batch be completed exactly.
     pub id_column: Option<String>,
+    /// The column holding stream names (`metadata.stream`), if configured:
+    /// ids repeat across a flow's streams (the shards of a sharded stream
+    /// count from the same clock), so completion matches on both.
+    pub stream_column: Option<String>,
     pub metrics: FlowMetrics,
 }
 
@@ -75,19 +79,31 @@ impl ExactlyOnce {
         format!("{}#recover-{:08x}", self.consumer, rand::random::<u32>())
     }
 
-    /// Records `part` as batch `id`, then keeps only the members still
-    /// pending under our consumer (re-recording if some were taken). Entries
-    /// another replica claimed before the record existed are batched by it.
+    /// Records `part` as batch `id` (bisected from batch `parent`, which
+    /// gives its members up in the same step), then keeps only the members
+    /// still pending under our consumer (re-recording if some were taken).
+    /// Entries another replica claimed before the record existed are batched
+    /// by it. Empty when nothing is left for us to insert — including when
+    /// another replica holds the parent's lease: it recovers those entries.
     pub async fn record_owned(
         &self,
         id: &str,
+        parent: Option<&str>,
         mut part: Vec<Message>,
         stop: &CancellationToken,
     ) -> Result<Vec<Message>, Stopped> {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
-            let ours = match self.ledger.record(id, &self.committer(), &part).await {
-                Ok(()) => self.still_ours(&part).await,
+            let ours = match self
+                .ledger
+                .record(id, parent, &self.committer(), &part)
+                .await
+            {
+                Ok(true) => self.still_ours(&part).await,
+                Ok(false) => {
+                    tracing::warn!(flow = %self.flow, batch = %id, rows = part.len(), "another replica took over the batch this part was bisected from; leaving it");
+                    return Ok(Vec::new());
+                }
                 Err(e) => Err(e),
             };
             match ours {
@@ -99,7 +115,7 @@ impl ExactlyOnce {
                     }
                     tracing::warn!(flow = %self.flow, batch = %id, taken = before - part.len(), "entries were claimed by another replica before the batch was recorded; leaving them to it");
                     if part.is_empty() {
-                        let _ = self.ledger.forget(id).await;
+                        let _ = self.ledger.forget(id, &self.committer()).await;
                         return Ok(part);
                     }
                 }
@@ -109,6 +125,31 @@ impl ExactlyOnce {
                         return Err(Stopped);
                     }
                 }
+            }
+        }
+    }
+
+    /// Drops ledger records of batches this task is done with, and now and
+    /// then sweeps expired records out of the ledger (exporting how many
+    /// are open). Best effort: a record left behind expires with
+    /// `ledger_ttl`; a record another task holds the lease of stays (it is
+    /// that task's to drop).
+    pub async fn forget(&self, ids: &[String], holder: &str) {
+        for id in ids {
+            if let Err(e) = self.ledger.forget(id, holder).await {
+                tracing::warn!(flow = %self.flow, batch = %id, error = %e, "could not drop ledger record");
+            }
+        }
+        self.sweep_ledger().await;
+    }
+
+    /// Sweeps the ledger at most every 10 s; see [`Ledger::sweep`].
+    pub async fn sweep_ledger(&self) {
+        match self.ledger.sweep(Duration::from_secs(10)).await {
+            Ok(Some(open)) => self.metrics.exactly_once_open_batches(open),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(flow = %self.flow, %error, "sweeping the exactly-once ledger failed")
             }
         }
     }
@@ -287,7 +328,17 @@ impl ExactlyOnce {
         messages: &[Message],
         block: &Bytes,
     ) -> Result<Settled, clickhouse::error::Error> {
-        let held = fenced::settle(&self.sink, &self.batch_id_column, id).await? as usize;
+        let lookup = fenced::Lookup {
+            batch_column: &self.batch_id_column,
+            batch_id: id,
+            block,
+            keys: self
+                .id_column
+                .as_deref()
+                .map(|id| (self.stream_column.as_deref(), id)),
+        };
+        let found = fenced::settle(&self.sink, &lookup).await?;
+        let held = found.rows as usize;
         if held >= messages.len() {
             tracing::info!(flow = %self.flow, batch = %id, rows = held, "ClickHouse holds the whole batch");
             return Ok(Settled::All);
@@ -295,27 +346,65 @@ impl ExactlyOnce {
         if held == 0 {
             return Ok(Settled::Nothing);
         }
-        let Some(id_column) = &self.id_column else {
+        if self.id_column.is_none() {
             tracing::warn!(flow = %self.flow, batch = %id, held, members = messages.len(), "ClickHouse holds part of the batch and no metadata.id column tells which rows: inserting all again (duplicates)");
             return Ok(Settled::Part(block.clone()));
-        };
-        let present: HashSet<Vec<u8>> = self
-            .sink
-            .batch_ids(id_column, &self.batch_id_column, id)
-            .await?
-            .into_iter()
-            .map(String::into_bytes)
-            .collect();
-        let missing: Vec<Message> = messages
-            .iter()
-            .filter(|m| !present.contains(m.id.as_ref()))
-            .cloned()
-            .collect();
+        }
+        let landed = found.keys;
+        let (missing, duplicated) =
+            missing_members(messages, &landed, self.stream_column.is_some());
+        if duplicated > 0 {
+            tracing::warn!(flow = %self.flow, batch = %id, duplicated, "part of the batch landed, but which of several members sharing an entry id cannot be told (set metadata.stream when a flow reads several streams): inserting those again (duplicates)");
+        }
         tracing::info!(flow = %self.flow, batch = %id, held, missing = missing.len(), "completing a partly landed batch");
         Ok(Settled::Part(
             self.sink.mapper.encode_all(&missing, Some(id)),
         ))
     }
+}
+
+/// The members of a partly landed batch still to insert, given the
+/// `(stream, entry id)` of its rows found in the table (`stream` is only
+/// compared when `with_stream`: the table has a stream column). A member is
+/// matched on (stream, id, occurrence): several members sharing a key — a
+/// handler's outputs of one source, or, without a stream column, the same id
+/// in two streams — are present only as many times as rows were found.
+/// When fewer rows than members share a key, which of them landed cannot be
+/// told: all of them are inserted again, and the second value counts the
+/// rows duplicated that way.
+fn missing_members(
+    messages: &[Message],
+    landed: &[(String, String)],
+    with_stream: bool,
+) -> (Vec<Message>, usize) {
+    let key = |stream: &str, id: &[u8]| -> (String, Vec<u8>) {
+        let stream = if with_stream { stream } else { "" };
+        (stream.to_string(), id.to_vec())
+    };
+    let mut found: HashMap<(String, Vec<u8>), usize> = HashMap::new();
+    for (stream, id) in landed {
+        *found.entry(key(stream, id.as_bytes())).or_default() += 1;
+    }
+    let mut members: HashMap<(String, Vec<u8>), usize> = HashMap::new();
+    for m in messages {
+        *members.entry(key(&m.stream, &m.id)).or_default() += 1;
+    }
+    let mut duplicated = 0;
+    for (k, &n) in &members {
+        let rows = found.get(k).copied().unwrap_or(0);
+        if rows > 0 && rows < n {
+            duplicated += rows;
+        }
+    }
+    let missing = messages
+        .iter()
+        .filter(|m| {
+            let k = key(&m.stream, &m.id);
+            found.get(&k).copied().unwrap_or(0) < members[&k]
+        })
+        .cloned()
+        .collect();
+    (missing, duplicated)
 }
 
 /// What a settle found in the table.
@@ -324,4 +413,65 @@ enum Settled {
     Nothing,
     /// Part of the batch landed: the block still to insert.
     Part(Bytes),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(stream: &str, id: &str, n: u8) -> Message {
+        Message {
+            stream: Arc::from(stream),
+            id: Bytes::from(id.to_string()),
+            fields: vec![(Bytes::from_static(b"n"), Bytes::from(vec![n]))],
+            deliveries: 1,
+        }
+    }
+
+    fn landed(rows: &[(&str, &str)]) -> Vec<(String, String)> {
+        rows.iter()
+            .map(|(s, i)| (s.to_string(), i.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_same_id_in_two_streams_is_matched_per_stream() {
+        let batch = [
+            m("x:{0}", "5-0", 0),
+            m("x:{1}", "5-0", 1),
+            m("x:{1}", "6-0", 2),
+        ];
+        let (missing, duplicated) = missing_members(&batch, &landed(&[("x:{0}", "5-0")]), true);
+        assert_eq!(missing, vec![batch[1].clone(), batch[2].clone()]);
+        assert_eq!(duplicated, 0);
+    }
+
+    #[test]
+    fn without_a_stream_column_an_id_shared_by_two_streams_is_inserted_again_whole() {
+        let batch = [
+            m("x:{0}", "5-0", 0),
+            m("x:{1}", "5-0", 1),
+            m("x:{1}", "6-0", 2),
+        ];
+        // One of the two `5-0` rows landed, which one is unknown: both go
+        // again (one duplicate) rather than one being taken for landed.
+        let (missing, duplicated) = missing_members(&batch, &landed(&[("", "5-0")]), false);
+        assert_eq!(missing, batch.to_vec());
+        assert_eq!(duplicated, 1);
+        // Both landed: neither is missing.
+        let (missing, duplicated) =
+            missing_members(&batch, &landed(&[("", "5-0"), ("", "5-0")]), false);
+        assert_eq!(missing, vec![batch[2].clone()]);
+        assert_eq!(duplicated, 0);
+    }
+
+    #[test]
+    fn outputs_sharing_their_sources_id_count_one_row_each() {
+        // A handler's two outputs of `1-0` and one of `2-0`.
+        let batch = [m("s", "1-0", 0), m("s", "1-0", 1), m("s", "2-0", 2)];
+        let (missing, _) = missing_members(&batch, &landed(&[("s", "1-0"), ("s", "2-0")]), true);
+        assert_eq!(missing, vec![batch[0].clone(), batch[1].clone()]);
+        let all = landed(&[("s", "1-0"), ("s", "1-0"), ("s", "2-0")]);
+        assert!(missing_members(&batch, &all, true).0.is_empty());
+    }
 }

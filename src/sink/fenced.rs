@@ -17,12 +17,21 @@
 //! finds no table and fails — and only then counts the batch's rows in the
 //! target. The count is then final: the caller acks, retries, or completes a
 //! partial move, knowing that no earlier attempt can land afterwards.
+//!
+//! The count reads through the target's primary key: the batch is staged
+//! once more as a probe, and only rows whose key values are among the
+//! probe's are read ([`super::eo_table`]), so a settle reads a few granules
+//! however large the table is.
+
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use clickhouse::error::Error;
 
-use super::clickhouse::{quote_identifier, ClickHouseSink};
+use super::clickhouse::{quote_identifier, quote_string, ClickHouseSink};
 use super::endpoints::Endpoint;
+use super::eo_table::EoTable;
+use super::retry::{classify, Disposition};
 
 const STAGE_PREFIX: &str = "_sluice_stage_";
 
@@ -150,12 +159,12 @@ async fn drop_stages(sink: &ClickHouseSink, ep: &Endpoint, batch_id: &str) -> Re
 }
 
 /// Drops every stage table of the batch on every endpoint (the fence),
-/// then counts the rows carrying `batch_id` in `column`. An endpoint that
+/// then looks the batch up in the table ([`find`]). An endpoint that
 /// refuses connections has no server running, so no move can be running
 /// there; any other error means "not settled yet": retry.
-pub async fn settle(sink: &ClickHouseSink, column: &str, batch_id: &str) -> Result<u64, Error> {
+pub async fn settle(sink: &ClickHouseSink, lookup: &Lookup<'_>) -> Result<Found, Error> {
     for ep in sink.endpoints().iter() {
-        match drop_stages(sink, ep, batch_id).await {
+        match drop_stages(sink, ep, lookup.batch_id).await {
             Ok(()) => {}
             Err(e) if connection_refused(&e) => {
                 tracing::debug!(endpoint = %ep.label, "endpoint refuses connections: nothing of the batch can be moving there");
@@ -163,7 +172,208 @@ pub async fn settle(sink: &ClickHouseSink, column: &str, batch_id: &str) -> Resu
             Err(e) => return Err(e),
         }
     }
-    timed(sink, sink.count_batch(column, batch_id)).await
+    find(sink, lookup).await
+}
+
+/// What to look up: the rows of one batch.
+pub struct Lookup<'a> {
+    /// The column carrying batch ids, and this batch's id.
+    pub batch_column: &'a str,
+    pub batch_id: &'a str,
+    /// The batch's Native block, staged as the probe that bounds the read.
+    pub block: &'a Bytes,
+    /// `(metadata.stream, metadata.id)` columns: also read which entries the
+    /// found rows are. None: count only.
+    pub keys: Option<(Option<&'a str>, &'a str)>,
+}
+
+/// What the table holds of a batch.
+#[derive(Debug, Default, PartialEq)]
+pub struct Found {
+    /// Rows carrying the batch id.
+    pub rows: u64,
+    /// With [`Lookup::keys`]: the (stream, entry id) of those rows (stream
+    /// `""` without a stream column).
+    pub keys: Vec<(String, String)>,
+}
+
+/// Looks the batch up on the recovery read endpoints. Replicas /
+/// Distributed nodes: the largest answer — a lagging replica may not hold
+/// the batch yet, so it is missed only if no reachable one has it
+/// (docs/CLICKHOUSE_CLUSTER.md); per entry, too. Shards: the sum over every
+/// shard, all of which must answer.
+async fn find(sink: &ClickHouseSink, lookup: &Lookup<'_>) -> Result<Found, Error> {
+    let (endpoints, all_needed) = sink.read_endpoints();
+    let mut answers = Vec::new();
+    let mut last_error = None;
+    for i in endpoints {
+        match find_on(sink, i, lookup).await {
+            Ok(found) => answers.push(found),
+            Err(e) if all_needed => return Err(e),
+            Err(e) => {
+                tracing::warn!(endpoint = %sink.endpoints().get(i).label, error = %e, "exactly-once recovery read failed on this endpoint");
+                last_error = Some(e);
+            }
+        }
+    }
+    if let (true, Some(e)) = (answers.is_empty(), last_error) {
+        return Err(e);
+    }
+    Ok(if all_needed {
+        answers.into_iter().fold(Found::default(), |mut all, f| {
+            all.rows += f.rows;
+            all.keys.extend(f.keys);
+            all
+        })
+    } else {
+        largest(answers)
+    })
+}
+
+/// The largest of replicas' answers, per entry key too.
+fn largest(answers: Vec<Found>) -> Found {
+    let rows = answers.iter().map(|f| f.rows).max().unwrap_or(0);
+    let mut most: HashMap<(String, String), usize> = HashMap::new();
+    for found in answers {
+        let mut counts: HashMap<(String, String), usize> = HashMap::new();
+        for key in found.keys {
+            *counts.entry(key).or_default() += 1;
+        }
+        for (key, n) in counts {
+            let m = most.entry(key).or_default();
+            *m = (*m).max(n);
+        }
+    }
+    let keys = most
+        .into_iter()
+        .flat_map(|(key, n)| std::iter::repeat_n(key, n))
+        .collect();
+    Found { rows, keys }
+}
+
+/// Distinct primary-key values per literal set sent through a Distributed
+/// table: bounds one query's text (and its parse time).
+const KEYS_PER_QUERY: usize = 1000;
+
+/// Looks the batch up on endpoint `i`: stages the batch as a probe, checks
+/// every staged row finds its own primary key (a NaN key does not), then
+/// reads only the table's rows with the batch's key values
+/// (docs/EXACTLY_ONCE.md, "The settle read is bounded"). The probe is a
+/// stage of the batch: a probe left behind is dropped by the next settle.
+async fn find_on(sink: &ClickHouseSink, i: usize, lookup: &Lookup<'_>) -> Result<Found, Error> {
+    let Some(table) = &sink.eo_table else {
+        return find_where(sink, i, lookup, None).await;
+    };
+    let probe = match stage(sink, i, lookup.block.clone(), lookup.batch_id).await {
+        Ok(probe) => probe,
+        // Every attempt stages the batch's block before anything can move:
+        // a block the server refuses as data never reached the table. (A
+        // completion's smaller block is only sent after this block staged.)
+        Err(e) if classify(&e) == Disposition::Bisect => {
+            tracing::debug!(batch = %lookup.batch_id, error = %e, "the server refuses the batch's data: nothing of it can have landed");
+            return Ok(Found::default());
+        }
+        Err(e) => return Err(e),
+    };
+    let found = find_through(sink, i, lookup, table, &table_sql(sink, &probe.name)).await;
+    discard(sink, probe).await;
+    found
+}
+
+async fn find_through(
+    sink: &ClickHouseSink,
+    i: usize,
+    lookup: &Lookup<'_>,
+    table: &EoTable,
+    probe: &str,
+) -> Result<Found, Error> {
+    let client = &sink.endpoints().get(i).client;
+    let check = format!(
+        "SELECT count(), countIf({}) FROM {probe}",
+        table.key_in_probe(probe)
+    );
+    let (staged, matched): (u64, u64) = timed(sink, client.query_raw(&check).fetch_one()).await?;
+    if matched < staged {
+        tracing::warn!(table = %sink.table_name(), batch = %lookup.batch_id, rows = staged - matched, "rows of the batch do not match their own primary-key value (NaN in the key?): reading the whole table for this batch");
+        return find_where(sink, i, lookup, None).await;
+    }
+    if !table.distributed {
+        return find_where(sink, i, lookup, Some(table.key_in_probe(probe))).await;
+    }
+    let mut found = Found::default();
+    for chunk in 0.. {
+        let sql = format!(
+            "SELECT DISTINCT {key} FROM {probe} ORDER BY {key} LIMIT {KEYS_PER_QUERY} OFFSET {}",
+            chunk * KEYS_PER_QUERY,
+            key = table.key
+        );
+        let values = timed(sink, async {
+            client
+                .query_raw(&sql)
+                .fetch_bytes("Values")?
+                .collect()
+                .await
+        })
+        .await?;
+        let values = String::from_utf8_lossy(&values);
+        if values.trim().is_empty() {
+            break;
+        }
+        let part = find_where(sink, i, lookup, Some(table.key_in_values(values.trim()))).await?;
+        found.rows += part.rows;
+        found.keys.extend(part.keys);
+    }
+    Ok(found)
+}
+
+/// The batch's rows on endpoint `i`, filtered by `bound` too if given.
+async fn find_where(
+    sink: &ClickHouseSink,
+    i: usize,
+    lookup: &Lookup<'_>,
+    bound: Option<String>,
+) -> Result<Found, Error> {
+    let client = &sink.endpoints().get(i).client;
+    let mut filter = format!(
+        "{} = {}",
+        quote_identifier(lookup.batch_column),
+        quote_string(lookup.batch_id)
+    );
+    if let Some(bound) = bound {
+        filter = format!("{filter} AND {bound}");
+    }
+    let target = table_sql(sink, &sink.schema.table);
+    // Raw: key values in the text may hold `?`. Literal key sets can be long.
+    let query = |sql: String| {
+        client
+            .query_raw(&sql)
+            .with_setting("max_query_size", "67108864")
+    };
+    match lookup.keys {
+        None => {
+            let sql = format!("SELECT count() FROM {target} WHERE {filter}");
+            let rows = timed(sink, query(sql).fetch_one::<u64>()).await?;
+            Ok(Found {
+                rows,
+                keys: Vec::new(),
+            })
+        }
+        Some((stream, id)) => {
+            let stream = stream.map_or_else(
+                || "''".to_string(),
+                |c| format!("toString({})", quote_identifier(c)),
+            );
+            let sql = format!(
+                "SELECT {stream}, toString({}) FROM {target} WHERE {filter}",
+                quote_identifier(id)
+            );
+            let keys: Vec<(String, String)> = timed(sink, query(sql).fetch_all()).await?;
+            Ok(Found {
+                rows: keys.len() as u64,
+                keys,
+            })
+        }
+    }
 }
 
 /// The error is a refused TCP connection (no server listening).
@@ -183,6 +393,23 @@ fn connection_refused(error: &Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_answers_combine_to_the_largest_per_entry() {
+        let k = |s: &str| ("s".to_string(), s.to_string());
+        let a = Found {
+            rows: 2,
+            keys: vec![k("1-0"), k("2-0")],
+        };
+        let b = Found {
+            rows: 2,
+            keys: vec![k("2-0"), k("2-0")],
+        };
+        let mut all = largest(vec![a, b]);
+        all.keys.sort();
+        assert_eq!(all.rows, 2);
+        assert_eq!(all.keys, vec![k("1-0"), k("2-0"), k("2-0")]);
+    }
 
     #[test]
     fn stage_names_are_plain_identifiers_per_batch() {

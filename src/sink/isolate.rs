@@ -39,6 +39,10 @@ struct Part {
     /// holds it yet.
     id: Option<String>,
     recorded: bool,
+    /// Exactly-once: the batch this part was split from; recording the part
+    /// takes its rows out of that record in the same step, so an entry is in
+    /// one open record at any time, also after a crash mid-bisect.
+    parent: Option<String>,
     /// Refusals in a row with `code`.
     same: u32,
     code: Option<u32>,
@@ -51,6 +55,7 @@ impl Part {
             block,
             id,
             recorded: false,
+            parent: None,
             same: 0,
             code: None,
         }
@@ -219,8 +224,8 @@ impl Committer {
                 1
             };
             let verdict = esc.refused(part.messages.len(), same, &refusal);
-            if verdict != Verdict::RetryLater {
-                // Its rows go on under other ids.
+            if !matches!(verdict, Verdict::RetryLater | Verdict::Split) {
+                // Its row goes on under another id, or to the dead letters.
                 self.drop_record(&part, batch_ids).await;
             }
             match verdict {
@@ -237,11 +242,16 @@ impl Committer {
                 Verdict::Split => {
                     self.metrics.insert_refused();
                     tracing::warn!(flow = %self.flow, rows = part.messages.len(), error = %refusal.message, "ClickHouse refused the batch; bisecting to isolate bad rows");
+                    // The halves' records take their rows out of this one's.
+                    let parent = part.recorded.then(|| part.id.clone()).flatten();
                     let mut left = part.messages;
                     let right = left.split_off(left.len() / 2);
                     // Pop order: left half first, to keep rows roughly in order.
-                    p.todo.push(Part::new(right, None, fresh_id()));
-                    p.todo.push(Part::new(left, None, fresh_id()));
+                    for half in [right, left] {
+                        let mut child = Part::new(half, None, fresh_id());
+                        child.parent = parent.clone();
+                        p.todo.push(child);
+                    }
                 }
                 Verdict::Poison => {
                     self.metrics.insert_refused();
@@ -276,6 +286,13 @@ impl Committer {
         batch_ids: &mut Vec<String>,
     ) -> Result<Option<Mode>, ()> {
         let with_ids = self.exactly_once.is_some();
+        // The rows go on under one new id: records of parts refused before
+        // (settled: nothing of them landed) are dropped first, so no entry
+        // is in two records.
+        for part in p.todo.iter_mut().filter(|part| part.recorded) {
+            self.drop_record(part, batch_ids).await;
+            part.recorded = false;
+        }
         let mut whole = Part::new(p.rows_left(), None, with_ids.then(new_batch_id));
         let dead_before = p.refused.len();
         let attempt = self.attempt(target, &mut whole, p, batch_ids).await?;
@@ -324,8 +341,8 @@ impl Committer {
         let (Some(eo), Some(id), true) = (&self.exactly_once, &part.id, part.recorded) else {
             return;
         };
-        match eo.ledger.forget(id).await {
-            Ok(()) => batch_ids.retain(|b| b != id),
+        match eo.ledger.forget(id, &eo.committer()).await {
+            Ok(_) => batch_ids.retain(|b| b != id),
             Err(e) => {
                 tracing::warn!(flow = %self.flow, batch = %id, error = %e, "could not drop the ledger record of a refused part")
             }
@@ -358,7 +375,12 @@ impl Committer {
         if !part.recorded {
             let before = part.messages.len();
             part.messages = eo
-                .record_owned(&id, std::mem::take(&mut part.messages), &self.hard_stop)
+                .record_owned(
+                    &id,
+                    part.parent.as_deref(),
+                    std::mem::take(&mut part.messages),
+                    &self.hard_stop,
+                )
                 .await
                 .map_err(|_| ())?;
             part.recorded = true;

@@ -1,9 +1,11 @@
 //! Sinks: where a flow's batches land, and the commit step that acks only
 //! what the sink confirmed.
 
+pub mod ack_gate;
 pub mod clickhouse;
 pub mod commit;
 pub mod endpoints;
+pub mod eo_table;
 pub mod escalation;
 pub mod exactly_once;
 pub mod fenced;
@@ -14,5 +16,5 @@ pub mod recover;
 pub mod retry;
 pub mod shard;
 pub mod stream;
-pub mod stuck;
 pub mod stream_once;
+pub mod stuck;

@@ -31,18 +31,26 @@ pub struct Recovery {
 impl Recovery {
     /// Splits claimed entries into those of recorded batches (returned as
     /// the batches to recover) and the rest (returned for normal batching).
+    /// Only records overlapping the entries' time span are read (see
+    /// [`super::ledger::Ledger::records_for`]); an entry is in at most one.
     pub async fn split(
         &self,
         claimed: Vec<Message>,
     ) -> Result<(Vec<Message>, Vec<BatchRecord>), StreamError> {
-        let open = self.eo.ledger.open_batches().await?;
+        // First: a process's first sweep indexes records older versions left.
+        self.eo.sweep_ledger().await;
+        let open = self.eo.ledger.records_for(&claimed).await?;
         if open.is_empty() {
             return Ok((claimed, Vec::new()));
         }
         let mut owner: HashMap<(Arc<str>, Bytes), usize> = HashMap::new();
         for (i, record) in open.iter().enumerate() {
             for member in &record.members {
-                owner.insert(member.clone(), i);
+                if let Some(other) = owner.insert(member.clone(), i) {
+                    // The scripts keep an entry in one record; a ledger
+                    // written by an older version may not.
+                    tracing::error!(flow = %self.eo.flow, batch = %record.id, other = %open[other].id, id = %String::from_utf8_lossy(&member.1), "entry in two open ledger records");
+                }
             }
         }
         let mut rest = Vec::new();
@@ -86,6 +94,26 @@ impl Recovery {
     ) {
         let flow = &self.eo.flow;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        // The members as recorded now that we hold the lease: the list read
+        // when the entries were claimed may have been rewritten since (a
+        // part bisected off, entries claimed by another replica), or the
+        // batch finished and dropped.
+        let record = loop {
+            match self.eo.ledger.members(&record.id).await {
+                Ok(Some(members)) => break BatchRecord { members, ..record },
+                Ok(None) => {
+                    tracing::info!(%flow, batch = %record.id, "the batch was finished before we took it over");
+                    let _ = self.eo.ledger.forget(&record.id, &holder).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%flow, batch = %record.id, error = %e, "reading a recovered batch's record failed; retrying");
+                    if !backoff.wait(&stop).await {
+                        return;
+                    }
+                }
+            }
+        };
         let messages = loop {
             match self.fetch(&record.members).await {
                 Ok(m) => break m,
@@ -123,21 +151,36 @@ impl Recovery {
                 return;
             }
             Outcome::Refused(error) => {
-                // The data is refused: settle it the normal way.
+                // The data is refused: settle it the normal way, under new
+                // batch ids. The record goes first, so that an entry is
+                // never in two records; if another task took the batch
+                // over meanwhile, it is theirs.
                 tracing::warn!(%flow, batch = %record.id, %error, "recovered batch refused; batching its members again to isolate bad rows");
-                let _ = fallback.send(messages).await;
-                let _ = self.eo.ledger.forget(&record.id).await;
-                return;
+                loop {
+                    match self.eo.ledger.forget(&record.id, &holder).await {
+                        Ok(true) => {
+                            let _ = fallback.send(messages).await;
+                            return;
+                        }
+                        Ok(false) => return,
+                        Err(e) => {
+                            tracing::warn!(%flow, batch = %record.id, error = %e, "dropping a refused batch's record failed; retrying");
+                            if !backoff.wait(&stop).await {
+                                return;
+                            }
+                        }
+                    }
+                }
             }
         }
         backoff.reset();
         loop {
             let done = match self.ack_all(&record.members).await {
-                Ok(()) => self.eo.ledger.forget(&record.id).await,
+                Ok(()) => self.eo.ledger.forget(&record.id, &holder).await,
                 Err(e) => Err(e),
             };
             match done {
-                Ok(()) => return,
+                Ok(_) => return,
                 Err(e) => {
                     tracing::warn!(%flow, batch = %record.id, error = %e, "acking a recovered batch failed; retrying");
                     if !backoff.wait(&stop).await {

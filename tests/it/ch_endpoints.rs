@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
-use crate::harness::{free_port, unique_name, wait_for, ClickHouseServer, RedisServer, Worker};
+use crate::harness::{
+    free_port, unique_name, wait_for, ClickHouseServer, ProxyMode, RedisServer, TcpProxy, Worker,
+};
 use crate::probe::metric;
 
 struct Cluster {
@@ -468,6 +470,56 @@ claim = {{ min_idle = "1s", every = "300ms" }}
     )
 }
 
+/// Worker 1 on `config` (its ClickHouse endpoints behind `proxies`, set to
+/// `held` once it runs) records `records` batches of `N_EO` seed jobs; then
+/// XACK is taken away, the stalled proxies pass (a refused one stays
+/// refused), and worker 1 is killed once `landed` says its rows are in.
+/// Returns the ids sent, every one still pending.
+async fn land_then_die_before_ack<F, Fut>(
+    c: &Cluster,
+    [flow, stream]: [&str; 2],
+    config: &str,
+    proxies: [&TcpProxy; 2],
+    held: [ProxyMode; 2],
+    records: u64,
+    landed: F,
+) -> Vec<String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut w1 = Worker::spawn(config);
+    wait_for(LONG, "worker 1 running", || async {
+        w1.log_contents().contains("flow running")
+    })
+    .await;
+    for (proxy, mode) in proxies.iter().zip(held) {
+        proxy.set_mode(mode);
+    }
+    let sent = xadd_many(&c.rc, stream, N_EO, seed_job).await;
+    wait_for(LONG, "batches recorded in the ledger", || async {
+        open_batches(&c.rc, flow).await == records
+    })
+    .await;
+    deny_acks(&c.rc, true).await;
+    for proxy in proxies.iter().filter(|p| p.mode() == ProxyMode::Stall) {
+        proxy.pass();
+    }
+    wait_for(LONG, "rows inserted", landed).await;
+    w1.kill();
+    w1.wait_exit(LONG).await.expect("worker 1 exited");
+    deny_acks(&c.rc, false).await;
+    assert_eq!(
+        pending(&c.rc, stream, "g").await,
+        N_EO as u64,
+        "acked before dying"
+    );
+    sent
+}
+
+/// Seed jobs per exactly-once test.
+const N_EO: usize = 2000;
+
 /// Exactly-once recovery counts a batch on every healthy endpoint: a batch
 /// that worker A inserted on B (A failing over from a refused endpoint) and
 /// died before acking is found there by worker C, whose preferred endpoint
@@ -494,39 +546,23 @@ async fn exactly_once_recovery_finds_a_batch_on_any_endpoint() {
     };
     let open_batches = || crate::common::open_batches(&c.rc, &flow);
     let (proxy_a, proxy_b) = (
-        crate::harness::TcpProxy::start(c.a.http_addr()),
-        crate::harness::TcpProxy::start(c.b.http_addr()),
+        TcpProxy::start(c.a.http_addr()),
+        TcpProxy::start(c.b.http_addr()),
     );
-    let mut w1 = Worker::spawn(&config(&c.redis.url(), &proxy_a.url(), &proxy_b.url()));
-    wait_for(LONG, "worker 1 running", || async {
-        w1.log_contents().contains("flow running")
-    })
-    .await;
     // A refuses (the insert fails over to B); B holds the insert until the
     // batch is recorded; then XACK is taken away, and worker 1 killed once
     // the rows are in (its acks fail until it dies).
-    proxy_a.refuse();
-    proxy_b.stall();
-    const N: usize = 2000;
-    let sent = xadd_many(&c.rc, &stream, N, seed_job).await;
-    wait_for(LONG, "batch recorded in the ledger", || async {
-        open_batches().await == 1
-    })
+    const N: usize = N_EO;
+    let sent = land_then_die_before_ack(
+        &c,
+        [&flow, &stream],
+        &config(&c.redis.url(), &proxy_a.url(), &proxy_b.url()),
+        [&proxy_a, &proxy_b],
+        [ProxyMode::Refuse, ProxyMode::Stall],
+        1,
+        || async { c.b.count(&table).await == N as u64 },
+    )
     .await;
-    deny_acks(&c.rc, true).await;
-    proxy_b.pass();
-    wait_for(LONG, "rows inserted on B", || async {
-        c.b.count(&table).await == N as u64
-    })
-    .await;
-    w1.kill();
-    w1.wait_exit(LONG).await.expect("worker 1 exited");
-    deny_acks(&c.rc, false).await;
-    assert_eq!(
-        pending(&c.rc, &stream, "g").await,
-        N as u64,
-        "acked before dying"
-    );
 
     // Worker 2 prefers A, which never saw the batch.
     let w2 = Worker::spawn(&config(&c.redis.url(), &c.a.url(), &c.b.url()));
@@ -681,39 +717,22 @@ async fn exactly_once_with_shard_by_recovers_each_part_once() {
     };
     let open_batches = || crate::common::open_batches(&c.rc, &flow);
     let (proxy_a, proxy_b) = (
-        crate::harness::TcpProxy::start(c.a.http_addr()),
-        crate::harness::TcpProxy::start(c.b.http_addr()),
+        TcpProxy::start(c.a.http_addr()),
+        TcpProxy::start(c.b.http_addr()),
     );
-    let mut w1 = Worker::spawn(&config(&c.redis.url(), &proxy_a.url(), &proxy_b.url()));
-    wait_for(LONG, "worker 1 running", || async {
-        w1.log_contents().contains("flow running")
-    })
+    // task_for is a, b or c: both shards get a part, each its own record;
+    // both parts land, neither is acked.
+    const N: usize = N_EO;
+    let sent = land_then_die_before_ack(
+        &c,
+        [&flow, &stream],
+        &config(&c.redis.url(), &proxy_a.url(), &proxy_b.url()),
+        [&proxy_a, &proxy_b],
+        [ProxyMode::Stall, ProxyMode::Stall],
+        2,
+        || async { c.a.count(&table).await + c.b.count(&table).await == N as u64 },
+    )
     .await;
-    proxy_a.stall();
-    proxy_b.stall();
-    const N: usize = 2000;
-    let sent = xadd_many(&c.rc, &stream, N, seed_job).await;
-    // task_for is a, b or c: both shards get a part, each its own record.
-    wait_for(LONG, "both parts recorded in the ledger", || async {
-        open_batches().await == 2
-    })
-    .await;
-    // No XACK from here: both parts land, neither is acked.
-    deny_acks(&c.rc, true).await;
-    proxy_a.pass();
-    proxy_b.pass();
-    wait_for(LONG, "both parts inserted", || async {
-        c.a.count(&table).await + c.b.count(&table).await == N as u64
-    })
-    .await;
-    w1.kill();
-    w1.wait_exit(LONG).await.expect("worker 1 exited");
-    deny_acks(&c.rc, false).await;
-    assert_eq!(
-        pending(&c.rc, &stream, "g").await,
-        N as u64,
-        "acked before dying"
-    );
     let (a_rows, b_rows) = (c.a.count(&table).await, c.b.count(&table).await);
 
     let w2 = Worker::spawn(&config(&c.redis.url(), &c.a.url(), &c.b.url()));
@@ -743,4 +762,150 @@ async fn exactly_once_with_shard_by_recovers_each_part_once() {
             .await;
         assert_eq!(wrong, 0, "shard {shard} holds rows of the other shard");
     }
+}
+
+/// An exec handler giving two outputs per message: `key = "a"` (shard 0 by
+/// `cityHash64`) and `key = "b"` (shard 1), both carrying the message's `n`.
+const TWO_SHARD_OUTPUTS: &str = r#"
+import json, sys
+for line in sys.stdin:
+    req = json.loads(line)
+    n = req["fields"].get("n", "")
+    out = [{"key": "a", "n": n}, {"key": "b", "n": n}]
+    sys.stdout.write(json.dumps({"id": req["id"], "outputs": out}) + "\n")
+    sys.stdout.flush()
+"#;
+
+/// Item 8 of issue 11: with a handler and `shard_by`, a message's outputs go
+/// to different shards. While shard B is down, shard A's outputs land — but
+/// no source may be acked before its output on B has landed too. A worker
+/// stopped then (B's part abandoned at the deadline) leaves every message
+/// pending; with B back, another worker lands every output.
+#[tokio::test]
+async fn handler_outputs_on_two_shards_ack_their_source_only_when_both_landed() {
+    let mut c = Cluster::start().await;
+    let (stream, table) = (unique_name("chep_ho"), unique_name("chep_ho"));
+    c.exec_both(&format!(
+        "CREATE TABLE {table} (key String, n UInt64, _id String) ENGINE = MergeTree ORDER BY n"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("two_shards.py");
+    std::fs::write(&script, TWO_SHARD_OUTPUTS).unwrap();
+    let config = c.config(
+        "",
+        &format!(
+            "streams = [\"{stream}\"]\nsink = {{ type = \"clickhouse\", table = \"{table}\", shard_by = \"key\" }}\nhandler = {{ type = \"exec\", command = [\"python3\", \"{}\"], timeout = \"2s\" }}",
+            script.display()
+        ),
+        free_port(),
+    );
+    let mut w = Worker::spawn(&config);
+    wait_for(LONG, "worker running", || async {
+        w.log_contents().contains("flow running")
+    })
+    .await;
+    c.b.stop().await;
+    const N: usize = 50;
+    xadd_many(&c.rc, &stream, N, |i| {
+        vec![("n".to_string(), i.to_string().into_bytes())]
+    })
+    .await;
+    wait_for(LONG, "outputs for shard A landed", || async {
+        c.a.count(&table).await == N as u64
+    })
+    .await;
+    // Stopped with B still down: B's part is abandoned at the deadline; what
+    // the worker acked by then, it acked with B's outputs missing.
+    w.term();
+    w.wait_exit(LONG).await.expect("worker exited");
+    assert_eq!(
+        pending(&c.rc, &stream, "g").await,
+        N as u64,
+        "sources acked before their outputs on shard B landed\n{}",
+        w.log_contents()
+    );
+
+    c.b.start_again().await;
+    // The same config (and metrics port): the first worker has exited.
+    let _w2 = Worker::spawn(&config);
+    wait_for(LONG, "every output on shard B", || async {
+        pending(&c.rc, &stream, "g").await == 0 && c.b.count(&table).await >= N as u64
+    })
+    .await;
+    assert_eq!(
+        c.b.query_u64(&format!("SELECT uniqExact(n) FROM {table} WHERE key = 'b'"))
+            .await,
+        N as u64
+    );
+    assert_eq!(
+        c.b.query_u64(&format!("SELECT countIf(key != 'b') FROM {table}"))
+            .await,
+        0
+    );
+}
+
+/// Exactly-once through a Distributed table (item 6 of issue 11): start-up
+/// checks the local table's engine and primary key, and a settle looks the
+/// batch up through the Distributed table with literal key sets. Worker A
+/// inserts a batch through it and dies before acking; worker B finds the
+/// whole batch on the shards and only acks.
+#[tokio::test]
+async fn exactly_once_through_a_distributed_table_settles_by_key_sets() {
+    let c = Cluster::start().await;
+    define_cluster(&c).await;
+    let (flow, stream, table) = (
+        unique_name("chep_eod"),
+        unique_name("chep_eod"),
+        unique_name("chep_eod"),
+    );
+    let local = format!("{table}_local");
+    c.exec_both(&format!(
+        "CREATE TABLE {local} ({SEED_TABLE_COLUMNS}, _batch String) ENGINE = MergeTree ORDER BY rec_id"
+    ))
+    .await;
+    c.exec_both(&format!(
+        "CREATE TABLE {table} AS {local} ENGINE = Distributed(sluice_test, default, {local}, rec_id)"
+    ))
+    .await;
+    let config = |redis_url: &str, a_url: &str, b_url: &str| {
+        eo_config(
+            [redis_url, a_url, b_url],
+            [&flow, &stream, &table],
+            "endpoints = \"failover\"\n",
+            "",
+        )
+    };
+    let (proxy_a, proxy_b) = (
+        TcpProxy::start(c.a.http_addr()),
+        TcpProxy::start(c.b.http_addr()),
+    );
+    const N: usize = N_EO;
+    // Landed on the shards (the Distributed insert forwards asynchronously).
+    let sent = land_then_die_before_ack(
+        &c,
+        [&flow, &stream],
+        &config(&c.redis.url(), &proxy_a.url(), &proxy_b.url()),
+        [&proxy_a, &proxy_b],
+        [ProxyMode::Stall, ProxyMode::Stall],
+        1,
+        || async { c.a.count(&local).await + c.b.count(&local).await == N as u64 },
+    )
+    .await;
+
+    let w2 = Worker::spawn(&config(&c.redis.url(), &c.a.url(), &c.b.url()));
+    wait_for(LONG, "worker 2 settled the batch", || async {
+        pending(&c.rc, &stream, "g").await == 0 && open_batches(&c.rc, &flow).await == 0
+    })
+    .await;
+    assert!(
+        w2.log_contents()
+            .contains("ClickHouse holds the whole batch"),
+        "{}",
+        w2.log_contents()
+    );
+    let (on_a, on_b) = (ids(&c.a, &local).await, ids(&c.b, &local).await);
+    assert_eq!(on_a.len() + on_b.len(), N, "inserted again");
+    let union: HashSet<&String> = on_a.iter().chain(&on_b).collect();
+    assert!(sent.iter().all(|id| union.contains(id)));
 }

@@ -23,6 +23,7 @@ mod harness_selftest;
 mod hosts;
 mod http_entry;
 mod ingest;
+mod ledger;
 mod lifecycle;
 mod observability;
 mod oom;
