@@ -119,6 +119,8 @@ pub enum AfterSuspect {
     Continue,
     /// `bisect_after` suspects refused the same way, nothing landed: stop.
     TableLevel,
+    /// (Only from [`Escalation::all_suspects`]) the suspects are poison.
+    Poison,
 }
 
 /// While stuck, after the rows left were refused together once more.
@@ -224,6 +226,22 @@ impl Escalation {
         }
     }
 
+    /// Every row of the batch was tried alone and refused, and nothing
+    /// landed (too few rows for `bisect_after` suspects of one kind). With
+    /// fewer than `bisect_after` rows there is no evidence either way: a
+    /// lone bad row in a quiet flow would otherwise hold the flow for good.
+    /// When the server named bad data for every one of them, they are
+    /// poison; otherwise (a code that names no data) the batch is held as
+    /// table-level.
+    pub fn all_suspects(&self, refusals: &[&Refusal]) -> AfterSuspect {
+        let few = refusals.len() < self.k as usize;
+        if few && refusals.iter().all(|r| r.names_data) {
+            AfterSuspect::Poison
+        } else {
+            AfterSuspect::TableLevel
+        }
+    }
+
     /// Bisecting stopped on a table-level error (`refusal` the latest).
     /// Returns true when the flow just became stuck (not already).
     pub fn table_level(&mut self, refusal: &Refusal, now: SystemTime) -> bool {
@@ -278,6 +296,40 @@ impl Escalation {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_lone_row_refused_for_its_data_is_poison_not_a_stuck_table() {
+        let data = Refusal {
+            code: 395,
+            message: "throwIf".into(),
+            names_data: true,
+        };
+        let unknown = Refusal {
+            code: 1001,
+            message: "std::exception".into(),
+            names_data: false,
+        };
+        let esc = super::Escalation::new(3);
+        assert_eq!(esc.all_suspects(&[&data]), super::AfterSuspect::Poison);
+        assert_eq!(
+            esc.all_suspects(&[&data, &data]),
+            super::AfterSuspect::Poison
+        );
+        // As many rows as bisect_after: evidence of a table-level error.
+        assert_eq!(
+            esc.all_suspects(&[&data, &data, &data]),
+            super::AfterSuspect::TableLevel
+        );
+        // A code that names no data: held, never dead-lettered.
+        assert_eq!(
+            esc.all_suspects(&[&unknown]),
+            super::AfterSuspect::TableLevel
+        );
+        assert_eq!(
+            esc.all_suspects(&[&data, &unknown]),
+            super::AfterSuspect::TableLevel
+        );
+    }
+
     use super::*;
 
     fn refusal(code: u32, names_data: bool) -> Refusal {

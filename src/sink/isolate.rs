@@ -183,6 +183,13 @@ impl Committer {
                     break Ok(());
                 }
                 // Every row tried alone was refused, and nothing landed.
+                let refusals: Vec<&Refusal> = p.suspects.iter().map(|(_, r)| r).collect();
+                if esc.all_suspects(&refusals) == AfterSuspect::Poison {
+                    for (m, r) in std::mem::take(&mut p.suspects) {
+                        p.poison(m, &r);
+                    }
+                    break Ok(());
+                }
                 let r = p.suspects.last().expect("suspects").1.clone();
                 self.table_level(&mut esc, &r, p.held()).await;
                 mode = Mode::Stuck;

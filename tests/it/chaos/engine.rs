@@ -514,6 +514,9 @@ struct Fleet {
     orphan_reports: u64,
     /// `redis-oom`: log lines of replicas whose dead letters Redis refused.
     dead_letters_refused: u64,
+    /// `redis-oom`, exactly-once: ledger records Redis refused (they are
+    /// written before a batch's insert and its dead letters).
+    ledger_writes_refused: u64,
 }
 
 impl Fleet {
@@ -527,6 +530,7 @@ impl Fleet {
             panics: 0,
             orphan_reports: 0,
             dead_letters_refused: 0,
+            ledger_writes_refused: 0,
         }
     }
 
@@ -569,6 +573,9 @@ impl Fleet {
         self.panics += log.matches("panicked").count() as u64;
         self.orphan_reports += log.matches("that we never received").count() as u64;
         self.dead_letters_refused += log.matches("writing dead letters failed").count() as u64;
+        self.ledger_writes_refused += log
+            .matches("recording the batch in the ledger failed")
+            .count() as u64;
     }
 
     fn kill_and_restart(&mut self, i: usize) {
@@ -1015,6 +1022,12 @@ pub async fn run(case: Case, params: &Params) -> Report {
         report.notes.push(format!(
             "dead letters refused by Redis at maxmemory {} times; their sources stayed pending",
             fleet.dead_letters_refused
+        ));
+    }
+    if fleet.ledger_writes_refused > 0 {
+        report.notes.push(format!(
+            "ledger records refused by Redis at maxmemory {} times; their batches waited",
+            fleet.ledger_writes_refused
         ));
     }
     if fleet.panics > 0 {
