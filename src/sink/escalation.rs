@@ -22,7 +22,10 @@
 //!    **table-level**: bisecting stops, and the rows left (suspects and
 //!    untried parts) are retried together with a slow backoff, the flow
 //!    reported stuck (metric, log, `sluice status`). Nothing is ever
-//!    dead-lettered for it.
+//!    dead-lettered for it. Exception: a batch of fewer than
+//!    `bisect_after` rows, each refused alone with an error that names bad
+//!    data, gives no evidence of a broken table; its rows are poison, so
+//!    a lone bad row in a quiet flow cannot hold the flow for good.
 //! 4. While stuck, rows left are retried as one insert. If it lands, the
 //!    batch is done. If it fails the same way `bisect_after` more times and
 //!    untried parts remain, bisecting resumes where it stopped: a batch
