@@ -219,9 +219,9 @@ name = "work"
 streams = ["{stream_in}"]
 group = "g"
 max_deliveries = 3
-claim = {{ min_idle = "2s", every = "250ms" }}
+claim = {{ min_idle = "4s", every = "250ms" }}
 batch = {{ max_rows = 100, max_wait = "50ms" }}
-handler = {{ type = "exec", command = ["python3", "{script}"], workers = 2, timeout = "5s" }}
+handler = {{ type = "exec", command = ["python3", "{script}"], workers = 2, timeout = "3s" }}
 sink = {{ type = "stream", to = "{stream_out}" }}
 
 [[flow]]
@@ -276,7 +276,7 @@ sink = {{ type = "clickhouse", table = "{table}" }}
     assert_eq!(field(crash, "action"), Some("crash"));
     let timeout = &dead["101"];
     let reason = field(timeout, "sluice.reason").unwrap();
-    assert!(reason.contains("timed out after 1s"), "{reason}");
+    assert!(reason.contains("timed out after 3s"), "{reason}");
     assert_eq!(field(timeout, "sluice.deliveries"), Some("3"));
     wait_for(LONG, "nothing pending anywhere", || async {
         pending(&s.rc, &stream_in, "g").await == 0 && pending(&s.rc, &stream_out, "g").await == 0
