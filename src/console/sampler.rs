@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, FlowConfig, SinkConfig};
 use crate::schedule::spec::now_ms;
 use crate::sink::endpoints::EndpointStatus;
+use crate::sink::stuck;
 use crate::status::{self, StreamStatus};
 use crate::stream::group::ConsumerInfo;
 use crate::stream::{commands, reply, StreamError};
@@ -51,8 +52,10 @@ pub struct FlowView {
     pub sink: String,
     pub dead_letter_stream: String,
     pub dead_letter_length: u64,
-    /// A table-level ClickHouse error the flow's inserts would meet (unknown
-    /// table, missing rights): the flow retries forever until it is fixed.
+    /// A table-level ClickHouse error: the table cannot be read (unknown
+    /// table, missing rights), or a replica's inserts are refused for every
+    /// row (its `sluice:stuck:{flow}` record). The flow retries until it is
+    /// fixed.
     pub stuck: Option<String>,
     pub streams: Vec<StreamView>,
 }
@@ -198,7 +201,8 @@ impl Sampler {
             let (endpoints, stuck) = clickhouse;
             snap.endpoints = endpoints;
             for f in &mut snap.flows {
-                f.stuck = stuck.get(&f.name).cloned();
+                // An unreadable table says more than a refused insert.
+                f.stuck = stuck.get(&f.name).cloned().or(f.stuck.take());
             }
             snap.taken_at_ms = now_ms();
             snap.took_ms = started.elapsed().as_millis() as u64;
@@ -263,7 +267,7 @@ async fn sample_redis(
             sink: sink_label(f),
             dead_letter_length: commands::len(client, &dead).await?,
             dead_letter_stream: dead.clone(),
-            stuck: None,
+            stuck: stuck_record(client, &f.name).await,
             streams: Vec::new(),
         };
         for base in &f.base_streams {
@@ -345,6 +349,20 @@ fn merge_consumers(shards: &[StreamStatus]) -> Vec<ConsumerInfo> {
         }
     }
     out
+}
+
+/// The oldest record of a replica whose inserts into `flow`'s table are
+/// refused for every row (`sink::stuck`), as `sluice status` prints it; None
+/// when there is none or it cannot be read (the overview shows the rest).
+async fn stuck_record(client: &Client, flow: &str) -> Option<String> {
+    let now = now_ms();
+    match stuck::list(client, flow, now).await {
+        Ok(records) => records.first().map(|r| status::render_stuck(flow, r, now)),
+        Err(e) => {
+            tracing::warn!(flow, error = %e, "console sampler: reading the stuck record failed");
+            None
+        }
+    }
 }
 
 /// Endpoint health, and the flows whose table cannot be read on an

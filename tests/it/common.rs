@@ -184,6 +184,27 @@ pub async fn pending(client: &Client, stream: &str, group: &str) -> u64 {
     }
 }
 
+/// The ids in the group's pending list (at most `max`, oldest first).
+pub async fn pending_ids(client: &Client, stream: &str, group: &str, max: usize) -> Vec<String> {
+    let args = vec![
+        stream.into(),
+        group.into(),
+        "-".into(),
+        "+".into(),
+        (max as i64).into(),
+    ];
+    match raw_or_nil(client, "XPENDING", args).await {
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|item| match item {
+                Value::Array(fields) => fields.first().and_then(|id| id.as_string()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Pending count per consumer name.
 pub async fn pending_by_consumer(client: &Client, stream: &str, group: &str) -> Vec<(String, u64)> {
     let mut out = Vec::new();

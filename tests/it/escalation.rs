@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use crate::harness::{free_port, unique_name, wait_for, Worker};
-use crate::probe::{metric, sluice_status};
+use crate::probe::{http_get, metric, sluice_status};
 
 /// One flow with a metrics endpoint; `bisect_after` left at its default (3).
 fn config(s: &Stack, stream: &str, table: &str, metrics_port: u16) -> String {
@@ -131,8 +131,11 @@ async fn a_view_refusing_every_row_keeps_the_batch_and_reports_the_flow_stuck() 
         "CREATE MATERIALIZED VIEW {table}_mv TO {table}_to AS SELECT id, toString(x) AS x FROM {table}"
     ))
     .await;
-    let port = free_port();
-    let w = Worker::spawn(&config(&s, &stream, &table, port));
+    let (port, console_port) = (free_port(), free_port());
+    let w = Worker::spawn(&format!(
+        "{}\n[console]\nlisten = \"127.0.0.1:{console_port}\"\nsample_every = \"300ms\"\n",
+        config(&s, &stream, &table, port)
+    ));
     add_rows(&s, &stream, 30, |i| i as i32).await;
     let dead_stream = format!("{stream}:dead");
     wait_for(
@@ -164,6 +167,19 @@ async fn a_view_refusing_every_row_keeps_the_batch_and_reports_the_flow_stuck() 
     assert!(since > 1.6e9, "stuck gauge: {since}");
     assert_eq!(pending(&s.rc, &stream, "g").await, 30, "the rows are kept");
     assert!(w.log_contents().contains("table-level error"));
+    // The console shows the same record: the table reads fine, the inserts
+    // are refused.
+    wait_for(LONG, "the console marks the flow stuck", || async {
+        http_get(console_port, "/api/v1/overview")
+            .await
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .is_some_and(|o| {
+                o["flows"][0]["stuck"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("Type mismatch"))
+            })
+    })
+    .await;
 
     // Fixed in one step (the target takes the view's String), so that no
     // retry lands while the table has no view: everything lands once,
