@@ -96,8 +96,8 @@ dead_letter = "{stream}:dead"
     let window = t0.elapsed().as_secs_f64();
     let made = after - before;
     // Slots are 500 ms apart in Redis's clock; a sealed batch may wait
-    // behind the previous insert of its replica, so allow a burst of 3.
-    let allowed = (2.0 * window).floor() as u64 + 3;
+    // behind the previous insert of its replica, so allow a burst of 4.
+    let allowed = (2.0 * window).floor() as u64 + 4;
     eprintln!("{made} inserts in {window:.2}s (allowed {allowed})");
     assert!(
         made <= allowed,
@@ -166,7 +166,7 @@ async fn budget_slots_are_one_interval_apart_across_clients() {
     assert_spaced(&w, Duration::from_millis(250));
     // The key expires once its slots are in the past.
     let ttl: i64 = redis.client().await.pttl(&key).await.unwrap();
-    assert!(ttl > 0 && ttl <= 1_250 + 1_000 + 100, "pttl {ttl}");
+    assert!(ttl > 1_000 && ttl <= 6 * 250 + 1_000, "pttl {ttl}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
