@@ -6,8 +6,8 @@
 //! number in `system.parts`: every insert into a MergeTree takes the next
 //! one) and its active part count, and prints both over time, then a
 //! summary per run: inserts/s, rows per insert, peak and final active
-//! parts, msgs/s landed, and how long the last entries took to land after
-//! the producer stopped.
+//! parts, msgs/s sent (the producer's achieved rate), and how long the last
+//! entries took to land after the producer stopped.
 //!
 //! `cargo bench --bench budget`; knobs: `SLUICE_BENCH_RATE` (msgs/s,
 //! default 20,000), `SLUICE_BENCH_SECS` (steady phase, default 30),
@@ -18,6 +18,8 @@ mod common;
 #[allow(dead_code, unused_imports)]
 mod harness;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{enqueue, env_usize, under_cargo_bench};
@@ -31,7 +33,7 @@ struct Run {
     rows_per_insert: f64,
     peak_parts: u64,
     end_parts: u64,
-    landed_per_sec: f64,
+    sent_per_sec: f64,
     drain_secs: f64,
 }
 
@@ -79,56 +81,68 @@ batch = {{ max_rows = 50000, max_bytes = "16MiB", max_wait = "100ms" }}
         ch.url()
     );
     let workers: Vec<Worker> = (0..REPLICAS).map(|_| Worker::spawn(&config)).collect();
-    let rc = redis.client().await;
-    // Producer: every 10 ms, rate/100 messages; a sample every second.
-    let per_tick = (rate / 100).max(1);
-    let total = per_tick * 100 * secs as usize;
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    let (mut sent, started) = (0, Instant::now());
-    let mut next_sample = started;
-    let (mut last_inserts, mut peak_parts) = (0, 0);
-    let mut first = None;
-    println!("\n[{label}] second  inserts/s  active parts");
-    while sent < total {
-        tick.tick().await;
-        enqueue(&rc, &[&stream], sent, per_tick).await;
-        sent += per_tick;
-        if Instant::now() >= next_sample {
-            next_sample += Duration::from_secs(1);
-            let (inserts, parts) = inserts_and_parts(ch, &table).await;
-            let t = started.elapsed().as_secs();
-            if t > 0 {
-                println!(
-                    "[{label}] {t:>6}  {:>9}  {parts:>12}",
-                    inserts - last_inserts
-                );
+    // Producer: every 10 ms, rate/100 messages, until stopped.
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (rc, stream, stop) = (redis.client().await, stream.clone(), stop.clone());
+        tokio::spawn(async move {
+            let per_tick = (rate / 100).max(1);
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                enqueue(&rc, &[&stream], sent, per_tick).await;
+                sent += per_tick;
             }
+            sent
+        })
+    };
+    // A sample every second: inserts in that second, active parts.
+    let started = Instant::now();
+    let (mut per_sec, mut parts_over_time) = (Vec::new(), Vec::new());
+    let (mut last, mut first) = (0, None);
+    for t in 1..=secs {
+        tokio::time::sleep_until((started + Duration::from_secs(t)).into()).await;
+        let (inserts, parts) = inserts_and_parts(ch, &table).await;
+        if t > 1 {
+            per_sec.push(inserts - last);
+        } else {
             // The summary counts from the first full second on.
-            if t == 1 {
-                first = Some((inserts, Instant::now()));
-            }
-            last_inserts = inserts;
-            peak_parts = peak_parts.max(parts);
+            first = Some((inserts, Instant::now()));
         }
+        parts_over_time.push(parts);
+        last = inserts;
     }
+    let (from, at) = first.expect("secs >= 2");
+    let inserts_per_sec = (last - from) as f64 / at.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let total = producer.await.unwrap();
     let stopped = Instant::now();
-    let (inserts, _) = inserts_and_parts(ch, &table).await;
-    let (from, at) = first.unwrap_or((0, started));
-    let inserts_per_sec = (inserts - from) as f64 / at.elapsed().as_secs_f64();
-    wait_for(Duration::from_secs(300), "steady phase landed", || async {
+    let sent_per_sec = total as f64 / started.elapsed().as_secs_f64();
+    wait_for(Duration::from_secs(300), "everything landed", || async {
         ch.count(&table).await >= total as u64
     })
     .await;
     let drain_secs = stopped.elapsed().as_secs_f64();
     let (inserts, end_parts) = inserts_and_parts(ch, &table).await;
     drop(workers);
+    let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
+    println!(
+        "[{label}] inserts per second, from second 2: {}",
+        list(&per_sec)
+    );
+    println!(
+        "[{label}] active parts, every second:        {}",
+        list(&parts_over_time)
+    );
     Run {
         label,
         inserts_per_sec,
         rows_per_insert: total as f64 / inserts.max(1) as f64,
-        peak_parts,
+        peak_parts: parts_over_time.iter().copied().max().unwrap_or(0),
         end_parts,
-        landed_per_sec: total as f64 / started.elapsed().as_secs_f64(),
+        sent_per_sec,
         drain_secs,
     }
 }
@@ -150,7 +164,7 @@ fn main() {
         println!("\nsluice budget bench: {REPLICAS} replicas, {rate} msgs/s for {secs}s, batch max_wait 100ms / max_rows 50,000");
         println!(
             "{:<14} {:>10} {:>12} {:>11} {:>10} {:>11} {:>16}",
-            "run", "inserts/s", "rows/insert", "peak parts", "end parts", "msgs/s", "last landed after"
+            "run", "inserts/s", "rows/insert", "peak parts", "end parts", "msgs/s sent", "last landed after"
         );
         for r in &runs {
             println!(
@@ -160,7 +174,7 @@ fn main() {
                 r.rows_per_insert,
                 r.peak_parts,
                 r.end_parts,
-                r.landed_per_sec,
+                r.sent_per_sec,
                 r.drain_secs
             );
         }
