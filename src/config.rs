@@ -1786,6 +1786,34 @@ on_success = "ack"              # or "ack_del": XACK then XDEL, as the original 
     }
 
     #[test]
+    fn insert_budget_and_batch_scale_are_checked() {
+        let with = |extra: &str| {
+            EXAMPLE.replace(
+                r#"table = "events" }"#,
+                &format!(r#"table = "events", {extra} }}"#),
+            )
+        };
+        let c = parse(&with("max_inserts_per_second = 0.5"), &[]).unwrap();
+        assert!(matches!(
+            c.flows[0].sink,
+            SinkConfig::Clickhouse {
+                max_inserts_per_second: Some(r),
+                max_batch_scale,
+                ..
+            } if r == 0.5 && max_batch_scale == 1.0
+        ));
+        for (bad, key) in [
+            ("max_inserts_per_second = 0", "sink.max_inserts_per_second"),
+            ("max_inserts_per_second = -2", "sink.max_inserts_per_second"),
+            ("max_batch_scale = 0.5", "sink.max_batch_scale"),
+            ("max_batch_scale = 1000", "sink.max_batch_scale"),
+        ] {
+            let err = parse(&with(bad), &[]).unwrap_err().to_string();
+            assert!(err.contains(&format!("flow[0].{key}")), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn bad_value_names_nested_key() {
         let text = EXAMPLE.replace("max_wait = \"1s\"", "max_wait = \"soon\"");
         let err = parse(&text, &[]).unwrap_err().to_string();
