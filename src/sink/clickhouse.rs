@@ -4,7 +4,7 @@
 //! Which endpoint takes an insert is [`super::endpoints`]' business; how a
 //! sharded flow splits a batch is [`super::shard`]'s.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::endpoints::{Endpoint, Endpoints};
 use super::eo_table::{completion_warning, EoTable, EoTableError};
 use super::mapping::{LiveMapping, Refresh, RefreshError};
-use super::pressure::{self, Pressure};
+use super::pacing::SharedPressure;
+use super::pressure;
 use super::retry::Backoff;
 use super::shard::Sharding;
 use crate::batch::MappingError;
@@ -133,7 +134,7 @@ pub struct ClickHouseSink {
     pub eo_table: Option<EoTable>,
     /// What the inserts' outcomes say about the server's pressure
     /// (adaptive batches: [`super::pacing`]).
-    pub pressure: Arc<Mutex<Pressure>>,
+    pub pressure: Arc<SharedPressure>,
 }
 
 impl ClickHouseSink {
@@ -237,7 +238,7 @@ impl ClickHouseSink {
             schema_refresh: cfg.schema_refresh,
             flow: flow.name.clone(),
             eo_table,
-            pressure: Arc::new(Mutex::new(Pressure::new(max_batch_scale))),
+            pressure: Arc::new(SharedPressure::new(max_batch_scale)),
         })
     }
 
@@ -337,11 +338,8 @@ impl ClickHouseSink {
             insert.end().await
         }
         .await;
-        let signal = pressure::signal(&result, started.elapsed());
         self.pressure
-            .lock()
-            .expect("pressure poisoned")
-            .observe(signal);
+            .observe(pressure::signal(&result, started.elapsed()));
         result
     }
 

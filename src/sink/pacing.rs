@@ -18,13 +18,13 @@
 //! Redis anyway). The last batch at shutdown is sealed at once.
 
 use prometheus::{CounterVec, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::budget::Budget;
 use super::clickhouse::ClickHouseSink;
-use super::pressure::Pressure;
+use super::pressure::{Pressure, Signal, State};
 use crate::config::{BatchConfig, FlowConfig, SinkConfig};
 use crate::metrics::{counter, gauge, int_gauge, FlowMetrics};
 
@@ -99,10 +99,8 @@ struct Handles {
     waits: prometheus::IntCounter,
     wait_seconds: prometheus::Counter,
     full_waits: prometheus::IntCounter,
-    scale: prometheus::Gauge,
     max_rows: prometheus::IntGauge,
     max_wait: prometheus::Gauge,
-    pressure: prometheus::IntGauge,
 }
 
 impl Handles {
@@ -112,10 +110,57 @@ impl Handles {
             waits: v.waits.with_label_values(l),
             wait_seconds: v.wait_seconds.with_label_values(l),
             full_waits: v.full_waits.with_label_values(l),
-            scale: v.scale.with_label_values(l),
             max_rows: v.max_rows.with_label_values(l),
             max_wait: v.max_wait.with_label_values(l),
-            pressure: v.pressure.with_label_values(l),
+        }
+    }
+}
+
+/// A flow's pressure, shared by its sink (which feeds it every insert's
+/// outcome) and its batcher (which reads the scale). Exports the state and
+/// the scale as they change, also while the batcher waits behind a retried
+/// insert.
+pub struct SharedPressure {
+    pressure: Mutex<Pressure>,
+    gauges: OnceLock<(prometheus::Gauge, prometheus::IntGauge)>,
+}
+
+impl SharedPressure {
+    pub fn new(max_scale: f64) -> SharedPressure {
+        SharedPressure {
+            pressure: Mutex::new(Pressure::new(max_scale)),
+            gauges: OnceLock::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pressure> {
+        self.pressure.lock().expect("pressure poisoned")
+    }
+
+    /// Takes one insert's outcome into account.
+    pub fn observe(&self, signal: Signal) {
+        let mut p = self.lock();
+        p.observe(signal);
+        self.export(&p);
+    }
+
+    /// The scale and the state now.
+    pub fn current(&self) -> (f64, State) {
+        let p = self.lock();
+        (p.scale(), p.state())
+    }
+
+    fn export(&self, p: &Pressure) {
+        if let Some((scale, state)) = self.gauges.get() {
+            scale.set(p.scale());
+            state.set(p.state() as i64);
+        }
+    }
+
+    /// Exports to these gauges from now on (the first call wins).
+    fn export_to(&self, scale: prometheus::Gauge, state: prometheus::IntGauge) {
+        if self.gauges.set((scale, state)).is_ok() {
+            self.export(&self.lock());
         }
     }
 }
@@ -124,7 +169,7 @@ impl Handles {
 pub struct Pacer {
     base: BatchConfig,
     budget: Option<Budget>,
-    pressure: Arc<Mutex<Pressure>>,
+    pressure: Arc<SharedPressure>,
     /// The limits in effect (base × scale) and the scale they were made for.
     limits: BatchConfig,
     scale: f64,
@@ -141,14 +186,19 @@ impl Pacer {
     pub fn new(
         base: BatchConfig,
         budget: Option<Budget>,
-        pressure: Arc<Mutex<Pressure>>,
+        pressure: Arc<SharedPressure>,
         stop: CancellationToken,
         flow: &str,
         metrics: &FlowMetrics,
     ) -> Pacer {
-        let handles = metrics
-            .shared()
-            .map(|(flow, m)| Handles::new(&m.pacing, flow));
+        let handles = metrics.shared().map(|(flow, m)| {
+            let v = &m.pacing;
+            pressure.export_to(
+                v.scale.with_label_values(&[flow]),
+                v.pressure.with_label_values(&[flow]),
+            );
+            Handles::new(v, flow)
+        });
         let mut pacer = Pacer {
             limits: base.clone(),
             base,
@@ -203,13 +253,7 @@ impl Pacer {
     /// Takes the pressure's current scale into the limits: once per chunk
     /// (one uncontended lock), not per message.
     pub fn refresh(&mut self) {
-        let (scale, state) = {
-            let p = self.pressure.lock().expect("pressure poisoned");
-            (p.scale(), p.state())
-        };
-        if let Some(h) = &self.handles {
-            h.pressure.set(state as i64);
-        }
+        let (scale, state) = self.pressure.current();
         if scale == self.scale {
             return;
         }
@@ -219,7 +263,6 @@ impl Pacer {
         self.scale = scale;
         self.limits = scaled(&self.base, scale);
         if let Some(h) = &self.handles {
-            h.scale.set(scale);
             h.max_rows.set(self.limits.max_rows as i64);
             h.max_wait.set(self.limits.max_wait.as_secs_f64());
         }
@@ -318,7 +361,7 @@ mod tests {
         }
     }
 
-    fn pacer(pressure: &Arc<Mutex<Pressure>>) -> Pacer {
+    fn pacer(pressure: &Arc<SharedPressure>) -> Pacer {
         Pacer::new(
             base(),
             None,
@@ -331,13 +374,10 @@ mod tests {
 
     #[test]
     fn limits_follow_the_pressure_scale() {
-        let pressure = Arc::new(Mutex::new(Pressure::new(8.0)));
+        let pressure = Arc::new(SharedPressure::new(8.0));
         let mut p = pacer(&pressure);
         assert_eq!(p.limits().max_rows, 1000);
-        pressure
-            .lock()
-            .unwrap()
-            .observe(super::super::pressure::Signal::TooManyParts);
+        pressure.observe(Signal::TooManyParts);
         assert_eq!(p.limits().max_rows, 1000, "until refreshed");
         p.refresh();
         let l = p.limits().clone();
@@ -348,7 +388,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_budget_a_due_batch_is_sealed_at_once() {
-        let pressure = Arc::new(Mutex::new(Pressure::new(1.0)));
+        let pressure = Arc::new(SharedPressure::new(1.0));
         let mut p = pacer(&pressure);
         let opened = std::time::Instant::now();
         assert_eq!(

@@ -14,7 +14,8 @@ use fred::prelude::*;
 use sluice::sink::budget::{self, Budget};
 
 use crate::common::*;
-use crate::harness::{secs, unique_name, wait_for, RedisCluster, RedisServer, Worker};
+use crate::harness::{free_port, secs, unique_name, wait_for, RedisCluster, RedisServer, Worker};
+use crate::observability::{sample, scrape};
 
 /// Inserts into `table` so far.
 async fn inserts(s: &Stack, table: &str) -> u64 {
@@ -179,4 +180,79 @@ async fn the_budget_script_runs_on_redis_cluster() {
         10.0,
     );
     assert_spaced(&waits(&budget, 4).await, Duration::from_millis(100));
+}
+
+/// A gauge of flow `f` on the worker's `/metrics`.
+async fn flow_gauge(port: u16, name: &str) -> f64 {
+    sample(&scrape(port).await, name, &[("flow", "f")]).unwrap_or(f64::NAN)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_grow_on_too_many_parts_and_return_to_size_when_merges_catch_up() {
+    let s = Stack::start().await;
+    let (stream, table) = (unique_name("adapt"), unique_name("adapt"));
+    // Merges stopped: the 4th part refuses inserts with TOO_MANY_PARTS.
+    s.ch.exec(&format!(
+        "CREATE TABLE {table} (id UInt64) ENGINE = MergeTree ORDER BY id SETTINGS parts_to_throw_insert = 4"
+    ))
+    .await;
+    s.ch.exec(&format!("SYSTEM STOP MERGES {table}")).await;
+    let port = free_port();
+    let config = format!(
+        r#"
+[redis]
+url = "{}"
+[clickhouse]
+url = "{}"
+[metrics]
+listen = "127.0.0.1:{port}"
+[[flow]]
+name = "f"
+streams = ["{stream}"]
+group = "g"
+sink = {{ type = "clickhouse", table = "{table}", max_batch_scale = 8 }}
+batch = {{ max_rows = 100000, max_wait = "100ms" }}
+dead_letter = "{stream}:dead"
+"#,
+        s.redis.url(),
+        s.ch.url()
+    );
+    let _worker = Worker::spawn(&config);
+    let produced = AtomicUsize::new(0);
+    let add = |n: usize| {
+        let from = produced.fetch_add(n, Ordering::Relaxed);
+        xadd_many(&s.rc, &stream, n, move |i| {
+            vec![("id".into(), (from + i).to_string().into_bytes())]
+        })
+    };
+    // Batches one by one until the table refuses them.
+    wait_for(LONG, "the table refuses inserts", || async {
+        add(10).await;
+        flow_gauge(port, "sluice_clickhouse_pressure").await == 2.0
+    })
+    .await;
+    wait_for(LONG, "batches grown to the bound", || async {
+        flow_gauge(port, "sluice_batch_scale").await == 8.0
+    })
+    .await;
+
+    // Merges catch up: calm inserts bring the batches back to size.
+    s.ch.exec(&format!("SYSTEM START MERGES {table}")).await;
+    s.ch.exec(&format!("OPTIMIZE TABLE {table} FINAL")).await;
+    wait_for(LONG, "batches back to the configured size", || async {
+        add(10).await;
+        flow_gauge(port, "sluice_batch_scale").await == 1.0
+    })
+    .await;
+    assert_eq!(flow_gauge(port, "sluice_clickhouse_pressure").await, 0.0);
+    let produced = produced.load(Ordering::Relaxed) as u64;
+    wait_for(LONG, "every entry landed once", || async {
+        s.ch.count(&table).await == produced
+    })
+    .await;
+    assert_eq!(
+        s.ch.query_u64(&format!("SELECT uniqExact(id) FROM {table}"))
+            .await,
+        produced
+    );
 }
