@@ -26,6 +26,32 @@ async fn inserts(s: &Stack, table: &str) -> u64 {
         .await
 }
 
+/// One flow `f` from `stream` into `table`, batches of up to 100ms;
+/// `sink_keys` go into the sink, `sections` before the flow.
+fn config(s: &Stack, stream: &str, table: &str, sink_keys: &str, sections: &str) -> String {
+    format!(
+        r#"
+[redis]
+url = "{}"
+[clickhouse]
+url = "{}"
+[worker]
+shutdown_timeout = "20s"
+block = "200ms"
+{sections}
+[[flow]]
+name = "f"
+streams = ["{stream}"]
+group = "g"
+sink = {{ type = "clickhouse", table = "{table}", {sink_keys} }}
+batch = {{ max_rows = 100000, max_wait = "100ms" }}
+dead_letter = "{stream}:dead"
+"#,
+        s.redis.url(),
+        s.ch.url()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_replicas_under_a_budget_of_two_inserts_per_second_make_at_most_two() {
     let s = Stack::start().await;
@@ -35,26 +61,7 @@ async fn four_replicas_under_a_budget_of_two_inserts_per_second_make_at_most_two
     ))
     .await;
     // max_wait alone would make 4 × 10 inserts/s.
-    let config = format!(
-        r#"
-[redis]
-url = "{}"
-[clickhouse]
-url = "{}"
-[worker]
-shutdown_timeout = "20s"
-block = "200ms"
-[[flow]]
-name = "f"
-streams = ["{stream}"]
-group = "g"
-sink = {{ type = "clickhouse", table = "{table}", max_inserts_per_second = 2 }}
-batch = {{ max_rows = 100000, max_wait = "100ms" }}
-dead_letter = "{stream}:dead"
-"#,
-        s.redis.url(),
-        s.ch.url()
-    );
+    let config = config(&s, &stream, &table, "max_inserts_per_second = 2", "");
     let workers: Vec<Worker> = (0..4).map(|_| Worker::spawn(&config)).collect();
 
     // A steady producer: 20 entries every 50 ms.
@@ -198,25 +205,8 @@ async fn batches_grow_on_too_many_parts_and_return_to_size_when_merges_catch_up(
     .await;
     s.ch.exec(&format!("SYSTEM STOP MERGES {table}")).await;
     let port = free_port();
-    let config = format!(
-        r#"
-[redis]
-url = "{}"
-[clickhouse]
-url = "{}"
-[metrics]
-listen = "127.0.0.1:{port}"
-[[flow]]
-name = "f"
-streams = ["{stream}"]
-group = "g"
-sink = {{ type = "clickhouse", table = "{table}", max_batch_scale = 8 }}
-batch = {{ max_rows = 100000, max_wait = "100ms" }}
-dead_letter = "{stream}:dead"
-"#,
-        s.redis.url(),
-        s.ch.url()
-    );
+    let metrics = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"");
+    let config = config(&s, &stream, &table, "max_batch_scale = 8", &metrics);
     let _worker = Worker::spawn(&config);
     let produced = AtomicUsize::new(0);
     let add = |n: usize| {
