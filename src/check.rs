@@ -74,6 +74,8 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
                 table,
                 shard_by,
                 clickhouse,
+                max_inserts_per_second,
+                max_batch_scale,
             } => {
                 let ch = config
                     .clickhouse_for(clickhouse.as_deref())
@@ -96,6 +98,24 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
                     f.batch.max_bytes,
                     f.batch.max_wait
                 )?;
+                if let Some(rate) = max_inserts_per_second {
+                    writeln!(
+                        out,
+                        "  insert budget: at most {rate} inserts/s into {} across the fleet (Redis key `{}`)",
+                        sink.table_name(),
+                        crate::sink::budget::key(
+                            clickhouse.as_deref(),
+                            &sink.schema.database,
+                            &sink.schema.table
+                        )
+                    )?;
+                }
+                if *max_batch_scale > 1.0 {
+                    writeln!(
+                        out,
+                        "  adaptive batches: limits grow up to {max_batch_scale}× while ClickHouse signals pressure"
+                    )?;
+                }
                 for c in sink.mapper.columns() {
                     let source = if f.metadata.id.as_deref() == Some(c.name.as_str()) {
                         "metadata: entry id".to_string()

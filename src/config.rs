@@ -448,6 +448,17 @@ pub enum SinkConfig {
         /// unset = `[clickhouse]`.
         #[serde(default)]
         clickhouse: Option<String>,
+        /// Fleet-wide insert budget: at most this many inserts per second
+        /// into the table, shared by every replica (and every flow into the
+        /// same table) through Redis ([`crate::sink::budget`]). Unset: no
+        /// budget.
+        #[serde(default)]
+        max_inserts_per_second: Option<f64>,
+        /// Adaptive batches: how far `batch.max_rows`, `max_bytes` and
+        /// `max_wait` may grow while ClickHouse signals pressure
+        /// ([`crate::sink::pressure`]). 1 (the default) = off.
+        #[serde(default = "default_max_batch_scale")]
+        max_batch_scale: f64,
     },
     /// XADD to other streams, then XACK at the source (the original s2s).
     Stream(StreamSinkConfig),
@@ -924,6 +935,9 @@ fn default_max_bytes() -> ByteSize {
 fn default_max_wait() -> Duration {
     Duration::from_secs(1)
 }
+fn default_max_batch_scale() -> f64 {
+    1.0
+}
 fn default_min_idle() -> Duration {
     Duration::from_secs(60)
 }
@@ -1170,7 +1184,23 @@ impl Config {
                     table,
                     shard_by,
                     clickhouse,
+                    max_inserts_per_second,
+                    max_batch_scale,
                 } => {
+                    if let Some(rate) = max_inserts_per_second {
+                        if !(rate.is_finite() && *rate > 0.0 && *rate <= 100_000.0) {
+                            return Err(bad(
+                                key("sink.max_inserts_per_second"),
+                                "must be a number > 0 and <= 100000",
+                            ));
+                        }
+                    }
+                    if !(max_batch_scale.is_finite() && (1.0..=64.0).contains(max_batch_scale)) {
+                        return Err(bad(
+                            key("sink.max_batch_scale"),
+                            "must be between 1 (off) and 64",
+                        ));
+                    }
                     // A named connection is checked by validate_connections.
                     let Some(ch) = self.clickhouse_for(clickhouse.as_deref()) else {
                         return Err(bad(
@@ -1753,6 +1783,34 @@ on_success = "ack"              # or "ack_del": XACK then XDEL, as the original 
             err.contains("flow[0]") && err.contains("max_delivery"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn insert_budget_and_batch_scale_are_checked() {
+        let with = |extra: &str| {
+            EXAMPLE.replace(
+                r#"table = "events" }"#,
+                &format!(r#"table = "events", {extra} }}"#),
+            )
+        };
+        let c = parse(&with("max_inserts_per_second = 0.5"), &[]).unwrap();
+        assert!(matches!(
+            c.flows[0].sink,
+            SinkConfig::Clickhouse {
+                max_inserts_per_second: Some(r),
+                max_batch_scale,
+                ..
+            } if r == 0.5 && max_batch_scale == 1.0
+        ));
+        for (bad, key) in [
+            ("max_inserts_per_second = 0", "sink.max_inserts_per_second"),
+            ("max_inserts_per_second = -2", "sink.max_inserts_per_second"),
+            ("max_batch_scale = 0.5", "sink.max_batch_scale"),
+            ("max_batch_scale = 1000", "sink.max_batch_scale"),
+        ] {
+            let err = parse(&with(bad), &[]).unwrap_err().to_string();
+            assert!(err.contains(&format!("flow[0].{key}")), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -44,6 +44,7 @@ use crate::sink::clickhouse::ClickHouseSink;
 use crate::sink::commit::Committer;
 use crate::sink::exactly_once::ExactlyOnce;
 use crate::sink::ledger::Ledger;
+use crate::sink::pacing::Pacer;
 use crate::sink::recover::Recovery;
 use crate::sink::retry::Backoff;
 use crate::sink::stream::{same_stream, Pause, StreamSink};
@@ -319,7 +320,8 @@ impl Flow {
                     batch_rx,
                     hard_stop.clone(),
                 ));
-                flow.batch_loop(sink, chunk_rx, batch_tx).await;
+                flow.batch_loop(sink, chunk_rx, batch_tx, hard_stop.clone())
+                    .await;
                 committer.await?
             }
             FlowSink::Stream(sink) => {
@@ -707,7 +709,16 @@ impl Flow {
         sink: &ClickHouseSink,
         mut chunks: mpsc::Receiver<Vec<Message>>,
         batches: mpsc::Sender<SealedBatch>,
+        hard_stop: CancellationToken,
     ) {
+        // Limits scaled by the server's pressure, and the table's insert budget.
+        let mut pacer = Pacer::for_flow(
+            &self.cfg,
+            sink,
+            &self.command_client,
+            hard_stop,
+            &self.metrics,
+        );
         // The table's columns may be re-read meanwhile: each batch is
         // converted with the mapping current when it opens.
         let mut mapper: Arc<RowMapper> = sink.mapper.current();
@@ -719,20 +730,19 @@ impl Flow {
             OpenBatch::new()
         };
         loop {
-            let deadline = open
-                .opened()
-                .map(|t| tokio::time::Instant::from_std(t + self.cfg.batch.max_wait));
+            let deadline = open.opened().map(|t| pacer.due(t));
             let chunk = match deadline {
                 Some(deadline) => tokio::select! {
                     c = chunks.recv() => c,
                     _ = tokio::time::sleep_until(deadline) => {
-                        if batches.send(open.seal_with(&mapper)).await.is_err() { return; }
+                        if pacer.may_seal().await && batches.send(open.seal_with(&mapper)).await.is_err() { return; }
                         continue;
                     }
                 },
                 None => chunks.recv().await,
             };
             let Some(chunk) = chunk else { break };
+            pacer.refresh();
             if open.is_empty() && !sink.mapper.is_current(&mapper) {
                 mapper = sink.mapper.current();
                 open.remap();
@@ -756,11 +766,11 @@ impl Flow {
                 } else {
                     open.add(&mapper, m);
                 }
-                if boundary
-                    && open.is_full(&self.cfg.batch)
-                    && batches.send(open.seal_with(&mapper)).await.is_err()
-                {
-                    return;
+                if boundary && open.is_full(pacer.limits()) {
+                    pacer.wait_for_slot().await;
+                    if batches.send(open.seal_with(&mapper)).await.is_err() {
+                        return;
+                    }
                 }
             }
         }

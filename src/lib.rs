@@ -19,7 +19,10 @@
 //!   (table-level errors reported stuck), commit + ack, and exactly-once: the batch ledger with leases
 //!   (`sink::ledger`), fenced stage-table inserts settled before any retry
 //!   (`sink::fenced`), the shared insert (`sink::exactly_once`) and the
-//!   recovery of dead replicas' batches (`sink::recover`).
+//!   recovery of dead replicas' batches (`sink::recover`). Kindness to
+//!   ClickHouse: the table's fleet-wide insert budget in Redis
+//!   (`sink::budget`), batch limits scaled by the server's pressure
+//!   (`sink::pressure`), and when the batcher seals (`sink::pacing`).
 //!   The stream sink: routing, `max_len` backpressure, XADD then XACK,
 //!   possibly on another Redis; exactly-once by a dedup script on the
 //!   target (`sink::stream_once`).

@@ -73,9 +73,16 @@ pub struct Metrics {
     pub stream_sink_targets_evicted: IntCounterVec,
     pub sink_stuck_since: IntGaugeVec,
     pub exactly_once_open_batches: IntGaugeVec,
+    /// Insert budget and adaptive batches ([`crate::sink::pacing`]).
+    pub pacing: crate::sink::pacing::PacingVecs,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(crate) fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry
         .register(Box::new(c.clone()))
@@ -83,7 +90,12 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
     c
 }
 
-fn int_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+pub(crate) fn int_gauge(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry
         .register(Box::new(g.clone()))
@@ -91,7 +103,7 @@ fn int_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
     g
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+pub(crate) fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
     let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry
         .register(Box::new(g.clone()))
@@ -299,6 +311,7 @@ impl Metrics {
                 "Batches recorded in the flow's exactly-once ledger and not yet dropped (in flight, or left by a crash until recovered or expired).",
                 &["flow"],
             ),
+            pacing: crate::sink::pacing::PacingVecs::register(&r),
             registry: r,
         })
         .init_build_info()
@@ -415,6 +428,13 @@ impl FlowMetrics {
     /// Records nothing.
     pub fn disabled() -> FlowMetrics {
         FlowMetrics { inner: None }
+    }
+
+    /// The flow's name and the registry's metrics, for handles resolved
+    /// elsewhere ([`crate::sink::pacing`]); None when metrics are off.
+    pub fn shared(&self) -> Option<(&str, &Arc<Metrics>)> {
+        let h = self.inner.as_ref()?;
+        Some((&h.flow, &h.metrics))
     }
 
     pub fn is_enabled(&self) -> bool {

@@ -5,7 +5,7 @@
 //! sharded flow splits a batch is [`super::shard`]'s.
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clickhouse::Client;
@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::endpoints::{Endpoint, Endpoints};
 use super::eo_table::{completion_warning, EoTable, EoTableError};
 use super::mapping::{LiveMapping, Refresh, RefreshError};
+use super::pacing::SharedPressure;
+use super::pressure;
 use super::retry::Backoff;
 use super::shard::Sharding;
 use crate::batch::MappingError;
@@ -130,6 +132,9 @@ pub struct ClickHouseSink {
     /// Exactly-once: how a batch is looked up in the table (checked to
     /// keep a countable row for every row inserted when the flow opened).
     pub eo_table: Option<EoTable>,
+    /// What the inserts' outcomes say about the server's pressure
+    /// (adaptive batches: [`super::pacing`]).
+    pub pressure: Arc<SharedPressure>,
 }
 
 impl ClickHouseSink {
@@ -205,6 +210,12 @@ impl ClickHouseSink {
             quote_identifier(&schema.database),
             quote_identifier(&schema.table)
         );
+        let max_batch_scale = match &flow.sink {
+            SinkConfig::Clickhouse {
+                max_batch_scale, ..
+            } => *max_batch_scale,
+            SinkConfig::Stream(_) => 1.0,
+        };
         let sharding = match &flow.sink {
             SinkConfig::Clickhouse {
                 shard_by: Some(field),
@@ -227,6 +238,7 @@ impl ClickHouseSink {
             schema_refresh: cfg.schema_refresh,
             flow: flow.name.clone(),
             eo_table,
+            pressure: Arc::new(SharedPressure::new(max_batch_scale)),
         })
     }
 
@@ -320,8 +332,15 @@ impl ClickHouseSink {
         if let (true, Some(id)) = (endpoint.has_dedup_token(), batch_id) {
             insert = insert.with_setting("insert_deduplication_token", id);
         }
-        insert.send(block).await?;
-        insert.end().await
+        let started = Instant::now();
+        let result = async {
+            insert.send(block).await?;
+            insert.end().await
+        }
+        .await;
+        self.pressure
+            .observe(pressure::signal(&result, started.elapsed()));
+        result
     }
 
     /// The bound on one insert, and on each step of a fenced insert.

@@ -2,6 +2,7 @@
 //! what the sink confirmed.
 
 pub mod ack_gate;
+pub mod budget;
 pub mod clickhouse;
 pub mod commit;
 pub mod endpoints;
@@ -12,6 +13,8 @@ pub mod fenced;
 mod isolate;
 pub mod ledger;
 pub mod mapping;
+pub mod pacing;
+pub mod pressure;
 pub mod recover;
 pub mod retry;
 pub mod shard;

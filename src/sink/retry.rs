@@ -141,7 +141,7 @@ pub fn classify_server_text(text: &str) -> Disposition {
 
 /// "Too many partitions for single INSERT block": code 252 like "too many
 /// parts", but about the rows of the block, which bisecting splits up.
-fn is_partition_limit(text: &str) -> bool {
+pub(crate) fn is_partition_limit(text: &str) -> bool {
     text.contains("partitions for single INSERT block")
 }
 

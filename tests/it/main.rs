@@ -4,6 +4,7 @@
 //! restart and fault-inject their servers.
 
 mod bad_input;
+mod budget;
 mod ch_endpoints;
 mod ch_source;
 mod chaos;
