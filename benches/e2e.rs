@@ -339,13 +339,17 @@ batch = {{ max_rows = {MAX_ROWS}, max_bytes = "16MiB", max_wait = "1s" }}
     }
 }
 
-/// RSS of a worker with nothing to do (code, runtime, clients, metrics).
-async fn idle_rss_mb(redis: &RedisServer, ch: &ClickHouseServer) -> f64 {
-    let stream = harness::unique_name("idle");
-    let table = harness::unique_name("idle");
-    ch.exec(&format!("CREATE TABLE {table} (rec_id UInt64, task_for String, function_type String, data String) ENGINE = MergeTree ORDER BY rec_id")).await;
-    let port = free_port();
-    let worker = Worker::spawn(&format!(
+/// A config with metrics on `port` and one flow from `stream` into
+/// `table`, with `extra` flow keys.
+fn metered_flow(
+    redis: &RedisServer,
+    ch: &ClickHouseServer,
+    port: u16,
+    stream: &str,
+    table: &str,
+    extra: &str,
+) -> String {
+    format!(
         r#"[redis]
 url = "{}"
 [clickhouse]
@@ -356,10 +360,19 @@ listen = "127.0.0.1:{port}"
 name = "bench"
 streams = ["{stream}"]
 sink = {{ type = "clickhouse", table = "{table}" }}
-"#,
+{extra}"#,
         redis.url(),
         ch.url()
-    ));
+    )
+}
+
+/// RSS of a worker with nothing to do (code, runtime, clients, metrics).
+async fn idle_rss_mb(redis: &RedisServer, ch: &ClickHouseServer) -> f64 {
+    let stream = harness::unique_name("idle");
+    let table = harness::unique_name("idle");
+    ch.exec(&format!("CREATE TABLE {table} (rec_id UInt64, task_for String, function_type String, data String) ENGINE = MergeTree ORDER BY rec_id")).await;
+    let port = free_port();
+    let worker = Worker::spawn(&metered_flow(redis, ch, port, &stream, &table, ""));
     wait_for(Duration::from_secs(30), "metrics up", || async {
         harness::port_open(port).await
     })
@@ -487,22 +500,13 @@ async fn steady_latency(
     // ClickHouse at insert from the `_id` the worker writes.
     ch.exec(&format!("CREATE TABLE {table} (rec_id UInt64, task_for String, function_type String, data String, _id String, _ms UInt64 MATERIALIZED toUInt64(splitByChar('-', _id)[1])) ENGINE = MergeTree ORDER BY _ms")).await;
     let port = free_port();
-    let config = format!(
-        r#"[redis]
-url = "{}"
-[clickhouse]
-url = "{}"
-[metrics]
-listen = "127.0.0.1:{port}"
-[[flow]]
-name = "bench"
-streams = ["{stream}"]
-sink = {{ type = "clickhouse", table = "{table}" }}
-batch = {{ max_rows = 50000, max_bytes = "16MiB", max_wait = "100ms" }}
-metadata = {{ id = "_id" }}
-"#,
-        redis.url(),
-        ch.url()
+    let config = metered_flow(
+        redis,
+        ch,
+        port,
+        &stream,
+        &table,
+        "batch = { max_rows = 50000, max_bytes = \"16MiB\", max_wait = \"100ms\" }\nmetadata = { id = \"_id\" }\n",
     );
     let worker = spawn_worker(bin.as_deref(), &config);
     wait_for(Duration::from_secs(30), "metrics up", || async {
@@ -619,11 +623,11 @@ fn main() {
         println!("(redis µs/ent: XREADGROUP+XACK time from INFO commandstats; µs/msg: user+sys CPU ÷ messages)");
         let k = builds.len();
         let run = |mode: usize, build: usize| &runs[mode * k + build];
-        for b in 0..k {
+        for (b, (suffix, _)) in builds.iter().enumerate() {
             let (at_least_once, off, no_lz4, exactly_once) = (run(0, b), run(1, b), run(2, b), run(3, b));
             println!(
                 "{}: metrics cost {:.1}%, LZ4 off {:+.1}% against LZ4 on, exactly-once cost {:.1}% of at-least-once throughput",
-                builds[b].0.trim(),
+                suffix.trim(),
                 (1.0 - at_least_once.rate / off.rate) * 100.0,
                 (no_lz4.rate / at_least_once.rate - 1.0) * 100.0,
                 (1.0 - exactly_once.rate / at_least_once.rate) * 100.0
