@@ -124,6 +124,18 @@ impl RowMapper {
         &self.columns
     }
 
+    /// The column named `name`: a scan of the names for a table of a few
+    /// columns (cheaper, per field of every message, than hashing it), the
+    /// map for wider ones.
+    fn column_of(&self, name: &[u8]) -> Option<usize> {
+        const SCAN_UP_TO: usize = 16;
+        if self.columns.len() <= SCAN_UP_TO {
+            self.columns.iter().position(|c| c.name.as_bytes() == name)
+        } else {
+            self.by_name.get(name).copied()
+        }
+    }
+
     pub fn new_encoder(&self) -> BlockEncoder {
         BlockEncoder::new(&self.columns)
     }
@@ -146,7 +158,7 @@ impl RowMapper {
                     continue;
                 }
             }
-            if let Some(&i) = self.by_name.get(name.as_ref()) {
+            if let Some(i) = self.column_of(name) {
                 values[i] = Some(FieldValue::Text(value));
             }
         }
@@ -154,7 +166,7 @@ impl RowMapper {
             decoded = payload::decode(p.format, raw)
                 .map_err(|e| format!("payload field `{}`: {e}", p.field))?;
             for (key, value) in &decoded {
-                if let Some(&i) = self.by_name.get(key.as_bytes()) {
+                if let Some(i) = self.column_of(key.as_bytes()) {
                     values[i] = Some(FieldValue::Json(value));
                 }
             }

@@ -8,7 +8,9 @@
 //! claimer ─┘
 //! ```
 //! The channels are bounded, so a slow or absent sink stops the reads: memory
-//! stays bounded and nothing more is taken from Redis than can be held.
+//! stays bounded and nothing more is taken from Redis than can be held. The
+//! committer acks a batch (dead letters first) while it inserts the next
+//! one; the acked batch keeps only its ids meanwhile.
 //!
 //! A flow with a handler runs it between the chunks and the batcher
 //! ([`crate::handler::stage`]); a flow with a stream sink batches and
@@ -798,7 +800,11 @@ impl Flow {
             hard_stop,
             exactly_once: self.recovery.as_ref().map(|r| r.eo.clone()),
         };
+        let committer = Arc::new(committer);
         let mut all_committed = true;
+        // The acks of the batch inserted last, running while the next
+        // batch is inserted; one at a time, so acks keep batch order.
+        let mut acking: Option<tokio::task::JoinHandle<bool>> = None;
         while let Some(batch) = batches.recv().await {
             if batch.is_empty() {
                 continue;
@@ -813,10 +819,30 @@ impl Flow {
             );
             // Continue the producers' traces (`traceparent` fields), if traces are exported.
             crate::telemetry::continue_producer_traces(&span, &batch.messages);
-            if let Err(e) = committer.commit(batch).instrument(span).await {
-                tracing::error!(flow = %self.cfg.name, error = %e);
-                all_committed = false;
+            let inserted = committer.insert(batch).instrument(span.clone()).await;
+            if let Some(previous) = acking.take() {
+                all_committed &= previous.await.unwrap_or(false);
             }
+            match inserted {
+                Ok(inserted) => {
+                    let (committer, flow) = (committer.clone(), self.cfg.name.clone());
+                    let ack = async move {
+                        let acked = committer.acknowledge(inserted).await;
+                        if let Err(e) = &acked {
+                            tracing::error!(%flow, error = %e);
+                        }
+                        acked.is_ok()
+                    };
+                    acking = Some(tokio::spawn(ack.instrument(span)));
+                }
+                Err(e) => {
+                    tracing::error!(flow = %self.cfg.name, error = %e);
+                    all_committed = false;
+                }
+            }
+        }
+        if let Some(last) = acking {
+            all_committed &= last.await.unwrap_or(false);
         }
         all_committed
     }

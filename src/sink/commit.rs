@@ -26,6 +26,38 @@ use crate::stream::{commands, Message};
 #[error("gave up on a batch of {0} messages at the shutdown deadline; they stay pending for another replica")]
 pub struct Abandoned(pub usize);
 
+/// A batch whose insert is done, waiting for its acks: the messages that
+/// landed (ids only), the dead letters to write first, and the exactly-once
+/// ledger records to drop after.
+#[derive(Default)]
+pub struct Inserted {
+    landed: Vec<Message>,
+    dead: Vec<DeadLetter>,
+    batch_ids: Vec<String>,
+    total: usize,
+}
+
+impl Inserted {
+    fn new(
+        mut landed: Vec<Message>,
+        dead: Vec<DeadLetter>,
+        batch_ids: Vec<String>,
+        total: usize,
+    ) -> Inserted {
+        // Acking needs only the stream and id: the fields' memory goes now,
+        // not when the next batch's insert is done.
+        for m in &mut landed {
+            m.fields = Vec::new();
+        }
+        Inserted {
+            landed,
+            dead,
+            batch_ids,
+            total,
+        }
+    }
+}
+
 pub struct Committer {
     pub flow: String,
     /// This replica's consumer name (its record of a stuck flow).
@@ -52,15 +84,20 @@ impl Committer {
         backoff.wait(&self.hard_stop).await
     }
 
-    pub async fn commit(&self, batch: SealedBatch) -> Result<(), Abandoned> {
+    /// The first half of committing a batch: inserts the batch (isolating refused
+    /// rows) and returns what is left to do. The committer acks one batch
+    /// while it inserts the next. A sharded batch's parts are acked as they
+    /// land, here: nothing is left for [`acknowledge`](Self::acknowledge).
+    pub async fn insert(&self, batch: SealedBatch) -> Result<Inserted, Abandoned> {
         if self.sink.sharding.is_some() {
-            return self.commit_sharded(batch).await;
+            self.commit_sharded(batch).await?;
+            return Ok(Inserted::default());
         }
         let total = batch.messages.len() + batch.dead.len();
         let batch = self.for_current_columns(batch).await;
         let mut dead = batch.dead;
         let mut batch_ids = Vec::new();
-        let inserted = if batch.messages.is_empty() {
+        let landed = if batch.messages.is_empty() {
             Vec::new()
         } else {
             let (ok, rejected) = self
@@ -76,10 +113,21 @@ impl Committer {
             dead.extend(rejected);
             ok
         };
-        self.finish(inserted, dead)
+        Ok(Inserted::new(landed, dead, batch_ids, total))
+    }
+
+    /// The second half of committing a batch: dead-letters what ClickHouse refused,
+    /// then acks what it confirmed, then drops the batch's ledger records
+    /// (exactly-once), retrying Redis errors until the hard stop.
+    pub async fn acknowledge(&self, done: Inserted) -> Result<(), Abandoned> {
+        if done.landed.is_empty() && done.dead.is_empty() && done.batch_ids.is_empty() {
+            // A sharded batch acked its parts itself: its span says so.
+            return Ok(());
+        }
+        self.finish(done.landed, done.dead)
             .await
-            .map_err(|_| Abandoned(total))?;
-        self.forget(&batch_ids).await;
+            .map_err(|_| Abandoned(done.total))?;
+        self.forget(&done.batch_ids).await;
         Ok(())
     }
 

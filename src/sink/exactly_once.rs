@@ -109,7 +109,10 @@ impl ExactlyOnce {
             match ours {
                 Ok(ours) => {
                     let before = part.len();
-                    part.retain(|m| ours.contains(&(m.stream.clone(), m.id.clone())));
+                    part.retain(|m| {
+                        ours.get(&m.stream)
+                            .is_some_and(|ids| ids.contains(m.id.as_ref()))
+                    });
                     if part.len() == before {
                         return Ok(part);
                     }
@@ -159,7 +162,7 @@ impl ExactlyOnce {
     async fn still_ours(
         &self,
         part: &[Message],
-    ) -> Result<HashSet<(Arc<str>, Bytes)>, StreamError> {
+    ) -> Result<HashMap<Arc<str>, HashSet<Bytes>>, StreamError> {
         const PAGE: usize = 10_000;
         type Id = (u64, u64);
         let mut ranges: HashMap<Arc<str>, (Id, Id)> = HashMap::new();
@@ -169,8 +172,9 @@ impl ExactlyOnce {
             r.0 = r.0.min(id);
             r.1 = r.1.max(id);
         }
-        let mut ours = HashSet::new();
+        let mut ours: HashMap<Arc<str>, HashSet<Bytes>> = HashMap::new();
         for (stream, (lo, hi)) in ranges {
+            let ids = ours.entry(stream.clone()).or_default();
             let mut start = format!("{}-{}", lo.0, lo.1);
             let end = format!("{}-{}", hi.0, hi.1);
             loop {
@@ -186,7 +190,7 @@ impl ExactlyOnce {
                 .await?;
                 let full = page.len() == PAGE;
                 let last = page.last().map(|p| p.id.clone());
-                ours.extend(page.into_iter().map(|p| (stream.clone(), p.id)));
+                ids.extend(page.into_iter().map(|p| p.id));
                 match last {
                     Some(last) if full => {
                         start = format!("({}", String::from_utf8_lossy(&last));

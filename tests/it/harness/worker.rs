@@ -45,6 +45,19 @@ impl Worker {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Worker {
+        let bin = Path::new(env!("CARGO_BIN_EXE_sluice"));
+        Self::spawn_binary(bin, command, config_toml, extra_args, env)
+    }
+
+    /// Like [`Worker::spawn_command`] with another build of `sluice` (a
+    /// bench comparing it with the current one in the same sitting).
+    pub fn spawn_binary(
+        bin: &Path,
+        command: &str,
+        config_toml: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Worker {
         let dir = tempfile::Builder::new()
             .prefix("sluice-it-worker-")
             .tempdir()
@@ -59,7 +72,7 @@ impl Worker {
             .expect("open worker log");
         let err = out.try_clone().expect("dup worker log");
 
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        let mut cmd = Command::new(bin);
         cmd.arg(command)
             .arg("--config")
             .arg(&config)
