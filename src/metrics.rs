@@ -73,6 +73,7 @@ pub struct Metrics {
     pub stream_sink_targets_evicted: IntCounterVec,
     pub sink_stuck_since: IntGaugeVec,
     pub exactly_once_open_batches: IntGaugeVec,
+    pub recovery_tasks: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -299,6 +300,12 @@ impl Metrics {
                 "Batches recorded in the flow's exactly-once ledger and not yet dropped (in flight, or left by a crash until recovered or expired).",
                 &["flow"],
             ),
+            recovery_tasks: int_gauge(
+                &r,
+                "sluice_recovery_tasks",
+                "Exactly-once recovery tasks of the flow running in this process (each holds a dead replica's batch; capped).",
+                &["flow"],
+            ),
             registry: r,
         })
         .init_build_info()
@@ -440,6 +447,15 @@ impl FlowMetrics {
             .exactly_once_open_batches
             .with_label_values(&[&h.flow])
             .set(open as i64);
+    }
+
+    /// Recovery tasks running now (rare: looked up by label).
+    pub fn recovery_tasks(&self, running: usize) {
+        let Some(h) = &self.inner else { return };
+        h.metrics
+            .recovery_tasks
+            .with_label_values(&[&h.flow])
+            .set(running as i64);
     }
 
     /// One XREADGROUP's entries: one add per stream, not per message.

@@ -7,6 +7,7 @@ mod bad_input;
 mod ch_endpoints;
 mod ch_source;
 mod chaos;
+mod claim;
 mod cluster;
 mod cold_move;
 mod common;
