@@ -61,10 +61,7 @@ async fn pending_of(rc: &Client, stream: &str, consumer: &str) -> u64 {
 }
 
 /// Redis time (µs) and calls of `commands` since the last reset.
-fn spent(
-    stats: &std::collections::HashMap<String, (u64, u64)>,
-    commands: &[&str],
-) -> (u64, u64) {
+fn spent(stats: &std::collections::HashMap<String, (u64, u64)>, commands: &[&str]) -> (u64, u64) {
     commands.iter().fold((0, 0), |(calls, us), c| {
         let (n, u) = stats.get(*c).copied().unwrap_or((0, 0));
         (calls + n, us + u)
@@ -157,9 +154,10 @@ async fn run() {
     reset_stats(&rc).await;
     let mut cursor = bytes::Bytes::from_static(b"0-0");
     for _ in 0..20 {
-        let page = commands::auto_claim(&reader, &streams[0], GROUP, "probe", min_idle, &cursor, 100)
-            .await
-            .unwrap();
+        let page =
+            commands::auto_claim(&reader, &streams[0], GROUP, "probe", min_idle, &cursor, 100)
+                .await
+                .unwrap();
         cursor = page.cursor;
     }
     let (calls, us) = spent(&commandstats(&rc).await, &["xautoclaim"]);
@@ -253,9 +251,11 @@ metadata = {{ id = "_id" }}
         }
     }
     let dead_n = dead_ids.len() as u64;
-    wait_for(Duration::from_secs(600), "dead replica's rows landed", || async {
-        ch.count(&table).await >= dead_n
-    })
+    wait_for(
+        Duration::from_secs(600),
+        "dead replica's rows landed",
+        || async { ch.count(&table).await >= dead_n },
+    )
     .await;
     let landed_at = died.elapsed();
     stop.cancel();

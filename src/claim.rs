@@ -119,10 +119,11 @@ impl Flow {
                 continue;
             }
             let name = consumer.name.as_str();
-            let oldest = commands::pending(client, c.stream, group, b"-", b"+", 1, Some(name)).await?;
-            if !oldest
+            let oldest =
+                commands::pending(client, c.stream, group, b"-", b"+", 1, Some(name)).await?;
+            if oldest
                 .first()
-                .is_some_and(|p| p.idle_ms >= min_idle.as_millis() as u64)
+                .is_none_or(|p| p.idle_ms < min_idle.as_millis() as u64)
             {
                 continue;
             }
@@ -172,8 +173,7 @@ impl Flow {
         asked: &[Bytes],
         claimed: &[Message],
     ) -> Result<(), StreamError> {
-        let got: std::collections::HashSet<&[u8]> =
-            claimed.iter().map(|m| m.id.as_ref()).collect();
+        let got: std::collections::HashSet<&[u8]> = claimed.iter().map(|m| m.id.as_ref()).collect();
         let mut deleted = Vec::new();
         for id in asked.iter().filter(|id| !got.contains(id.as_ref())) {
             if commands::range(&self.command_client, stream, id, id, 1)
@@ -193,7 +193,14 @@ impl Flow {
         }
         self.metrics.lost(stream, deleted.len());
         tracing::error!(flow = %self.cfg.name, %stream, count = deleted.len(), ids = ?deleted.iter().take(20).map(|i| String::from_utf8_lossy(i).into_owned()).collect::<Vec<_>>(), "pending entries were deleted from the stream before delivery; acking them as lost");
-        commands::ack(&self.command_client, stream, &self.cfg.group, deleted, false).await
+        commands::ack(
+            &self.command_client,
+            stream,
+            &self.cfg.group,
+            deleted,
+            false,
+        )
+        .await
     }
 
     /// The XAUTOCLAIM scan of `stream`'s pending list, from `cursor` on.
@@ -319,9 +326,10 @@ impl Flow {
         tracing::info!(flow = %self.cfg.name, batch = %record.id, members = record.members.len(), "recovering a dead replica's batch");
         let task = recovery.clone();
         let (chunks, stop) = (c.chunks.clone(), c.hard_stop.clone());
-        recovery
-            .tasks
-            .spawn(slot, async move { task.run(record, holder, chunks, stop).await });
+        recovery.tasks.spawn(
+            slot,
+            async move { task.run(record, holder, chunks, stop).await },
+        );
         Ok(())
     }
 

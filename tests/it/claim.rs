@@ -104,9 +104,7 @@ async fn pending_of(s: &Stack, stream: &str, consumer: &str) -> u64 {
 async fn worker_name(s: &Stack, stream: &str, others: &[&str]) -> String {
     wait_some(LONG, || async {
         let names = consumer_names(&s.rc, stream, "g").await;
-        names
-            .into_iter()
-            .find(|n| !others.contains(&n.as_str()))
+        names.into_iter().find(|n| !others.contains(&n.as_str()))
     })
     .await
 }
@@ -289,9 +287,11 @@ metadata = { id = "_id" }"#,
         vec!["SETUSER".into(), "sluice".into(), "+xpending".into()],
     )
     .await;
-    wait_for(Duration::from_secs(30), "the claimed rows landed", || async {
-        landed(&s, &table).await == 5
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "the claimed rows landed",
+        || async { landed(&s, &table).await == 5 },
+    )
     .await;
     wait_for(LONG, "nothing pending", || async {
         pending(&s.rc, &stream, "g").await == 0
@@ -338,7 +338,10 @@ metadata = { id = "_id" }"#,
         || async { pending_of(&s, &stream, "ghost").await == 0 },
     )
     .await;
-    eprintln!("dead replica's entries taken {:?} after start", started.elapsed());
+    eprintln!(
+        "dead replica's entries taken {:?} after start",
+        started.elapsed()
+    );
     assert_eq!(pending_of(&s, &stream, "live").await, LIVE as u64);
     wait_for(LONG, "the dead replica's rows landed", || async {
         landed(&s, &table).await == 1000
