@@ -13,21 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::common::*;
 use crate::harness::{unique_name, wait_for, wait_some, TcpProxy, Worker};
 
-async fn create_group(s: &Stack, stream: &str) {
-    raw(
-        &s.rc,
-        "XGROUP",
-        vec![
-            "CREATE".into(),
-            stream.into(),
-            "g".into(),
-            "0".into(),
-            "MKSTREAM".into(),
-        ],
-    )
-    .await;
-}
-
 /// XREADGROUP of everything new as `consumer` (nothing parsed).
 async fn read_as(s: &Stack, stream: &str, consumer: &str, count: usize) {
     raw(
@@ -174,7 +159,7 @@ async fn keep_alive_goes_on_while_the_pipeline_is_full() {
     let s = Stack::start().await;
     let (stream, table) = (unique_name("kafull"), unique_name("kafull"));
     seed_table(&s, &table).await;
-    create_group(&s, &stream).await;
+    create_group(&s.rc, &stream).await;
 
     let proxy = TcpProxy::start(s.ch.http_addr());
     let w = Worker::spawn(&s.config(
@@ -245,7 +230,7 @@ async fn claimed_entries_whose_next_step_fails_are_released_and_land() {
     let s = Stack::start().await;
     let (stream, table) = (unique_name("release"), unique_name("release"));
     seed_table(&s, &table).await;
-    create_group(&s, &stream).await;
+    create_group(&s.rc, &stream).await;
     let ids = xadd_many(&s.rc, &stream, 5, seed_job).await;
     read_as(&s, &stream, "ghost", 100).await;
     move_to(&s, &stream, "ghost", &ids, Some(600_000)).await;
@@ -308,7 +293,7 @@ async fn a_dead_replicas_entries_behind_a_long_pending_list_are_taken_at_once() 
     let s = Stack::start().await;
     let (stream, table) = (unique_name("backlog"), unique_name("backlog"));
     seed_table(&s, &table).await;
-    create_group(&s, &stream).await;
+    create_group(&s.rc, &stream).await;
     const LIVE: usize = 50_000;
     xadd_many(&s.rc, &stream, LIVE, seed_job).await;
     read_as(&s, &stream, "live", LIVE).await;
@@ -357,7 +342,7 @@ async fn keep_alive_pages_past_ten_thousand_orphans() {
     let s = Stack::start().await;
     let (stream, table) = (unique_name("kapage"), unique_name("kapage"));
     seed_table(&s, &table).await;
-    create_group(&s, &stream).await;
+    create_group(&s.rc, &stream).await;
     const ORPHANS: usize = 10_050;
     let orphans = xadd_many(&s.rc, &stream, ORPHANS, seed_job).await;
     read_as(&s, &stream, "ghost", ORPHANS).await;
@@ -424,7 +409,7 @@ metadata = { id = "_id" }"#,
 async fn pruning_never_deletes_a_consumer_that_got_an_entry_meanwhile() {
     let s = Stack::start().await;
     let stream = unique_name("prune");
-    create_group(&s, &stream).await;
+    create_group(&s.rc, &stream).await;
     raw(
         &s.rc,
         "XGROUP",
@@ -488,24 +473,8 @@ async fn a_recovery_running_at_shutdown_is_awaited() {
         "CREATE TABLE {table} ({SEED_TABLE_COLUMNS}, _batch String) ENGINE = MergeTree ORDER BY rec_id"
     ))
     .await;
-    let config = |ch_url: &str| {
-        config_text(
-            &s.redis.url(),
-            ch_url,
-            &flow,
-            &stream,
-            &table,
-            r#"delivery = "exactly_once"
-batch_id_column = "_batch"
-metadata = { id = "_id" }
-batch = { max_rows = 5000, max_wait = "1s" }
-claim = { min_idle = "1s", every = "300ms" }"#,
-        )
-        .replace(
-            "database = \"default\"",
-            "database = \"default\"\ninsert_timeout = \"3s\"",
-        )
-    };
+    let config =
+        |ch_url: &str| crate::exactly_once::config(&s.redis.url(), ch_url, &flow, &stream, &table);
     // A records its batch and dies before its insert.
     let a_proxy = TcpProxy::start(s.ch.http_addr());
     let mut a = Worker::spawn(&config(&a_proxy.url()));

@@ -312,3 +312,19 @@ pub fn resp(args: &[&[u8]]) -> Vec<u8> {
     }
     out
 }
+
+/// `XGROUP CREATE stream g 0 MKSTREAM`.
+pub async fn create_group(client: &Client, stream: &str) {
+    raw(
+        client,
+        "XGROUP",
+        vec![
+            "CREATE".into(),
+            stream.into(),
+            "g".into(),
+            "0".into(),
+            "MKSTREAM".into(),
+        ],
+    )
+    .await;
+}
