@@ -9,12 +9,13 @@
 //!
 //! Options (all optional):
 //!   --seed N            seed of the fault schedule (default: random, printed)
-//!   --case NAME|all     kill, ch-faults, redis-restart, slow-ch, redis-cut, redis-oom, schema-change (default all)
+//!   --case NAME|all     kill, ch-faults, redis-restart, slow-ch, redis-cut, redis-oom, schema-change, sink-down (default all)
 //!   --delivery MODE     at-least-once, exactly-once or both (default at-least-once)
 //!   --messages N        messages per case (default 300000)
 //!   --rate N            producer msgs/s (default 10000)
 //!   --replicas N        replicas (default: 3 for kill, else 2)
 //!   --payload N         bytes of the data field (default 200)
+//!   --outage SECS       sink-down: how long ClickHouse is down (default 60)
 //!
 //! Exit status 1 if any case lost a message (or, in exactly-once mode,
 //! duplicated one).
@@ -86,6 +87,7 @@ fn main() {
             "--rate" => params.rate = number(value()) as usize,
             "--replicas" => params.replicas = number(value()) as usize,
             "--payload" => params.payload_bytes = number(value()) as usize,
+            "--outage" => params.outage = Duration::from_secs(number(value())),
             other => usage(&format!("unknown option {other}")),
         }
     }

@@ -1,6 +1,7 @@
 //! One flow at run time: a reader (XREADGROUP on its own connection), a
-//! claim loop (XAUTOCLAIM of dead replicas' work, max-deliveries, consumer
-//! pruning), a batcher (convert + encode) and a committer (insert, then ack).
+//! claim loop (dead replicas' work, consumer pruning: [`crate::claim`]), a
+//! keep-alive of the entries held ([`crate::stream::keep_alive`]), a
+//! batcher (convert + encode) and a committer (insert, then ack).
 //!
 //! ```text
 //! reader ──┐                      (bounded)                (bounded)
@@ -47,11 +48,12 @@ use crate::sink::commit::Committer;
 use crate::sink::exactly_once::ExactlyOnce;
 use crate::sink::ledger::Ledger;
 use crate::sink::pacing::Pacer;
-use crate::sink::recover::Recovery;
+use crate::sink::recover::{Recovery, RecoveryTasks, MAX_TASKS};
 use crate::sink::retry::Backoff;
 use crate::sink::stream::{same_stream, Pause, StreamSink};
 use crate::stream::dead_letter::DeadLetter;
 use crate::stream::held::Held;
+use crate::stream::keep_alive::KeepAlive;
 use crate::stream::{client, commands, group, Message, StreamError};
 
 /// Everything a flow needs, resolved at start-up.
@@ -72,7 +74,7 @@ pub struct Flow {
     pub block: Duration,
     pub prune_idle: Duration,
     /// Pending entries this process holds; the only ones kept alive.
-    pub held: Held,
+    pub held: Arc<Held>,
     /// Exactly-once delivery: the ledger and the recovery of dead replicas' batches.
     pub recovery: Option<Arc<Recovery>>,
 }
@@ -219,6 +221,7 @@ impl Flow {
                     metrics: metrics.clone(),
                 }),
                 on_success: cfg.on_success,
+                tasks: RecoveryTasks::new(MAX_TASKS, metrics.clone()),
             })
         });
         let sink = match (clickhouse, &cfg.sink) {
@@ -275,7 +278,7 @@ impl Flow {
             metrics,
             block: config.worker.block,
             prune_idle: config.worker.prune_idle,
-            held: Held::default(),
+            held: Arc::default(),
         }))
     }
 
@@ -299,7 +302,26 @@ impl Flow {
                 )
             })
             .collect();
-        let claimer = tokio::spawn(flow.clone().claim_loop(chunk_tx, shutdown.clone()));
+        // Keep-alive goes on until everything held is committed.
+        let held_done = CancellationToken::new();
+        let keep_alive = tokio::spawn(
+            KeepAlive {
+                flow: flow.cfg.name.clone(),
+                client: flow.command_client.clone(),
+                streams: flow.streams.clone(),
+                group: flow.cfg.group.clone(),
+                consumer: flow.consumer.clone(),
+                held: flow.held.clone(),
+                min_idle: flow.cfg.claim.min_idle,
+                every: flow.cfg.claim.every,
+            }
+            .run(held_done.clone()),
+        );
+        let claimer = tokio::spawn(flow.clone().claim_loop(
+            chunk_tx,
+            shutdown.clone(),
+            hard_stop.clone(),
+        ));
         let (chunk_rx, stage) = match (&flow.handler, &flow.cfg.handler) {
             (Some(handler), Some(cfg)) => {
                 let (out_tx, out_rx) = mpsc::channel::<Vec<Message>>(2);
@@ -339,6 +361,11 @@ impl Flow {
         if let Some(stage) = stage {
             stage.await?;
         }
+        if let Some(recovery) = &flow.recovery {
+            recovery.tasks.join(&hard_stop).await;
+        }
+        held_done.cancel();
+        keep_alive.await?;
         if committed {
             for stream in &flow.streams {
                 match group::remove_self_if_idle(
@@ -420,7 +447,7 @@ impl Flow {
     /// Takes the messages with a field over `max_field_bytes` out of
     /// `entries` and dead-letters (and acks) them, retrying Redis errors
     /// until shutdown (then they stay pending for another replica).
-    async fn dead_letter_oversized(
+    pub(crate) async fn dead_letter_oversized(
         &self,
         entries: &mut Vec<Message>,
         shutdown: &CancellationToken,
@@ -480,230 +507,6 @@ impl Flow {
                 }
             }
         }
-    }
-
-    /// Every `claim.every`: take over entries idle past `claim.min_idle`,
-    /// dead-letter those over `max_deliveries`, ack ids deleted meanwhile,
-    /// and prune consumers of departed replicas.
-    async fn claim_loop(
-        self: Arc<Self>,
-        chunks: mpsc::Sender<Vec<Message>>,
-        shutdown: CancellationToken,
-    ) {
-        let mut tick = tokio::time::interval(self.cfg.claim.every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_prune = tokio::time::Instant::now();
-        // Where each stream's XAUTOCLAIM scan of the pending list goes on.
-        let mut cursors = vec![bytes::Bytes::from_static(b"0-0"); self.streams.len()];
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.cancelled() => return,
-            }
-            let mut listed_all = true;
-            for stream in &self.streams {
-                if let Err(e) = self.keep_alive(stream).await {
-                    listed_all = false;
-                    tracing::warn!(flow = %self.cfg.name, %stream, error = %e, "refreshing in-flight entries failed");
-                }
-            }
-            if listed_all {
-                // A held entry is idle past min_idle/4 again within this many
-                // passes (claim.every apart) and is then seen.
-                let every = self.cfg.claim.every.as_millis().max(1);
-                let threshold = (self.cfg.claim.min_idle / 4).as_millis();
-                self.held.end_pass(threshold.div_ceil(every) as u64 + 2);
-            }
-            // Paused (a target is full): take on no more work.
-            for (stream, cursor) in self
-                .streams
-                .iter()
-                .zip(cursors.iter_mut())
-                .filter(|_| !self.pause.is_paused())
-            {
-                if let Err(e) = self.claim_stream(stream, cursor, &chunks, &shutdown).await {
-                    tracing::warn!(flow = %self.cfg.name, %stream, error = %e, "claim pass failed");
-                }
-            }
-            if last_prune.elapsed() >= self.prune_idle.min(Duration::from_secs(60)) {
-                last_prune = tokio::time::Instant::now();
-                for stream in &self.streams {
-                    match group::prune_consumers(
-                        &self.command_client,
-                        stream,
-                        &self.cfg.group,
-                        self.prune_idle,
-                        &self.consumer,
-                    )
-                    .await
-                    {
-                        Ok(removed) if !removed.is_empty() => {
-                            tracing::info!(flow = %self.cfg.name, %stream, ?removed, "pruned idle consumers")
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(flow = %self.cfg.name, %stream, error = %e, "pruning consumers failed")
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Resets the idle time of entries this process holds (read, not yet
-    /// acked: e.g. a batch retrying through a ClickHouse outage), so that
-    /// neither other replicas nor our own claim pass take them over while we
-    /// are alive. Only entries in `held`: one pending under our name that we
-    /// never received (its reply was lost on a cut connection) is left to go
-    /// idle, and a claim pass delivers it again. XCLAIM JUSTID does not count
-    /// a delivery.
-    async fn keep_alive(&self, stream: &Arc<str>) -> Result<(), StreamError> {
-        let threshold = self.cfg.claim.min_idle / 4;
-        loop {
-            let ids = commands::pending_idle_ids(
-                &self.command_client,
-                stream,
-                &self.cfg.group,
-                &self.consumer,
-                threshold,
-                10_000,
-            )
-            .await?;
-            let listed = ids.len();
-            let (ids, orphans) = self.held.split(stream, ids);
-            if !orphans.is_empty() {
-                tracing::info!(flow = %self.cfg.name, %stream, count = orphans.len(), "entries pending under our name that we never received (reply lost on a cut connection); left for the claim pass");
-            }
-            if ids.is_empty() {
-                return Ok(());
-            }
-            commands::touch(
-                &self.command_client,
-                stream,
-                &self.cfg.group,
-                &self.consumer,
-                threshold,
-                &ids,
-            )
-            .await?;
-            if listed < 10_000 {
-                return Ok(());
-            }
-        }
-    }
-
-    /// One claim pass over `stream`'s pending list, from `cursor` on.
-    ///
-    /// XAUTOCLAIM inspects up to 10 × COUNT pending entries per call, and
-    /// Redis does nothing else meanwhile: with a long pending list (a
-    /// backlog read ahead by many replicas and shards) a page of 1000 took
-    /// ≈20 ms of Redis's time. So pages are small, a pass stops at the first
-    /// page that finds nothing idle, and the next tick goes on from there:
-    /// an idle fleet costs one short scan per stream and tick, and a dead
-    /// replica's entries (the oldest, near the front) are still reached.
-    async fn claim_stream(
-        &self,
-        stream: &Arc<str>,
-        cursor: &mut bytes::Bytes,
-        chunks: &mpsc::Sender<Vec<Message>>,
-        shutdown: &CancellationToken,
-    ) -> Result<(), StreamError> {
-        const PAGE: usize = 100;
-        const MAX_PAGES: usize = 200; // bound one pass; the next tick continues
-        for _ in 0..MAX_PAGES {
-            if shutdown.is_cancelled() {
-                return Ok(());
-            }
-            let page = commands::auto_claim(
-                &self.command_client,
-                stream,
-                &self.cfg.group,
-                &self.consumer,
-                self.cfg.claim.min_idle,
-                cursor,
-                PAGE,
-            )
-            .await?;
-            let found = !page.claimed.is_empty() || !page.deleted.is_empty();
-            if !page.deleted.is_empty() {
-                self.metrics.lost(stream, page.deleted.len());
-                tracing::error!(flow = %self.cfg.name, %stream, count = page.deleted.len(), ids = ?page.deleted.iter().take(20).map(|i| String::from_utf8_lossy(i).into_owned()).collect::<Vec<_>>(), "pending entries were deleted from the stream before delivery; acking them as lost");
-                commands::ack(
-                    &self.command_client,
-                    stream,
-                    &self.cfg.group,
-                    &page.deleted,
-                    false,
-                )
-                .await?;
-            }
-            let mut claimed = page.claimed;
-            if !claimed.is_empty() {
-                self.metrics.claimed(stream, claimed.len());
-                self.held.insert_claimed(&claimed);
-                self.dead_letter_oversized(&mut claimed, shutdown).await;
-                tracing::info!(flow = %self.cfg.name, %stream, count = claimed.len(), "claimed idle pending entries");
-                self.fill_delivery_counts(stream, &mut claimed).await?;
-                if let Some(recovery) = &self.recovery {
-                    let (rest, batches) = recovery.split(claimed).await?;
-                    for record in batches {
-                        let Some(holder) = recovery.take(&record).await? else {
-                            // Its inserter is alive (or another replica
-                            // recovers it): let the entries go idle, so a
-                            // later pass finds them settled or the batch free.
-                            tracing::info!(flow = %self.cfg.name, batch = %record.id, "claimed entries of a batch whose lease is held; leaving them");
-                            self.held.release(stream, &record.members);
-                            continue;
-                        };
-                        tracing::info!(flow = %self.cfg.name, batch = %record.id, members = record.members.len(), "recovering a dead replica's batch");
-                        let (recovery, chunks, stop) =
-                            (recovery.clone(), chunks.clone(), shutdown.clone());
-                        tokio::spawn(
-                            async move { recovery.run(record, holder, chunks, stop).await },
-                        );
-                    }
-                    claimed = rest;
-                }
-                if !claimed.is_empty() && chunks.send(claimed).await.is_err() {
-                    return Ok(());
-                }
-            }
-            *cursor = page.cursor;
-            if cursor.as_ref() == b"0-0" || !found {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// XAUTOCLAIM does not report delivery counts; read them from XPENDING.
-    async fn fill_delivery_counts(
-        &self,
-        stream: &Arc<str>,
-        claimed: &mut [Message],
-    ) -> Result<(), StreamError> {
-        let (Some(first), Some(last)) = (claimed.first(), claimed.last()) else {
-            return Ok(());
-        };
-        let pending = commands::pending(
-            &self.command_client,
-            stream,
-            &self.cfg.group,
-            &first.id,
-            &last.id,
-            claimed.len() * 2 + 100,
-            Some(&self.consumer),
-        )
-        .await?;
-        let counts: std::collections::HashMap<&[u8], u64> = pending
-            .iter()
-            .map(|p| (p.id.as_ref(), p.deliveries))
-            .collect();
-        for m in claimed.iter_mut() {
-            // Unknown (acked meanwhile) counts as one more than a first delivery.
-            m.deliveries = counts.get(m.id.as_ref()).copied().unwrap_or(2);
-        }
-        Ok(())
     }
 
     async fn batch_loop(

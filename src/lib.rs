@@ -27,6 +27,9 @@
 //!   possibly on another Redis; exactly-once by a dedup script on the
 //!   target (`sink::stream_once`).
 //! - [`flow`]: one flow's reader, claim loop, batcher and committer tasks.
+//! - [`claim`]: the claim pass — dead replicas' entries first and in bulk,
+//!   only as many as the pipeline can take now, recovery tasks started;
+//!   consumer pruning. Keep-alive is `stream::keep_alive`.
 //! - [`handler`]: the processing step before a sink: exec (JSON-lines child
 //!   processes), http (POST per message) or a Rust [`handler::Handler`].
 //! - [`flat`]: flat JSON objects → stream fields (HTTP entry, enqueue).
@@ -56,6 +59,7 @@
 
 pub mod batch;
 pub mod check;
+pub mod claim;
 pub mod config;
 pub mod connections;
 pub mod console;

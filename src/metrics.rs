@@ -75,6 +75,7 @@ pub struct Metrics {
     pub exactly_once_open_batches: IntGaugeVec,
     /// Insert budget and adaptive batches ([`crate::sink::pacing`]).
     pub pacing: crate::sink::pacing::PacingVecs,
+    pub recovery_tasks: IntGaugeVec,
 }
 
 pub(crate) fn counter(
@@ -312,6 +313,12 @@ impl Metrics {
                 &["flow"],
             ),
             pacing: crate::sink::pacing::PacingVecs::register(&r),
+            recovery_tasks: int_gauge(
+                &r,
+                "sluice_recovery_tasks",
+                "Exactly-once recovery tasks of the flow running in this process (each holds a dead replica's batch; capped).",
+                &["flow"],
+            ),
             registry: r,
         })
         .init_build_info()
@@ -460,6 +467,15 @@ impl FlowMetrics {
             .exactly_once_open_batches
             .with_label_values(&[&h.flow])
             .set(open as i64);
+    }
+
+    /// Recovery tasks running now (rare: looked up by label).
+    pub fn recovery_tasks(&self, running: usize) {
+        let Some(h) = &self.inner else { return };
+        h.metrics
+            .recovery_tasks
+            .with_label_values(&[&h.flow])
+            .set(running as i64);
     }
 
     /// One XREADGROUP's entries: one add per stream, not per message.

@@ -6,13 +6,19 @@
 //! same order, same batch id; none present), or completes it (part present:
 //! the missing members when `metadata.id` names the id column, otherwise the
 //! whole batch, logging the duplicates).
+//!
+//! Recovery tasks hold a batch each: at most [`MAX_TASKS`] run at once per
+//! flow (`sluice_recovery_tasks`), a batch found beyond that is left for a
+//! later claim pass, and the flow awaits them at shutdown until the
+//! deadline ([`RecoveryTasks::join`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::clickhouse::Target;
@@ -20,12 +26,80 @@ use super::exactly_once::{Batch, ExactlyOnce, Outcome};
 use super::ledger::BatchRecord;
 use super::retry::Backoff;
 use crate::config::OnSuccess;
+use crate::metrics::FlowMetrics;
 use crate::stream::{commands, Message, StreamError};
 
 pub struct Recovery {
     /// The shared exactly-once insert (ledger, lease, fenced inserts).
     pub eo: Arc<ExactlyOnce>,
     pub on_success: OnSuccess,
+    pub tasks: RecoveryTasks,
+}
+
+/// Recovery tasks running at once per flow, at most.
+pub const MAX_TASKS: usize = 8;
+
+/// The flow's running recovery tasks: capped, and awaited at shutdown.
+pub struct RecoveryTasks {
+    slots: Arc<Semaphore>,
+    set: std::sync::Mutex<JoinSet<()>>,
+    metrics: FlowMetrics,
+}
+
+impl RecoveryTasks {
+    pub fn new(max: usize, metrics: FlowMetrics) -> RecoveryTasks {
+        RecoveryTasks {
+            slots: Arc::new(Semaphore::new(max)),
+            set: std::sync::Mutex::new(JoinSet::new()),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, JoinSet<()>> {
+        self.set.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot for one more task, unless all are taken.
+    pub fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// Tasks running now.
+    pub fn running(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Runs `task` holding `slot` until it ends.
+    pub fn spawn<F>(&self, slot: OwnedSemaphorePermit, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (slots, metrics) = (self.slots.clone(), self.metrics.clone());
+        let mut set = self.lock();
+        while set.try_join_next().is_some() {}
+        set.spawn(async move {
+            task.await;
+            drop(slot);
+            metrics.recovery_tasks(MAX_TASKS - slots.available_permits());
+        });
+        self.metrics
+            .recovery_tasks(MAX_TASKS - self.slots.available_permits());
+    }
+
+    /// Waits for every task (they end by themselves at `deadline`, the
+    /// shutdown deadline; those still running a moment later are aborted).
+    pub async fn join(&self, deadline: &CancellationToken) {
+        let mut set = std::mem::take(&mut *self.lock());
+        let all = async { while set.join_next().await.is_some() {} };
+        tokio::select! {
+            _ = all => {}
+            _ = async {
+                deadline.cancelled().await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            } => {}
+        }
+        set.abort_all();
+    }
 }
 
 impl Recovery {

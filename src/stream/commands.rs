@@ -194,21 +194,23 @@ pub async fn pending(
     reply::pending_entries(frame)
 }
 
-/// Ids of `consumer`'s pending entries idle at least `min_idle` (up to `count`).
-pub async fn pending_idle_ids(
+/// `consumer`'s pending entries idle at least `min_idle`, from `start`
+/// (`-`, an id, or `(id` for after it) on, up to `count`.
+pub async fn pending_idle(
     client: &Client,
     stream: &str,
     group: &str,
     consumer: &str,
     min_idle: Duration,
+    start: &[u8],
     count: usize,
-) -> Result<Vec<Bytes>> {
+) -> Result<Vec<PendingEntry>> {
     let args: Vec<Value> = vec![
         key_arg(stream),
         key_arg(group),
         "IDLE".into(),
         Value::Integer(min_idle.as_millis() as i64),
-        "-".into(),
+        Value::Bytes(Bytes::copy_from_slice(start)),
         "+".into(),
         Value::Integer(count as i64),
         key_arg(consumer),
@@ -216,10 +218,35 @@ pub async fn pending_idle_ids(
     let frame = client
         .custom_raw(command("XPENDING", stream, false), args)
         .await?;
-    Ok(reply::pending_entries(frame)?
-        .into_iter()
-        .map(|p| p.id)
-        .collect())
+    reply::pending_entries(frame)
+}
+
+/// `XCLAIM … min_idle ids`: takes entries still idle at least `min_idle`
+/// for `consumer` (a delivery each) and returns them, deliveries unset.
+/// Entries deleted from the stream are left out (Redis 7 unlists them).
+pub async fn claim(
+    client: &Client,
+    stream: &Arc<str>,
+    group: &str,
+    consumer: &str,
+    min_idle: Duration,
+    ids: &[Bytes],
+) -> Result<Vec<Message>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut args: Vec<Value> = Vec::with_capacity(ids.len() + 4);
+    args.extend([
+        key_arg(stream),
+        key_arg(group),
+        key_arg(consumer),
+        Value::Integer(min_idle.as_millis() as i64),
+    ]);
+    args.extend(ids.iter().map(|id| Value::Bytes(id.clone())));
+    let frame = client
+        .custom_raw(command("XCLAIM", stream, false), args)
+        .await?;
+    reply::entries(frame, stream, "XCLAIM")
 }
 
 /// `XCLAIM … min_idle ids JUSTID` to ourselves: resets the entries' idle

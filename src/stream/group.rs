@@ -62,16 +62,12 @@ pub async fn prune_consumers(
 ) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for c in consumers(client, stream, group).await? {
-        if c.name != me && c.pending == 0 && c.idle_ms >= idle.as_millis() as u64 {
-            // Re-check right before deleting: the consumer may have read meanwhile.
-            let still_empty =
-                commands::pending(client, stream, group, b"-", b"+", 1, Some(&c.name))
-                    .await?
-                    .is_empty();
-            if still_empty {
-                commands::delete_consumer(client, stream, group, &c.name).await?;
-                removed.push(c.name);
-            }
+        if c.name != me
+            && c.pending == 0
+            && c.idle_ms >= idle.as_millis() as u64
+            && delete_if_empty(client, stream, group, &c.name).await?
+        {
+            removed.push(c.name);
         }
     }
     Ok(removed)
@@ -84,12 +80,36 @@ pub async fn remove_self_if_idle(
     group: &str,
     me: &str,
 ) -> Result<bool> {
-    let pending = commands::pending(client, stream, group, b"-", b"+", 1, Some(me)).await?;
-    if !pending.is_empty() {
-        return Ok(false);
-    }
-    commands::delete_consumer(client, stream, group, me).await?;
-    Ok(true)
+    delete_if_empty(client, stream, group, me).await
+}
+
+/// Checks that `consumer` has nothing pending and deletes it, in one
+/// script: an entry delivered to it between a check and a separate
+/// DELCONSUMER would be deleted from the pending list, never to be claimed.
+const DELETE_IF_EMPTY: &str = r#"
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
+  return 0
+end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
+
+static DELETE_IF_EMPTY_S: std::sync::OnceLock<fred::types::scripts::Script> =
+    std::sync::OnceLock::new();
+
+/// Deletes `consumer` of `group` if it has no pending entry; whether it did.
+pub async fn delete_if_empty(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+) -> Result<bool> {
+    let script =
+        DELETE_IF_EMPTY_S.get_or_init(|| fred::types::scripts::Script::from_lua(DELETE_IF_EMPTY));
+    let deleted: i64 = script
+        .evalsha_with_reload(client, vec![stream], vec![group, consumer])
+        .await?;
+    Ok(deleted == 1)
 }
 
 #[cfg(test)]

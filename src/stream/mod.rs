@@ -9,6 +9,7 @@ pub mod commands;
 pub mod dead_letter;
 pub mod group;
 pub mod held;
+pub mod keep_alive;
 pub mod reply;
 pub mod version;
 

@@ -152,6 +152,18 @@ pub fn read_group(frame: Frame, streams: &[Arc<str>], out: &mut Vec<Message>) ->
     Ok(())
 }
 
+/// A list of `[id, fields]` entries (XCLAIM, XRANGE); deleted ones
+/// (nil fields) left out.
+pub fn entries(frame: Frame, stream: &Arc<str>, command: &'static str) -> Result<Vec<Message>> {
+    let mut out = Vec::new();
+    for e in array_of(check(frame)?, command)? {
+        if let Some(m) = entry(e, stream, 0, command)? {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
 /// XAUTOCLAIM's reply: next cursor, claimed entries, ids deleted meanwhile.
 #[derive(Debug, Default)]
 pub struct AutoClaim {

@@ -113,17 +113,6 @@ async fn chaos_exactly_once_redis_maxmemory_with_bad_rows_no_loss_no_duplicates(
     redis_maxmemory(exactly_once(seed())).await;
 }
 
-/// One RESP command, binary-safe.
-fn resp(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
 /// What `redis-cut` provokes, made deterministic: entries delivered under
 /// the worker's consumer name in a reply the worker never received (a
 /// MULTI of XADD + XREADGROUP sent as that consumer, so the worker's own
@@ -267,4 +256,19 @@ async fn chaos_schema_change_stalls_nothing_and_dead_letters_nothing() {
 async fn chaos_exactly_once_schema_change_no_loss_no_duplicates() {
     let r = check(Case::SchemaChange, schema_change(exactly_once(seed()))).await;
     assert_eq!(r.faults, 2, "{:?}", r.notes);
+}
+
+/// Fault combination (a): ClickHouse down for a while (six `min_idle`
+/// periods) while a replica is killed and another joins, with
+/// `max_deliveries = 2`. Nothing lost, no healthy row dead-lettered.
+#[tokio::test]
+async fn chaos_sink_down_while_replicas_come_and_go_dead_letters_nothing() {
+    let r = check(Case::SinkDown, Params::quick(seed())).await;
+    assert_eq!(r.faults, 3, "{:?}", r.notes);
+}
+
+#[tokio::test]
+async fn chaos_exactly_once_sink_down_while_replicas_come_and_go_no_loss_no_duplicates() {
+    let r = check(Case::SinkDown, exactly_once(seed())).await;
+    assert_eq!(r.faults, 3, "{:?}", r.notes);
 }

@@ -322,3 +322,30 @@ pub async fn drain_capped(
     seen.sort_unstable();
     seen
 }
+
+/// One RESP command, binary-safe.
+pub fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// `XGROUP CREATE stream g 0 MKSTREAM`.
+pub async fn create_group(client: &Client, stream: &str) {
+    raw(
+        client,
+        "XGROUP",
+        vec![
+            "CREATE".into(),
+            stream.into(),
+            "g".into(),
+            "0".into(),
+            "MKSTREAM".into(),
+        ],
+    )
+    .await;
+}

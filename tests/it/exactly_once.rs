@@ -7,7 +7,13 @@ use crate::harness::{unique_name, wait_for, TcpProxy, Worker};
 
 const N: usize = 2000;
 
-fn config(redis_url: &str, ch_url: &str, flow: &str, stream: &str, table: &str) -> String {
+pub(crate) fn config(
+    redis_url: &str,
+    ch_url: &str,
+    flow: &str,
+    stream: &str,
+    table: &str,
+) -> String {
     config_text(
         redis_url,
         ch_url,

@@ -8,6 +8,7 @@ mod budget;
 mod ch_endpoints;
 mod ch_source;
 mod chaos;
+mod claim;
 mod cluster;
 mod cold_move;
 mod common;

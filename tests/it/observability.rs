@@ -556,18 +556,7 @@ fn cmd(name: &'static str) -> fred::types::CustomCommand {
 /// claim loop takes them over (claimed), finds one deleted (lost) and one
 /// delivered too often (dead letter, max_deliveries).
 async fn make_ghost_work(rc: &Client, stream: &str) {
-    raw(
-        rc,
-        "XGROUP",
-        vec![
-            "CREATE".into(),
-            stream.into(),
-            "g".into(),
-            "0".into(),
-            "MKSTREAM".into(),
-        ],
-    )
-    .await;
+    create_group(rc, stream).await;
     let a = xadd(rc, stream, &[("id", "900000001"), ("x", "1")]).await;
     let b = xadd(rc, stream, &[("id", "900000002"), ("x", "2")]).await;
     let c = xadd(rc, stream, &[("id", "900000003"), ("x", "3")]).await;

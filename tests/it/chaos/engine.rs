@@ -55,10 +55,15 @@ pub enum Case {
     /// carry it from the start), later one dropped. No stall, nothing
     /// dead-lettered, the new column filled once the schema is re-read.
     SchemaChange,
+    /// ClickHouse down for `Params::outage` while one replica is killed and
+    /// another joins, `max_deliveries = 2`: the replicas keep their entries
+    /// alive and claim only what they can take, so no healthy row is
+    /// delivered more than twice (dead-lettered).
+    SinkDown,
 }
 
 impl Case {
-    pub const ALL: [Case; 7] = [
+    pub const ALL: [Case; 8] = [
         Case::Kill,
         Case::ClickHouseFaults,
         Case::RedisRestart,
@@ -66,6 +71,7 @@ impl Case {
         Case::RedisCut,
         Case::RedisMaxmemory,
         Case::SchemaChange,
+        Case::SinkDown,
     ];
 
     pub fn name(self) -> &'static str {
@@ -77,6 +83,7 @@ impl Case {
             Case::RedisCut => "redis-cut",
             Case::RedisMaxmemory => "redis-oom",
             Case::SchemaChange => "schema-change",
+            Case::SinkDown => "sink-down",
         }
     }
 
@@ -135,6 +142,8 @@ pub struct Params {
     /// `batch.max_rows` of the flow.
     pub batch_rows: usize,
     pub read_count: usize,
+    /// `sink-down`: how long ClickHouse refuses connections.
+    pub outage: Duration,
 }
 
 impl Params {
@@ -151,6 +160,7 @@ impl Params {
             slow_delay: Duration::from_millis(200),
             batch_rows: 5000,
             read_count: 1000,
+            outage: Duration::from_secs(60),
         }
     }
 
@@ -167,6 +177,7 @@ impl Params {
             slow_delay: Duration::from_millis(400),
             batch_rows: 2000,
             read_count: 500,
+            outage: Duration::from_secs(12),
         }
     }
 
@@ -280,6 +291,12 @@ impl Report {
             out.push(format!(
                 "{} duplicates in exactly-once mode",
                 self.duplicates
+            ));
+        }
+        if self.case == Case::SinkDown.name() && self.dead > 0 {
+            out.push(format!(
+                "{} healthy rows dead-lettered (max_deliveries = 2)",
+                self.dead
             ));
         }
         if self.case == Case::SchemaChange.name() {
@@ -579,12 +596,17 @@ impl Fleet {
     }
 
     fn kill_and_restart(&mut self, i: usize) {
+        self.kill(i);
+        self.workers[i] = Worker::spawn(&self.config);
+    }
+
+    /// SIGKILLs replica `i`, leaving it dead until the caller replaces it.
+    fn kill(&mut self, i: usize) {
         if let Some(kb) = self.workers[i].peak_rss_kb() {
             self.peak_kb = self.peak_kb.max(kb);
         }
         self.workers[i].kill();
         self.harvest_log(i);
-        self.workers[i] = Worker::spawn(&self.config);
     }
 
     async fn stop(&mut self) {
@@ -701,20 +723,24 @@ pub async fn run(case: Case, params: &Params) -> Report {
     };
     let mut s = setup(params, redis_args).await;
     let proxy = match case {
-        Case::ClickHouseFaults | Case::SlowClickHouse => Some(TcpProxy::start(s.ch.http_addr())),
+        Case::ClickHouseFaults | Case::SlowClickHouse | Case::SinkDown => {
+            Some(TcpProxy::start(s.ch.http_addr()))
+        }
         Case::RedisCut => Some(TcpProxy::start(s.redis.addr())),
         _ => None,
     };
     let (redis_url, ch_url) = match (case, &proxy) {
         (Case::RedisCut, Some(p)) => (p.redis_url(), s.ch.url()),
-        (Case::ClickHouseFaults | Case::SlowClickHouse, Some(p)) => (s.redis.url(), p.url()),
+        (Case::ClickHouseFaults | Case::SlowClickHouse | Case::SinkDown, Some(p)) => {
+            (s.redis.url(), p.url())
+        }
         _ => (s.redis.url(), s.ch.url()),
     };
     let insert_timeout = match case {
         Case::ClickHouseFaults => "2s",
         _ => "30s",
     };
-    let config = config_text(
+    let mut config = config_text(
         params,
         &redis_url,
         &ch_url,
@@ -722,6 +748,9 @@ pub async fn run(case: Case, params: &Params) -> Report {
         &s.table,
         insert_timeout,
     );
+    if case == Case::SinkDown {
+        config.push_str("max_deliveries = 2\n");
+    }
     let mut fleet = Fleet::spawn(config, replicas);
     let mut report = Report {
         case: case.name().into(),
@@ -916,6 +945,37 @@ pub async fn run(case: Case, params: &Params) -> Report {
                 fleet.check_alive();
                 sample_pending(&s, &mut report).await;
             }
+        }
+        Case::SinkDown => {
+            // The outage starts a fifth of the way in; a third into it
+            // replica 0 is killed, two thirds in a new replica joins.
+            let proxy = proxy.as_ref().expect("proxy");
+            while producing() && stats.confirmed.lock().unwrap().len() < params.messages / 5 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            proxy.refuse();
+            report.faults += 1;
+            let down = Instant::now();
+            let mut killed = false;
+            while down.elapsed() < params.outage {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                sample_pending(&s, &mut report).await;
+                fleet.sample();
+                if !killed && down.elapsed() >= params.outage / 3 {
+                    fleet.kill(0);
+                    killed = true;
+                    report.faults += 1;
+                } else if killed && down.elapsed() >= params.outage * 2 / 3 {
+                    if !fleet.workers[0].is_running() {
+                        fleet.workers[0] = Worker::spawn(&fleet.config);
+                        report.faults += 1;
+                    }
+                } else if !killed {
+                    fleet.check_alive();
+                }
+            }
+            proxy.pass();
+            fleet.check_alive();
         }
     }
     let _ = producer.await;
