@@ -45,6 +45,24 @@ impl Worker {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Worker {
+        Self::spawn_bin(
+            Path::new(env!("CARGO_BIN_EXE_sluice")),
+            command,
+            config_toml,
+            extra_args,
+            env,
+        )
+    }
+
+    /// [`Worker::spawn_command`] with another `sluice` binary (a bench's
+    /// baseline built from an older commit).
+    pub fn spawn_bin(
+        bin: &Path,
+        command: &str,
+        config_toml: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Worker {
         let dir = tempfile::Builder::new()
             .prefix("sluice-it-worker-")
             .tempdir()
@@ -59,7 +77,7 @@ impl Worker {
             .expect("open worker log");
         let err = out.try_clone().expect("dup worker log");
 
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        let mut cmd = Command::new(bin);
         cmd.arg(command)
             .arg("--config")
             .arg(&config)
