@@ -875,6 +875,14 @@ impl StreamCommitter {
             .zip(refused)
             .filter_map(|(m, r)| (!r).then_some(m))
             .unzip();
+        // Routes are needed after the ack only to forget exactly-once
+        // records; kept otherwise they would pin templated targets in the
+        // router's registry while the batch settles.
+        let routes = if self.exactly_once.is_some() {
+            routes
+        } else {
+            Vec::new()
+        };
         Ok(Written {
             landed,
             routes,
