@@ -1000,10 +1000,11 @@ impl StreamCommitter {
         messages: &[&Message],
     ) -> Result<(usize, u64), String> {
         let cap = target.max_len.expect("only capped targets");
-        let mut args: Vec<Value> = Vec::with_capacity(2);
-        args.push(Value::Integer(cap.min(i64::MAX as u64) as i64));
-        args.push(self.capacity.as_str().into());
-        let args = entry_args(messages.iter().copied(), args);
+        let head = vec![
+            Value::Integer(cap.min(i64::MAX as u64) as i64),
+            self.capacity.as_str().into(),
+        ];
+        let args = entry_args(messages.iter().copied(), head);
         let script = ADD_UNDER_CAP_S.get_or_init(|| Script::from_lua(ADD_UNDER_CAP));
         let reply: Value = script
             .evalsha_with_reload(&self.target, vec![Key::from(target.key.clone())], args)
