@@ -229,15 +229,22 @@ impl Appender {
                 (true, Err(e)) if e.details().starts_with("NOSCRIPT") => {
                     // Flushed from Redis's cache: load it again and resend
                     // this run alone (a refused call added nothing).
-                    let sha = self.load(stream).await?;
-                    let v: Value = self
-                        .client
-                        .custom(
-                            cmd("EVALSHA", stream),
-                            script_args(&sha, stream, &jobs[range]),
-                        )
-                        .await?;
-                    answers.extend(parse(v, n)?.into_iter().map(Ok));
+                    // An error here is this run's alone: the others landed.
+                    let resent = async {
+                        let sha = self.load(stream).await?;
+                        let v: Value = self
+                            .client
+                            .custom(
+                                cmd("EVALSHA", stream),
+                                script_args(&sha, stream, &jobs[range]),
+                            )
+                            .await?;
+                        parse(v, n)
+                    };
+                    match resent.await {
+                        Ok(a) => answers.extend(a.into_iter().map(Ok)),
+                        Err(e) => answers.extend((0..n).map(|_| Err(e.clone()))),
+                    }
                 }
                 (_, Err(e)) => {
                     let e = StreamError::from(e);
