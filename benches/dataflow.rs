@@ -13,13 +13,17 @@
 //! generator): the numbers are for this box, not limits of the design.
 //! `cargo bench --bench dataflow`; knobs: `SLUICE_BENCH_N` (backlog,
 //! default 500,000), `SLUICE_BENCH_SECS` (HTTP phase per size, default 5),
-//! `SLUICE_BENCH_CONNS` (HTTP connections, default 32).
+//! `SLUICE_BENCH_CONNS` (HTTP connections, default 32),
+//! `SLUICE_BENCH_BASELINE` (path of a `sluice` binary built from an older
+//! commit: every run is made with it too, right before this build's, so
+//! the two compare within one sitting).
 
 mod common;
 #[path = "../tests/it/harness/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod harness;
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,10 +43,31 @@ async fn xlen(client: &Client, stream: &str) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
+/// User + system CPU seconds `pid` has used so far (`/proc/<pid>/stat`).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the
+    // 14th field of the line, stime the 15th, in clock ticks.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// A `sluice` binary to run: this build's, or a baseline's.
+struct Build {
+    label: &'static str,
+    bin: PathBuf,
+}
+
 struct Forward {
+    build: &'static str,
     label: &'static str,
     rate: f64,
     redis_us: f64,
+    worker_us: f64,
     rss_mb: f64,
 }
 
@@ -54,7 +79,7 @@ enum Shape {
     Capped,
 }
 
-async fn forward(redis: &RedisServer, n: usize, shape: Shape) -> Forward {
+async fn forward(redis: &RedisServer, build: &Build, n: usize, shape: Shape) -> Forward {
     let routed = shape == Shape::Routed;
     let rc = redis.client().await;
     let src = harness::unique_name("fwd_src");
@@ -86,7 +111,7 @@ batch = {{ max_rows = 5000, max_wait = "100ms" }}
         redis.url()
     );
     let started = Instant::now();
-    let worker = Worker::spawn(&config);
+    let worker = Worker::spawn_binary(&build.bin, "run", &config, &[], &[]);
     let targets: Vec<String> = if routed {
         ["a", "b", "c"]
             .iter()
@@ -110,11 +135,13 @@ batch = {{ max_rows = 5000, max_wait = "100ms" }}
     let redis_us =
         (usec("xreadgroup") + usec("xack") + usec("evalsha").max(usec("xadd"))) / n as f64;
     let rss_mb = worker.peak_rss_kb().unwrap_or(0) as f64 / 1024.0;
+    let worker_us = cpu_secs(worker.pid()) * 1e6 / n as f64;
     drop(worker);
     let mut del: Vec<String> = targets;
     del.push(src);
     let _: Value = rc.custom(cmd("DEL", ""), del).await.unwrap();
     Forward {
+        build: build.label,
         label: match shape {
             Shape::Routed => "routed by task_for → 3 streams",
             Shape::Plain => "plain → 1 stream",
@@ -122,20 +149,30 @@ batch = {{ max_rows = 5000, max_wait = "100ms" }}
         },
         rate: n as f64 / secs,
         redis_us,
+        worker_us,
         rss_mb,
     }
 }
 
 struct Load {
+    build: &'static str,
     items_per_request: usize,
     requests: u64,
     secs: f64,
     p50_ms: f64,
     p99_ms: f64,
     refused: u64,
+    redis_us: f64,
+    worker_us: f64,
 }
 
-async fn http_load(redis: &RedisServer, items: usize, conns: usize, secs: u64) -> Load {
+async fn http_load(
+    redis: &RedisServer,
+    build: &Build,
+    items: usize,
+    conns: usize,
+    secs: u64,
+) -> Load {
     let port = free_port();
     let stream = harness::unique_name("entry");
     let token = "bench-token-0123456789abcdef";
@@ -151,11 +188,17 @@ streams = ["{stream}"]
 "#,
         redis.url()
     );
-    let worker = Worker::spawn(&config);
+    let worker = Worker::spawn_binary(&build.bin, "run", &config, &[], &[]);
     wait_for(Duration::from_secs(30), "entry up", || async {
         port_open(port).await
     })
     .await;
+    let rc = redis.client().await;
+    let _: Value = rc
+        .custom(cmd("CONFIG", ""), vec!["RESETSTAT"])
+        .await
+        .unwrap();
+    let cpu_before = cpu_secs(worker.pid());
     let body: Bytes = {
         let list: Vec<String> = (0..items)
             .map(|j| {
@@ -209,10 +252,12 @@ streams = ["{stream}"]
         lat.extend(t.await.unwrap());
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs(worker.pid()) - cpu_before;
     lat.sort_unstable();
     let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
-    let rc = redis.client().await;
     let requests = done.load(Ordering::Relaxed);
+    let stats = commandstats(&rc).await;
+    let redis_usec: u64 = stats.values().map(|s| s.1).sum();
     assert_eq!(
         xlen(&rc, &stream).await,
         requests * items as u64,
@@ -220,13 +265,17 @@ streams = ["{stream}"]
     );
     let _: Value = rc.custom(cmd("DEL", ""), vec![stream]).await.unwrap();
     drop(worker);
+    let all = (requests + refused.load(Ordering::Relaxed)).max(1) as f64;
     Load {
+        build: build.label,
         items_per_request: items,
         requests,
         secs,
         p50_ms: q(0.5),
         p99_ms: q(0.99),
         refused: refused.load(Ordering::Relaxed),
+        redis_us: redis_usec as f64 / all,
+        worker_us: cpu * 1e6 / all,
     }
 }
 
@@ -239,42 +288,70 @@ fn main() {
         let n = env_usize("SLUICE_BENCH_N", 500_000);
         let secs = env_usize("SLUICE_BENCH_SECS", 5) as u64;
         let conns = env_usize("SLUICE_BENCH_CONNS", 32);
+        let mut builds = Vec::new();
+        if let Some(bin) = std::env::var_os("SLUICE_BENCH_BASELINE") {
+            let bin = PathBuf::from(bin);
+            assert!(bin.is_file(), "SLUICE_BENCH_BASELINE: no file {bin:?}");
+            builds.push(Build {
+                label: "baseline",
+                bin,
+            });
+        }
+        builds.push(Build {
+            label: "this build",
+            bin: Path::new(env!("CARGO_BIN_EXE_sluice")).to_path_buf(),
+        });
         let redis = RedisServer::start().await;
-        let forwards = vec![
-            forward(&redis, n, Shape::Plain).await,
-            forward(&redis, n, Shape::Routed).await,
-            forward(&redis, n, Shape::Capped).await,
-        ];
+        let mut forwards = Vec::new();
+        for shape in [Shape::Plain, Shape::Routed, Shape::Capped] {
+            for build in &builds {
+                forwards.push(forward(&redis, build, n, shape).await);
+            }
+        }
         let mut loads = Vec::new();
         for items in [1, 100] {
-            loads.push(http_load(&redis, items, conns, secs).await);
+            for build in &builds {
+                loads.push(http_load(&redis, build, items, conns, secs).await);
+            }
         }
         println!("\nsluice dataflow bench (1 worker, 1 Redis, same 2-core box)");
         println!("stream→stream forwarding of {n} seed-shaped 4-field jobs (batch 5,000):");
         println!(
-            "  {:<32} {:>12} {:>34} {:>16}",
-            "run", "msgs/s", "redis µs/entry (XREADGROUP+XADD+XACK)", "worker peak RSS"
+            "  {:<32} {:<10} {:>10} {:>16} {:>16} {:>16}",
+            "run", "build", "msgs/s", "redis µs/entry", "worker µs/msg", "worker peak RSS"
         );
         for f in &forwards {
             println!(
-                "  {:<32} {:>12.0} {:>34.2} {:>12.1} MiB",
-                f.label, f.rate, f.redis_us, f.rss_mb
+                "  {:<32} {:<10} {:>10.0} {:>16.2} {:>16.2} {:>12.1} MiB",
+                f.label, f.build, f.rate, f.redis_us, f.worker_us, f.rss_mb
             );
         }
+        println!("  (redis µs/entry: XREADGROUP + XADD (or the capacity script) + XACK; worker µs: user+sys CPU)");
         println!("HTTP entry, {conns} keep-alive connections for {secs}s each:");
         println!(
-            "  {:>14} {:>12} {:>12} {:>10} {:>10} {:>8}",
-            "items/request", "requests/s", "items/s", "p50 ms", "p99 ms", "non-200"
+            "  {:>14} {:<10} {:>11} {:>11} {:>8} {:>8} {:>8} {:>13} {:>13}",
+            "items/request",
+            "build",
+            "requests/s",
+            "items/s",
+            "p50 ms",
+            "p99 ms",
+            "non-200",
+            "redis µs/req",
+            "worker µs/req"
         );
         for l in &loads {
             println!(
-                "  {:>14} {:>12.0} {:>12.0} {:>10.2} {:>10.2} {:>8}",
+                "  {:>14} {:<10} {:>11.0} {:>11.0} {:>8.2} {:>8.2} {:>8} {:>13.2} {:>13.2}",
                 l.items_per_request,
+                l.build,
                 l.requests as f64 / l.secs,
                 (l.requests * l.items_per_request as u64) as f64 / l.secs,
                 l.p50_ms,
                 l.p99_ms,
-                l.refused
+                l.refused,
+                l.redis_us,
+                l.worker_us,
             );
         }
     });

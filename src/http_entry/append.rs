@@ -1,33 +1,67 @@
-//! All-or-nothing appends with a capacity check, in one Lua script: the
-//! length check and every XADD of a request run atomically, so a refused
-//! request leaves the stream unchanged and two requests racing cannot both
-//! squeeze past `max_len`. Items are validated before the script runs; the
-//! XADDs all target one key, so none can fail after the first succeeded.
+//! All-or-nothing appends with a capacity check, committed in groups.
+//!
+//! Each request's length check and XADDs run inside one Lua script, so a
+//! refused request leaves the stream unchanged and two requests racing
+//! cannot both squeeze past `max_len`. Items are validated before the
+//! script runs; the XADDs all target one key, so none can fail after the
+//! first succeeded (Redis refuses an out-of-memory write only as a
+//! script's first).
+//!
+//! Group commit: requests for one stream queue up while that stream's
+//! previous group is in flight, and the next round trip carries all of
+//! them (up to [`GROUP_ITEMS`] items), in arrival order. On a capped
+//! stream one script call takes the whole group and handles its requests
+//! exactly as one call each would (each all or nothing, each checked
+//! against the length its predecessors left). Without a cap there is
+//! nothing to check: a one-item request is a plain XADD (atomic by
+//! itself, and a fifth of a script's cost in Redis), and runs of
+//! multi-item requests share a script call; all go in one pipeline. So
+//! answers, ids and order are those of one call per request, while Redis
+//! and the worker pay one round trip per group. No timer: a request that
+//! finds its stream idle is sent at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use fred::prelude::*;
-use fred::types::{ClusterHash, CustomCommand, Resp3Frame as Frame, Value};
+use fred::types::{ClusterHash, CustomCommand, Value};
+use tokio::sync::oneshot;
 
 use crate::flat::Fields;
 use crate::stream::{reply, Result, StreamError};
 
-/// KEYS[1] = stream; ARGV = max_len (-1: none), item count, then per item
-/// its number of field/value arguments followed by them.
+/// Most items one script call adds (a script holds Redis while it runs:
+/// 1,000 XADDs take about a millisecond); a larger request goes alone.
+pub const GROUP_ITEMS: usize = 1_000;
+
+/// KEYS[1] = stream; ARGV[1] = request count; then per request: max_len
+/// (-1: none), item count, then per item its number of field/value
+/// arguments followed by them. Returns per request {1, ids} or {0, length}.
 const SCRIPT: &str = r#"
-local max = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
-local len = redis.call('XLEN', KEYS[1])
-if max >= 0 and len + n > max then
-  return {0, len}
+local out = {}
+local len = nil
+local i = 2
+for r = 1, tonumber(ARGV[1]) do
+  local max = tonumber(ARGV[i])
+  local n = tonumber(ARGV[i + 1])
+  i = i + 2
+  if max >= 0 and not len then len = redis.call('XLEN', KEYS[1]) end
+  if max >= 0 and len + n > max then
+    out[r] = {0, len}
+    for item = 1, n do i = i + 1 + tonumber(ARGV[i]) end
+  else
+    local ids = {}
+    for item = 1, n do
+      local c = tonumber(ARGV[i])
+      ids[item] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + c))
+      i = i + 1 + c
+    end
+    if len then len = len + n end
+    out[r] = {1, ids}
+  end
 end
-local ids = {}
-local i = 3
-for item = 1, n do
-  local c = tonumber(ARGV[i])
-  ids[item] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + c))
-  i = i + 1 + c
-end
-return {1, ids}
+return out
 "#;
 
 /// What an append did.
@@ -39,9 +73,21 @@ pub enum Appended {
     Full { length: u64 },
 }
 
-/// The script, loaded once (and again after a SCRIPT FLUSH or restart).
+/// One request waiting for its group's script call.
+struct Job {
+    items: Vec<Fields>,
+    max_len: Option<u64>,
+    answer: oneshot::Sender<Result<Appended>>,
+}
+
+/// Appends requests' items to streams, grouping concurrent requests for
+/// one stream into one script call.
 pub struct Appender {
-    sha: std::sync::Mutex<Option<String>>,
+    client: Client,
+    /// The script's sha, loaded once (and again after a SCRIPT FLUSH or restart).
+    sha: Mutex<Option<String>>,
+    /// Streams with a flusher running, and the requests it has yet to send.
+    queues: Mutex<HashMap<String, VecDeque<Job>>>,
 }
 
 /// `name` routed to `stream`'s node (in a cluster each node keeps its own
@@ -51,21 +97,75 @@ fn cmd(name: &'static str, stream: &str) -> CustomCommand {
     CustomCommand::new_static(name, ClusterHash::Custom(slot), false)
 }
 
-impl Default for Appender {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Appender {
-    pub fn new() -> Appender {
-        Appender {
-            sha: std::sync::Mutex::new(None),
+    pub fn new(client: Client) -> Arc<Appender> {
+        Arc::new(Appender {
+            client,
+            sha: Mutex::new(None),
+            queues: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Adds all `items` to `stream`, or none when `max_len` would be passed.
+    pub async fn append(
+        self: &Arc<Self>,
+        stream: &str,
+        items: Vec<Fields>,
+        max_len: Option<u64>,
+    ) -> Result<Appended> {
+        let (answer, answered) = oneshot::channel();
+        let job = Job {
+            items,
+            max_len,
+            answer,
+        };
+        let start = {
+            let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+            match queues.get_mut(stream) {
+                Some(queue) => {
+                    queue.push_back(job);
+                    false
+                }
+                None => {
+                    queues.insert(stream.to_string(), VecDeque::from([job]));
+                    true
+                }
+            }
+        };
+        if start {
+            // A task of its own: a request dropped by its client must not
+            // cancel the calls that answer the others.
+            tokio::spawn(self.clone().flush(stream.to_string()));
+        }
+        answered.await.unwrap_or_else(|_| {
+            Err(StreamError::Reply(
+                "the append was abandoned (worker shutting down)".into(),
+            ))
+        })
+    }
+
+    /// Sends `stream`'s queued requests, a group per call, until none is left.
+    async fn flush(self: Arc<Self>, stream: String) {
+        loop {
+            let jobs = {
+                let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(queue) = queues.get_mut(&stream) else {
+                    return;
+                };
+                if queue.is_empty() {
+                    queues.remove(&stream);
+                    return;
+                }
+                take_group(queue)
+            };
+            let result = self.call(&stream, &jobs).await;
+            answer(jobs, result);
         }
     }
 
-    async fn load(&self, client: &Client, stream: &str) -> Result<String> {
-        let frame = client
+    async fn load(&self, stream: &str) -> Result<String> {
+        let frame = self
+            .client
             .custom_raw(
                 cmd("SCRIPT", stream),
                 vec![Value::from("LOAD"), Value::from(SCRIPT)],
@@ -77,67 +177,192 @@ impl Appender {
         Ok(sha)
     }
 
-    /// Adds all `items` to `stream`, or none when `max_len` would be passed.
-    pub async fn append(
-        &self,
-        client: &Client,
-        stream: &str,
-        items: &[Fields],
-        max_len: Option<u64>,
-    ) -> Result<Appended> {
-        let mut argv: Vec<Value> =
-            Vec::with_capacity(5 + items.len() + items.iter().map(|f| f.len() * 2).sum::<usize>());
-        argv.push(Value::Integer(1));
-        argv.push(Value::Bytes(Bytes::copy_from_slice(stream.as_bytes())));
-        argv.push(Value::Integer(max_len.map(|m| m as i64).unwrap_or(-1)));
-        argv.push(Value::Integer(items.len() as i64));
-        for fields in items {
-            argv.push(Value::Integer(fields.len() as i64 * 2));
-            for (k, v) in fields {
-                argv.push(Value::Bytes(k.clone()));
-                argv.push(Value::Bytes(v.clone()));
+    async fn sha(&self, stream: &str) -> Result<String> {
+        let cached = self.sha.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match cached {
+            Some(sha) => Ok(sha),
+            None => self.load(stream).await,
+        }
+    }
+
+    /// One round trip for a group: each request's answer, in order.
+    async fn call(&self, stream: &str, jobs: &[Job]) -> Result<Vec<Result<Appended>>> {
+        let sha = self.sha(stream).await?;
+        let pipeline = self.client.pipeline();
+        // Each command's requests: a plain XADD answers one, a script call a run.
+        let mut sent: Vec<(bool, std::ops::Range<usize>)> = Vec::new();
+        let plain = |j: &Job| j.max_len.is_none() && j.items.len() == 1;
+        let mut start = 0;
+        while start < jobs.len() {
+            let end = if plain(&jobs[start]) {
+                start + 1
+            } else {
+                start + jobs[start..].iter().take_while(|j| !plain(j)).count()
+            };
+            let run = &jobs[start..end];
+            if plain(&run[0]) {
+                let fields = &run[0].items[0];
+                let mut args: Vec<Value> = Vec::with_capacity(2 + 2 * fields.len());
+                args.push(Value::Bytes(Bytes::copy_from_slice(stream.as_bytes())));
+                args.push(Value::Bytes(Bytes::from_static(b"*")));
+                push_fields(&mut args, fields);
+                let _: Value = pipeline.custom(cmd("XADD", stream), args).await?;
+                sent.push((false, start..end));
+            } else {
+                let _: Value = pipeline
+                    .custom(cmd("EVALSHA", stream), script_args(&sha, stream, run))
+                    .await?;
+                sent.push((true, start..end));
+            }
+            start = end;
+        }
+        let replies = pipeline.try_all::<Value>().await;
+        let mut answers = Vec::with_capacity(jobs.len());
+        for ((script, range), reply) in sent.into_iter().zip(replies) {
+            let n = range.len();
+            match (script, reply) {
+                (false, Ok(id)) => answers.push(id_of(id).map(|id| Appended::Ids(vec![id]))),
+                (true, Ok(v)) => match parse(v, n) {
+                    Ok(a) => answers.extend(a.into_iter().map(Ok)),
+                    Err(e) => answers.extend((0..n).map(|_| Err(e.clone()))),
+                },
+                (true, Err(e)) if e.details().starts_with("NOSCRIPT") => {
+                    // Flushed from Redis's cache: load it again and resend
+                    // this run alone (a refused call added nothing).
+                    // An error here is this run's alone: the others landed.
+                    let resent = async {
+                        let sha = self.load(stream).await?;
+                        let v: Value = self
+                            .client
+                            .custom(
+                                cmd("EVALSHA", stream),
+                                script_args(&sha, stream, &jobs[range]),
+                            )
+                            .await?;
+                        parse(v, n)
+                    };
+                    match resent.await {
+                        Ok(a) => answers.extend(a.into_iter().map(Ok)),
+                        Err(e) => answers.extend((0..n).map(|_| Err(e.clone()))),
+                    }
+                }
+                (_, Err(e)) => {
+                    let e = StreamError::from(e);
+                    answers.extend((0..n).map(|_| Err(e.clone())));
+                }
             }
         }
-        let cached = self.sha.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let sha = match cached {
-            Some(sha) => sha,
-            None => self.load(client, stream).await?,
-        };
-        let mut args = Vec::with_capacity(argv.len() + 1);
-        args.push(Value::from(sha.as_str()));
-        args.extend(argv.iter().cloned());
-        let frame = client.custom_raw(cmd("EVALSHA", stream), args).await?;
-        let frame = match reply::check(frame) {
-            Err(StreamError::Reply(m)) if m.starts_with("NOSCRIPT") => {
-                let sha = self.load(client, stream).await?;
-                let mut args = Vec::with_capacity(argv.len() + 1);
-                args.push(Value::from(sha.as_str()));
-                args.extend(argv);
-                reply::check(client.custom_raw(cmd("EVALSHA", stream), args).await?)?
-            }
-            other => other?,
-        };
-        parse(frame)
+        Ok(answers)
     }
 }
 
-fn parse(frame: Frame) -> Result<Appended> {
-    const CMD: &str = "EVALSHA";
-    let mut parts = reply::array_of(frame, CMD)?.into_iter();
-    let (Some(flag), Some(rest)) = (parts.next(), parts.next()) else {
-        return Err(StreamError::Shape {
-            command: CMD,
-            detail: "expected [flag, value]".into(),
-        });
-    };
-    if reply::int_of(&flag, CMD)? == 0 {
-        return Ok(Appended::Full {
-            length: reply::int_of(&rest, CMD)?.max(0) as u64,
-        });
+fn push_fields(args: &mut Vec<Value>, fields: &Fields) {
+    for (k, v) in fields {
+        args.push(Value::Bytes(k.clone()));
+        args.push(Value::Bytes(v.clone()));
     }
-    reply::array_of(rest, CMD)?
+}
+
+/// EVALSHA's arguments for `jobs` (see [`SCRIPT`]).
+fn script_args(sha: &str, stream: &str, jobs: &[Job]) -> Vec<Value> {
+    let values: usize = jobs
+        .iter()
+        .flat_map(|j| &j.items)
+        .map(|f| 1 + f.len() * 2)
+        .sum();
+    let mut args: Vec<Value> = Vec::with_capacity(5 + 2 * jobs.len() + values);
+    args.push(Value::from(sha));
+    args.push(Value::Integer(1));
+    args.push(Value::Bytes(Bytes::copy_from_slice(stream.as_bytes())));
+    args.push(Value::Integer(jobs.len() as i64));
+    for job in jobs {
+        args.push(Value::Integer(
+            job.max_len
+                .map(|m| m.min(i64::MAX as u64) as i64)
+                .unwrap_or(-1),
+        ));
+        args.push(Value::Integer(job.items.len() as i64));
+        for fields in &job.items {
+            args.push(Value::Integer(fields.len() as i64 * 2));
+            push_fields(&mut args, fields);
+        }
+    }
+    args
+}
+
+/// Takes the next group off `queue`: requests in arrival order up to
+/// [`GROUP_ITEMS`] items, at least one request.
+fn take_group(queue: &mut VecDeque<Job>) -> Vec<Job> {
+    let mut items = 0;
+    let mut group = Vec::new();
+    while let Some(job) = queue.front() {
+        if !group.is_empty() && items + job.items.len() > GROUP_ITEMS {
+            break;
+        }
+        items += job.items.len();
+        group.extend(queue.pop_front());
+    }
+    group
+}
+
+/// Hands each request of a group its answer (a failed call fails them all:
+/// the script adds nothing when it fails).
+fn answer(jobs: Vec<Job>, result: Result<Vec<Result<Appended>>>) {
+    match result {
+        Ok(answers) => {
+            for (job, a) in jobs.into_iter().zip(answers) {
+                let _ = job.answer.send(a);
+            }
+        }
+        Err(e) => {
+            for job in jobs {
+                let _ = job.answer.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+fn shape(detail: &str) -> StreamError {
+    StreamError::Shape {
+        command: "XADD",
+        detail: detail.into(),
+    }
+}
+
+fn id_of(v: Value) -> Result<String> {
+    match v {
+        Value::String(s) => Ok(s.to_string()),
+        Value::Bytes(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        other => Err(shape(&format!("expected an entry id, got {other:?}"))),
+    }
+}
+
+/// The script's reply: one {flag, ids or length} per request.
+fn parse(reply: Value, requests: usize) -> Result<Vec<Appended>> {
+    let Value::Array(answers) = reply else {
+        return Err(shape("expected an array from the append script"));
+    };
+    if answers.len() != requests {
+        return Err(shape("expected one answer per request"));
+    }
+    answers
         .into_iter()
-        .map(|id| Ok(String::from_utf8_lossy(&reply::bytes_of(id, CMD)?).into_owned()))
-        .collect::<Result<Vec<_>>>()
-        .map(Appended::Ids)
+        .map(|answer| {
+            let Value::Array(parts) = answer else {
+                return Err(shape("expected [flag, value]"));
+            };
+            let mut parts = parts.into_iter();
+            match (parts.next().and_then(|f| f.as_i64()), parts.next()) {
+                (Some(0), Some(length)) => Ok(Appended::Full {
+                    length: length.as_u64().unwrap_or(0),
+                }),
+                (Some(1), Some(Value::Array(ids))) => ids
+                    .into_iter()
+                    .map(id_of)
+                    .collect::<Result<Vec<_>>>()
+                    .map(Appended::Ids),
+                _ => Err(shape("expected [1, ids] or [0, length]")),
+            }
+        })
+        .collect()
 }

@@ -48,7 +48,7 @@ pub struct Entry {
     cfg: HttpConfig,
     caps: BTreeMap<String, u64>,
     auth: Auth,
-    appender: Appender,
+    appender: Arc<Appender>,
     sharder: crate::shard::Sharder,
 }
 
@@ -165,6 +165,7 @@ impl Entry {
             );
         }
         Ok(Arc::new(Entry {
+            appender: Appender::new(redis.clone()),
             redis,
             caps: config
                 .streams
@@ -172,7 +173,6 @@ impl Entry {
                 .filter_map(|(name, s)| s.max_len.map(|m| (name.clone(), m)))
                 .collect(),
             auth: Auth::new(&cfg),
-            appender: Appender::new(),
             sharder: crate::shard::Sharder::new(config),
             cfg,
         }))
@@ -331,18 +331,14 @@ async fn post_messages(
     }
     let max_len = entry.max_len(&stream);
     let mut all_ids = Vec::new();
-    for (target, items) in &groups {
-        match entry
-            .appender
-            .append(&entry.redis, target, items, max_len)
-            .await
-        {
+    for (target, items) in groups {
+        let count = items.len();
+        match entry.appender.append(target, items, max_len).await {
             Ok(Appended::Ids(ids)) => all_ids.extend(ids),
             Ok(Appended::Full { length }) => {
                 let max = max_len.expect("only refused with a cap");
                 let message = format!(
-                    "stream `{target}` is full: length {length} + {} items would pass max_len {max}",
-                    items.len()
+                    "stream `{target}` is full: length {length} + {count} items would pass max_len {max}"
                 );
                 return retry_after(
                     json(

@@ -59,8 +59,6 @@ use crate::stream::{commands, Message};
 const MAX_ROUTE_VALUE: usize = 128;
 /// Most cached template expansions (cleared when reached).
 const ROUTE_CACHE: usize = 10_000;
-/// Most commands in one pipeline.
-const PIPELINE: usize = 5_000;
 /// Most entries one [`ADD_UNDER_CAP`] call adds (a script holds Redis while
 /// it runs: 500 XADDs take about a millisecond).
 const SCRIPT_ENTRIES: usize = 500;
@@ -105,6 +103,19 @@ end
 return {added, used}
 "#;
 static ADD_UNDER_CAP_S: OnceLock<Script> = OnceLock::new();
+
+/// Adds the given entries to an uncapped target, in order. KEYS[1]: the
+/// target; ARGV: per entry its field count n and n field/value pairs.
+pub const ADD_ALL: &str = r#"
+local i = 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + 2 * n))
+  i = i + 1 + 2 * n
+end
+return 0
+"#;
+static ADD_ALL_S: OnceLock<Script> = OnceLock::new();
 
 /// The flow-wide pause switch: set while a target is full.
 #[derive(Default)]
@@ -727,6 +738,14 @@ impl Round {
     }
 }
 
+/// A batch on its targets, not yet acked at the source.
+pub struct Written {
+    landed: Vec<Message>,
+    routes: Vec<RouteSet>,
+    dead: Vec<DeadLetter>,
+    total: usize,
+}
+
 /// Writes sealed batches: waits for room, XADDs, then acks.
 pub struct StreamCommitter {
     pub flow: String,
@@ -745,10 +764,8 @@ pub struct StreamCommitter {
     /// What counts toward a target's cap.
     pub capacity: Capacity,
     pub hard_stop: CancellationToken,
-}
-
-fn xadd() -> CustomCommand {
-    CustomCommand::new_static("XADD", fred::types::ClusterHash::FirstKey, false)
+    /// Whether [`ADD_ALL`] was loaded on the targets' Redis.
+    pub add_all_loaded: AtomicBool,
 }
 
 /// Stream names compare by pointer first (messages share their flow's `Arc`).
@@ -823,7 +840,10 @@ impl StreamCommitter {
         }
     }
 
-    pub async fn commit(&self, batch: SealedStreamBatch) -> Result<(), Abandoned> {
+    /// Writes a batch to its targets (waiting for room under caps); what
+    /// is left to do is [`Self::settle`]: ack the landed messages and
+    /// dead-letter the refused ones.
+    pub async fn write_batch(&self, batch: SealedStreamBatch) -> Result<Written, Abandoned> {
         let total = batch.messages.len() + batch.dead.len();
         let mut dead = batch.dead;
         let mut refused = vec![false; batch.messages.len()];
@@ -855,6 +875,30 @@ impl StreamCommitter {
             .zip(refused)
             .filter_map(|(m, r)| (!r).then_some(m))
             .unzip();
+        // Routes are needed after the ack only to forget exactly-once
+        // records; kept otherwise they would pin templated targets in the
+        // router's registry while the batch settles.
+        let routes = if self.exactly_once.is_some() {
+            routes
+        } else {
+            Vec::new()
+        };
+        Ok(Written {
+            landed,
+            routes,
+            dead,
+            total,
+        })
+    }
+
+    /// Dead-letters and acks a written batch at the source.
+    pub async fn settle(&self, written: Written) -> Result<(), Abandoned> {
+        let Written {
+            landed,
+            routes,
+            dead,
+            total,
+        } = written;
         let landed = self
             .finish(landed, dead)
             .await
@@ -956,17 +1000,11 @@ impl StreamCommitter {
         messages: &[&Message],
     ) -> Result<(usize, u64), String> {
         let cap = target.max_len.expect("only capped targets");
-        let values: usize = messages.iter().map(|m| 1 + 2 * m.fields.len()).sum();
-        let mut args: Vec<Value> = Vec::with_capacity(2 + values);
-        args.push(Value::Integer(cap.min(i64::MAX as u64) as i64));
-        args.push(self.capacity.as_str().into());
-        for m in messages {
-            args.push(Value::Integer(m.fields.len() as i64));
-            for (k, v) in &m.fields {
-                args.push(Value::Bytes(k.clone()));
-                args.push(Value::Bytes(v.clone()));
-            }
-        }
+        let head = vec![
+            Value::Integer(cap.min(i64::MAX as u64) as i64),
+            self.capacity.as_str().into(),
+        ];
+        let args = entry_args(messages.iter().copied(), head);
         let script = ADD_UNDER_CAP_S.get_or_init(|| Script::from_lua(ADD_UNDER_CAP));
         let reply: Value = script
             .evalsha_with_reload(&self.target, vec![Key::from(target.key.clone())], args)
@@ -1047,39 +1085,75 @@ impl StreamCommitter {
         Ok(refused)
     }
 
-    /// Pipelined XADDs for targets without a cap.
+    /// Targets without a cap: each target's entries in order, in calls of
+    /// [`ADD_ALL`] of at most [`SCRIPT_ENTRIES`] entries, all in one
+    /// pipeline. One call per 500 entries instead of one XADD each: the
+    /// client's cost per command (building, encoding and answering it) was
+    /// half the worker's CPU per forwarded entry (`benches/dataflow.rs`).
+    /// A call adds all its entries or, failing on its first XADD (a key of
+    /// the wrong type, out of memory), none.
     async fn write_plain(
         &self,
         messages: &[Message],
         pairs: Vec<(usize, Arc<Target>)>,
         round: &mut Round,
     ) {
-        for part in pairs.chunks(PIPELINE) {
-            let pipeline = self.target.pipeline();
-            let mut queued = true;
-            for (i, t) in part {
-                let m = &messages[*i];
-                let mut args: Vec<Value> = Vec::with_capacity(2 + m.fields.len() * 2);
-                args.push(Value::Bytes(t.key.clone()));
-                args.push(Value::Bytes(Bytes::from_static(b"*")));
-                for (k, v) in &m.fields {
-                    args.push(Value::Bytes(k.clone()));
-                    args.push(Value::Bytes(v.clone()));
-                }
-                if let Err(e) = pipeline.custom::<Value, _>(xadd(), args).await {
-                    round.last_error = e.to_string();
-                    queued = false;
-                    break;
-                }
+        let script = ADD_ALL_S.get_or_init(|| Script::from_lua(ADD_ALL));
+        if !self.add_all_loaded.load(Ordering::Acquire) {
+            match script.load(&self.target).await {
+                Ok(()) => self.add_all_loaded.store(true, Ordering::Release),
+                Err(e) => round.last_error = e.to_string(),
             }
-            if !queued {
-                round.failed.extend(part.iter().cloned());
+        }
+        let pipeline = self.target.pipeline();
+        let mut calls: Vec<(Arc<Target>, Vec<usize>)> = Vec::new();
+        for (t, ids) in by_target(pairs) {
+            let mut done = 0;
+            while done < ids.len() {
+                let n = chunk_len(messages, &ids[done..]);
+                let chunk = ids[done..done + n].to_vec();
+                done += n;
+                let head = vec![
+                    Value::String(script.sha1().clone()),
+                    Value::Integer(1),
+                    Value::Bytes(t.key.clone()),
+                ];
+                let all = entry_args(chunk.iter().map(|&i| &messages[i]), head);
+                let slot = fred::util::redis_keyslot(&t.key);
+                let evalsha = CustomCommand::new_static(
+                    "EVALSHA",
+                    fred::types::ClusterHash::Custom(slot),
+                    false,
+                );
+                if let Err(e) = pipeline.custom::<Value, _>(evalsha, all).await {
+                    round.last_error = e.to_string();
+                }
+                calls.push((t.clone(), chunk));
+            }
+        }
+        let replies = pipeline.try_all::<Value>().await;
+        let mut reload = false;
+        for (k, (t, chunk)) in calls.iter().enumerate() {
+            let error = match replies.get(k) {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => e.to_string(),
+                None => round.last_error.clone(),
+            };
+            reload |= error.contains("NOSCRIPT");
+            if too_many_fields(&error) && chunk.len() == 1 {
+                round
+                    .refused
+                    .push((chunk[0], format!("target `{}`: {error}", t.name)));
                 continue;
             }
-            for ((i, t), result) in part.iter().zip(pipeline.try_all::<Value>().await) {
-                if let Err(e) = result {
-                    round.error(*i, t, e.to_string());
-                }
+            for &i in chunk {
+                round.error(i, t, error.clone());
+            }
+        }
+        if reload {
+            // Flushed from Redis's script cache: loaded again for the retry.
+            if let Err(e) = script.load(&self.target).await {
+                round.last_error = e.to_string();
             }
         }
     }
@@ -1093,16 +1167,7 @@ impl StreamCommitter {
         pairs: Vec<(usize, Arc<Target>)>,
         round: &mut Round,
     ) {
-        // Keyed by the target object's address (one object per name).
-        let mut slot: HashMap<usize, usize> = HashMap::new();
-        let mut by_target: Vec<(Arc<Target>, Vec<usize>)> = Vec::new();
-        for (i, t) in pairs {
-            let n = *slot.entry(Arc::as_ptr(&t) as usize).or_insert_with(|| {
-                by_target.push((t.clone(), Vec::new()));
-                by_target.len() - 1
-            });
-            by_target[n].1.push(i);
-        }
+        let by_target = by_target(pairs);
         let outcomes = futures_util::future::join_all(
             by_target
                 .iter()
@@ -1138,18 +1203,8 @@ impl StreamCommitter {
     ) -> (usize, Option<String>) {
         let mut done = 0;
         while done < ids.len() {
-            let mut chunk: Vec<&Message> = Vec::new();
-            for &i in &ids[done..] {
-                let m = &messages[i];
-                let alone = m.fields.len() > SCRIPT_MAX_FIELDS;
-                if chunk.len() == SCRIPT_ENTRIES || (alone && !chunk.is_empty()) {
-                    break;
-                }
-                chunk.push(m);
-                if alone {
-                    break;
-                }
-            }
+            let n = chunk_len(messages, &ids[done..]);
+            let chunk: Vec<&Message> = ids[done..done + n].iter().map(|&i| &messages[i]).collect();
             match self.add_under_cap(target, &chunk).await {
                 Ok((added, _)) => {
                     done += added;
@@ -1222,6 +1277,56 @@ impl StreamCommitter {
     }
 }
 
+/// (message, target) pairs grouped by target, each target's in order
+/// (keyed by the target object's address: one object per name).
+fn by_target(pairs: Vec<(usize, Arc<Target>)>) -> Vec<(Arc<Target>, Vec<usize>)> {
+    let mut slot: HashMap<usize, usize> = HashMap::new();
+    let mut out: Vec<(Arc<Target>, Vec<usize>)> = Vec::new();
+    for (i, t) in pairs {
+        let n = *slot.entry(Arc::as_ptr(&t) as usize).or_insert_with(|| {
+            out.push((t.clone(), Vec::new()));
+            out.len() - 1
+        });
+        out[n].1.push(i);
+    }
+    out
+}
+
+/// How many of `ids` (at least one) the next script call takes: at most
+/// [`SCRIPT_ENTRIES`], and an entry over [`SCRIPT_MAX_FIELDS`] alone.
+fn chunk_len(messages: &[Message], ids: &[usize]) -> usize {
+    let mut n = 0;
+    for &i in ids {
+        let alone = messages[i].fields.len() > SCRIPT_MAX_FIELDS;
+        if n == SCRIPT_ENTRIES || (alone && n > 0) {
+            break;
+        }
+        n += 1;
+        if alone {
+            break;
+        }
+    }
+    n
+}
+
+/// `args` followed by each message's field count and field/value pairs
+/// (the scripts' per-entry layout).
+fn entry_args<'a>(
+    messages: impl Iterator<Item = &'a Message> + Clone,
+    mut args: Vec<Value>,
+) -> Vec<Value> {
+    let values: usize = messages.clone().map(|m| 1 + 2 * m.fields.len()).sum();
+    args.reserve(values);
+    for m in messages {
+        args.push(Value::Integer(m.fields.len() as i64));
+        for (k, v) in &m.fields {
+            args.push(Value::Bytes(k.clone()));
+            args.push(Value::Bytes(v.clone()));
+        }
+    }
+    args
+}
+
 /// A flow's batch and commit loops for a stream sink. Returns false if a
 /// batch had to be abandoned at the hard stop.
 pub async fn run(
@@ -1247,9 +1352,27 @@ pub async fn run(
         check_every: sink.check_every,
         capacity: sink.capacity,
         hard_stop,
+        add_all_loaded: AtomicBool::new(false),
     };
+    // A batch's acks run while the next batch is written (one batch
+    // settling at a time): a batch is acked only after its own XADDs, and
+    // the source round trip no longer sits between two batches' writes.
+    let committer = Arc::new(committer);
     let commit_task = tokio::spawn(async move {
         let mut all_committed = true;
+        let mut settling: Option<tokio::task::JoinHandle<Result<(), Abandoned>>> = None;
+        let flow_name = committer.flow.clone();
+        let settled = |r: Option<Result<Result<(), Abandoned>, tokio::task::JoinError>>| match r {
+            None | Some(Ok(Ok(()))) => true,
+            Some(Ok(Err(e))) => {
+                tracing::error!(flow = %flow_name, error = %e);
+                false
+            }
+            Some(Err(e)) => {
+                tracing::error!(flow = %flow_name, error = %e, "acking a batch failed");
+                false
+            }
+        };
         while let Some(batch) = batch_rx.recv().await {
             if batch.messages.is_empty() && batch.dead.is_empty() {
                 continue;
@@ -1261,11 +1384,30 @@ pub async fn run(
                 dead = batch.dead.len(),
             );
             crate::telemetry::continue_producer_traces(&span, &batch.messages);
-            if let Err(e) = committer.commit(batch).instrument(span).await {
-                tracing::error!(flow = %committer.flow, error = %e);
-                all_committed = false;
+            let written = committer.write_batch(batch).instrument(span.clone()).await;
+            let previous = match settling.take() {
+                Some(task) => Some(task.await),
+                None => None,
+            };
+            all_committed &= settled(previous);
+            match written {
+                Ok(written) => {
+                    let c = committer.clone();
+                    settling = Some(tokio::spawn(
+                        async move { c.settle(written).await }.instrument(span),
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(flow = %committer.flow, error = %e);
+                    all_committed = false;
+                }
             }
         }
+        let last = match settling.take() {
+            Some(task) => Some(task.await),
+            None => None,
+        };
+        all_committed &= settled(last);
         // Nothing is in flight any more: the kept exactly-once records go.
         if let (Some(once), true) = (&committer.exactly_once, all_committed) {
             once.flush(&committer.target).await;

@@ -376,3 +376,79 @@ async fn stream_state_health_and_readiness() {
     })
     .await;
 }
+
+/// Concurrent requests share round trips to Redis (group commit): each
+/// must still get its own entries' ids, land whole or not at all, and a
+/// capped stream must end at most at its cap with exactly the accepted
+/// items in it.
+#[tokio::test]
+async fn concurrent_requests_get_their_own_ids_and_never_pass_the_cap() {
+    let redis = RedisServer::start().await;
+    let rc = redis.client().await;
+    let (capped, open) = (unique_name("grp_capped"), unique_name("grp_open"));
+    let port = free_port();
+    let config = format!(
+        "[redis]\nurl = \"{}\"\n[streams.\"{capped}\"]\nmax_len = 25\n{}",
+        redis.url(),
+        http_section(port, &[&capped, &open])
+    );
+    let _worker = Worker::spawn(&config);
+    wait_for(LONG, "HTTP entry listening", || async {
+        port_open(port).await
+    })
+    .await;
+    let base = format!("http://127.0.0.1:{port}");
+    // 60 requests at once per stream: one, two or three items each, every
+    // item tagged with its request and position.
+    let body = |r: usize| {
+        let items: Vec<Value> = (0..1 + r % 3)
+            .map(|i| json!({ "req": r, "i": i }))
+            .collect();
+        Value::Array(items)
+    };
+    for stream in [&open, &capped] {
+        let answers = futures_util::future::join_all((0..60).map(|r| {
+            let (base, stream, items) = (base.clone(), stream.clone(), body(r));
+            async move { (r, post(&base, &stream, Some(TOKEN), &items).await) }
+        }))
+        .await;
+        let got = entries(&rc, stream).await;
+        let by_id: std::collections::HashMap<&str, &Vec<(String, String)>> =
+            got.iter().map(|(id, f)| (id.as_str(), f)).collect();
+        let mut accepted = 0;
+        for (r, resp) in &answers {
+            match resp.status {
+                200 => {
+                    let ids = resp.json()["ids"].as_array().unwrap().clone();
+                    assert_eq!(ids.len(), 1 + r % 3, "request {r}: {}", resp.body);
+                    for (i, id) in ids.iter().enumerate() {
+                        let fields = by_id
+                            .get(id.as_str().unwrap())
+                            .unwrap_or_else(|| panic!("request {r}: id {id} not in the stream"));
+                        assert_eq!(field(fields, "req"), Some(r.to_string().as_str()));
+                        assert_eq!(field(fields, "i"), Some(i.to_string().as_str()));
+                    }
+                    accepted += ids.len();
+                }
+                429 => {
+                    assert_eq!(stream, &capped, "only the capped stream refuses");
+                    assert!(
+                        !got.iter()
+                            .any(|(_, f)| field(f, "req") == Some(r.to_string().as_str())),
+                        "refused request {r} left items behind"
+                    );
+                }
+                s => panic!("request {r}: status {s}: {}", resp.body),
+            }
+        }
+        assert_eq!(accepted, got.len(), "{stream}: accepted items = entries");
+        if stream == &open {
+            assert_eq!(accepted, (0..60).map(|r| 1 + r % 3).sum::<usize>());
+        } else {
+            assert!(got.len() <= 25, "passed max_len: {}", got.len());
+            // 120 items asked for 25 places: refusals stop only requests
+            // that do not fit, so the stream ends within 2 of its cap.
+            assert!(got.len() >= 23, "refused with room left: {}", got.len());
+        }
+    }
+}
