@@ -235,7 +235,23 @@ pub async fn claim(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut args: Vec<Value> = Vec::with_capacity(ids.len() + 4);
+    let args = xclaim_args(stream, group, consumer, min_idle, ids);
+    let frame = client
+        .custom_raw(command("XCLAIM", stream, false), args)
+        .await?;
+    reply::entries(frame, stream, "XCLAIM")
+}
+
+/// `stream group consumer min_idle id…`: XCLAIM's arguments (room for one
+/// option more).
+fn xclaim_args(
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    min_idle: Duration,
+    ids: &[Bytes],
+) -> Vec<Value> {
+    let mut args: Vec<Value> = Vec::with_capacity(ids.len() + 5);
     args.extend([
         key_arg(stream),
         key_arg(group),
@@ -243,10 +259,7 @@ pub async fn claim(
         Value::Integer(min_idle.as_millis() as i64),
     ]);
     args.extend(ids.iter().map(|id| Value::Bytes(id.clone())));
-    let frame = client
-        .custom_raw(command("XCLAIM", stream, false), args)
-        .await?;
-    reply::entries(frame, stream, "XCLAIM")
+    args
 }
 
 /// `XCLAIM … min_idle ids JUSTID` to ourselves: resets the entries' idle
@@ -264,14 +277,7 @@ pub async fn touch(
     if ids.is_empty() {
         return Ok(0);
     }
-    let mut args: Vec<Value> = Vec::with_capacity(ids.len() + 5);
-    args.extend([
-        key_arg(stream),
-        key_arg(group),
-        key_arg(consumer),
-        Value::Integer(min_idle.as_millis() as i64),
-    ]);
-    args.extend(ids.iter().map(|id| Value::Bytes(id.clone())));
+    let mut args = xclaim_args(stream, group, consumer, min_idle, ids);
     args.push("JUSTID".into());
     let frame = reply::check(
         client
