@@ -31,14 +31,6 @@ pub const MOVE_LOOKUP: usize = 1000;
 
 pub use crate::http_entry::json;
 
-/// `{"error": …, "field": …}`.
-pub fn error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
-    json(
-        status,
-        &serde_json::json!({ "error": message, "field": field }),
-    )
-}
-
 fn ok(body: &impl Serialize) -> Response {
     json(StatusCode::OK, body)
 }

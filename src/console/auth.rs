@@ -237,7 +237,7 @@ pub async fn guard(State(console): State<Arc<Console>>, mut req: Request, next: 
     let auth = &console.auth;
     let path = req.uri().path().to_string();
     if auth.is_open() && !host_is_loopback(req.headers()) {
-        return super::api::error(
+        return super::error(
             StatusCode::FORBIDDEN,
             "this console has no tokens: it answers only requests to a loopback host name",
             Some("Host"),
@@ -248,7 +248,7 @@ pub async fn guard(State(console): State<Arc<Console>>, mut req: Request, next: 
     }
     let mut new_session = None;
     let who = match auth.identify(req.headers()) {
-        Err(why) => return super::api::error(StatusCode::UNAUTHORIZED, why, Some("Authorization")),
+        Err(why) => return super::error(StatusCode::UNAUTHORIZED, why, Some("Authorization")),
         Ok(Some(who)) => who,
         Ok(None) if auth.is_open() => {
             let id = auth.start_session(OPEN_USER, Role::Operator);
@@ -257,7 +257,7 @@ pub async fn guard(State(console): State<Arc<Console>>, mut req: Request, next: 
             who
         }
         Ok(None) if is_api(&path) => {
-            return super::api::error(
+            return super::error(
                 StatusCode::UNAUTHORIZED,
                 "sign in at /login, or send Authorization: Bearer <token>",
                 Some("Authorization"),
@@ -283,7 +283,7 @@ pub async fn guard(State(console): State<Arc<Console>>, mut req: Request, next: 
             let expected = who.csrf.as_deref().unwrap_or_default().as_bytes();
             if sent.is_empty() || !eq(sent, expected) {
                 tracing::warn!(who = %who.name, %path, "console: action refused: missing or wrong CSRF token");
-                return super::api::error(
+                return super::error(
                     StatusCode::FORBIDDEN,
                     "missing or wrong CSRF token (send the page's token in the X-CSRF-Token header)",
                     Some("X-CSRF-Token"),
@@ -292,7 +292,7 @@ pub async fn guard(State(console): State<Arc<Console>>, mut req: Request, next: 
         }
         if who.role != Role::Operator && path != "/logout" {
             tracing::warn!(who = %who.name, %path, "console: action refused: viewer role");
-            return super::api::error(
+            return super::error(
                 StatusCode::FORBIDDEN,
                 &format!(
                     "`{}` has the viewer role: actions need an operator token",

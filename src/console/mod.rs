@@ -102,12 +102,21 @@ impl ConsoleError {
     }
 }
 
+/// `{"error": …, "field": …}`: every refusal of the API and of the auth
+/// layer in one shape.
+pub fn error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
+    api::json(
+        status,
+        &serde_json::json!({ "error": message, "field": field }),
+    )
+}
+
 impl IntoResponse for ConsoleError {
     fn into_response(self) -> Response {
         if self.status().is_server_error() {
             tracing::warn!(error = %self, "console: request failed");
         }
-        api::error(self.status(), &self.to_string(), self.field())
+        error(self.status(), &self.to_string(), self.field())
     }
 }
 
