@@ -18,7 +18,7 @@ use crate::config::{
     key_error, validate_clickhouse, validate_redis, ClickHouseConfig, Config, ConfigError,
     RedisConfig, Result, SinkConfig,
 };
-use crate::metrics::Metrics;
+use crate::obs::metrics::Metrics;
 
 /// The name that stands for the default `[redis]` / `[clickhouse]`.
 pub const DEFAULT: &str = "default";
@@ -269,7 +269,7 @@ pub fn render_sinks(config: &Config) -> String {
 pub async fn check_named(config: &Config) -> anyhow::Result<String> {
     let mut out = String::new();
     for (name, redis) in &config.redis_remote {
-        let client = crate::stream::client::connect(redis)
+        let client = crate::redis::client::connect(redis)
             .await
             .map_err(|e| anyhow::anyhow!("redis.remote.{name}.url: cannot connect: {e}"))?;
         let version = redis_version(&client).await;
@@ -285,7 +285,7 @@ pub async fn check_named(config: &Config) -> anyhow::Result<String> {
         )?;
     }
     for (name, ch) in &config.clickhouse_remote {
-        let endpoints = crate::sink::endpoints::probe(ch).await;
+        let endpoints = crate::sink::clickhouse::endpoints::probe(ch).await;
         out.push_str(&endpoint_lines(
             &format!("clickhouse `{name}`"),
             ch,
@@ -302,7 +302,7 @@ pub async fn check_named(config: &Config) -> anyhow::Result<String> {
 pub fn endpoint_lines(
     label: &str,
     ch: &ClickHouseConfig,
-    endpoints: &[crate::sink::endpoints::EndpointStatus],
+    endpoints: &[crate::sink::clickhouse::endpoints::EndpointStatus],
 ) -> anyhow::Result<String> {
     let mut out = String::new();
     let several = endpoints.len() > 1;

@@ -57,33 +57,21 @@
 //! - [`shard`]: sharded streams (`name:{0}` … for Redis Cluster): which
 //!   shard a producer writes an entry to.
 
-pub mod batch;
-pub mod check;
-pub mod claim;
+pub mod backoff;
+pub mod cli;
+pub mod clickhouse;
 pub mod config;
 pub mod connections;
 pub mod console;
-pub mod convert;
-pub mod dead;
-pub mod delayed;
-pub mod enqueue;
-pub mod flat;
+pub mod fields;
 pub mod flow;
 pub mod handler;
 pub mod http_entry;
-pub mod metrics;
-pub mod native;
-pub mod payload;
-pub mod readiness;
-pub mod retry_queue;
+pub mod obs;
+pub mod redis;
 pub mod schedule;
-pub mod schema;
-pub mod shard;
 pub mod sink;
 pub mod source;
-pub mod status;
-pub mod stream;
-pub mod telemetry;
 pub mod worker;
 
 pub use worker::run;

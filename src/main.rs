@@ -39,12 +39,12 @@ enum Command {
         json: bool,
     },
     /// Schedules (state in Redis): list, pause, resume, trigger, add, remove.
-    Schedule(sluice::schedule::cli::ScheduleArgs),
+    Schedule(sluice::cli::schedule::ScheduleArgs),
     /// Dead letters: list, show, replay to their source stream, purge.
-    Dead(sluice::dead::DeadArgs),
+    Dead(sluice::cli::dead::DeadArgs),
     /// Add JSON lines or CSV rows (file or stdin) to a stream, pipelined;
     /// waits while the stream is at its max_len.
-    Enqueue(sluice::enqueue::EnqueueArgs),
+    Enqueue(sluice::cli::enqueue::EnqueueArgs),
     /// Serve the operator console only (no flows run) until SIGTERM/SIGINT.
     Console {
         #[arg(long, short, env = "SLUICE_CONFIG")]
@@ -62,7 +62,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Held to the end of main: dropping it flushes exported traces.
-    let _telemetry = sluice::telemetry::init();
+    let _telemetry = sluice::obs::telemetry::init();
     match cli.command {
         Command::Run { config } => {
             let config = sluice::config::Config::load(&config)?;
@@ -72,29 +72,29 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Check { config } => {
             let config = sluice::config::Config::load(&config)?;
-            let plan = sluice::check::check(&config).await?;
+            let plan = sluice::cli::check::check(&config).await?;
             print!("{plan}");
             println!("ok");
             Ok(())
         }
         Command::Status { config, json } => {
             let config = sluice::config::Config::load(&config)?;
-            let client = sluice::stream::client::connect(&config.redis)
+            let client = sluice::redis::client::connect(&config.redis)
                 .await
                 .context("redis.url")?;
-            let list = sluice::status::all(&client, &config).await?;
+            let list = sluice::obs::status::all(&client, &config).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                print!("{}", sluice::status::render_table(&list));
+                print!("{}", sluice::obs::status::render_table(&list));
                 // The default ClickHouse, then the named ones.
                 for ch in config
                     .clickhouse
                     .iter()
                     .chain(config.clickhouse_remote.values())
                 {
-                    let endpoints = sluice::sink::endpoints::probe(ch).await;
-                    print!("{}", sluice::status::render_endpoints(&endpoints));
+                    let endpoints = sluice::sink::clickhouse::endpoints::probe(ch).await;
+                    print!("{}", sluice::obs::status::render_endpoints(&endpoints));
                 }
                 print!("{}", sluice::connections::render_sinks(&config));
                 let sources = sluice::source::status::all(&config).await?;
@@ -102,9 +102,9 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Schedule(args) => sluice::schedule::cli::main(args).await,
-        Command::Dead(args) => sluice::dead::main(args).await,
-        Command::Enqueue(args) => sluice::enqueue::main(args).await,
+        Command::Schedule(args) => sluice::cli::schedule::main(args).await,
+        Command::Dead(args) => sluice::cli::dead::main(args).await,
+        Command::Enqueue(args) => sluice::cli::enqueue::main(args).await,
         Command::Console { config, listen } => {
             let config = sluice::config::Config::load(&config)?;
             let shutdown = CancellationToken::new();

@@ -8,17 +8,17 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::flow::{Flow, Opening};
 use crate::handler::Handlers;
-use crate::metrics::Metrics;
-use crate::readiness::Readiness;
-use crate::stream::group::consumer_name;
+use crate::obs::metrics::Metrics;
+use crate::obs::readiness::Readiness;
+use crate::redis::group::consumer_name;
 
 /// Refuses to start on a Redis older than the supported minimum (every
-/// master of a cluster is asked): see [`crate::stream::version`].
+/// master of a cluster is asked): see [`crate::redis::version`].
 async fn require_redis_version(config: &Config) -> anyhow::Result<()> {
-    let client = crate::stream::client::connect(&config.redis)
+    let client = crate::redis::client::connect(&config.redis)
         .await
         .map_err(|e| anyhow::anyhow!("redis.url: cannot connect: {e}"))?;
-    for (server, version) in crate::stream::version::check(&client).await? {
+    for (server, version) in crate::redis::version::check(&client).await? {
         tracing::info!(%server, %version, "redis version supported");
     }
     let _ = fred::prelude::ClientLike::quit(&client).await;
@@ -72,7 +72,7 @@ pub async fn run_with_handlers(
         Some(addr) => {
             let addr = addr.parse().expect("validated address");
             let token = shutdown.clone();
-            Some(tokio::spawn(crate::metrics::serve(
+            Some(tokio::spawn(crate::obs::metrics::serve(
                 metrics.clone(),
                 readiness.clone(),
                 addr,
@@ -192,7 +192,7 @@ async fn start_services(
     if let Some(listen) = config.console.as_ref().and_then(|c| c.listen.clone()) {
         tasks.push(crate::console::start(config, &listen, shutdown.clone()).await?);
     }
-    tasks.push(tokio::spawn(crate::status::sample_loop(
+    tasks.push(tokio::spawn(crate::obs::status::sample_loop(
         config.clone(),
         metrics.clone(),
         shutdown.clone(),

@@ -19,7 +19,7 @@ use super::browse::{self, EntryQuery, Order};
 use super::dead_letters::{self, Bulk, DeadFilter};
 use super::params::{check_id, FieldFilter, Params, MAX_COUNT};
 use super::{Console, ConsoleError, Result};
-use crate::schedule::cli::AddArgs;
+use crate::cli::schedule::AddArgs;
 use crate::schedule::spec::{now_ms, MissedPolicy};
 use crate::schedule::store::{self, Action, State as ScheduleState, Stored};
 
@@ -146,7 +146,7 @@ async fn groups(State(c): State<Arc<Console>>, RawQuery(q): RawQuery) -> Result<
         .await?
         .unwrap_or_default()
     {
-        let consumers = crate::stream::group::consumers(&c.redis, stream, &g.name).await?;
+        let consumers = crate::redis::group::consumers(&c.redis, stream, &g.name).await?;
         out.push(serde_json::json!({ "group": g, "consumers": consumers }));
     }
     Ok(ok(&out))
@@ -177,7 +177,7 @@ async fn dead_entry(State(c): State<Arc<Console>>, RawQuery(q): RawQuery) -> Res
     let p = Params::parse(q.as_deref());
     let stream = p.required("stream")?;
     let id = check_id("id", p.required("id")?)?;
-    match crate::dead::show(&c.redis, stream, &id).await? {
+    match crate::cli::dead::show(&c.redis, stream, &id).await? {
         Some(e) => Ok(ok(&e)),
         None => Err(ConsoleError::NotFound(format!(
             "no entry {id} in `{stream}`"
@@ -298,7 +298,7 @@ async fn bulk(c: &Console, who: &Who, action: Bulk, raw: &[u8]) -> Result<Respon
     };
     let progress = if action == Bulk::Preview && filter.is_empty() && req.cursor.is_none() {
         // Everything up to `until`, taken a moment ago: the length.
-        let n = crate::stream::commands::len(&c.redis, stream).await?;
+        let n = crate::redis::commands::len(&c.redis, stream).await?;
         dead_letters::Progress {
             matched: n,
             ..Default::default()
@@ -539,7 +539,7 @@ pub struct WaitingView {
 }
 
 pub async fn peek(c: &Console, stream: &str, count: usize) -> Result<Vec<WaitingView>> {
-    Ok(crate::delayed::waiting(&c.redis, stream, count)
+    Ok(crate::redis::delayed::waiting(&c.redis, stream, count)
         .await?
         .into_iter()
         .map(|w| WaitingView {
@@ -569,7 +569,7 @@ async fn delayed_move(
     raw: Bytes,
 ) -> Result<Response> {
     let m: MoveRequest = body(&raw)?;
-    let job = crate::delayed::waiting(&c.redis, &m.stream, MOVE_LOOKUP)
+    let job = crate::redis::delayed::waiting(&c.redis, &m.stream, MOVE_LOOKUP)
         .await?
         .into_iter()
         .find(|w| w.job_id == m.job_id)
@@ -579,7 +579,7 @@ async fn delayed_move(
                 m.job_id, m.stream
             ))
         })?;
-    let id = crate::delayed::move_now(&c.redis, &m.stream, &job.member)
+    let id = crate::redis::delayed::move_now(&c.redis, &m.stream, &job.member)
         .await?
         .ok_or_else(|| ConsoleError::Conflict(format!("job {} was moved meanwhile", m.job_id)))?;
     log_action(&who, "delayed move", &m.stream, 1);

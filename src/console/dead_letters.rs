@@ -3,7 +3,7 @@
 //!
 //! A bulk action is confirmed with a count first ([`preview`]), then runs
 //! in windows: each request scans at most [`SCAN_LIMIT`] entries from a
-//! cursor, acts on what matched (replay reuses [`crate::dead::replay_entries`],
+//! cursor, acts on what matched (replay reuses [`crate::cli::dead::replay_entries`],
 //! one atomic script per entry; purge XDELs a page at a time) and returns
 //! the cursor to go on from. Entries are only ever held a page at a time,
 //! so a stream of a million dead letters is as safe as one of ten. Every
@@ -18,8 +18,8 @@ use serde::Serialize;
 use super::browse::{SCAN_LIMIT, SCAN_PAGE};
 use super::params::FieldFilter;
 use super::Result;
-use crate::dead::DeadEntry;
-use crate::stream::commands;
+use crate::cli::dead::DeadEntry;
+use crate::redis::commands;
 
 /// What a dead-letter list or bulk action takes.
 #[derive(Debug, Clone, Default)]
@@ -72,7 +72,7 @@ pub async fn list(
         } else {
             SCAN_PAGE
         };
-        let page = crate::dead::list(client, dead_stream, cursor.as_deref(), want).await?;
+        let page = crate::cli::dead::list(client, dead_stream, cursor.as_deref(), want).await?;
         scanned += page.len();
         let full = page.len() == want;
         for e in page {
@@ -171,7 +171,9 @@ pub async fn window(
         match action {
             Bulk::Preview => {}
             Bulk::Replay => {
-                for r in crate::dead::replay_entries(client, dead_stream, matched, false).await? {
+                for r in
+                    crate::cli::dead::replay_entries(client, dead_stream, matched, false).await?
+                {
                     if r.new_id.is_some() {
                         p.done += 1;
                     } else {
@@ -181,7 +183,7 @@ pub async fn window(
             }
             Bulk::Purge => {
                 let ids: Vec<String> = matched.into_iter().map(|e| e.id).collect();
-                let n = crate::dead::delete_ids(client, dead_stream, &ids).await?;
+                let n = crate::cli::dead::delete_ids(client, dead_stream, &ids).await?;
                 p.done += n;
                 p.skipped += ids.len() as u64 - n;
             }
@@ -206,19 +208,19 @@ pub async fn by_ids(
     action: Bulk,
     ids: &[String],
 ) -> Result<(u64, u64)> {
-    let sel = crate::dead::Selection {
+    let sel = crate::cli::dead::Selection {
         count: None,
         ids: ids.to_vec(),
     };
     match action {
         Bulk::Preview => Ok((0, 0)),
         Bulk::Replay => {
-            let done = crate::dead::replay(client, dead_stream, &sel, false).await?;
+            let done = crate::cli::dead::replay(client, dead_stream, &sel, false).await?;
             let ok = done.iter().filter(|r| r.new_id.is_some()).count() as u64;
             Ok((ok, ids.len() as u64 - ok))
         }
         Bulk::Purge => {
-            let n = crate::dead::delete_ids(client, dead_stream, ids).await?;
+            let n = crate::cli::dead::delete_ids(client, dead_stream, ids).await?;
             Ok((n, ids.len() as u64 - n))
         }
     }

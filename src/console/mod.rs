@@ -56,11 +56,11 @@ pub enum ConsoleError {
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
-    Redis(#[from] crate::stream::StreamError),
+    Redis(#[from] crate::redis::StreamError),
     #[error(transparent)]
     Schedule(#[from] crate::schedule::store::StoreError),
     #[error(transparent)]
-    Delayed(#[from] crate::delayed::DelayedError),
+    Delayed(#[from] crate::redis::delayed::DelayedError),
 }
 
 pub type Result<T, E = ConsoleError> = std::result::Result<T, E>;
@@ -82,9 +82,7 @@ impl ConsoleError {
             }
             ConsoleError::Conflict(_)
             | ConsoleError::Schedule(S::Transition { .. } | S::Exists(..)) => StatusCode::CONFLICT,
-            ConsoleError::Redis(crate::stream::StreamError::Reply(m))
-                if m.contains("WRONGTYPE") =>
-            {
+            ConsoleError::Redis(crate::redis::StreamError::Reply(m)) if m.contains("WRONGTYPE") => {
                 StatusCode::CONFLICT
             }
             ConsoleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -127,7 +125,7 @@ pub struct Console {
     pub redis: Client,
     pub auth: auth::Auth,
     pub sampler: Arc<sampler::Sampler>,
-    pub sharder: crate::shard::Sharder,
+    pub sharder: crate::redis::sharder::Sharder,
     pub taps: Arc<tokio::sync::Semaphore>,
     pub shutdown: CancellationToken,
 }
@@ -139,7 +137,7 @@ impl Console {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Console>> {
         let cfg = config.console.clone().unwrap_or_default();
-        let redis = crate::stream::client::connect(&config.redis)
+        let redis = crate::redis::client::connect(&config.redis)
             .await
             .map_err(|e| anyhow::anyhow!("redis.url: cannot connect for the console: {e}"))?;
         let config = Arc::new(config.clone());
@@ -154,7 +152,7 @@ impl Console {
         }
         Ok(Arc::new(Console {
             auth: auth::Auth::new(&cfg),
-            sharder: crate::shard::Sharder::new(&config),
+            sharder: crate::redis::sharder::Sharder::new(&config),
             config,
             cfg,
             redis,

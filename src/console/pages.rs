@@ -98,7 +98,7 @@ async fn stream_page(c: &Console, p: &Params) -> Result<(String, Nav, Markup)> {
         .or_else(|| flow_group(c, name).filter(|g| groups.iter().any(|x| x.name == *g)))
         .or_else(|| groups.first().map(|g| g.name.as_str()))
         .map(str::to_string);
-    let length = crate::stream::commands::len(&c.redis, name).await?;
+    let length = crate::redis::commands::len(&c.redis, name).await?;
     let entries = browse::entries(&c.redis, name, &query).await?;
     let (mut pending, mut pending_next, mut consumers) = (Vec::new(), None, Vec::new());
     if let Some(g) = group
@@ -113,7 +113,7 @@ async fn stream_page(c: &Console, p: &Params) -> Result<(String, Nav, Markup)> {
             p.count("pending_count", 50, MAX_COUNT)?,
         )
         .await?;
-        consumers = crate::stream::group::consumers(&c.redis, name, g).await?;
+        consumers = crate::redis::group::consumers(&c.redis, name, g).await?;
     }
     let body = views::stream(&views::StreamPage {
         stream: name,
@@ -173,7 +173,7 @@ async fn dead_page(c: &Console, who: &Who, p: &Params) -> Result<(String, Nav, M
         p.count("count", 50, MAX_COUNT)?,
     )
     .await?;
-    let length = crate::stream::commands::len(&c.redis, &stream).await?;
+    let length = crate::redis::commands::len(&c.redis, &stream).await?;
     let body = views::dead(&views::DeadPageView {
         streams: &streams,
         stream: &stream,
@@ -195,7 +195,7 @@ async fn dead_entry(
     let r = async {
         let stream = p.required("stream")?;
         let id = super::params::check_id("id", p.required("id")?)?;
-        let e = crate::dead::show(&c.redis, stream, &id)
+        let e = crate::cli::dead::show(&c.redis, stream, &id)
             .await?
             .ok_or_else(|| ConsoleError::NotFound(format!("no entry {id} in `{stream}`")))?;
         let body = views::dead_entry(stream, &e, who.role == Role::Operator);

@@ -84,7 +84,7 @@ impl Params {
 
 /// Checks a stream entry id: `ms-seq` or `ms`, digits only.
 pub fn check_id(field: &str, id: &str) -> Result<String, ConsoleError> {
-    if crate::stream::parse_id(id.as_bytes()).is_some() && !id.is_empty() && !id.starts_with('-') {
+    if crate::redis::parse_id(id.as_bytes()).is_some() && !id.is_empty() && !id.starts_with('-') {
         Ok(id.to_string())
     } else {
         Err(bad(

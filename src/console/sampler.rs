@@ -1,5 +1,5 @@
 //! The one sampler every open page shares: every `console.sample_every` it
-//! reads each flow's streams (through [`crate::status`]), the delayed sets
+//! reads each flow's streams (through [`crate::obs::status`]), the delayed sets
 //! and the ClickHouse endpoints, keeps the last `console.retention` of
 //! counters in memory for the rate sparklines, and publishes a snapshot.
 //! Pages and the API read the snapshot; none of them reads these numbers
@@ -18,12 +18,12 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, FlowConfig, SinkConfig};
+use crate::obs::status::{self, StreamStatus};
+use crate::redis::group::ConsumerInfo;
+use crate::redis::{commands, reply, StreamError};
 use crate::schedule::spec::now_ms;
-use crate::sink::endpoints::EndpointStatus;
-use crate::sink::stuck;
-use crate::status::{self, StreamStatus};
-use crate::stream::group::ConsumerInfo;
-use crate::stream::{commands, reply, StreamError};
+use crate::sink::clickhouse::endpoints::EndpointStatus;
+use crate::sink::clickhouse::stuck;
 
 /// Bound on the ClickHouse part of one sample (endpoint checks, table checks).
 const CLICKHOUSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -229,7 +229,7 @@ async fn entries_added(client: &Client, stream: &str) -> Result<u64, StreamError
 
 /// How many delayed jobs wait for `stream`, and when the first is due.
 pub async fn delayed_of(client: &Client, stream: &str) -> Result<DelayedView, StreamError> {
-    let key = crate::delayed::set_key(stream);
+    let key = crate::redis::delayed::set_key(stream);
     let count: u64 = client.zcard(&key).await?;
     // Members are MessagePack (binary): read the reply as values.
     let first: Vec<fred::types::Value> = if count > 0 {
@@ -256,7 +256,7 @@ async fn sample_redis(
     config: &Config,
     history: &mut History,
 ) -> Result<Snapshot, StreamError> {
-    let sharder = crate::shard::Sharder::new(config);
+    let sharder = crate::redis::sharder::Sharder::new(config);
     let mut snap = Snapshot::default();
     let mut delayed: HashMap<String, DelayedView> = HashMap::new();
     for f in &config.flows {
@@ -321,7 +321,7 @@ async fn sample_redis(
         }
         snap.flows.push(view);
     }
-    for stream in crate::delayed::streams(client)
+    for stream in crate::redis::delayed::streams(client)
         .await
         .map_err(|e| StreamError::Reply(e.to_string()))?
     {
@@ -371,19 +371,19 @@ async fn sample_clickhouse(config: &Config) -> (Vec<EndpointStatus>, HashMap<Str
     let Some(ch) = &config.clickhouse else {
         return (Vec::new(), HashMap::new());
     };
-    let endpoints = crate::sink::endpoints::probe(ch).await;
+    let endpoints = crate::sink::clickhouse::endpoints::probe(ch).await;
     let mut stuck = HashMap::new();
     let urls = ch.endpoint_urls();
     let Some(up) = endpoints.iter().position(|e| e.up) else {
         return (endpoints, stuck);
     };
-    let client = crate::sink::endpoints::client_for(ch, urls[up]);
+    let client = crate::sink::clickhouse::endpoints::client_for(ch, urls[up]);
     for f in &config.flows {
         let SinkConfig::Clickhouse { table, .. } = &f.sink else {
             continue;
         };
         let (db, t) = crate::sink::clickhouse::split_table(&ch.database, table);
-        let load = crate::schema::TableSchema::load(&client, db, t);
+        let load = crate::clickhouse::schema::TableSchema::load(&client, db, t);
         match tokio::time::timeout(CLICKHOUSE_TIMEOUT, load).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {

@@ -24,7 +24,7 @@ use super::browse::EntryView;
 use super::params::{FieldFilter, Params};
 use super::{Console, ConsoleError, Result};
 use crate::config::RedisConfig;
-use crate::stream::{commands, reply, Message, StreamError};
+use crate::redis::{commands, reply, Message, StreamError};
 
 /// Longest single XREAD BLOCK (bounds how long a closed tap lingers).
 const BLOCK: Duration = Duration::from_secs(1);
@@ -42,7 +42,7 @@ pub struct Tap {
 impl Tap {
     /// Opens a connection of its own and notes where the stream ends now.
     pub async fn open(redis: &RedisConfig, stream: &str, filter: FieldFilter) -> Result<Tap> {
-        let client = crate::stream::client::connect_blocking(redis, BLOCK)
+        let client = crate::redis::client::connect_blocking(redis, BLOCK)
             .await
             .map_err(|e| ConsoleError::Unavailable(format!("tap: cannot connect to Redis: {e}")))?;
         let last = match last_id(&client, stream).await {

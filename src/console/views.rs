@@ -12,9 +12,9 @@ use super::browse::{clip, EntryView, Listing, PendingView, CLIP};
 use super::dead_letters::{DeadFilter, DeadPage};
 use super::params::encode;
 use super::sampler::{DelayedView, FlowView, Snapshot, StreamView};
-use crate::dead::DeadEntry;
+use crate::cli::dead::DeadEntry;
 use crate::http_entry::GroupState;
-use crate::stream::group::ConsumerInfo;
+use crate::redis::group::ConsumerInfo;
 
 /// Which top-level section a page belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -519,7 +519,7 @@ pub fn dead(p: &DeadPageView<'_>) -> Markup {
                                 td.mono.nowrap { a href=(format!("/dead/entry?{}", encode(&[("stream", p.stream), ("id", &e.id)]))) { (e.id) } }
                                 td.mono { (e.stream.as_deref().unwrap_or("—")) }
                                 td.num { (e.deliveries.map(|d| d.to_string()).unwrap_or_else(|| "—".into())) }
-                                td.nowrap { (crate::stream::id_millis(e.id.as_bytes()).map(time).unwrap_or_default()) }
+                                td.nowrap { (crate::redis::id_millis(e.id.as_bytes()).map(time).unwrap_or_default()) }
                                 td.reason { (clip(e.reason.as_deref().unwrap_or("—"), 160)) }
                                 td { (fields(&text_fields(e), 80)) }
                                 @if p.can_act {
@@ -554,7 +554,7 @@ pub fn dead_entry(stream: &str, e: &DeadEntry, can_act: bool) -> Markup {
                 dt { "original id" } dd.mono { (e.original_id.as_deref().unwrap_or("—")) }
                 dt { "group" } dd.mono { (e.group.as_deref().unwrap_or("—")) }
                 dt { "deliveries" } dd { (e.deliveries.map(|d| d.to_string()).unwrap_or_else(|| "—".into())) }
-                dt { "added" } dd { (crate::stream::id_millis(e.id.as_bytes()).map(time).unwrap_or_default()) " UTC" }
+                dt { "added" } dd { (crate::redis::id_millis(e.id.as_bytes()).map(time).unwrap_or_default()) " UTC" }
                 dt { "reason" } dd.reason { (e.reason.as_deref().unwrap_or("—")) }
             }
             h3 { "Fields" }

@@ -33,8 +33,8 @@ use tokio::sync::Semaphore;
 
 use super::{outputs_from_json, request_json, Handler, HandlerError};
 use crate::config::ExecHandlerConfig;
-use crate::flat::Fields;
-use crate::stream::Message;
+use crate::fields::Fields;
+use crate::redis::Message;
 
 /// A child that dies sooner than this after starting counts as crashing.
 const QUICK_DEATH: Duration = Duration::from_secs(1);

@@ -20,8 +20,8 @@ use hyper_util::rt::TokioExecutor;
 
 use super::{outputs_from_json, request_json, Handler, HandlerError};
 use crate::config::HttpHandlerConfig;
-use crate::flat::Fields;
-use crate::stream::Message;
+use crate::fields::Fields;
+use crate::redis::Message;
 
 /// Largest response body read.
 const MAX_RESPONSE: usize = 16 << 20;

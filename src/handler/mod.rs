@@ -15,7 +15,6 @@
 
 pub mod exec;
 pub mod http;
-pub mod stage;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,8 +23,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::HandlerConfig;
-use crate::flat::Fields;
-use crate::stream::Message;
+use crate::fields::Fields;
+use crate::redis::Message;
 
 /// The consumer that holds failed messages until they are claimed again.
 /// Parked entries are not refreshed by any live replica, so they go idle

@@ -28,8 +28,8 @@ use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Value};
 use tokio::sync::oneshot;
 
-use crate::flat::Fields;
-use crate::stream::{reply, Result, StreamError};
+use crate::fields::Fields;
+use crate::redis::{reply, Result, StreamError};
 
 /// Most items one script call adds (a script holds Redis while it runs:
 /// 1,000 XADDs take about a millisecond); a larger request goes alone.

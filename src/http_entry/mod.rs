@@ -37,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 use self::append::{Appended, Appender};
 use self::auth::{Auth, Denied};
 use crate::config::{Config, HttpConfig};
-use crate::flat::{self, Refusal};
-use crate::stream::{client, commands, reply};
+use crate::fields::{self, Refusal};
+use crate::redis::{client, commands, reply};
 
 /// Longest stream name accepted in a path.
 const MAX_STREAM_NAME: usize = 512;
@@ -49,7 +49,7 @@ pub struct Entry {
     caps: BTreeMap<String, u64>,
     auth: Auth,
     appender: Arc<Appender>,
-    sharder: crate::shard::Sharder,
+    sharder: crate::redis::sharder::Sharder,
 }
 
 /// A JSON error body: `{"error": …, "item": n, "field": …}`.
@@ -173,7 +173,7 @@ impl Entry {
                 .filter_map(|(name, s)| s.max_len.map(|m| (name.clone(), m)))
                 .collect(),
             auth: Auth::new(&cfg),
-            sharder: crate::shard::Sharder::new(config),
+            sharder: crate::redis::sharder::Sharder::new(config),
             cfg,
         }))
     }
@@ -181,7 +181,7 @@ impl Entry {
     /// The cap of `stream`: `[streams."name"].max_len`, else `http.max_len`.
     pub fn max_len(&self, stream: &str) -> Option<u64> {
         // A shard `name:{i}` of a sharded stream has the stream's cap.
-        let base = crate::shard::base_of(stream).filter(|b| self.sharder.is_sharded(b));
+        let base = crate::redis::sharder::base_of(stream).filter(|b| self.sharder.is_sharded(b));
         self.caps
             .get(stream)
             .or_else(|| self.caps.get(base?))
@@ -285,7 +285,7 @@ async fn post_messages(
             )
         }
     };
-    let items = match flat::parse_items(&body, entry.cfg.max_items) {
+    let items = match fields::parse_items(&body, entry.cfg.max_items) {
         Ok(items) => items,
         Err(r) => return refusal(&r),
     };
@@ -300,26 +300,26 @@ async fn post_messages(
     }
     // A sharded stream: the whole request goes to one shard (round-robin),
     // so it stays all-or-nothing, unless `shard_by` spreads its items.
-    let groups: Vec<(&str, Vec<crate::flat::Fields>)> = match entry.sharder.shard_by(&stream) {
+    let groups: Vec<(&str, Vec<crate::fields::Fields>)> = match entry.sharder.shard_by(&stream) {
         Some(_) => entry.sharder.split(&stream, items),
         None => vec![(entry.sharder.pick_one(&stream), items)],
     };
     // `?not_before=TIME`: held in the stream's delayed set until then.
-    match crate::delayed::not_before(uri.query()) {
+    match crate::redis::delayed::not_before(uri.query()) {
         Err(why) => return error(StatusCode::BAD_REQUEST, &why),
         Ok(Some(due)) => {
-            let mut due = crate::delayed::Due::At(due);
+            let mut due = crate::redis::delayed::Due::At(due);
             let mut held = 0;
             for (target, items) in &groups {
-                match crate::delayed::enqueue(&entry.redis, target, items, due).await {
+                match crate::redis::delayed::enqueue(&entry.redis, target, items, due).await {
                     Ok(at) => {
-                        due = crate::delayed::Due::At(at);
+                        due = crate::redis::delayed::Due::At(at);
                         held += items.len();
                     }
                     Err(e) => return redis_unavailable(&entry, e),
                 }
             }
-            let crate::delayed::Due::At(due) = due else {
+            let crate::redis::delayed::Due::At(due) = due else {
                 unreachable!("set above")
             };
             return json(
@@ -393,7 +393,7 @@ struct StreamState {
 }
 
 /// The state of a sharded stream: its shards' states and their sum.
-async fn sharded_state(entry: &Entry, stream: &str) -> crate::stream::Result<StreamState> {
+async fn sharded_state(entry: &Entry, stream: &str) -> crate::redis::Result<StreamState> {
     let mut total = StreamState {
         stream: stream.to_string(),
         exists: false,
@@ -427,7 +427,7 @@ async fn sharded_state(entry: &Entry, stream: &str) -> crate::stream::Result<Str
     Ok(total)
 }
 
-async fn stream_state(entry: &Entry, stream: &str) -> crate::stream::Result<StreamState> {
+async fn stream_state(entry: &Entry, stream: &str) -> crate::redis::Result<StreamState> {
     let length = commands::len(&entry.redis, stream).await?;
     let mut state = StreamState {
         stream: stream.to_string(),
@@ -448,10 +448,10 @@ async fn stream_state(entry: &Entry, stream: &str) -> crate::stream::Result<Stre
 pub async fn group_states(
     client: &Client,
     stream: &str,
-) -> crate::stream::Result<Option<Vec<GroupState>>> {
+) -> crate::redis::Result<Option<Vec<GroupState>>> {
     let frame = match commands::info(client, "GROUPS", &[stream]).await {
         Ok(f) => f,
-        Err(crate::stream::StreamError::Reply(m)) if m.contains("no such key") => return Ok(None),
+        Err(crate::redis::StreamError::Reply(m)) if m.contains("no such key") => return Ok(None),
         Err(e) => return Err(e),
     };
     let mut groups = Vec::new();

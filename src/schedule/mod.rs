@@ -10,7 +10,6 @@
 //!
 //! Keys and values are documented in docs/SCHEDULING.md.
 
-pub mod cli;
 pub mod runner;
 pub mod spec;
 pub mod store;
@@ -112,7 +111,7 @@ pub async fn spawn(
     if !config.scheduler.enabled {
         return Ok(Vec::new());
     }
-    let client = crate::stream::client::connect(&config.redis)
+    let client = crate::redis::client::connect(&config.redis)
         .await
         .map_err(|e| anyhow::anyhow!("redis.url: cannot connect for schedules: {e}"))?;
     let scheduler = runner::Scheduler {
@@ -120,10 +119,10 @@ pub async fn spawn(
         owner: owner.to_string(),
         refresh: config.scheduler.refresh,
         config_schedules: config.schedules.clone(),
-        sharder: crate::shard::Sharder::new(config),
+        sharder: crate::redis::sharder::Sharder::new(config),
         cluster: config.redis.is_cluster(),
     };
-    let promoter = crate::delayed::Promoter {
+    let promoter = crate::redis::delayed::Promoter {
         client,
         every: config.scheduler.promote_every,
         batch: config.scheduler.promote_batch,
@@ -219,7 +218,7 @@ retry = { base = "10s", max = "1s" }
         );
         let ok = parse(&text.replace("max = \"1s\"", "max = \"1m\"")).unwrap();
         let r = ok.flows[0].retry.as_ref().unwrap();
-        assert_eq!(r.backoff, crate::retry_queue::BackoffKind::Exponential);
+        assert_eq!(r.backoff, crate::flow::retry::BackoffKind::Exponential);
         assert!(r.jitter);
     }
 }

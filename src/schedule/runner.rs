@@ -36,7 +36,7 @@ pub struct Scheduler {
     pub refresh: Duration,
     pub config_schedules: Vec<ScheduleConfig>,
     /// Picks the shard of a sharded target stream.
-    pub sharder: crate::shard::Sharder,
+    pub sharder: crate::redis::sharder::Sharder,
     /// Redis Cluster: the target stream is in another slot (fired in steps).
     pub cluster: bool,
 }

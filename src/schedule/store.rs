@@ -679,7 +679,7 @@ pub async fn trigger(
     client: &Client,
     name: &str,
     now: Millis,
-    sharder: &crate::shard::Sharder,
+    sharder: &crate::redis::sharder::Sharder,
     cluster: bool,
 ) -> Result<String> {
     let stored = load(client, name)
@@ -738,7 +738,7 @@ pub async fn trigger(
 /// The stream (or, for a sharded stream, the shard) an entry with these
 /// fields goes to.
 pub fn pick_stream<'a>(
-    sharder: &'a crate::shard::Sharder,
+    sharder: &'a crate::redis::sharder::Sharder,
     stream: &'a str,
     fields: &[(String, String)],
 ) -> &'a str {

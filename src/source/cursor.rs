@@ -84,7 +84,7 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(name: &str, to: &str) -> Keys {
-        let tag = crate::shard::same_slot_tag(to);
+        let tag = crate::redis::sharder::same_slot_tag(to);
         Keys {
             stream: to.to_string(),
             cursor: format!("sluice:source:{tag}:{name}"),

@@ -4,7 +4,7 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
-use crate::metrics::Metrics;
+use crate::obs::metrics::Metrics;
 
 /// The metric families, created and registered once.
 pub struct Families {

@@ -50,8 +50,8 @@ use tokio_util::sync::CancellationToken;
 use self::config::{SourceConfig, SourceMode};
 use self::cursor::{Advanced, Keys};
 use self::query::{decode_position, encode_position, Plan};
+use crate::backoff::Backoff;
 use crate::config::{Config, Delivery};
-use crate::sink::retry::Backoff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -112,7 +112,7 @@ pub struct Source {
     me: String,
     max_len: Option<u64>,
     /// The target's shards, when `to` is sharded (at-least-once only).
-    sharder: crate::shard::Sharder,
+    sharder: crate::redis::sharder::Sharder,
     sharded: bool,
     metrics: metrics::Handles,
 }
@@ -136,8 +136,8 @@ impl Source {
             .into_iter()
             .map(|url| {
                 (
-                    crate::sink::endpoints::endpoint_label(url),
-                    crate::sink::endpoints::client_for(ch, url),
+                    crate::sink::clickhouse::endpoints::endpoint_label(url),
+                    crate::sink::clickhouse::endpoints::client_for(ch, url),
                 )
             })
             .collect();
@@ -145,7 +145,7 @@ impl Source {
         let mut schema = None;
         let mut errors = Vec::new();
         for (label, client) in &endpoints {
-            match crate::schema::TableSchema::load(client, db, table).await {
+            match crate::clickhouse::schema::TableSchema::load(client, db, table).await {
                 Ok(s) => {
                     schema = Some(s);
                     break;
@@ -169,7 +169,7 @@ impl Source {
             &key,
         )?;
         let redis_name = cfg.redis.as_deref();
-        let redis = crate::stream::client::connect(config.redis_for(redis_name))
+        let redis = crate::redis::client::connect(config.redis_for(redis_name))
             .await
             .map_err(|e| anyhow::anyhow!("{key}.redis: cannot connect: {e}"))?;
         let metrics = families
@@ -182,7 +182,7 @@ impl Source {
                 )
             })
             .unwrap_or_default();
-        let sharder = crate::shard::Sharder::new(config);
+        let sharder = crate::redis::sharder::Sharder::new(config);
         Ok(Source {
             keys: Keys::new(&cfg.name, &cfg.to),
             max_len: cfg.max_len.or_else(|| config.stream_max_len(&cfg.to)),
@@ -559,7 +559,7 @@ impl Source {
             let mut room = u64::MAX;
             let mut failed = None;
             for shard in self.sharder.shards_of(&self.cfg.to) {
-                match crate::stream::commands::len(&self.redis, &shard).await {
+                match crate::redis::commands::len(&self.redis, &shard).await {
                     Ok(len) => room = room.min(max.saturating_sub(len)),
                     Err(e) => failed = Some(e),
                 }
@@ -640,10 +640,7 @@ impl Source {
             args.push("*".into());
             push_fields(&mut args, fields);
             let _: Value = pipeline
-                .custom(
-                    crate::stream::commands::command("XADD", stream, false),
-                    args,
-                )
+                .custom(crate::redis::commands::command("XADD", stream, false), args)
                 .await?;
         }
         for r in pipeline.try_all::<Value>().await {
@@ -674,7 +671,7 @@ impl Source {
             push_fields(&mut args, &r.fields);
             let _: Value = pipeline
                 .custom(
-                    crate::stream::commands::command("XADD", &stream, false),
+                    crate::redis::commands::command("XADD", &stream, false),
                     args,
                 )
                 .await?;
@@ -742,7 +739,7 @@ async fn keep_lease(
 pub async fn spawn_all(
     config: &Config,
     me: &str,
-    metrics: &Arc<crate::metrics::Metrics>,
+    metrics: &Arc<crate::obs::metrics::Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     if config.sources.is_empty() {

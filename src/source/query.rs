@@ -26,7 +26,7 @@
 use bytes::Bytes;
 
 use super::text::{FieldColumn, Shape};
-use crate::schema::{ColumnType, TableSchema};
+use crate::clickhouse::schema::{ColumnType, TableSchema};
 use crate::sink::clickhouse::quote_identifier;
 
 /// How a position value is written back into SQL.
@@ -353,7 +353,7 @@ pub fn decode_position(mut b: &[u8]) -> Option<Vec<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{ColumnSpec, DefaultKind};
+    use crate::clickhouse::schema::{ColumnSpec, DefaultKind};
 
     fn schema(cols: &[(&str, &str)]) -> TableSchema {
         TableSchema {

@@ -29,13 +29,13 @@ pub struct SourceStatus {
 
 /// Reads one source's state from its Redis.
 pub async fn status(config: &Config, s: &SourceConfig) -> anyhow::Result<SourceStatus> {
-    let client = crate::stream::client::connect(config.redis_for(s.redis.as_deref())).await?;
+    let client = crate::redis::client::connect(config.redis_for(s.redis.as_deref())).await?;
     let keys = Keys::new(&s.name, &s.to);
     let state = cursor::load(&client, &keys).await?;
     let holder = cursor::holder(&client, &keys).await?;
     let mut stream_length = 0;
-    for shard in crate::shard::Sharder::new(config).shards_of(&s.to) {
-        stream_length += crate::stream::commands::len(&client, &shard).await?;
+    for shard in crate::redis::sharder::Sharder::new(config).shards_of(&s.to) {
+        stream_length += crate::redis::commands::len(&client, &shard).await?;
     }
     Ok(SourceStatus {
         source: s.name.clone(),

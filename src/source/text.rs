@@ -1,5 +1,5 @@
 //! Rows → entry fields in the text forms the ClickHouse sink accepts
-//! (`crate::convert`), so a row read by a source and landed by a sink
+//! (`crate::clickhouse::convert`), so a row read by a source and landed by a sink
 //! arrives unchanged.
 //!
 //! ClickHouse renders each value: the query selects, per column, an
@@ -26,7 +26,7 @@
 
 use bytes::Bytes;
 
-use crate::schema::ColumnType;
+use crate::clickhouse::schema::ColumnType;
 
 /// The last day (2099-12-31) and second (2099-12-31 23:59:59) written as
 /// text; later ones go as numbers (18.16 prints them wrong).
@@ -435,9 +435,9 @@ mod tests {
     /// encoder into the same value (the forms ClickHouse prints, per type).
     #[test]
     fn texts_are_what_the_sink_accepts() {
-        use crate::convert::FieldValue;
-        use crate::native::BlockEncoder;
-        use crate::schema::{ColumnSpec, DefaultKind};
+        use crate::clickhouse::convert::FieldValue;
+        use crate::clickhouse::native::BlockEncoder;
+        use crate::clickhouse::schema::{ColumnSpec, DefaultKind};
         let cases: &[(&str, &[&str])] = &[
             ("Int64", &["-9223372036854775808", "0"]),
             ("UInt64", &["18446744073709551615"]),

@@ -1109,7 +1109,7 @@ async fn delayed_jobs_are_counted_peeked_and_moved_now_and_missed_ticks_counted(
     let h = [("Authorization", auth.as_str())];
     let far = sluice::schedule::spec::now_ms() + 3_600_000;
     for i in 0..3u64 {
-        sluice::delayed::enqueue_at(
+        sluice::redis::delayed::enqueue_at(
             &s.rc,
             &s.stream,
             vec![
@@ -1164,7 +1164,7 @@ async fn delayed_jobs_are_counted_peeked_and_moved_now_and_missed_ticks_counted(
         "the job asked for, not the earliest"
     );
     let left: u64 =
-        s.rc.zcard(sluice::delayed::set_key(&s.stream))
+        s.rc.zcard(sluice::redis::delayed::set_key(&s.stream))
             .await
             .unwrap();
     assert_eq!(left, 2);

@@ -457,8 +457,8 @@ struct Double;
 impl sluice::handler::Handler for Double {
     async fn handle(
         &self,
-        m: &sluice::stream::Message,
-    ) -> Result<Vec<sluice::flat::Fields>, sluice::handler::HandlerError> {
+        m: &sluice::redis::Message,
+    ) -> Result<Vec<sluice::fields::Fields>, sluice::handler::HandlerError> {
         let n: i64 = m
             .field(b"n")
             .and_then(|v| std::str::from_utf8(v).ok())
@@ -502,7 +502,7 @@ sink = {{ type = "stream", to = "{dst}" }}
     let run = tokio::spawn(sluice::worker::run_with_handlers(
         cfg.clone(),
         shutdown.clone(),
-        sluice::metrics::Metrics::new(),
+        sluice::obs::metrics::Metrics::new(),
         handlers,
     ));
     wait_for(LONG, "handled", || async {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use sluice::config::ExecHandlerConfig;
 use sluice::handler::exec::ExecHandler;
 use sluice::handler::{Handler, HandlerError};
-use sluice::stream::Message;
+use sluice::redis::Message;
 
 fn fixture() -> String {
     format!("{}/tests/fixtures/handler.py", env!("CARGO_MANIFEST_DIR"))
@@ -42,7 +42,7 @@ fn message(id: &str, fields: &[(&str, &str)]) -> Message {
 }
 
 /// The `rec_id` and `pid` of a single output.
-fn rec_id_and_pid(outputs: &[sluice::flat::Fields]) -> (String, String) {
+fn rec_id_and_pid(outputs: &[sluice::fields::Fields]) -> (String, String) {
     assert_eq!(outputs.len(), 1, "{outputs:?}");
     let get = |name: &str| {
         outputs[0]

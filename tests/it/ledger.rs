@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::*;
-use sluice::sink::ledger::Ledger;
-use sluice::stream::Message;
+use sluice::redis::Message;
+use sluice::sink::clickhouse::exactly_once::ledger::Ledger;
 
 use crate::harness::{unique_name, wait_for, RedisServer};
 
