@@ -72,6 +72,7 @@ pub mod redis;
 pub mod schedule;
 pub mod sink;
 pub mod source;
+pub mod template;
 pub mod worker;
 
 pub use worker::run;
