@@ -104,7 +104,7 @@ pub struct Config {
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
     /// Named Redis connections, `[redis.remote.<name>]`: taken out of
-    /// `redis.remote` at load (see `crate::connections`).
+    /// `redis.remote` at load (see [`connections`]).
     #[serde(skip)]
     pub redis_remote: BTreeMap<String, RedisConfig>,
     /// Named ClickHouse connections, `[clickhouse.remote.<name>]`.

@@ -26,13 +26,13 @@ pub enum SinkConfig {
         clickhouse: Option<String>,
         /// Fleet-wide insert budget: at most this many inserts per second
         /// into the table, shared by every replica (and every flow into the
-        /// same table) through Redis ([`crate::sink::clickhouse::budget`]). Unset: no
+        /// same table) through Redis (`crate::sink::clickhouse::budget`). Unset: no
         /// budget.
         #[serde(default)]
         max_inserts_per_second: Option<f64>,
         /// Adaptive batches: how far `batch.max_rows`, `max_bytes` and
         /// `max_wait` may grow while ClickHouse signals pressure
-        /// ([`crate::sink::clickhouse::pressure`]). 1 (the default) = off.
+        /// (`crate::sink::clickhouse::pressure`). 1 (the default) = off.
         #[serde(default = "default_max_batch_scale")]
         max_batch_scale: f64,
     },
