@@ -1,5 +1,5 @@
 //! Configuration, the ground floor of the crate: a TOML file, then
-//! `SLUICE_…` environment overrides ([`env`](self::env)), then secrets read from files
+//! `SLUICE_…` environment overrides ([`env`](mod@env)), then secrets read from files
 //! ([`secret`]), then validation. Every error names the key it is about.
 //!
 //! One file per section, each type checking itself beside its definition:
