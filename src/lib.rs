@@ -4,6 +4,8 @@
 //!
 //! Map of the crate:
 //! - [`config`]: TOML + `SLUICE_…` env overrides, validated; errors name the key.
+//!   The ground floor: one file per section, importing only leaves.
+//! - [`template`]: the `{field}` template grammar (stream-sink targets, schedule fields).
 //! - [`connections`]: named Redis / ClickHouse connections
 //!   (`[redis.remote.<name>]`, `[clickhouse.remote.<name>]`) and references to them.
 //! - [`stream`]: Redis Streams — message model, raw reply parsing, the
@@ -72,6 +74,7 @@ pub mod redis;
 pub mod schedule;
 pub mod sink;
 pub mod source;
+pub mod template;
 pub mod worker;
 
 pub use worker::run;

@@ -1,29 +1,57 @@
-//! Configuration: a TOML file, then `SLUICE_…` environment overrides, then
-//! validation. Every error names the key it is about.
+//! Configuration, the ground floor of the crate: a TOML file, then
+//! `SLUICE_…` environment overrides ([`env`](mod@env)), then secrets read from files
+//! ([`secret`]), then validation. Every error names the key it is about.
 //!
-//! Environment overrides address keys by path with `__` between segments and
-//! array indexes as numbers: `SLUICE_REDIS__URL`, `SLUICE_CLICKHOUSE__PASSWORD`,
-//! `SLUICE_FLOW__0__BATCH__MAX_ROWS=1000`. A value is read as a TOML literal
-//! when it parses as one (`1000`, `true`, `["a","b"]`), else as a string.
+//! One file per section, each type checking itself beside its definition:
+//! [`redis`], [`clickhouse`], [`connections`] (named ones), [`worker`]
+//! (`[worker]`, `[metrics]`), [`flow`], [`sink`], [`handler`], [`retry`],
+//! [`http`], [`streams`] (shard naming both ways), [`schedule`],
+//! [`console`], [`source`]. This file holds [`Config`], loading, and the
+//! checks that span sections. It imports only leaves (std, external crates,
+//! `crate::template`) and its own children, so every other module may
+//! depend on it without a cycle.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+pub mod clickhouse;
+pub mod connections;
+pub mod console;
+pub mod env;
+pub mod flow;
+pub mod handler;
+pub mod http;
+pub mod redis;
+pub mod retry;
+pub mod schedule;
+pub mod secret;
+pub mod sink;
+pub mod source;
+pub mod streams;
+pub mod worker;
 
-use bytesize::ByteSize;
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
 use serde::Deserialize;
 
-/// Prefix of environment overrides.
-pub const ENV_PREFIX: &str = "SLUICE_";
+use self::env::{apply_env_override, env_key_path, parse_env_value, NOT_CONFIG};
+use self::streams::{base_of, hash_tag};
 
-/// `SLUICE_…` variables that are not config keys.
-const NOT_CONFIG: &[&str] = &[
-    "SLUICE_CONFIG",
-    "SLUICE_LOG_FORMAT",
-    "SLUICE_TEST_",
-    "SLUICE_DEMO_",
-    "SLUICE_BENCH_",
-];
+pub use self::clickhouse::{ClickHouseConfig, EndpointMode};
+pub use self::console::ConsoleConfig;
+pub use self::env::ENV_PREFIX;
+pub use self::flow::{
+    BatchConfig, ClaimConfig, Delivery, FlowConfig, MetadataColumns, OnSuccess, PayloadConfig,
+    PayloadFormat,
+};
+pub use self::handler::{ExecHandlerConfig, HandlerConfig, HttpHandlerConfig, RustHandlerConfig};
+pub use self::http::{HttpConfig, TokenConfig};
+pub use self::redis::RedisConfig;
+pub use self::retry::{BackoffKind, RetryConfig};
+pub use self::schedule::{ScheduleConfig, SchedulerConfig};
+pub use self::secret::redact_url;
+pub use self::sink::{Capacity, SinkConfig, StreamSinkConfig, TargetSpec, Targets};
+pub use self::source::SourceConfig;
+pub use self::streams::{shard_names, StreamSettings, MAX_SHARDS};
+pub use self::worker::{MetricsConfig, WorkerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -64,912 +92,24 @@ pub struct Config {
     pub streams: BTreeMap<String, StreamSettings>,
     /// The schedule loop and delayed-job promoter every worker runs.
     #[serde(default)]
-    pub scheduler: crate::schedule::SchedulerConfig,
+    pub scheduler: SchedulerConfig,
     /// Entries added to streams on a cron / interval / one-off trigger.
     #[serde(default, rename = "schedule")]
-    pub schedules: Vec<crate::schedule::ScheduleConfig>,
+    pub schedules: Vec<ScheduleConfig>,
     /// The operator console (`sluice console`, or inside `sluice run` when
     /// `listen` is set); off when absent.
     #[serde(default)]
-    pub console: Option<crate::console::ConsoleConfig>,
+    pub console: Option<ConsoleConfig>,
     /// `[[source]]`: ClickHouse tables read into streams (`crate::source`).
     #[serde(default, rename = "source")]
-    pub sources: Vec<crate::source::config::SourceConfig>,
+    pub sources: Vec<SourceConfig>,
     /// Named Redis connections, `[redis.remote.<name>]`: taken out of
-    /// `redis.remote` at load (see `crate::connections`).
+    /// `redis.remote` at load (see [`connections`]).
     #[serde(skip)]
     pub redis_remote: BTreeMap<String, RedisConfig>,
     /// Named ClickHouse connections, `[clickhouse.remote.<name>]`.
     #[serde(skip)]
     pub clickhouse_remote: BTreeMap<String, ClickHouseConfig>,
-}
-
-/// Secrets (`password`, the URL's password) never appear in its `Debug`
-/// output: see [`redact_url`].
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS.
-    pub url: String,
-    /// ACL user name; overrides the URL's.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Overrides the URL's password. Prefer `password_file` or the
-    /// `SLUICE_REDIS__PASSWORD` variable to a password in the file.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// A file holding the password (one trailing newline is dropped), e.g. a
-    /// mounted secret; read at start-up into `password`.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// Timeout for every non-blocking command.
-    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
-    pub command_timeout: Duration,
-    /// Redis Cluster: `url` is one seed node and the client discovers the
-    /// others (MOVED/ASK and failover are followed by the client). Also on
-    /// when `url` is `redis-cluster://…` or `nodes` is set.
-    #[serde(default)]
-    pub cluster: bool,
-    /// More cluster seed nodes, `host:port`, tried when `url`'s is down.
-    #[serde(default)]
-    pub nodes: Vec<String>,
-    /// Named connections to other Redis servers (`[redis.remote.<name>]`,
-    /// same keys); moved to [`Config::redis_remote`] at load.
-    #[serde(default)]
-    pub remote: BTreeMap<String, RedisConfig>,
-}
-
-impl RedisConfig {
-    /// A config for `url` with every other key at its default.
-    pub fn from_url(url: impl Into<String>) -> RedisConfig {
-        RedisConfig {
-            url: url.into(),
-            username: None,
-            password: None,
-            password_file: None,
-            command_timeout: default_redis_timeout(),
-            cluster: false,
-            nodes: Vec::new(),
-            remote: BTreeMap::new(),
-        }
-    }
-
-    /// Whether to talk to Redis Cluster (see [`RedisConfig::cluster`]).
-    pub fn is_cluster(&self) -> bool {
-        self.cluster
-            || !self.nodes.is_empty()
-            || self.url.starts_with("redis-cluster://")
-            || self.url.starts_with("rediss-cluster://")
-    }
-}
-
-impl std::fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("url", &redact_url(&self.url))
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("password_file", &self.password_file)
-            .field("command_timeout", &self.command_timeout)
-            .field("cluster", &self.cluster)
-            .field("nodes", &self.nodes)
-            .finish()
-    }
-}
-
-/// Secrets (`password`, the URL's password) never appear in its `Debug`
-/// output.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClickHouseConfig {
-    /// One server's HTTP(S) interface. Exactly one of `url` and `urls`.
-    #[serde(default)]
-    pub url: String,
-    /// Several endpoints serving the same table (replicas, or nodes holding
-    /// a Distributed table), used as `endpoints` says; with a sink's
-    /// `shard_by`, the shards in order. See docs/CLICKHOUSE_CLUSTER.md.
-    #[serde(default)]
-    pub urls: Vec<String>,
-    /// How inserts pick among `urls`: `failover` (the first healthy one, in
-    /// order) or `round_robin` (batches spread over the healthy ones).
-    #[serde(default)]
-    pub endpoints: EndpointMode,
-    /// How often every endpoint is checked (`SELECT version()`); an endpoint
-    /// marked down comes back only after such a check passes.
-    #[serde(default = "default_health_check_every", with = "humantime_serde")]
-    pub health_check_every: Duration,
-    #[serde(default = "default_database")]
-    pub database: String,
-    #[serde(default = "default_user")]
-    pub user: String,
-    /// Prefer `password_file` or `SLUICE_CLICKHOUSE__PASSWORD`.
-    #[serde(default)]
-    pub password: String,
-    /// A file holding the password (one trailing newline is dropped); read
-    /// at start-up into `password`.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// LZ4-compress insert bodies (ClickHouse's own block compression).
-    #[serde(default = "yes")]
-    pub compression: bool,
-    /// Upper bound for one insert, from first byte sent to the server's answer.
-    #[serde(default = "default_insert_timeout", with = "humantime_serde")]
-    pub insert_timeout: Duration,
-    /// A batch ClickHouse refuses the same way (same exception code) this
-    /// many times in a row is bisected, whatever the code
-    /// (`sink::escalation`).
-    #[serde(default = "default_bisect_after")]
-    pub bisect_after: u32,
-    /// How often a running flow re-reads its table's columns (also re-read
-    /// at once on an insert error that says they may have changed).
-    #[serde(default = "default_schema_refresh", with = "humantime_serde")]
-    pub schema_refresh: Duration,
-    /// Named connections to other ClickHouse servers
-    /// (`[clickhouse.remote.<name>]`, same keys); moved to
-    /// [`Config::clickhouse_remote`] at load.
-    #[serde(default)]
-    pub remote: BTreeMap<String, ClickHouseConfig>,
-    /// The connection's name (`None`: the default `[clickhouse]`); set at
-    /// load, for config keys in messages and the `connection` label.
-    #[serde(skip)]
-    pub name: Option<String>,
-}
-
-impl std::fmt::Debug for ClickHouseConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClickHouseConfig")
-            .field("url", &redact_url(&self.url))
-            .field(
-                "urls",
-                &self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
-            )
-            .field("endpoints", &self.endpoints)
-            .field("health_check_every", &self.health_check_every)
-            .field("database", &self.database)
-            .field("user", &self.user)
-            .field(
-                "password",
-                &if self.password.is_empty() { "" } else { "***" },
-            )
-            .field("password_file", &self.password_file)
-            .field("compression", &self.compression)
-            .field("insert_timeout", &self.insert_timeout)
-            .field("bisect_after", &self.bisect_after)
-            .field("schema_refresh", &self.schema_refresh)
-            .finish()
-    }
-}
-
-impl ClickHouseConfig {
-    /// The endpoint URLs: `urls`, or `url` alone.
-    pub fn endpoint_urls(&self) -> Vec<&str> {
-        if self.urls.is_empty() {
-            vec![self.url.as_str()]
-        } else {
-            self.urls.iter().map(String::as_str).collect()
-        }
-    }
-
-    /// The key the endpoint at `index` came from, for error messages.
-    pub fn endpoint_key(&self, index: usize) -> String {
-        let section = self.key();
-        if self.urls.is_empty() {
-            format!("{section}.url")
-        } else {
-            format!("{section}.urls[{index}]")
-        }
-    }
-
-    /// The config section: `clickhouse` or `clickhouse.remote.<name>`.
-    pub fn key(&self) -> String {
-        match &self.name {
-            None => "clickhouse".into(),
-            Some(name) => format!("clickhouse.remote.{name}"),
-        }
-    }
-}
-
-/// `clickhouse.endpoints`: how inserts choose among several URLs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndpointMode {
-    /// The first healthy endpoint in `urls` order takes every insert.
-    #[default]
-    Failover,
-    /// Each batch goes to the next healthy endpoint in turn.
-    RoundRobin,
-}
-
-/// Hides the password of a `scheme://user:pass@host…` URL, for logs and
-/// `sluice check`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    // The userinfo ends at the last `@` before any query; err towards
-    // hiding (a password may hold an unescaped `/`).
-    let query = rest.find(['?', '#']).unwrap_or(rest.len());
-    match rest[..query].rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{}", &rest[query..]),
-            None => url.to_string(), // a user name alone
-        },
-        None => url.to_string(),
-    }
-}
-
-/// Reads a secret file: its text, without one trailing newline. Errors
-/// name the key and the path, never the content.
-fn read_secret(key: &str, path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Key {
-        key: key.to_string(),
-        message: format!("cannot read {}: {e}", path.display()),
-    })?;
-    let text = text.strip_suffix('\n').unwrap_or(&text);
-    let text = text.strip_suffix('\r').unwrap_or(text);
-    Ok(text.to_string())
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkerConfig {
-    /// Consumer name prefix; the full name is `{prefix}-{pid}-{random}`.
-    /// Defaults to the host name.
-    #[serde(default)]
-    pub consumer_prefix: Option<String>,
-    /// On SIGTERM/SIGINT: time allowed to finish and ack the batch in hand.
-    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
-    pub shutdown_timeout: Duration,
-    /// Longest single XREADGROUP BLOCK; bounds how long shutdown waits for a read.
-    #[serde(default = "default_block", with = "humantime_serde")]
-    pub block: Duration,
-    /// Consumers idle this long with nothing pending are deleted from their group.
-    #[serde(default = "default_prune_idle", with = "humantime_serde")]
-    pub prune_idle: Duration,
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        WorkerConfig {
-            consumer_prefix: None,
-            shutdown_timeout: default_shutdown_timeout(),
-            block: default_block(),
-            prune_idle: default_prune_idle(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// `host:port` for `/metrics`; unset = no metrics endpoint, and no
-    /// metrics recorded at all (the hot path skips them).
-    #[serde(default)]
-    pub listen: Option<String>,
-    /// How often the replica holding the sampler lease reads every stream's
-    /// length, lag, pending and consumers from Redis into the gauges.
-    #[serde(default = "default_sample_every", with = "humantime_serde")]
-    pub sample_every: Duration,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig {
-            listen: None,
-            sample_every: default_sample_every(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FlowConfig {
-    pub name: String,
-    /// One or more streams read by this flow. After loading, a stream with
-    /// `[streams."name"].shards = N` is replaced by its N shard streams
-    /// (`name:{0}` … `name:{N-1}`); the names as written stay in
-    /// [`FlowConfig::base_streams`].
-    pub streams: Vec<String>,
-    /// `streams` as the config file wrote them (before shard expansion).
-    #[serde(skip)]
-    pub base_streams: Vec<String>,
-    #[serde(default = "default_group")]
-    pub group: String,
-    /// Where a new group starts reading when this worker creates it: `0`
-    /// (everything already in the stream) or `$` (only new entries).
-    #[serde(default = "default_start_id")]
-    pub start_id: String,
-    pub sink: SinkConfig,
-    #[serde(default)]
-    pub batch: BatchConfig,
-    #[serde(default)]
-    pub claim: ClaimConfig,
-    #[serde(default = "default_max_deliveries")]
-    pub max_deliveries: u64,
-    /// Dead-letter stream; defaults to `{first stream}:dead`.
-    #[serde(default)]
-    pub dead_letter: Option<String>,
-    #[serde(default)]
-    pub on_success: OnSuccess,
-    /// `at_least_once` (default) or `exactly_once` (ClickHouse sinks; needs
-    /// `batch_id_column`): see docs/EXACTLY_ONCE.md.
-    #[serde(default)]
-    pub delivery: Delivery,
-    /// Column receiving each row's batch id (String, FixedString(36) or UUID).
-    #[serde(default)]
-    pub batch_id_column: Option<String>,
-    /// How long a batch's ledger record outlives a crash (exactly-once).
-    #[serde(default = "default_ledger_ttl", with = "humantime_serde")]
-    pub ledger_ttl: Duration,
-    /// Entries per XREADGROUP call.
-    #[serde(default = "default_read_count")]
-    pub read_count: usize,
-    /// A message with a field name or value longer than this is
-    /// dead-lettered with the reason, before any handler or sink sees it.
-    #[serde(default = "default_max_field_bytes")]
-    pub max_field_bytes: ByteSize,
-    #[serde(default)]
-    pub metadata: MetadataColumns,
-    #[serde(default)]
-    pub payload: Option<PayloadConfig>,
-    /// Runs each message through a handler before the sink (exec, http, rust).
-    #[serde(default)]
-    pub handler: Option<HandlerConfig>,
-    /// Retry failed messages later through the delayed set, with backoff
-    /// (`{ backoff = "exponential", base = "1s", max = "5m" }`); unset =
-    /// retry by redelivery after `claim.min_idle`.
-    #[serde(default)]
-    pub retry: Option<crate::flow::retry::RetryConfig>,
-}
-
-impl FlowConfig {
-    /// The dead-letter stream: one per flow, also when its streams are
-    /// sharded (`jobs:dead` for `jobs:{0}` … `jobs:{N-1}`).
-    pub fn dead_letter_stream(&self) -> String {
-        let first = self.base_streams.first().unwrap_or(&self.streams[0]);
-        self.dead_letter
-            .clone()
-            .unwrap_or_else(|| format!("{first}:dead"))
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SinkConfig {
-    Clickhouse {
-        table: String,
-        /// Per-shard local tables: each row goes to shard
-        /// `cityHash64(value of this field) % len(clickhouse.urls)`, the
-        /// shards being `clickhouse.urls` in order (no failover between
-        /// them). Unset: every endpoint serves the whole table.
-        #[serde(default)]
-        shard_by: Option<String>,
-        /// A named ClickHouse connection (`[clickhouse.remote.<name>]`);
-        /// unset = `[clickhouse]`.
-        #[serde(default)]
-        clickhouse: Option<String>,
-        /// Fleet-wide insert budget: at most this many inserts per second
-        /// into the table, shared by every replica (and every flow into the
-        /// same table) through Redis ([`crate::sink::clickhouse::budget`]). Unset: no
-        /// budget.
-        #[serde(default)]
-        max_inserts_per_second: Option<f64>,
-        /// Adaptive batches: how far `batch.max_rows`, `max_bytes` and
-        /// `max_wait` may grow while ClickHouse signals pressure
-        /// ([`crate::sink::clickhouse::pressure`]). 1 (the default) = off.
-        #[serde(default = "default_max_batch_scale")]
-        max_batch_scale: f64,
-    },
-    /// XADD to other streams, then XACK at the source (the original s2s).
-    Stream(StreamSinkConfig),
-}
-
-/// `sink = { type = "stream", … }`: where each message goes. A message's
-/// targets are, in order of precedence: `routes[value of route_by]`, then
-/// `to` (a name, or a template such as `"jobs.{task_for}"` whose
-/// placeholders name fields), then `default`. A message no rule places is
-/// dead-lettered. Any of them may list several targets (fan-out).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamSinkConfig {
-    #[serde(default)]
-    pub to: Option<Targets>,
-    /// The field whose value selects an entry of `routes`.
-    #[serde(default)]
-    pub route_by: Option<String>,
-    /// Value of `route_by` → target(s).
-    #[serde(default)]
-    pub routes: BTreeMap<String, Targets>,
-    /// Target(s) for messages no route or template places.
-    #[serde(default)]
-    pub default: Option<Targets>,
-    /// Length cap of every target that has none of its own (a target's
-    /// `max_len`, then `[streams."name"].max_len`, win over this). A full
-    /// target pauses the flow until it drains below the cap.
-    #[serde(default)]
-    pub max_len: Option<u64>,
-    /// How often a paused flow re-reads the length of a full target.
-    #[serde(default = "default_check_every", with = "humantime_serde")]
-    pub check_every: Duration,
-    /// What counts toward a target's `max_len` (see [`Capacity`]).
-    #[serde(default)]
-    pub capacity: Capacity,
-    /// Most templated targets the router remembers; past it, targets no
-    /// batch in flight uses are forgotten (and re-resolved when used again).
-    #[serde(default = "default_max_targets")]
-    pub max_targets: usize,
-    /// The targets live on this named Redis (`[redis.remote.<name>]`);
-    /// unset = the flow's own `[redis]`. XADDs and the `max_len` checks go
-    /// there, acks to the source.
-    #[serde(default)]
-    pub redis: Option<String>,
-}
-
-/// What a stream sink counts against a target's `max_len`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Capacity {
-    /// The entries still to be processed downstream: for the slowest of the
-    /// target's consumer groups, its lag plus its pending entries (at most
-    /// XLEN; XLEN when Redis cannot tell the lag); XLEN for a target
-    /// without a group. A downstream that acks without deleting frees room.
-    #[default]
-    Lag,
-    /// XLEN: room frees only when entries leave the stream (XDEL, trimming).
-    Length,
-}
-
-impl Capacity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Capacity::Lag => "lag",
-            Capacity::Length => "length",
-        }
-    }
-}
-
-/// One or more target streams: `"name"`, `{ stream = "name", max_len = N }`,
-/// or a list of those.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Targets(pub Vec<TargetSpec>);
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TargetSpec {
-    /// A stream name, or a template with `{field}` placeholders.
-    pub stream: String,
-    #[serde(default)]
-    pub max_len: Option<u64>,
-}
-
-impl<'de> Deserialize<'de> for Targets {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Targets;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a stream name, { stream = \"name\", max_len = N }, or a list of those")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Targets, E> {
-                Ok(Targets(vec![TargetSpec {
-                    stream: v.to_string(),
-                    max_len: None,
-                }]))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> std::result::Result<Targets, A::Error> {
-                let t = TargetSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(Targets(vec![t]))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> std::result::Result<Targets, A::Error> {
-                let mut out = Vec::new();
-                while let Some(t) = seq.next_element::<Targets>()? {
-                    out.extend(t.0);
-                }
-                Ok(Targets(out))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// The `{field}` placeholders of a target template, or why it is malformed.
-pub fn template_fields(template: &str) -> std::result::Result<Vec<&str>, String> {
-    let mut out = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find(['{', '}']) {
-        if rest.as_bytes()[open] == b'}' {
-            return Err(format!("unmatched `}}` in {template:?}"));
-        }
-        let after = &rest[open + 1..];
-        let close = after
-            .find(['{', '}'])
-            .filter(|&i| after.as_bytes()[i] == b'}')
-            .ok_or_else(|| format!("unclosed `{{` in {template:?}"))?;
-        let name = &after[..close];
-        if name.is_empty() {
-            return Err(format!("empty placeholder `{{}}` in {template:?}"));
-        }
-        out.push(name);
-        rest = &after[close + 1..];
-    }
-    Ok(out)
-}
-
-/// `handler = { type = "exec" | "http" | "rust", … }`: the processing step
-/// between a flow's source and its sink.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum HandlerConfig {
-    /// Long-running child processes speaking JSON lines on stdin/stdout.
-    Exec(ExecHandlerConfig),
-    /// POST each message as JSON to a URL.
-    Http(HttpHandlerConfig),
-    /// A Rust `Handler` registered by name by the program embedding sluice.
-    Rust(RustHandlerConfig),
-}
-
-impl HandlerConfig {
-    /// Messages handled at once by this flow.
-    pub fn concurrency(&self) -> usize {
-        match self {
-            HandlerConfig::Exec(e) => e.workers,
-            HandlerConfig::Http(h) => h.concurrency,
-            HandlerConfig::Rust(r) => r.concurrency,
-        }
-    }
-
-    /// Upper bound for handling one message.
-    pub fn timeout(&self) -> Duration {
-        match self {
-            HandlerConfig::Exec(e) => e.timeout,
-            HandlerConfig::Http(h) => h.timeout,
-            HandlerConfig::Rust(r) => r.timeout,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecHandlerConfig {
-    /// Program and arguments, e.g. `["python3", "handler.py"]`.
-    pub command: Vec<String>,
-    /// Child processes in the pool (= messages handled at once).
-    #[serde(default = "default_exec_workers")]
-    pub workers: usize,
-    /// Per message; a child that does not answer in time is killed and restarted.
-    #[serde(default = "default_handler_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Extra environment variables for the children.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Working directory of the children (default: the worker's).
-    #[serde(default)]
-    pub dir: Option<std::path::PathBuf>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpHandlerConfig {
-    /// `http://host:port/path`.
-    pub url: String,
-    #[serde(default = "default_http_handler_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Requests in flight at once.
-    #[serde(default = "default_handler_concurrency")]
-    pub concurrency: usize,
-    /// Extra request headers, e.g. `{ authorization = "Bearer …" }`.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RustHandlerConfig {
-    /// The name the embedding program registered its handler under.
-    pub name: String,
-    #[serde(default = "default_handler_concurrency")]
-    pub concurrency: usize,
-    #[serde(default = "default_handler_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-}
-
-/// `[http]`: the HTTP entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// `host:port` to listen on.
-    pub listen: String,
-    /// Largest request body; larger ones get 413.
-    #[serde(default = "default_body_limit")]
-    pub body_limit: ByteSize,
-    /// Most items in one request; more get 413.
-    #[serde(default = "default_max_items")]
-    pub max_items: usize,
-    /// Length cap of streams without `[streams."name"].max_len`; a request
-    /// that would pass it gets 429. Unset = no cap.
-    #[serde(default)]
-    pub max_len: Option<u64>,
-    /// The `Retry-After` sent with 429 and 503.
-    #[serde(default = "default_retry_after", with = "humantime_serde")]
-    pub retry_after: Duration,
-    /// Bearer tokens, each limited to a list of streams.
-    #[serde(default)]
-    pub tokens: Vec<TokenConfig>,
-    /// Accept requests without a token (only when `tokens` is empty).
-    #[serde(default)]
-    pub allow_unauthenticated: bool,
-}
-
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenConfig {
-    pub token: String,
-    /// Stream names this token may write and read; `prefix*` matches by prefix.
-    pub streams: Vec<String>,
-}
-
-impl std::fmt::Debug for TokenConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenConfig")
-            .field("token", &"***")
-            .field("streams", &self.streams)
-            .finish()
-    }
-}
-
-/// `[streams."name"]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamSettings {
-    /// The stream's capacity: the HTTP entry refuses (429), `sluice enqueue`
-    /// waits and stream sinks pause while it is full.
-    #[serde(default)]
-    pub max_len: Option<u64>,
-    /// Split the stream into this many shard streams, `name:{0}` …
-    /// `name:{N-1}` (the `{…}` is a Redis Cluster hash tag: each shard is one
-    /// slot, so shards spread over the cluster's nodes). Flows reading
-    /// `name` read every shard; producers pick one per entry. With a
-    /// capacity (`max_len`), each shard holds up to `max_len`. Default 1:
-    /// the plain stream.
-    #[serde(default = "default_shards")]
-    pub shards: usize,
-    /// The field whose value picks an entry's shard (FNV-1a hash modulo
-    /// `shards`), so entries with the same value stay in order on one
-    /// shard. Unset, or the field missing: round-robin.
-    #[serde(default)]
-    pub shard_by: Option<String>,
-}
-
-impl Default for StreamSettings {
-    fn default() -> Self {
-        StreamSettings {
-            max_len: None,
-            shards: default_shards(),
-            shard_by: None,
-        }
-    }
-}
-
-/// Most shards one stream may have.
-pub const MAX_SHARDS: usize = 1024;
-
-fn default_shards() -> usize {
-    1
-}
-
-/// The streams `base` stands for: itself when `shards <= 1`, else
-/// `base:{0}` … `base:{shards-1}`.
-pub fn shard_names(base: &str, shards: usize) -> Vec<String> {
-    if shards <= 1 {
-        return vec![base.to_string()];
-    }
-    (0..shards).map(|i| format!("{base}:{{{i}}}")).collect()
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchConfig {
-    #[serde(default = "default_max_rows")]
-    pub max_rows: usize,
-    #[serde(default = "default_max_bytes")]
-    pub max_bytes: ByteSize,
-    #[serde(default = "default_max_wait", with = "humantime_serde")]
-    pub max_wait: Duration,
-}
-
-impl Default for BatchConfig {
-    fn default() -> Self {
-        BatchConfig {
-            max_rows: default_max_rows(),
-            max_bytes: default_max_bytes(),
-            max_wait: default_max_wait(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClaimConfig {
-    /// Entries pending longer than this are taken over from their consumer.
-    #[serde(default = "default_min_idle", with = "humantime_serde")]
-    pub min_idle: Duration,
-    /// How often the claim loop runs.
-    #[serde(default = "default_claim_every", with = "humantime_serde")]
-    pub every: Duration,
-}
-
-impl Default for ClaimConfig {
-    fn default() -> Self {
-        ClaimConfig {
-            min_idle: default_min_idle(),
-            every: default_claim_every(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnSuccess {
-    /// XACK only; the stream keeps the entry (trim it with MAXLEN on XADD).
-    #[default]
-    Ack,
-    /// XACK then XDEL, as the original s2ch did.
-    AckDel,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Delivery {
-    #[default]
-    AtLeastOnce,
-    /// Batch ledger in Redis + batch id in every row: a recovered batch is
-    /// re-inserted only if ClickHouse does not hold it already.
-    ExactlyOnce,
-}
-
-fn default_ledger_ttl() -> Duration {
-    Duration::from_secs(24 * 3600)
-}
-
-/// Column names that receive per-message metadata.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetadataColumns {
-    /// The entry id, e.g. `1700000000000-0`.
-    pub id: Option<String>,
-    /// The stream the entry was read from.
-    pub stream: Option<String>,
-    /// Enqueue time: the milliseconds part of the id.
-    pub enqueued_at: Option<String>,
-    /// How many times the entry has been delivered (1 on first read).
-    pub deliveries: Option<String>,
-}
-
-impl MetadataColumns {
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        [&self.id, &self.stream, &self.enqueued_at, &self.deliveries]
-            .into_iter()
-            .flatten()
-            .map(String::as_str)
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PayloadConfig {
-    /// The field holding the encoded object; its keys become columns.
-    pub field: String,
-    pub format: PayloadFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PayloadFormat {
-    Json,
-    Msgpack,
-}
-
-fn yes() -> bool {
-    true
-}
-fn default_redis_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_database() -> String {
-    "default".into()
-}
-fn default_user() -> String {
-    "default".into()
-}
-fn default_health_check_every() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_bisect_after() -> u32 {
-    3
-}
-fn default_schema_refresh() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_insert_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_shutdown_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_block() -> Duration {
-    Duration::from_millis(500)
-}
-fn default_prune_idle() -> Duration {
-    Duration::from_secs(3600)
-}
-fn default_sample_every() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_group() -> String {
-    "sluice".into()
-}
-fn default_start_id() -> String {
-    "0".into()
-}
-fn default_max_deliveries() -> u64 {
-    5
-}
-fn default_read_count() -> usize {
-    5000
-}
-fn default_max_field_bytes() -> ByteSize {
-    ByteSize::mib(1)
-}
-fn default_max_rows() -> usize {
-    50_000
-}
-fn default_max_bytes() -> ByteSize {
-    ByteSize::mib(16)
-}
-fn default_max_wait() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_max_batch_scale() -> f64 {
-    1.0
-}
-fn default_min_idle() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_claim_every() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_check_every() -> Duration {
-    Duration::from_millis(200)
-}
-fn default_max_targets() -> usize {
-    10_000
-}
-fn default_exec_workers() -> usize {
-    1
-}
-fn default_handler_concurrency() -> usize {
-    8
-}
-fn default_handler_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_http_handler_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_body_limit() -> ByteSize {
-    ByteSize::mib(1)
-}
-fn default_max_items() -> usize {
-    10_000
-}
-fn default_retry_after() -> Duration {
-    Duration::from_secs(1)
 }
 
 impl Config {
@@ -1043,240 +183,30 @@ impl Config {
         }
     }
 
-    /// Reads `*.password_file`s into the passwords (named connections too).
-    fn load_secrets(&mut self) -> Result<()> {
-        let both = |key: &str| ConfigError::Key {
-            key: key.to_string(),
-            message: "set either password or password_file, not both".into(),
-        };
-        let remotes = self
-            .redis_remote
-            .iter_mut()
-            .map(|(name, r)| (format!("redis.remote.{name}"), r));
-        for (section, redis) in
-            std::iter::once(("redis".to_string(), &mut self.redis)).chain(remotes)
-        {
-            if let Some(path) = &redis.password_file {
-                let key = format!("{section}.password_file");
-                if redis.password.is_some() {
-                    return Err(both(&key));
-                }
-                redis.password = Some(read_secret(&key, path)?);
-            }
-        }
-        for ch in self
-            .clickhouse
-            .iter_mut()
-            .chain(self.clickhouse_remote.values_mut())
-        {
-            if let Some(path) = &ch.password_file {
-                let key = format!("{}.password_file", ch.key());
-                if !ch.password.is_empty() {
-                    return Err(both(&key));
-                }
-                ch.password = read_secret(&key, path)?;
-            }
-        }
-        if let Some(console) = &mut self.console {
-            for (i, t) in console.tokens.iter_mut().enumerate() {
-                if let Some(path) = &t.token_file {
-                    let key = format!("console.tokens[{i}].token_file");
-                    if !t.token.is_empty() {
-                        return Err(ConfigError::Key {
-                            key,
-                            message: "set either token or token_file, not both".into(),
-                        });
-                    }
-                    t.token = read_secret(&key, path)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
+    /// Checks every section, then what spans sections.
     fn validate(&self) -> Result<()> {
-        let bad = |key: String, message: &str| ConfigError::Key {
-            key,
-            message: message.to_string(),
-        };
-        validate_redis("redis", &self.redis)?;
+        self.redis.validate("redis")?;
         if let Some(ch) = &self.clickhouse {
-            validate_clickhouse(ch)?;
+            ch.validate()?;
         }
         // Named connections (`[redis.remote.*]`, `[clickhouse.remote.*]`)
         // and every reference to one.
         self.validate_connections()?;
-        if self.worker.block.is_zero() {
-            return Err(bad(
-                "worker.block".into(),
-                "must be > 0 (0 would block forever)",
-            ));
-        }
-        if let Some(listen) = &self.metrics.listen {
-            if listen.parse::<std::net::SocketAddr>().is_err() {
-                return Err(bad(
-                    "metrics.listen".into(),
-                    "must be host:port, e.g. 0.0.0.0:9464",
-                ));
-            }
-        }
-        if self.metrics.sample_every < Duration::from_millis(100) {
-            return Err(bad("metrics.sample_every".into(), "must be at least 100ms"));
-        }
-        let mut names = std::collections::HashSet::new();
+        self.worker.validate()?;
+        self.metrics.validate()?;
+        let mut names = HashSet::new();
         for (i, flow) in self.flows.iter().enumerate() {
-            let key = |k: &str| format!("flow[{i}].{k}");
+            let key = format!("flow[{i}].name");
             if flow.name.is_empty() {
-                return Err(bad(key("name"), "must not be empty"));
+                return Err(key_error(&key, "must not be empty"));
             }
             if !names.insert(flow.name.as_str()) {
-                return Err(bad(
-                    key("name"),
-                    &format!("duplicate flow name {:?}", flow.name),
+                return Err(key_error(
+                    &key,
+                    format!("duplicate flow name {:?}", flow.name),
                 ));
             }
-            if flow.streams.is_empty() {
-                return Err(bad(key("streams"), "needs at least one stream"));
-            }
-            if let Some(s) = flow.streams.iter().find(|s| s.is_empty()) {
-                return Err(bad(key("streams"), &format!("empty stream name {s:?}")));
-            }
-            if flow.group.is_empty() {
-                return Err(bad(key("group"), "must not be empty"));
-            }
-            if flow.start_id != "0" && flow.start_id != "$" {
-                return Err(bad(key("start_id"), "must be \"0\" or \"$\""));
-            }
-            if flow.batch.max_rows == 0 {
-                return Err(bad(key("batch.max_rows"), "must be > 0"));
-            }
-            if flow.batch.max_bytes.as_u64() == 0 {
-                return Err(bad(key("batch.max_bytes"), "must be > 0"));
-            }
-            if flow.read_count == 0 {
-                return Err(bad(key("read_count"), "must be > 0"));
-            }
-            if flow.max_field_bytes.as_u64() == 0 {
-                return Err(bad(key("max_field_bytes"), "must be > 0"));
-            }
-            if flow.max_deliveries == 0 {
-                return Err(bad(key("max_deliveries"), "must be >= 1"));
-            }
-            if flow.claim.every.is_zero() {
-                return Err(bad(key("claim.every"), "must be > 0"));
-            }
-            // Live replicas refresh entries idle past min_idle/4 on every
-            // claim tick; a slower tick would let others steal live work.
-            if flow.claim.every * 2 > flow.claim.min_idle {
-                return Err(bad(
-                    key("claim.every"),
-                    "must be at most half of claim.min_idle",
-                ));
-            }
-            if flow.streams.contains(&flow.dead_letter_stream()) {
-                return Err(bad(
-                    key("dead_letter"),
-                    "must differ from the flow's own streams",
-                ));
-            }
-            match &flow.sink {
-                SinkConfig::Clickhouse {
-                    table,
-                    shard_by,
-                    clickhouse,
-                    max_inserts_per_second,
-                    max_batch_scale,
-                } => {
-                    if let Some(rate) = max_inserts_per_second {
-                        if !(rate.is_finite() && *rate > 0.0 && *rate <= 100_000.0) {
-                            return Err(bad(
-                                key("sink.max_inserts_per_second"),
-                                "must be a number > 0 and <= 100000",
-                            ));
-                        }
-                    }
-                    if !(max_batch_scale.is_finite() && (1.0..=64.0).contains(max_batch_scale)) {
-                        return Err(bad(
-                            key("sink.max_batch_scale"),
-                            "must be between 1 (off) and 64",
-                        ));
-                    }
-                    // A named connection is checked by validate_connections.
-                    let Some(ch) = self.clickhouse_for(clickhouse.as_deref()) else {
-                        return Err(bad(
-                            key("sink"),
-                            "a clickhouse sink needs a [clickhouse] section",
-                        ));
-                    };
-                    if table.is_empty() {
-                        return Err(bad(key("sink.table"), "must not be empty"));
-                    }
-                    if let Some(field) = shard_by {
-                        if field.is_empty() {
-                            return Err(bad(key("sink.shard_by"), "must not be empty"));
-                        }
-                        if ch.urls.is_empty() {
-                            return Err(bad(
-                                key("sink.shard_by"),
-                                &format!("needs {}.urls: the shards, in order", ch.key()),
-                            ));
-                        }
-                    }
-                }
-                SinkConfig::Stream(sink) => validate_stream_sink(flow, sink, &key("sink"))?,
-            }
-            if let Some(handler) = &flow.handler {
-                validate_handler(flow, handler, &key("handler"))?;
-            }
-            // A stream sink's exactly-once needs no column: the target
-            // records what it was sent (crate::sink::stream::once).
-            if flow.delivery == Delivery::ExactlyOnce
-                && matches!(flow.sink, SinkConfig::Clickhouse { .. })
-                && flow.batch_id_column.as_deref().unwrap_or("").is_empty()
-            {
-                return Err(bad(
-                    key("batch_id_column"),
-                    "exactly_once needs a column for the batch id",
-                ));
-            }
-            let mut seen = std::collections::HashSet::new();
-            for column in flow.metadata.names() {
-                if column.is_empty() || !seen.insert(column) {
-                    return Err(bad(
-                        key("metadata"),
-                        &format!("column {column:?} is empty or used twice"),
-                    ));
-                }
-            }
-            if let Some(p) = &flow.payload {
-                if p.field.is_empty() {
-                    return Err(bad(key("payload.field"), "must not be empty"));
-                }
-            }
-            if let Some(r) = &flow.retry {
-                r.validate().map_err(|m| bad(key("retry"), &m))?;
-                if flow.handler.is_none() {
-                    return Err(bad(
-                        key("retry"),
-                        "retries handler failures; this flow has no handler",
-                    ));
-                }
-            }
-            if let SinkConfig::Stream(_) = &flow.sink {
-                // Column mapping keys mean nothing to a stream sink: say so
-                // rather than ignore them.
-                let column_keys = [
-                    ("payload", flow.payload.is_some()),
-                    ("metadata", flow.metadata.names().next().is_some()),
-                    ("batch_id_column", flow.batch_id_column.is_some()),
-                ];
-                if let Some((name, _)) = column_keys.iter().find(|(_, set)| *set) {
-                    return Err(bad(
-                        key(name),
-                        "only applies to clickhouse sinks (a stream sink forwards the fields as they are)",
-                    ));
-                }
-            }
+            flow.validate(i, self)?;
         }
         // The retry script changes keys of several slots at once (delayed
         // set + stream), which Redis Cluster refuses: say so at start-up
@@ -1291,57 +221,21 @@ impl Config {
                 .filter(|(_, f)| f.retry.is_some())
             {
                 let untagged = flow.streams.iter().find(|s| {
-                    self.streams.get(*s).is_none_or(|st| st.shards <= 1)
-                        && crate::redis::sharder::hash_tag(s).is_none()
+                    self.streams.get(*s).is_none_or(|st| st.shards <= 1) && hash_tag(s).is_none()
                 });
                 if let Some(s) = untagged {
-                    return Err(bad(
-                        format!("flow[{i}].retry"),
-                        &format!("on Redis Cluster, retry needs sharded streams or hash-tagged names (e.g. `{{{s}}}`); `{s}` is neither"),
+                    return Err(key_error(
+                        &format!("flow[{i}].retry"),
+                        format!("on Redis Cluster, retry needs sharded streams or hash-tagged names (e.g. `{{{s}}}`); `{s}` is neither"),
                     ));
                 }
             }
         }
-        crate::schedule::validate(&self.scheduler, &self.schedules)
-            .map_err(|(key, message)| ConfigError::Key { key, message })?;
-        crate::source::config::validate(self)?;
-        for (name, s) in &self.streams {
-            if name.is_empty() {
-                return Err(bad("streams".into(), "stream name must not be empty"));
-            }
-            if s.max_len == Some(0) {
-                return Err(bad(format!("streams.{name:?}.max_len"), "must be >= 1"));
-            }
-            if s.shards == 0 || s.shards > MAX_SHARDS {
-                return Err(bad(
-                    format!("streams.{name:?}.shards"),
-                    &format!("must be between 1 and {MAX_SHARDS}"),
-                ));
-            }
-            // A brace in the name would change which part Redis Cluster hashes.
-            if s.shards > 1 && name.contains(['{', '}']) {
-                return Err(bad(
-                    format!("streams.{name:?}.shards"),
-                    "a sharded stream's name must not contain `{` or `}`",
-                ));
-            }
-            if let Some(field) = &s.shard_by {
-                if field.is_empty() {
-                    return Err(bad(
-                        format!("streams.{name:?}.shard_by"),
-                        "must not be empty",
-                    ));
-                }
-                if s.shards <= 1 {
-                    return Err(bad(
-                        format!("streams.{name:?}.shard_by"),
-                        "needs shards > 1",
-                    ));
-                }
-            }
-        }
+        schedule::validate(&self.scheduler, &self.schedules)?;
+        source::validate(self)?;
+        streams::validate(&self.streams)?;
         if let Some(http) = &self.http {
-            validate_http(http)?;
+            http.validate()?;
         }
         if let Some(console) = &self.console {
             console
@@ -1357,7 +251,7 @@ impl Config {
         self.streams
             .get(stream)
             .or_else(|| {
-                let base = self.streams.get(crate::redis::sharder::base_of(stream)?)?;
+                let base = self.streams.get(base_of(stream)?)?;
                 (base.shards > 1).then_some(base)
             })
             .and_then(|s| s.max_len)
@@ -1377,362 +271,18 @@ impl Config {
     }
 }
 
-/// `redis.url` and `redis.nodes` of the section `section` (`redis` or
-/// `redis.remote.<name>`).
-pub(crate) fn validate_redis(section: &str, redis: &RedisConfig) -> Result<()> {
-    let schemes = [
-        "redis://",
-        "rediss://",
-        "redis-cluster://",
-        "rediss-cluster://",
-    ];
-    if !schemes.iter().any(|s| redis.url.starts_with(s)) {
-        return Err(key_error(
-            &format!("{section}.url"),
-            "must start with redis://, rediss://, redis-cluster:// or rediss-cluster://",
-        ));
-    }
-    for (i, node) in redis.nodes.iter().enumerate() {
-        let port = node.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
-        if !matches!(port, Some((h, Ok(_))) if !h.is_empty()) {
-            return Err(key_error(
-                &format!("{section}.nodes[{i}]"),
-                "must be host:port",
-            ));
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn validate_clickhouse(ch: &ClickHouseConfig) -> Result<()> {
-    let section = ch.key();
-    match (ch.url.is_empty(), ch.urls.is_empty()) {
-        (false, false) => {
-            return Err(key_error(
-                &format!("{section}.urls"),
-                format!("set either {section}.url or {section}.urls, not both"),
-            ))
-        }
-        (true, true) => {
-            return Err(key_error(
-                &format!("{section}.url"),
-                format!("missing: set {section}.url (one server) or {section}.urls (several)"),
-            ))
-        }
-        _ => {}
-    }
-    let mut seen = std::collections::HashSet::new();
-    for (i, url) in ch.endpoint_urls().into_iter().enumerate() {
-        let key = ch.endpoint_key(i);
-        if !url.starts_with("http://") && !url.starts_with("https://") {
-            return Err(key_error(&key, "must start with http:// or https://"));
-        }
-        if !seen.insert(url.trim_end_matches('/')) {
-            return Err(key_error(&key, "duplicate endpoint"));
-        }
-    }
-    if ch.health_check_every < Duration::from_millis(100) {
-        return Err(key_error(
-            &format!("{section}.health_check_every"),
-            "must be at least 100ms",
-        ));
-    }
-    if ch.bisect_after == 0 {
-        return Err(key_error("clickhouse.bisect_after", "must be at least 1"));
-    }
-    if ch.schema_refresh < Duration::from_millis(100) {
-        return Err(key_error(
-            "clickhouse.schema_refresh",
-            "must be at least 100ms",
-        ));
-    }
-    Ok(())
-}
-
 pub(crate) fn key_error(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Key {
         key: key.to_string(),
         message: message.into(),
     }
 }
-
-fn validate_stream_sink(flow: &FlowConfig, sink: &StreamSinkConfig, key: &str) -> Result<()> {
-    if sink.to.is_none() && sink.routes.is_empty() && sink.default.is_none() {
-        return Err(key_error(
-            key,
-            "a stream sink needs `to`, `routes` or `default`",
-        ));
-    }
-    if !sink.routes.is_empty() && sink.route_by.is_none() {
-        return Err(key_error(
-            &format!("{key}.routes"),
-            "needs `route_by` (the field whose value picks a route)",
-        ));
-    }
-    if sink.route_by.as_deref() == Some("") {
-        return Err(key_error(&format!("{key}.route_by"), "must not be empty"));
-    }
-    if sink.max_len == Some(0) {
-        return Err(key_error(&format!("{key}.max_len"), "must be >= 1"));
-    }
-    if sink.check_every.is_zero() {
-        return Err(key_error(&format!("{key}.check_every"), "must be > 0"));
-    }
-    if sink.max_targets == 0 {
-        return Err(key_error(&format!("{key}.max_targets"), "must be >= 1"));
-    }
-    let dead = flow.dead_letter_stream();
-    let mut lists: Vec<(String, &Targets)> = Vec::new();
-    if let Some(t) = &sink.to {
-        lists.push((format!("{key}.to"), t));
-    }
-    for (value, t) in &sink.routes {
-        lists.push((format!("{key}.routes.{value}"), t));
-    }
-    if let Some(t) = &sink.default {
-        lists.push((format!("{key}.default"), t));
-    }
-    for (k, targets) in lists {
-        if targets.0.is_empty() {
-            return Err(key_error(&k, "names no target stream"));
-        }
-        for t in &targets.0 {
-            if t.stream.is_empty() {
-                return Err(key_error(&k, "target stream name must not be empty"));
-            }
-            if t.max_len == Some(0) {
-                return Err(key_error(&k, "max_len must be >= 1"));
-            }
-            let fields = template_fields(&t.stream).map_err(|m| key_error(&k, m))?;
-            if fields.is_empty() && (flow.streams.contains(&t.stream) || t.stream == dead) {
-                return Err(key_error(
-                    &k,
-                    format!(
-                        "target {:?} is one of the flow's own streams or its dead-letter stream",
-                        t.stream
-                    ),
-                ));
-            }
-            if !fields.is_empty() && k.ends_with(".default") {
-                return Err(key_error(
-                    &k,
-                    "the default target must be a plain name (it is used when fields are missing)",
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn validate_handler(flow: &FlowConfig, handler: &HandlerConfig, key: &str) -> Result<()> {
-    let field = |k: &str| format!("{key}.{k}");
-    if flow.delivery == Delivery::ExactlyOnce {
-        // Recovery re-inserts a batch from its source entries; a handler's
-        // outputs are not in the source stream.
-        return Err(key_error(
-            key,
-            "cannot be combined with delivery = \"exactly_once\"",
-        ));
-    }
-    match handler {
-        HandlerConfig::Exec(e) => {
-            if e.command.is_empty() || e.command[0].is_empty() {
-                return Err(key_error(&field("command"), "must name a program"));
-            }
-            if e.workers == 0 {
-                return Err(key_error(&field("workers"), "must be >= 1"));
-            }
-        }
-        HandlerConfig::Http(h) => {
-            if h.url.starts_with("https://") {
-                return Err(key_error(
-                    &field("url"),
-                    "https is not supported by the http handler; use http:// (e.g. through a local proxy)",
-                ));
-            }
-            if !h.url.starts_with("http://") || h.url.parse::<axum::http::Uri>().is_err() {
-                return Err(key_error(&field("url"), "must be an http:// URL"));
-            }
-            if h.concurrency == 0 {
-                return Err(key_error(&field("concurrency"), "must be >= 1"));
-            }
-            for (name, value) in &h.headers {
-                if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
-                    || axum::http::HeaderValue::from_str(value).is_err()
-                {
-                    return Err(key_error(
-                        &field("headers"),
-                        format!("invalid header {name:?}"),
-                    ));
-                }
-            }
-        }
-        HandlerConfig::Rust(r) => {
-            if r.name.is_empty() {
-                return Err(key_error(&field("name"), "must not be empty"));
-            }
-            if r.concurrency == 0 {
-                return Err(key_error(&field("concurrency"), "must be >= 1"));
-            }
-        }
-    }
-    let timeout = handler.timeout();
-    if timeout.is_zero() {
-        return Err(key_error(&field("timeout"), "must be > 0"));
-    }
-    // A message still being handled when min_idle passes could be claimed
-    // and handled twice.
-    if timeout >= flow.claim.min_idle {
-        return Err(key_error(
-            &field("timeout"),
-            format!(
-                "must be shorter than claim.min_idle ({:?})",
-                flow.claim.min_idle
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn validate_http(http: &HttpConfig) -> Result<()> {
-    if http.listen.parse::<std::net::SocketAddr>().is_err() {
-        return Err(key_error(
-            "http.listen",
-            "must be host:port, e.g. 0.0.0.0:8080",
-        ));
-    }
-    if http.body_limit.as_u64() == 0 {
-        return Err(key_error("http.body_limit", "must be > 0"));
-    }
-    if http.max_items == 0 {
-        return Err(key_error("http.max_items", "must be > 0"));
-    }
-    if http.max_len == Some(0) {
-        return Err(key_error("http.max_len", "must be >= 1"));
-    }
-    if http.tokens.is_empty() && !http.allow_unauthenticated {
-        return Err(key_error(
-            "http.tokens",
-            "needs at least one token (or allow_unauthenticated = true)",
-        ));
-    }
-    if !http.tokens.is_empty() && http.allow_unauthenticated {
-        return Err(key_error(
-            "http.allow_unauthenticated",
-            "cannot be combined with tokens",
-        ));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for (i, t) in http.tokens.iter().enumerate() {
-        let k = format!("http.tokens[{i}]");
-        if t.token.len() < 16 {
-            return Err(key_error(
-                &format!("{k}.token"),
-                "must be at least 16 characters",
-            ));
-        }
-        if t.token.len() > 512 || t.token.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
-            return Err(key_error(
-                &format!("{k}.token"),
-                "must be at most 512 visible ASCII characters",
-            ));
-        }
-        if !seen.insert(t.token.as_str()) {
-            return Err(key_error(&format!("{k}.token"), "is listed twice"));
-        }
-        if t.streams.is_empty() || t.streams.iter().any(|s| s.is_empty()) {
-            return Err(key_error(
-                &format!("{k}.streams"),
-                "must list stream names or `prefix*` patterns",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Sets the key addressed by `SLUICE_A__B__0__C` inside `doc`, creating
-/// tables on the way; array indexes must already exist.
-fn apply_env_override(doc: &mut toml::Value, var: &str, value: toml::Value) -> Result<()> {
-    let path: Vec<String> = var[ENV_PREFIX.len()..]
-        .split("__")
-        .map(|s| s.to_ascii_lowercase())
-        .collect();
-    let env_err = |message: String| ConfigError::Env {
-        var: var.to_string(),
-        message,
-    };
-    if path.iter().any(|s| s.is_empty()) {
-        return Err(env_err("empty path segment (use `__` between keys)".into()));
-    }
-    let mut node = doc;
-    for (depth, segment) in path.iter().enumerate() {
-        let last = depth + 1 == path.len();
-        node = match node {
-            toml::Value::Table(table) => {
-                if last {
-                    table.insert(segment.clone(), value);
-                    return Ok(());
-                }
-                table
-                    .entry(segment.clone())
-                    .or_insert_with(|| toml::Value::Table(Default::default()))
-            }
-            toml::Value::Array(items) => {
-                let index: usize = segment
-                    .parse()
-                    .map_err(|_| env_err(format!("`{segment}` must be an array index here")))?;
-                let len = items.len();
-                let slot = items.get_mut(index).ok_or_else(|| {
-                    env_err(format!("index {index} is out of range (array has {len})"))
-                })?;
-                if last {
-                    *slot = value;
-                    return Ok(());
-                }
-                slot
-            }
-            _ => {
-                return Err(env_err(format!(
-                    "`{}` is not a table or array",
-                    path[..depth].join(".")
-                )))
-            }
-        };
-    }
-    Ok(())
-}
-
-/// The key path of an override as serde_path_to_error prints it:
-/// `SLUICE_FLOW__0__BATCH__MAX_ROWS` → `flow[0].batch.max_rows`.
-fn env_key_path(var: &str) -> String {
-    let mut out = String::new();
-    for segment in var[ENV_PREFIX.len()..].split("__") {
-        let segment = segment.to_ascii_lowercase();
-        if segment.parse::<usize>().is_ok() {
-            out.push_str(&format!("[{segment}]"));
-        } else {
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(&segment);
-        }
-    }
-    out
-}
-
-fn parse_env_value(raw: &str) -> toml::Value {
-    // Parse as the right-hand side of a TOML assignment; fall back to a string.
-    let probe = format!("v = {raw}");
-    match toml::from_str::<toml::Table>(&probe) {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(raw.into())),
-        Err(_) => toml::Value::String(raw.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use bytesize::ByteSize;
+
     use super::*;
 
     const EXAMPLE: &str = r#"
@@ -2218,7 +768,10 @@ sink = { type = "clickhouse", table = "jobs" }
         assert!(err.contains("unmatched"), "{err}");
         let err = dataflow_err("default = \"jobs.other\"", "default = \"jobs.{x}\"");
         assert!(err.contains("flow[2].sink.default"), "{err}");
-        assert_eq!(template_fields("a.{x}.{y}").unwrap(), vec!["x", "y"]);
+        assert_eq!(
+            crate::template::placeholders("a.{x}.{y}", crate::template::Syntax::FIELDS).unwrap(),
+            vec!["x", "y"]
+        );
     }
 
     #[test]

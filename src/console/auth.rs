@@ -26,8 +26,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use subtle::ConstantTimeEq;
 
-use super::config::{ConsoleConfig, Role};
 use super::Console;
+use crate::config::console::{ConsoleConfig, Role};
 
 pub const SESSION_COOKIE: &str = "sluice_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -321,7 +321,7 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::console::config::ConsoleToken;
+    use crate::config::console::ConsoleToken;
 
     fn auth() -> Auth {
         Auth::new(&ConsoleConfig {

@@ -22,7 +22,6 @@ pub mod api;
 pub mod assets;
 pub mod auth;
 pub mod browse;
-pub mod config;
 pub mod dead_letters;
 pub mod pages;
 pub mod params;
@@ -37,7 +36,7 @@ use axum::response::{IntoResponse, Response};
 use fred::prelude::*;
 use tokio_util::sync::CancellationToken;
 
-pub use self::config::{ConsoleConfig, Role};
+pub use crate::config::console::{ConsoleConfig, Role};
 use crate::config::Config;
 
 /// Most live taps open at once (each holds its own Redis connection).

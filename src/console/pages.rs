@@ -12,10 +12,10 @@ use axum::Router;
 use maud::Markup;
 
 use super::auth::{clear_cookie, session_cookie, Who};
-use super::config::Role;
 use super::params::{Params, MAX_COUNT};
 use super::views::{self, Nav};
 use super::{api, browse, dead_letters, Console, ConsoleError, Result};
+use crate::config::console::Role;
 
 pub fn routes() -> Router<Arc<Console>> {
     Router::new()

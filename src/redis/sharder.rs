@@ -14,25 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
-use crate::config::{shard_names, Config};
+use crate::config::streams::shard_names;
+pub use crate::config::streams::{base_of, hash_tag};
+use crate::config::Config;
 use crate::fields::Fields;
-
-/// The base stream of a shard stream name (`jobs` for `jobs:{3}`), or None
-/// when `stream` is not shaped like one.
-pub fn base_of(stream: &str) -> Option<&str> {
-    let (base, tag) = stream.strip_suffix('}')?.rsplit_once(":{")?;
-    (!base.is_empty() && !tag.is_empty() && tag.bytes().all(|b| b.is_ascii_digit())).then_some(base)
-}
-
-/// The hash tag of a key as Redis Cluster reads it: what is between the
-/// first `{` and the next `}`, if that is not empty. Keys with the same tag
-/// share a slot.
-pub fn hash_tag(key: &str) -> Option<&str> {
-    let open = key.find('{')?;
-    let close = key[open + 1..].find('}')?;
-    let tag = &key[open + 1..open + 1 + close];
-    (!tag.is_empty()).then_some(tag)
-}
 
 /// A hash tag (braces included) that puts a key in the same Redis Cluster
 /// slot as `key`: `key`'s own tag, else `{key}` when that hashes as the

@@ -14,92 +14,10 @@ pub mod runner;
 pub mod spec;
 pub mod store;
 
-use std::time::Duration;
-
-use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use spec::{MissedPolicy, ScheduleConfig, Spec};
-
-/// `[scheduler]`: the schedule loop and the delayed-job promoter that every
-/// worker runs.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SchedulerConfig {
-    /// Run schedules and move due delayed jobs in this worker.
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// How often schedules are re-read from Redis (added, changed, removed).
-    /// Pause and resume act at the next tick regardless.
-    #[serde(default = "default_refresh", with = "humantime_serde")]
-    pub refresh: Duration,
-    /// How often each replica looks for due delayed jobs.
-    #[serde(default = "default_promote_every", with = "humantime_serde")]
-    pub promote_every: Duration,
-    /// Most delayed jobs moved by one script call.
-    #[serde(default = "default_promote_batch")]
-    pub promote_batch: usize,
-}
-
-impl Default for SchedulerConfig {
-    fn default() -> Self {
-        SchedulerConfig {
-            enabled: true,
-            refresh: default_refresh(),
-            promote_every: default_promote_every(),
-            promote_batch: default_promote_batch(),
-        }
-    }
-}
-
-fn yes() -> bool {
-    true
-}
-fn default_refresh() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_promote_every() -> Duration {
-    Duration::from_millis(100)
-}
-fn default_promote_batch() -> usize {
-    1000
-}
-
-/// Checks `[scheduler]` and every `[[schedule]]`; the error names the key.
-pub fn validate(
-    scheduler: &SchedulerConfig,
-    schedules: &[ScheduleConfig],
-) -> Result<(), (String, String)> {
-    if scheduler.refresh < Duration::from_millis(10) {
-        return Err(("scheduler.refresh".into(), "must be at least 10ms".into()));
-    }
-    if scheduler.promote_every < Duration::from_millis(1) {
-        return Err((
-            "scheduler.promote_every".into(),
-            "must be at least 1ms".into(),
-        ));
-    }
-    if scheduler.promote_batch == 0 || scheduler.promote_batch > 100_000 {
-        return Err((
-            "scheduler.promote_batch".into(),
-            "must be between 1 and 100000".into(),
-        ));
-    }
-    let mut names = std::collections::HashSet::new();
-    for (i, s) in schedules.iter().enumerate() {
-        if let Err(e) = Spec::from_config(s) {
-            return Err((format!("schedule[{i}].{}", e.key), e.message));
-        }
-        if !names.insert(s.name.as_str()) {
-            return Err((
-                format!("schedule[{i}].name"),
-                format!("duplicate schedule name {:?}", s.name),
-            ));
-        }
-    }
-    Ok(())
-}
 
 /// Starts the schedule loop and the delayed-job promoter (unless
 /// `[scheduler] enabled = false`). They stop when `shutdown` is cancelled.
@@ -218,7 +136,7 @@ retry = { base = "10s", max = "1s" }
         );
         let ok = parse(&text.replace("max = \"1s\"", "max = \"1m\"")).unwrap();
         let r = ok.flows[0].retry.as_ref().unwrap();
-        assert_eq!(r.backoff, crate::flow::retry::BackoffKind::Exponential);
+        assert_eq!(r.backoff, crate::config::BackoffKind::Exponential);
         assert!(r.jitter);
     }
 }

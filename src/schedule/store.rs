@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use super::spec::{format_time, Millis, Spec, SpecError};
+use crate::config::streams::hash_tag;
 
 pub const INDEX_KEY: &str = "sluice:schedules";
 
@@ -503,14 +504,6 @@ pub fn fired_key(stream: &str, name: &str, tick: Millis) -> String {
         .find(|t| fred::util::redis_keyslot(t.as_bytes()) == slot)
         .expect("every slot has a short tag");
     format!("sluice:schedule:fired:{{{tag}}}:{name}:{tick}")
-}
-
-/// The hash tag of a key: the text between its first `{` and the next `}`,
-/// if not empty (Redis Cluster's rule).
-fn hash_tag(key: &str) -> Option<&str> {
-    let open = key.find('{')?;
-    let close = key[open + 1..].find('}')?;
-    (close > 0).then(|| &key[open + 1..open + 1 + close])
 }
 
 fn outcome(reply: String) -> Result<FireOutcome> {

@@ -30,7 +30,6 @@
 //!   to the dead-letter stream `{to}:dead` with `sluice.source`,
 //!   `sluice.table`, `sluice.position` and `sluice.reason`, then the fields.
 
-pub mod config;
 pub mod cursor;
 pub mod metrics;
 pub mod query;
@@ -47,10 +46,10 @@ use fred::types::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use self::config::{SourceConfig, SourceMode};
 use self::cursor::{Advanced, Keys};
 use self::query::{decode_position, encode_position, Plan};
 use crate::backoff::Backoff;
+use crate::config::source::{SourceConfig, SourceMode};
 use crate::config::{Config, Delivery};
 
 #[derive(Debug, thiserror::Error)]

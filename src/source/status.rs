@@ -3,9 +3,9 @@
 
 use serde::Serialize;
 
-use super::config::{SourceConfig, SourceMode};
 use super::cursor::{self, Keys};
 use super::query::decode_position;
+use crate::config::source::{SourceConfig, SourceMode};
 use crate::config::{Config, Delivery};
 
 #[derive(Debug, Clone, Serialize)]

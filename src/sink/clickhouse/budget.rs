@@ -50,7 +50,7 @@ pub struct Budget {
 /// The budget key of `db.table` on connection `connection` (`sink.clickhouse`;
 /// None or `default`: the default `[clickhouse]`).
 pub fn key(connection: Option<&str>, db: &str, table: &str) -> String {
-    match connection.filter(|c| *c != crate::connections::DEFAULT) {
+    match connection.filter(|c| *c != crate::config::connections::DEFAULT) {
         Some(c) => format!("sluice:budget:{{{c}:{db}.{table}}}"),
         None => format!("sluice:budget:{{{db}.{table}}}"),
     }

@@ -49,13 +49,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
-use crate::config::{
-    template_fields, BatchConfig, Capacity, Config, OnSuccess, StreamSinkConfig, Targets,
-};
+use crate::config::{BatchConfig, Capacity, Config, OnSuccess, StreamSinkConfig, Targets};
 use crate::obs::metrics::FlowMetrics;
 use crate::redis::dead_letter::{dead_letter_and_ack, DeadLetter};
 use crate::redis::{commands, Message};
 use crate::sink::clickhouse::commit::Abandoned;
+use crate::template::{self, Syntax};
 
 /// Longest value a template placeholder may take.
 const MAX_ROUTE_VALUE: usize = 128;
@@ -243,10 +242,11 @@ impl StreamSink {
             .as_ref()
             .map(|t| sink.static_set(t, &mut registry));
         sink.to = cfg.to.as_ref().map(|targets| {
-            let templated = targets
-                .0
-                .iter()
-                .any(|t| !template_fields(&t.stream).unwrap_or_default().is_empty());
+            let templated = targets.0.iter().any(|t| {
+                !template::placeholders(&t.stream, Syntax::FIELDS)
+                    .unwrap_or_default()
+                    .is_empty()
+            });
             if !templated {
                 return ToRule::Static(sink.static_set(targets, &mut registry));
             }
@@ -352,29 +352,26 @@ impl StreamSink {
     }
 }
 
-fn parse_template(template: &str, fields: &mut Vec<Bytes>) -> Vec<Piece> {
-    let mut pieces = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let close = open + rest[open..].find('}').expect("validated template");
-        if open > 0 {
-            pieces.push(Piece::Lit(rest[..open].to_string()));
-        }
-        let name = &rest[open + 1..close];
-        let index = match fields.iter().position(|f| f.as_ref() == name.as_bytes()) {
-            Some(i) => i,
-            None => {
-                fields.push(Bytes::copy_from_slice(name.as_bytes()));
-                fields.len() - 1
-            }
-        };
-        pieces.push(Piece::Field(index));
-        rest = &rest[close + 1..];
-    }
-    if !rest.is_empty() {
-        pieces.push(Piece::Lit(rest.to_string()));
-    }
+/// `text`'s pieces, each placeholder as its index in `fields` (added there
+/// on first use).
+fn parse_template(text: &str, fields: &mut Vec<Bytes>) -> Vec<Piece> {
+    let pieces = template::parse(text, Syntax::FIELDS).expect("validated template");
     pieces
+        .into_iter()
+        .map(|piece| match piece {
+            template::Piece::Literal(s) => Piece::Lit(s.to_string()),
+            template::Piece::Placeholder(name) => {
+                let index = match fields.iter().position(|f| f.as_ref() == name.as_bytes()) {
+                    Some(i) => i,
+                    None => {
+                        fields.push(Bytes::copy_from_slice(name.as_bytes()));
+                        fields.len() - 1
+                    }
+                };
+                Piece::Field(index)
+            }
+        })
+        .collect()
 }
 
 /// Why a value cannot be put into a stream name, if it cannot.

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{key_error, Config, Delivery, Result};
+use super::flow::Delivery;
+use super::{key_error, Config, Result};
 
 /// `[[source]]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -119,7 +120,7 @@ fn default_query_timeout() -> Duration {
 }
 
 /// Checks every `[[source]]` of `config`.
-pub fn validate(config: &Config) -> Result<()> {
+pub(crate) fn validate(config: &Config) -> Result<()> {
     let mut names = std::collections::HashSet::new();
     for (i, s) in config.sources.iter().enumerate() {
         let key = |k: &str| format!("source[{i}].{k}");
