@@ -28,6 +28,8 @@ use fred::types::scripts::Script;
 use fred::types::Value;
 use serde::Deserialize;
 
+use crate::config::{FlowConfig, OnSuccess};
+use crate::flow::settle::{Settler, Stopped};
 use crate::redis::dead_letter::{dead_letter_and_ack, DeadLetter};
 use crate::redis::delayed::{self, encode_member};
 use crate::redis::{Message, StreamError};
@@ -206,7 +208,7 @@ pub struct Retrier {
 impl Retrier {
     /// The retrier of a flow with `retry = { … }`; None without it (failures
     /// are then retried by redelivery after the claim idle time).
-    pub fn for_flow(cfg: &crate::config::FlowConfig, client: Client) -> Option<Retrier> {
+    pub fn for_flow(cfg: &FlowConfig, client: Client) -> Option<Retrier> {
         let policy = cfg.retry.clone()?;
         Some(Retrier {
             client,
@@ -214,7 +216,7 @@ impl Retrier {
             dead_letter_stream: cfg.dead_letter_stream(),
             policy,
             max_deliveries: cfg.max_deliveries,
-            delete: cfg.on_success == crate::config::OnSuccess::AckDel,
+            delete: cfg.on_success == OnSuccess::AckDel,
         })
     }
 
@@ -310,46 +312,31 @@ impl Retrier {
 /// The handler stage's path for failures of a flow with `retry`: each
 /// message goes back through the delayed set, or to the dead-letter stream
 /// once it has failed `max_deliveries` times. Redis errors are retried until
-/// `hard_stop`; a message left then stays pending and is redelivered by the
-/// claim loop.
-pub async fn retry_later(
-    flow: &crate::flow::Flow,
-    failed: Vec<(Message, String)>,
-    hard_stop: &tokio_util::sync::CancellationToken,
-) {
-    if failed.is_empty() {
-        return;
-    }
-    let Some(retrier) = Retrier::for_flow(&flow.cfg, flow.command_client.clone()) else {
-        return;
-    };
-    let name = &flow.cfg.name;
+/// the settler's stop (the hard stop); a message left then stays pending and
+/// is redelivered by the claim loop.
+pub async fn retry_later(retrier: &Retrier, settler: &Settler, failed: Vec<(Message, String)>) {
+    let flow = &settler.flow;
     for (m, error) in failed {
         let id = String::from_utf8_lossy(&m.id).into_owned();
-        let mut backoff =
-            crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-        loop {
-            match retrier.fail(&m, &error).await {
-                Ok(Failed::Retry {
-                    failures,
-                    failed_at_ms,
-                    due_ms,
-                }) => {
-                    tracing::warn!(flow = %name, stream = %m.stream, %id, failures, max_deliveries = retrier.max_deliveries, retry_in_ms = due_ms.saturating_sub(failed_at_ms), %error, "handler failed; retrying through the delayed set");
-                    break;
-                }
-                Ok(Failed::DeadLettered { failures }) => {
-                    tracing::warn!(flow = %name, stream = %m.stream, %id, failures, %error, "handler failed max_deliveries times; dead-lettered");
-                    flow.metrics.dead_lettered("handler");
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(flow = %name, stream = %m.stream, %id, error = %e, "re-enqueueing a failed message failed; retrying");
-                    if !backoff.wait(hard_stop).await {
-                        return;
-                    }
-                }
+        let failed = settler
+            .retry(
+                || retrier.fail(&m, &error),
+                |e| tracing::warn!(%flow, stream = %m.stream, %id, error = %e, "re-enqueueing a failed message failed; retrying"),
+            )
+            .await;
+        match failed {
+            Ok(Failed::Retry {
+                failures,
+                failed_at_ms,
+                due_ms,
+            }) => {
+                tracing::warn!(%flow, stream = %m.stream, %id, failures, max_deliveries = retrier.max_deliveries, retry_in_ms = due_ms.saturating_sub(failed_at_ms), %error, "handler failed; retrying through the delayed set");
             }
+            Ok(Failed::DeadLettered { failures }) => {
+                tracing::warn!(%flow, stream = %m.stream, %id, failures, %error, "handler failed max_deliveries times; dead-lettered");
+                settler.metrics.dead_lettered("handler");
+            }
+            Err(Stopped) => return,
         }
     }
 }
