@@ -1,23 +1,23 @@
-//! One flow at run time: a reader (XREADGROUP on its own connection), a
-//! claim loop (dead replicas' work, consumer pruning: [`crate::flow::claim`]), a
-//! keep-alive of the entries held ([`crate::flow::keep_alive`]), a
-//! batcher (convert + encode) and a committer (insert, then ack).
+//! One flow at run time, wired here: readers (XREADGROUP on their own
+//! connections: [`read`]), a claim loop (dead replicas' work, consumer
+//! pruning: [`claim`]), a keep-alive of the entries held ([`keep_alive`]),
+//! the handler stage if the flow has a handler ([`stage`]), and the one
+//! batch+commit loop ([`batcher`]) into the flow's sink.
 //!
 //! ```text
-//! reader ──┐                      (bounded)                (bounded)
-//!          ├─▶ chunks ─▶ batcher ─▶ sealed batches ─▶ committer ─▶ XACK
+//! reader ──┐                                (bounded)              (bounded)
+//!          ├─▶ chunks ─▶ [handler stage] ─▶ batcher ─▶ sealed batches ─▶ committer ─▶ XACK
 //! claimer ─┘
 //! ```
 //! The channels are bounded, so a slow or absent sink stops the reads: memory
 //! stays bounded and nothing more is taken from Redis than can be held. The
-//! committer acks a batch (dead letters first) while it inserts the next
-//! one; the acked batch keeps only its ids meanwhile.
+//! committer settles a batch (dead letters first, then acks: [`settle`])
+//! while it writes the next one; the settling batch keeps only its ids
+//! meanwhile. Why a message is dead before that (oversized, delivered too
+//! often) is [`admit`].
 //!
-//! A flow with a handler runs it between the chunks and the batcher
-//! ([`crate::flow::stage`]); a flow with a stream sink batches and
-//! commits with [`crate::sink::stream`] instead of the ClickHouse pair, and
-//! its committer can pause the reader and the claim loop ([`Pause`]) while
-//! a target stream is full.
+//! A stream sink's committer can pause the reader and the claim loop
+//! ([`Pause`]) while a target stream is full.
 //!
 //! # Reading several streams from Redis Cluster
 //! Outside a cluster one XREADGROUP covers all of a flow's streams. In a

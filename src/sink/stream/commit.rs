@@ -4,7 +4,6 @@
 //! first, then the acks of what landed.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -12,12 +11,10 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::{CustomCommand, Key, Value};
-use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::Capacity;
 use crate::flow::settle::{same_stream, Settler, Stopped};
-use crate::obs::metrics::FlowMetrics;
 use crate::redis::dead_letter::DeadLetter;
 use crate::redis::Message;
 use crate::sink::stream::batch::SealedStreamBatch;
@@ -132,19 +129,17 @@ pub struct Written {
 
 /// Writes sealed batches: waits for room, XADDs, then acks.
 pub struct StreamCommitter {
-    pub flow: String,
-    /// Dead letters and acks at the source's Redis.
+    /// Dead letters and acks at the source's Redis; its flow name, metrics
+    /// and stop token (the hard stop) serve the writes too.
     pub settler: Settler,
     /// The targets' Redis: XADDs and capacity checks (the same client
     /// unless the sink names another connection).
     pub target: Client,
     pub exactly_once: Option<Arc<StreamOnce>>,
-    pub metrics: FlowMetrics,
     pub pause: Arc<Pause>,
     pub check_every: Duration,
     /// What counts toward a target's cap.
     pub capacity: Capacity,
-    pub hard_stop: CancellationToken,
     /// Whether [`ADD_ALL`] was loaded on the targets' Redis.
     pub add_all_loaded: AtomicBool,
 }
@@ -155,17 +150,14 @@ impl StreamSink {
     /// target is full.
     pub fn committer(&self, settler: Settler, pause: Arc<Pause>) -> StreamCommitter {
         StreamCommitter {
-            flow: settler.flow.clone(),
             target: match &self.target {
                 Some((client, _)) => client.clone(),
                 None => settler.redis.clone(),
             },
             exactly_once: self.exactly_once.clone(),
-            metrics: settler.metrics.clone(),
             pause,
             check_every: self.check_every,
             capacity: self.capacity,
-            hard_stop: settler.stop.clone(),
             add_all_loaded: AtomicBool::new(false),
             settler,
         }
@@ -235,7 +227,7 @@ impl StreamCommitter {
     async fn wait(&self, delay: Duration) -> bool {
         tokio::select! {
             _ = tokio::time::sleep(delay) => true,
-            _ = self.hard_stop.cancelled() => false,
+            _ = self.settler.stop.cancelled() => false,
         }
     }
 
@@ -334,7 +326,7 @@ impl StreamCommitter {
             let lens = match self.counted(&capped).await {
                 Ok(l) => l,
                 Err(error) => {
-                    tracing::warn!(flow = %self.flow, %error, "counting the entries of capped targets failed; retrying");
+                    tracing::warn!(flow = %self.settler.flow, %error, "counting the entries of capped targets failed; retrying");
                     if !self.wait(backoff.next_delay()).await {
                         return Err(Stopped);
                     }
@@ -350,7 +342,7 @@ impl StreamCommitter {
             if end > start {
                 if let Some(since) = paused_at {
                     self.pause.set(false);
-                    tracing::info!(flow = %self.flow, paused_for = ?since.elapsed(), "target drained below max_len; flow resumed");
+                    tracing::info!(flow = %self.settler.flow, paused_for = ?since.elapsed(), "target drained below max_len; flow resumed");
                 }
                 return Ok(end);
             }
@@ -365,7 +357,7 @@ impl StreamCommitter {
                         format!("{} ({len}/{})", t.name, t.max_len.expect("capped"))
                     })
                     .collect();
-                tracing::warn!(flow = %self.flow, targets = ?full, capacity = self.capacity.as_str(), held = messages.len() - start, "target stream full (count at max_len); flow paused: no reads, no acks until it drains");
+                tracing::warn!(flow = %self.settler.flow, targets = ?full, capacity = self.capacity.as_str(), held = messages.len() - start, "target stream full (count at max_len); flow paused: no reads, no acks until it drains");
             }
             if !self.wait(self.check_every).await {
                 self.pause.set(false);
@@ -441,7 +433,7 @@ impl StreamCommitter {
         }
         if let Some(once) = &self.exactly_once {
             return once
-                .write(&self.target, messages, routes, &self.hard_stop)
+                .write(&self.target, messages, routes, &self.settler.stop)
                 .await;
         }
         let mut refused: Vec<(usize, String)> = Vec::new();
@@ -455,13 +447,13 @@ impl StreamCommitter {
             self.write_capped(messages, capped, &mut round).await;
             refused.append(&mut round.refused);
             let waited = if !round.failed.is_empty() {
-                tracing::warn!(flow = %self.flow, pending_writes = round.failed.len(), error = %round.last_error, "XADD to target streams failed; retrying those (nothing acked)");
+                tracing::warn!(flow = %self.settler.flow, pending_writes = round.failed.len(), error = %round.last_error, "XADD to target streams failed; retrying those (nothing acked)");
                 self.wait(backoff.next_delay()).await
             } else if !round.full.is_empty() {
                 if !paused {
                     paused = true;
                     self.pause.set(true);
-                    tracing::info!(flow = %self.flow, waiting = round.full.len(), "another replica took the room left in a capped target; flow paused until it has room again");
+                    tracing::info!(flow = %self.settler.flow, waiting = round.full.len(), "another replica took the room left in a capped target; flow paused until it has room again");
                 }
                 self.wait(self.check_every).await
             } else {
@@ -631,12 +623,10 @@ impl Sink for StreamCommitter {
         StreamCommitter::settle(self, written).await
     }
 
-    fn finished(&self, all_committed: bool) -> impl Future<Output = ()> + Send {
-        async move {
-            // Nothing is in flight any more: the kept exactly-once records go.
-            if let (Some(once), true) = (&self.exactly_once, all_committed) {
-                once.flush(&self.target).await;
-            }
+    async fn finished(&self, all_committed: bool) {
+        // Nothing is in flight any more: the kept exactly-once records go.
+        if let (Some(once), true) = (&self.exactly_once, all_committed) {
+            once.flush(&self.target).await;
         }
     }
 }
