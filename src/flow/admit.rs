@@ -57,10 +57,12 @@ pub fn within_max_deliveries(m: Message, max: u64) -> Result<Message, DeadLetter
     })
 }
 
-/// Whether this is `m`'s last delivery: a retryable failure now is final
-/// (the handler stage dead-letters instead of retrying).
-pub fn is_last_delivery(m: &Message, max: u64) -> bool {
-    m.deliveries >= max
+/// Whether failure number `failures` (1-based: deliveries of a message,
+/// or failures counted across its retried copies) is its last: it is then
+/// dead-lettered instead of retried. The other side of
+/// [`within_max_deliveries`]: delivery `max` is still handled.
+pub fn is_final_failure(failures: u64, max: u64) -> bool {
+    failures >= max
 }
 
 #[cfg(test)]
@@ -90,7 +92,7 @@ mod tests {
             dead.reason,
             "delivered 4 times, more than max_deliveries = 3"
         );
-        assert!(is_last_delivery(&m(3, "v"), 3) && !is_last_delivery(&m(2, "v"), 3));
+        assert!(is_final_failure(3, 3) && !is_final_failure(2, 3));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use fred::types::Value;
 use serde::Deserialize;
 
 use crate::config::{FlowConfig, OnSuccess};
+use crate::flow::admit::is_final_failure;
 use crate::flow::settle::{Settler, Stopped};
 use crate::redis::dead_letter::{dead_letter_and_ack, DeadLetter};
 use crate::redis::delayed::{self, encode_member};
@@ -232,7 +233,7 @@ impl Retrier {
             .cloned()
             .unwrap_or_else(|| m.id.clone());
         let mut fields = original_fields(&m.fields);
-        if failures >= self.max_deliveries {
+        if is_final_failure(failures, self.max_deliveries) {
             let dead = DeadLetter {
                 message: Message {
                     stream: m.stream.clone(),

@@ -21,7 +21,7 @@ use futures_util::stream::{self, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::fields::Fields;
-use crate::flow::admit::{is_last_delivery, within_max_deliveries};
+use crate::flow::admit::{is_final_failure, within_max_deliveries};
 use crate::flow::retry::{retry_later, Retrier};
 use crate::flow::settle::Settler;
 use crate::handler::{Handler, HandlerError, RETRY_CONSUMER};
@@ -61,7 +61,7 @@ pub fn outcome(
             message: m,
             kind: "handler",
         }),
-        Err(HandlerError::Retry(e)) if is_last_delivery(&m, max_deliveries) => {
+        Err(HandlerError::Retry(e)) if is_final_failure(m.deliveries, max_deliveries) => {
             Outcome::Dead(DeadLetter {
                 reason: format!(
                     "handler failed on delivery {} of max_deliveries = {max_deliveries}: {e}",
