@@ -30,7 +30,6 @@ use serde::Deserialize;
 
 use crate::config::{FlowConfig, OnSuccess};
 use crate::flow::admit::is_final_failure;
-use crate::flow::settle::{Settler, Stopped};
 use crate::redis::dead_letter::{dead_letter_and_ack, DeadLetter};
 use crate::redis::delayed::{self, encode_member};
 use crate::redis::{Message, StreamError};
@@ -307,38 +306,6 @@ impl Retrier {
             failed_at_ms,
             due_ms,
         })
-    }
-}
-
-/// The handler stage's path for failures of a flow with `retry`: each
-/// message goes back through the delayed set, or to the dead-letter stream
-/// once it has failed `max_deliveries` times. Redis errors are retried until
-/// the settler's stop (the hard stop); a message left then stays pending and
-/// is redelivered by the claim loop.
-pub async fn retry_later(retrier: &Retrier, settler: &Settler, failed: Vec<(Message, String)>) {
-    let flow = &settler.flow;
-    for (m, error) in failed {
-        let id = String::from_utf8_lossy(&m.id).into_owned();
-        let failed = settler
-            .retry(
-                || retrier.fail(&m, &error),
-                |e| tracing::warn!(%flow, stream = %m.stream, %id, error = %e, "re-enqueueing a failed message failed; retrying"),
-            )
-            .await;
-        match failed {
-            Ok(Failed::Retry {
-                failures,
-                failed_at_ms,
-                due_ms,
-            }) => {
-                tracing::warn!(%flow, stream = %m.stream, %id, failures, max_deliveries = retrier.max_deliveries, retry_in_ms = due_ms.saturating_sub(failed_at_ms), %error, "handler failed; retrying through the delayed set");
-            }
-            Ok(Failed::DeadLettered { failures }) => {
-                tracing::warn!(%flow, stream = %m.stream, %id, failures, %error, "handler failed max_deliveries times; dead-lettered");
-                settler.metrics.dead_lettered("handler");
-            }
-            Err(Stopped) => return,
-        }
     }
 }
 

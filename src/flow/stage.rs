@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 
 use crate::fields::Fields;
 use crate::flow::admit::{is_final_failure, within_max_deliveries};
-use crate::flow::retry::{retry_later, Retrier};
-use crate::flow::settle::Settler;
+use crate::flow::retry::{Failed, Retrier};
+use crate::flow::settle::{Settler, Stopped};
 use crate::handler::{Handler, HandlerError, RETRY_CONSUMER};
 use crate::redis::dead_letter::DeadLetter;
 use crate::redis::{reply, Message, StreamError};
@@ -165,6 +165,38 @@ impl Stage {
                 |stream, ids| async move { park(&s.redis, &stream, &s.group, &ids).await },
             )
             .await;
+    }
+}
+
+/// The handler stage's path for failures of a flow with `retry`: each
+/// message goes back through the delayed set, or to the dead-letter stream
+/// once it has failed `max_deliveries` times. Redis errors are retried until
+/// the settler's stop (the hard stop); a message left then stays pending and
+/// is redelivered by the claim loop.
+async fn retry_later(retrier: &Retrier, settler: &Settler, failed: Vec<(Message, String)>) {
+    let flow = &settler.flow;
+    for (m, error) in failed {
+        let id = String::from_utf8_lossy(&m.id).into_owned();
+        let failed = settler
+            .retry(
+                || retrier.fail(&m, &error),
+                |e| tracing::warn!(%flow, stream = %m.stream, %id, error = %e, "re-enqueueing a failed message failed; retrying"),
+            )
+            .await;
+        match failed {
+            Ok(Failed::Retry {
+                failures,
+                failed_at_ms,
+                due_ms,
+            }) => {
+                tracing::warn!(%flow, stream = %m.stream, %id, failures, max_deliveries = retrier.max_deliveries, retry_in_ms = due_ms.saturating_sub(failed_at_ms), %error, "handler failed; retrying through the delayed set");
+            }
+            Ok(Failed::DeadLettered { failures }) => {
+                tracing::warn!(%flow, stream = %m.stream, %id, failures, %error, "handler failed max_deliveries times; dead-lettered");
+                settler.metrics.dead_lettered("handler");
+            }
+            Err(Stopped) => return,
+        }
     }
 }
 
