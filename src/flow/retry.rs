@@ -20,13 +20,14 @@
 //! (the first entry's id) and `sluice.error` (the last error, truncated).
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::Value;
 
+use crate::config::{FlowConfig, OnSuccess};
+use crate::flow::admit::is_final_failure;
 use crate::redis::dead_letter::{dead_letter_and_ack, DeadLetter};
 use crate::redis::delayed::{self, encode_member};
 use crate::redis::{Message, StreamError};
@@ -114,7 +115,7 @@ pub struct Retrier {
 impl Retrier {
     /// The retrier of a flow with `retry = { … }`; None without it (failures
     /// are then retried by redelivery after the claim idle time).
-    pub fn for_flow(cfg: &crate::config::FlowConfig, client: Client) -> Option<Retrier> {
+    pub fn for_flow(cfg: &FlowConfig, client: Client) -> Option<Retrier> {
         let policy = cfg.retry.clone()?;
         Some(Retrier {
             client,
@@ -122,7 +123,7 @@ impl Retrier {
             dead_letter_stream: cfg.dead_letter_stream(),
             policy,
             max_deliveries: cfg.max_deliveries,
-            delete: cfg.on_success == crate::config::OnSuccess::AckDel,
+            delete: cfg.on_success == OnSuccess::AckDel,
         })
     }
 
@@ -138,7 +139,7 @@ impl Retrier {
             .cloned()
             .unwrap_or_else(|| m.id.clone());
         let mut fields = original_fields(&m.fields);
-        if failures >= self.max_deliveries {
+        if is_final_failure(failures, self.max_deliveries) {
             let dead = DeadLetter {
                 message: Message {
                     stream: m.stream.clone(),
@@ -215,57 +216,11 @@ impl Retrier {
     }
 }
 
-/// The handler stage's path for failures of a flow with `retry`: each
-/// message goes back through the delayed set, or to the dead-letter stream
-/// once it has failed `max_deliveries` times. Redis errors are retried until
-/// `hard_stop`; a message left then stays pending and is redelivered by the
-/// claim loop.
-pub async fn retry_later(
-    flow: &crate::flow::Flow,
-    failed: Vec<(Message, String)>,
-    hard_stop: &tokio_util::sync::CancellationToken,
-) {
-    if failed.is_empty() {
-        return;
-    }
-    let Some(retrier) = Retrier::for_flow(&flow.cfg, flow.command_client.clone()) else {
-        return;
-    };
-    let name = &flow.cfg.name;
-    for (m, error) in failed {
-        let id = String::from_utf8_lossy(&m.id).into_owned();
-        let mut backoff =
-            crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-        loop {
-            match retrier.fail(&m, &error).await {
-                Ok(Failed::Retry {
-                    failures,
-                    failed_at_ms,
-                    due_ms,
-                }) => {
-                    tracing::warn!(flow = %name, stream = %m.stream, %id, failures, max_deliveries = retrier.max_deliveries, retry_in_ms = due_ms.saturating_sub(failed_at_ms), %error, "handler failed; retrying through the delayed set");
-                    break;
-                }
-                Ok(Failed::DeadLettered { failures }) => {
-                    tracing::warn!(flow = %name, stream = %m.stream, %id, failures, %error, "handler failed max_deliveries times; dead-lettered");
-                    flow.metrics.dead_lettered("handler");
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(flow = %name, stream = %m.stream, %id, error = %e, "re-enqueueing a failed message failed; retrying");
-                    if !backoff.wait(hard_stop).await {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::time::Duration;
 
     fn policy() -> RetryConfig {
         RetryConfig {

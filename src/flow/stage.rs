@@ -15,16 +15,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand, Value};
 use futures_util::stream::{self, StreamExt};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
-use crate::config::OnSuccess;
-use crate::flow::{over_max_deliveries, Flow};
+use crate::fields::Fields;
+use crate::flow::admit::{is_final_failure, within_max_deliveries};
+use crate::flow::retry::{Failed, Retrier};
+use crate::flow::settle::{Settler, Stopped};
 use crate::handler::{Handler, HandlerError, RETRY_CONSUMER};
-use crate::redis::dead_letter::{dead_letter_and_ack, DeadLetter};
-use crate::redis::{commands, Message};
+use crate::redis::dead_letter::DeadLetter;
+use crate::redis::{reply, Message, StreamError};
 
 /// What became of one handled message.
 pub enum Outcome {
@@ -38,7 +40,7 @@ pub enum Outcome {
 /// deliveries are left, dead-letter on the last one or a permanent error.
 pub fn outcome(
     m: Message,
-    result: Result<Vec<crate::fields::Fields>, HandlerError>,
+    result: Result<Vec<Fields>, HandlerError>,
     max_deliveries: u64,
 ) -> Outcome {
     match result {
@@ -59,7 +61,7 @@ pub fn outcome(
             message: m,
             kind: "handler",
         }),
-        Err(HandlerError::Retry(e)) if m.deliveries >= max_deliveries => {
+        Err(HandlerError::Retry(e)) if is_final_failure(m.deliveries, max_deliveries) => {
             Outcome::Dead(DeadLetter {
                 reason: format!(
                     "handler failed on delivery {} of max_deliveries = {max_deliveries}: {e}",
@@ -73,12 +75,17 @@ pub fn outcome(
     }
 }
 
+/// The handler stage of one flow, given only what it needs.
 pub struct Stage {
-    pub flow: Arc<Flow>,
     pub handler: Arc<dyn Handler>,
     pub concurrency: usize,
     pub timeout: Duration,
-    pub hard_stop: CancellationToken,
+    pub max_deliveries: u64,
+    /// Dead letters, acks and parking, retried until the hard stop.
+    pub settler: Settler,
+    /// `retry = { … }`: failures go back through the delayed set; None:
+    /// they are parked and redelivered after `claim.min_idle`.
+    pub retrier: Option<Retrier>,
 }
 
 impl Stage {
@@ -96,18 +103,14 @@ impl Stage {
     }
 
     async fn handle_chunk(&self, chunk: Vec<Message>) -> Vec<Message> {
-        let cfg = &self.flow.cfg;
-        let max = cfg.max_deliveries;
+        let flow = &self.settler.flow;
+        let max = self.max_deliveries;
         let mut dead = Vec::new();
         let mut todo = Vec::with_capacity(chunk.len());
         for m in chunk {
-            match over_max_deliveries(&m, max) {
-                Some(reason) => dead.push(DeadLetter {
-                    message: m,
-                    reason,
-                    kind: "max_deliveries",
-                }),
-                None => todo.push(m),
+            match within_max_deliveries(m, max) {
+                Ok(m) => todo.push(m),
+                Err(d) => dead.push(d),
             }
         }
         let (handler, timeout) = (&self.handler, self.timeout);
@@ -134,91 +137,78 @@ impl Stage {
                 Outcome::Consumed(m) => consumed.push(m),
                 Outcome::Dead(d) => dead.push(d),
                 // `retry = { … }`: back off through the delayed set instead.
-                Outcome::Retry(m, error) if cfg.retry.is_some() => later.push((m, error)),
+                Outcome::Retry(m, error) if self.retrier.is_some() => later.push((m, error)),
                 Outcome::Retry(m, error) => {
-                    tracing::warn!(flow = %cfg.name, stream = %m.stream, id = %String::from_utf8_lossy(&m.id), delivery = m.deliveries, max_deliveries = max, %error, "handler failed; the message will be redelivered after claim.min_idle");
+                    tracing::warn!(%flow, stream = %m.stream, id = %String::from_utf8_lossy(&m.id), delivery = m.deliveries, max_deliveries = max, %error, "handler failed; the message will be redelivered after claim.min_idle");
                     retry.push(m);
                 }
             }
         }
         self.settle(dead, consumed, retry).await;
-        crate::flow::retry::retry_later(&self.flow, later, &self.hard_stop).await;
+        if let Some(retrier) = &self.retrier {
+            retry_later(retrier, &self.settler, later).await;
+        }
         outputs
     }
 
     /// Dead-letters, acks and parks, retrying Redis errors until the hard stop
     /// (whatever is left then stays pending and is redelivered).
     async fn settle(&self, dead: Vec<DeadLetter>, consumed: Vec<Message>, retry: Vec<Message>) {
-        let flow = &self.flow;
-        let cfg = &flow.cfg;
-        let redis = &flow.command_client;
-        let delete = cfg.on_success == OnSuccess::AckDel;
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-        if !dead.is_empty() {
-            let dl = cfg.dead_letter_stream();
-            while let Err(error) = dead_letter_and_ack(redis, &dl, &cfg.group, &dead, delete).await
-            {
-                tracing::warn!(flow = %cfg.name, %error, "writing dead letters failed; retrying");
-                if !self.wait(&mut backoff).await {
-                    return;
-                }
-            }
-            for d in &dead {
-                tracing::warn!(flow = %cfg.name, stream = %d.message.stream, id = %String::from_utf8_lossy(&d.message.id), reason = %d.reason, "dead-lettered");
-                flow.metrics.dead_lettered(d.kind);
-            }
+        let s = &self.settler;
+        if s.settle(&consumed, &dead).await.is_err() {
+            return;
         }
-        for (stream, ids) in by_stream(&consumed) {
-            backoff.reset();
-            while let Err(error) = commands::ack(redis, &stream, &cfg.group, &ids, delete).await {
-                tracing::warn!(flow = %cfg.name, %stream, %error, "XACK failed; retrying");
-                if !self.wait(&mut backoff).await {
-                    return;
-                }
-            }
-            flow.metrics.acked(&stream, ids.len());
-        }
-        for (stream, ids) in by_stream(&retry) {
-            backoff.reset();
-            while let Err(error) = park(redis, &stream, &cfg.group, &ids).await {
-                tracing::warn!(flow = %cfg.name, %stream, %error, "parking failed messages failed; retrying");
-                if !self.wait(&mut backoff).await {
-                    return;
-                }
-            }
-        }
-    }
-
-    async fn wait(&self, backoff: &mut Backoff) -> bool {
-        backoff.wait(&self.hard_stop).await
+        let _ = s
+            .per_stream(
+                &retry,
+                "parking failed messages",
+                |stream, ids| async move { park(&s.redis, &stream, &s.group, &ids).await },
+            )
+            .await;
     }
 }
 
-fn by_stream(messages: &[Message]) -> Vec<(Arc<str>, Vec<Bytes>)> {
-    let mut out: Vec<(Arc<str>, Vec<Bytes>)> = Vec::new();
-    for m in messages {
-        match out
-            .iter_mut()
-            .find(|(s, _)| crate::sink::stream::same_stream(s, &m.stream))
-        {
-            Some((_, ids)) => ids.push(m.id.clone()),
-            None => out.push((m.stream.clone(), vec![m.id.clone()])),
+/// The handler stage's path for failures of a flow with `retry`: each
+/// message goes back through the delayed set, or to the dead-letter stream
+/// once it has failed `max_deliveries` times. Redis errors are retried until
+/// the settler's stop (the hard stop); a message left then stays pending and
+/// is redelivered by the claim loop.
+async fn retry_later(retrier: &Retrier, settler: &Settler, failed: Vec<(Message, String)>) {
+    let flow = &settler.flow;
+    for (m, error) in failed {
+        let id = String::from_utf8_lossy(&m.id).into_owned();
+        let failed = settler
+            .retry(
+                || retrier.fail(&m, &error),
+                |e| tracing::warn!(%flow, stream = %m.stream, %id, error = %e, "re-enqueueing a failed message failed; retrying"),
+            )
+            .await;
+        match failed {
+            Ok(Failed::Retry {
+                failures,
+                failed_at_ms,
+                due_ms,
+            }) => {
+                tracing::warn!(%flow, stream = %m.stream, %id, failures, max_deliveries = retrier.max_deliveries, retry_in_ms = due_ms.saturating_sub(failed_at_ms), %error, "handler failed; retrying through the delayed set");
+            }
+            Ok(Failed::DeadLettered { failures }) => {
+                tracing::warn!(%flow, stream = %m.stream, %id, failures, %error, "handler failed max_deliveries times; dead-lettered");
+                settler.metrics.dead_lettered("handler");
+            }
+            Err(Stopped) => return,
         }
     }
-    out
 }
 
 /// Moves failed entries to [`RETRY_CONSUMER`] (XCLAIM … JUSTID: no delivery
 /// counted, idle reset). No live replica refreshes that consumer's entries,
 /// so after `claim.min_idle` a claim loop redelivers them.
 pub async fn park(
-    client: &fred::prelude::Client,
+    client: &Client,
     stream: &str,
     group: &str,
     ids: &[Bytes],
-) -> Result<(), crate::redis::StreamError> {
-    use fred::prelude::*;
-    use fred::types::{CustomCommand, Value};
+) -> Result<(), StreamError> {
     let mut args: Vec<Value> = Vec::with_capacity(ids.len() + 5);
     args.push(Value::Bytes(Bytes::copy_from_slice(stream.as_bytes())));
     args.push(Value::Bytes(Bytes::copy_from_slice(group.as_bytes())));
@@ -226,8 +216,8 @@ pub async fn park(
     args.push(Value::Integer(0));
     args.extend(ids.iter().map(|id| Value::Bytes(id.clone())));
     args.push("JUSTID".into());
-    let cmd = CustomCommand::new_static("XCLAIM", fred::types::ClusterHash::FirstKey, false);
-    crate::redis::reply::check(client.custom_raw(cmd, args).await?)?;
+    let cmd = CustomCommand::new_static("XCLAIM", ClusterHash::FirstKey, false);
+    reply::check(client.custom_raw(cmd, args).await?)?;
     Ok(())
 }
 

@@ -2,29 +2,21 @@
 //! refused rows: [`crate::sink::clickhouse::isolate`]), then dead-letter what was refused and
 //! ack what landed. Nothing is acked before ClickHouse confirmed it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::clickhouse::rows::SealedBatch;
-use crate::config::OnSuccess;
+use crate::flow::settle::{Settler, Stopped};
 use crate::obs::metrics::FlowMetrics;
-use crate::redis::dead_letter::{dead_letter_and_ack, DeadLetter};
-use crate::redis::{commands, Message};
+use crate::redis::dead_letter::DeadLetter;
+use crate::redis::Message;
 use crate::sink::clickhouse::ack_gate::{sources, AckGate};
 use crate::sink::clickhouse::exactly_once::ledger::new_batch_id;
 use crate::sink::clickhouse::exactly_once::ExactlyOnce;
 use crate::sink::clickhouse::{ClickHouseSink, Target};
-
-/// The hard deadline passed while a sink or Redis was still failing; the
-/// batch stays pending and another replica will claim it.
-#[derive(Debug, thiserror::Error)]
-#[error("gave up on a batch of {0} messages at the shutdown deadline; they stay pending for another replica")]
-pub struct Abandoned(pub usize);
+use crate::sink::{Abandoned, Sealed, Sink};
 
 /// A batch whose insert is done, waiting for its acks: the messages that
 /// landed (ids only), the dead letters to write first, and the exactly-once
@@ -62,9 +54,8 @@ pub struct Committer {
     pub flow: String,
     /// This replica's consumer name (its record of a stuck flow).
     pub consumer: String,
-    pub group: String,
-    pub dead_letter_stream: String,
-    pub on_success: OnSuccess,
+    /// Dead letters and acks at the source.
+    pub settler: Settler,
     pub sink: Arc<ClickHouseSink>,
     pub redis: fred::prelude::Client,
     pub metrics: FlowMetrics,
@@ -79,11 +70,6 @@ fn lock(gate: &Mutex<AckGate>) -> MutexGuard<'_, AckGate> {
 }
 
 impl Committer {
-    /// Sleeps for the backoff delay; false if the hard stop came first.
-    async fn wait(&self, backoff: &mut Backoff) -> bool {
-        backoff.wait(&self.hard_stop).await
-    }
-
     /// The first half of committing a batch: inserts the batch (isolating refused
     /// rows) and returns what is left to do. The committer acks one batch
     /// while it inserts the next. A sharded batch's parts are acked as they
@@ -207,7 +193,7 @@ impl Committer {
             let (landed, refused) = lock(gate).release(&done, landed, refused);
             self.finish(landed, refused).await?;
             self.forget(&batch_ids).await;
-            Ok::<(), ()>(())
+            Ok::<(), Stopped>(())
         });
         let results = futures_util::future::join_all(parts).await;
         if results.iter().any(Result::is_err) {
@@ -218,50 +204,31 @@ impl Committer {
 
     /// Dead-letters refused messages and acks landed ones, retrying Redis
     /// errors until the hard stop.
-    async fn finish(&self, landed: Vec<Message>, dead: Vec<DeadLetter>) -> Result<(), ()> {
-        let delete = self.on_success == OnSuccess::AckDel;
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-        while let Err(error) = dead_letter_and_ack(
-            &self.redis,
-            &self.dead_letter_stream,
-            &self.group,
-            &dead,
-            delete,
-        )
-        .await
-        {
-            tracing::warn!(flow = %self.flow, %error, "writing dead letters failed; retrying");
-            if !self.wait(&mut backoff).await {
-                return Err(());
-            }
-        }
-        for d in &dead {
-            tracing::warn!(flow = %self.flow, stream = %d.message.stream, id = %String::from_utf8_lossy(&d.message.id), reason = %d.reason, "dead-lettered");
-            self.metrics.dead_lettered(d.kind);
-        }
-        let mut by_stream: HashMap<Arc<str>, Vec<Bytes>> = HashMap::new();
-        for m in &landed {
-            by_stream
-                .entry(m.stream.clone())
-                .or_default()
-                .push(m.id.clone());
-        }
-        for (stream, ids) in &by_stream {
-            backoff.reset();
-            while let Err(error) =
-                commands::ack(&self.redis, stream, &self.group, ids, delete).await
-            {
-                tracing::warn!(flow = %self.flow, %stream, %error, "XACK failed; retrying");
-                if !self.wait(&mut backoff).await {
-                    return Err(());
-                }
-            }
-            self.metrics.acked(stream, ids.len());
-        }
-        self.metrics.end_to_end(&landed);
-        let span = tracing::Span::current();
-        span.record("inserted", landed.len());
-        span.record("dead_lettered", dead.len());
-        Ok(())
+    async fn finish(&self, landed: Vec<Message>, dead: Vec<DeadLetter>) -> Result<(), Stopped> {
+        self.settler.settle_batch(&landed, &dead).await
+    }
+}
+
+impl Sealed for SealedBatch {
+    fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    fn dead(&self) -> &[DeadLetter] {
+        &self.dead
+    }
+}
+
+/// Inserts while the previous batch is acked ([`crate::flow::batcher`]).
+impl Sink for Committer {
+    type Sealed = SealedBatch;
+    type Written = Inserted;
+
+    async fn write(&self, batch: SealedBatch) -> Result<Inserted, Abandoned> {
+        self.insert(batch).await
+    }
+
+    async fn settle(&self, inserted: Inserted) -> Result<(), Abandoned> {
+        self.acknowledge(inserted).await
     }
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 
 use crate::backoff::Backoff;
+use crate::flow::settle::Stopped;
 use crate::redis::dead_letter::DeadLetter;
 use crate::redis::Message;
 use crate::sink::clickhouse::classify::may_mean_schema_changed;
@@ -150,7 +151,7 @@ impl Committer {
         block: Bytes,
         batch_id: Option<String>,
         batch_ids: &mut Vec<String>,
-    ) -> Result<(Vec<Message>, Vec<DeadLetter>), ()> {
+    ) -> Result<(Vec<Message>, Vec<DeadLetter>), Stopped> {
         let with_ids = batch_id.is_some();
         let fresh_id = || with_ids.then(new_batch_id);
         let mut esc = Escalation::new(self.sink.bisect_after);
@@ -169,12 +170,12 @@ impl Committer {
                     .retry_rows_left(target, &mut esc, &mut p, batch_ids)
                     .await
                 {
-                    Err(()) => break Err(()),
+                    Err(Stopped) => break Err(Stopped),
                     Ok(None) => break Ok(()),
                     Ok(Some(next)) => mode = next,
                 }
                 if mode == Mode::Stuck && !stuck_backoff.wait(&self.hard_stop).await {
-                    break Err(());
+                    break Err(Stopped);
                 }
                 continue;
             }
@@ -201,7 +202,7 @@ impl Committer {
             }
             let attempt = match self.attempt(target, &mut part, &mut p, batch_ids).await {
                 Ok(a) => a,
-                Err(()) => break Err(()),
+                Err(Stopped) => break Err(Stopped),
             };
             let refusal = match attempt {
                 Attempt::Landed => {
@@ -244,7 +245,7 @@ impl Committer {
                     part.code = Some(refusal.code);
                     p.todo.push(part);
                     if !backoff.wait(&self.hard_stop).await {
-                        break Err(());
+                        break Err(Stopped);
                     }
                 }
                 Verdict::Split => {
@@ -292,7 +293,7 @@ impl Committer {
         esc: &mut Escalation,
         p: &mut Progress,
         batch_ids: &mut Vec<String>,
-    ) -> Result<Option<Mode>, ()> {
+    ) -> Result<Option<Mode>, Stopped> {
         let with_ids = self.exactly_once.is_some();
         // The rows go on under one new id: records of parts refused before
         // (settled: nothing of them landed) are dropped first, so no entry
@@ -366,7 +367,7 @@ impl Committer {
         part: &mut Part,
         p: &mut Progress,
         batch_ids: &mut Vec<String>,
-    ) -> Result<Attempt, ()> {
+    ) -> Result<Attempt, Stopped> {
         if part.block.is_none() {
             self.encode(part, p);
         }
@@ -390,7 +391,7 @@ impl Committer {
                     &self.hard_stop,
                 )
                 .await
-                .map_err(|_| ())?;
+                .map_err(|_| Stopped)?;
             part.recorded = true;
             batch_ids.push(id.clone());
             if part.messages.is_empty() {
@@ -414,7 +415,7 @@ impl Committer {
                 &self.hard_stop,
             )
             .await
-            .map_err(|_| ())?;
+            .map_err(|_| Stopped)?;
         Ok(match outcome {
             Outcome::Landed => Attempt::Landed,
             Outcome::Refused(error) => Attempt::Refused(Refusal::from_text(&error)),
@@ -466,7 +467,12 @@ impl Committer {
     }
 
     /// One plain (at-least-once) insert, retried through outages.
-    async fn insert_plain(&self, target: Target, block: Bytes, rows: usize) -> Result<Attempt, ()> {
+    async fn insert_plain(
+        &self,
+        target: Target,
+        block: Bytes,
+        rows: usize,
+    ) -> Result<Attempt, Stopped> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let started = Instant::now();
@@ -496,7 +502,7 @@ impl Committer {
             };
             tracing::warn!(flow = %self.flow, table = %self.sink.table_name(), shard, attempt = backoff.attempts() + 1, %error, "insert failed; will retry (nothing acked)");
             if !backoff.wait(&self.hard_stop).await {
-                return Err(());
+                return Err(Stopped);
             }
         }
     }

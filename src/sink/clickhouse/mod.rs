@@ -5,6 +5,7 @@
 //! sharded flow splits a batch is [`crate::sink::clickhouse::shard`]'s.
 
 pub mod ack_gate;
+pub mod batch;
 pub mod budget;
 pub mod classify;
 pub mod commit;

@@ -48,6 +48,7 @@ use fred::types::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::flow::settle::Stopped;
 use crate::redis::Message;
 use crate::sink::stream::{xadd_error_is_permanent, RouteSet};
 
@@ -212,7 +213,7 @@ impl StreamOnce {
         messages: &[Message],
         routes: &[RouteSet],
         stop: &CancellationToken,
-    ) -> Result<Vec<(usize, String)>, ()> {
+    ) -> Result<Vec<(usize, String)>, Stopped> {
         let groups = self.groups(messages, routes);
         {
             let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
@@ -252,7 +253,7 @@ impl StreamOnce {
             }
             tracing::warn!(flow = %self.flow, calls = failed.len(), error = %last_error, "exactly-once write to target streams failed; retrying those (the script skips what landed)");
             if !backoff.wait(stop).await {
-                return Err(());
+                return Err(Stopped);
             }
             todo = failed;
         }
