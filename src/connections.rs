@@ -29,7 +29,7 @@ pub fn label(name: Option<&str>) -> &str {
 }
 
 /// `None` for the default connection, whether unset or spelled `"default"`.
-fn named(name: Option<&str>) -> Option<&str> {
+pub(crate) fn named(name: Option<&str>) -> Option<&str> {
     name.filter(|n| *n != DEFAULT)
 }
 

@@ -104,7 +104,7 @@ pub async fn check(config: &Config) -> anyhow::Result<String> {
                         "  insert budget: at most {rate} inserts/s into {} across the fleet (Redis key `{}`)",
                         sink.table_name(),
                         crate::sink::clickhouse::budget::key(
-                            clickhouse.as_deref(),
+                            crate::connections::named(clickhouse.as_deref()),
                             &sink.schema.database,
                             &sink.schema.table
                         )

@@ -524,7 +524,8 @@ impl Flow {
         // Limits scaled by the server's pressure, and the table's insert budget.
         let mut pacer = Pacer::for_flow(
             &self.cfg,
-            sink,
+            &sink.schema,
+            sink.pressure.clone(),
             &self.command_client,
             hard_stop,
             &self.metrics,

@@ -47,10 +47,11 @@ pub struct Budget {
     interval_us: u64,
 }
 
-/// The budget key of `db.table` on connection `connection` (`sink.clickhouse`;
-/// None or `default`: the default `[clickhouse]`).
+/// The budget key of `db.table` on the named connection `connection`
+/// (`sink.clickhouse` as `connections::named` resolves it; None: the
+/// default `[clickhouse]`).
 pub fn key(connection: Option<&str>, db: &str, table: &str) -> String {
-    match connection.filter(|c| *c != crate::connections::DEFAULT) {
+    match connection {
         Some(c) => format!("sluice:budget:{{{c}:{db}.{table}}}"),
         None => format!("sluice:budget:{{{db}.{table}}}"),
     }
@@ -88,11 +89,16 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connections::named;
 
     #[test]
     fn one_key_per_table_in_one_slot() {
         assert_eq!(key(None, "db", "events"), "sluice:budget:{db.events}");
-        assert_eq!(key(Some("default"), "db", "t"), "sluice:budget:{db.t}");
+        // `clickhouse = "default"` is the default connection's key.
+        assert_eq!(
+            key(named(Some("default")), "db", "t"),
+            "sluice:budget:{db.t}"
+        );
         assert_eq!(
             key(Some("cold"), "db", "events"),
             "sluice:budget:{cold:db.events}"
