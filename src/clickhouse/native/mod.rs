@@ -32,6 +32,11 @@
 //! above under its own type name: 18.16 rejects a plain `String` block for it
 //! ("Bad cast from type DB::ColumnString to DB::ColumnLowCardinality"; a
 //! Memory table even accepts it and breaks later reads).
+//!
+//! This file holds the block (header, column order, row atomicity); a
+//! column's tree of nested streams is [`node`], a scalar's layout [`leaf`],
+//! `LowCardinality` [`low_card`] over its [`dictionary`], and the wire
+//! primitives [`wire`].
 
 mod dictionary;
 mod leaf;
