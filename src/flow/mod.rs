@@ -337,7 +337,8 @@ impl Flow {
                 // Limits scaled by the server's pressure, and the table's insert budget.
                 let pacer = Pacer::for_flow(
                     &flow.cfg,
-                    sink,
+                    &sink.schema,
+                    sink.pressure.clone(),
                     &flow.command_client,
                     hard_stop.clone(),
                     &flow.metrics,

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -74,8 +74,75 @@ pub struct Metrics {
     pub sink_stuck_since: IntGaugeVec,
     pub exactly_once_open_batches: IntGaugeVec,
     /// Insert budget and adaptive batches ([`crate::sink::clickhouse::pacing`]).
-    pub pacing: crate::sink::clickhouse::pacing::PacingVecs,
+    pub pacing: PacingVecs,
     pub recovery_tasks: IntGaugeVec,
+}
+
+/// The pacing metric families of the insert budget and adaptive batches
+/// ([`crate::sink::clickhouse::pacing`]), registered once in [`Metrics`].
+pub struct PacingVecs {
+    pub(crate) waits: IntCounterVec,
+    pub(crate) wait_seconds: CounterVec,
+    pub(crate) full_waits: IntCounterVec,
+    pub(crate) scale: GaugeVec,
+    pub(crate) max_rows: IntGaugeVec,
+    pub(crate) max_wait: GaugeVec,
+    pub(crate) pressure: IntGaugeVec,
+}
+
+impl PacingVecs {
+    pub(crate) fn register(r: &Registry) -> PacingVecs {
+        let flow = &["flow"];
+        let wait_seconds = CounterVec::new(
+            Opts::new(
+                "sluice_insert_budget_wait_seconds_total",
+                "Time batches were held past max_wait for their slot in the table's insert budget (filling meanwhile).",
+            ),
+            flow,
+        )
+        .expect("valid metric");
+        r.register(Box::new(wait_seconds.clone()))
+            .expect("unique metric");
+        PacingVecs {
+            waits: counter(
+                r,
+                "sluice_insert_budget_waits_total",
+                "Batches that had to wait for a slot in the table's insert budget.",
+                flow,
+            ),
+            wait_seconds,
+            full_waits: counter(
+                r,
+                "sluice_insert_budget_full_waits_total",
+                "Batches that filled up (max_rows / max_bytes) before their budget slot and waited for it with reads stopped.",
+                flow,
+            ),
+            scale: gauge(
+                r,
+                "sluice_batch_scale",
+                "Factor applied to the batch limits because ClickHouse signals pressure (1 = as configured).",
+                flow,
+            ),
+            max_rows: int_gauge(
+                r,
+                "sluice_batch_effective_max_rows",
+                "batch.max_rows in effect (configured × sluice_batch_scale).",
+                flow,
+            ),
+            max_wait: gauge(
+                r,
+                "sluice_batch_effective_max_wait_seconds",
+                "batch.max_wait in effect (configured × sluice_batch_scale).",
+                flow,
+            ),
+            pressure: int_gauge(
+                r,
+                "sluice_clickhouse_pressure",
+                "Pressure ClickHouse signals to the flow: 0 calm, 1 slow inserts, 2 TOO_MANY_PARTS.",
+                flow,
+            ),
+        }
+    }
 }
 
 pub(crate) fn counter(
@@ -312,7 +379,7 @@ impl Metrics {
                 "Batches recorded in the flow's exactly-once ledger and not yet dropped (in flight, or left by a crash until recovered or expired).",
                 &["flow"],
             ),
-            pacing: crate::sink::clickhouse::pacing::PacingVecs::register(&r),
+            pacing: PacingVecs::register(&r),
             recovery_tasks: int_gauge(
                 &r,
                 "sluice_recovery_tasks",

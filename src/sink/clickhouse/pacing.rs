@@ -17,82 +17,15 @@
 //! sealed without a slot (a budget must not stall the flow: the acks need
 //! Redis anyway). The last batch at shutdown is sealed at once.
 
-use prometheus::{CounterVec, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::clickhouse::schema::TableSchema;
 use crate::config::{BatchConfig, FlowConfig, SinkConfig};
-use crate::obs::metrics::{counter, gauge, int_gauge, FlowMetrics};
-use crate::sink::clickhouse::budget::Budget;
+use crate::obs::metrics::{FlowMetrics, PacingVecs};
+use crate::sink::clickhouse::budget::{self, Budget};
 use crate::sink::clickhouse::pressure::{Pressure, Signal, State};
-use crate::sink::clickhouse::ClickHouseSink;
-
-/// The pacing metric families (registered once, in [`crate::obs::metrics::Metrics`]).
-pub struct PacingVecs {
-    waits: IntCounterVec,
-    wait_seconds: CounterVec,
-    full_waits: IntCounterVec,
-    scale: GaugeVec,
-    max_rows: IntGaugeVec,
-    max_wait: GaugeVec,
-    pressure: IntGaugeVec,
-}
-
-impl PacingVecs {
-    pub fn register(r: &Registry) -> PacingVecs {
-        let flow = &["flow"];
-        let wait_seconds = CounterVec::new(
-            Opts::new(
-                "sluice_insert_budget_wait_seconds_total",
-                "Time batches were held past max_wait for their slot in the table's insert budget (filling meanwhile).",
-            ),
-            flow,
-        )
-        .expect("valid metric");
-        r.register(Box::new(wait_seconds.clone()))
-            .expect("unique metric");
-        PacingVecs {
-            waits: counter(
-                r,
-                "sluice_insert_budget_waits_total",
-                "Batches that had to wait for a slot in the table's insert budget.",
-                flow,
-            ),
-            wait_seconds,
-            full_waits: counter(
-                r,
-                "sluice_insert_budget_full_waits_total",
-                "Batches that filled up (max_rows / max_bytes) before their budget slot and waited for it with reads stopped.",
-                flow,
-            ),
-            scale: gauge(
-                r,
-                "sluice_batch_scale",
-                "Factor applied to the batch limits because ClickHouse signals pressure (1 = as configured).",
-                flow,
-            ),
-            max_rows: int_gauge(
-                r,
-                "sluice_batch_effective_max_rows",
-                "batch.max_rows in effect (configured × sluice_batch_scale).",
-                flow,
-            ),
-            max_wait: gauge(
-                r,
-                "sluice_batch_effective_max_wait_seconds",
-                "batch.max_wait in effect (configured × sluice_batch_scale).",
-                flow,
-            ),
-            pressure: int_gauge(
-                r,
-                "sluice_clickhouse_pressure",
-                "Pressure ClickHouse signals to the flow: 0 calm, 1 slow inserts, 2 TOO_MANY_PARTS.",
-                flow,
-            ),
-        }
-    }
-}
 
 /// One flow's pacing series.
 struct Handles {
@@ -214,11 +147,12 @@ impl Pacer {
         pacer
     }
 
-    /// The pacer of `cfg`'s batches into `sink`, its budget (if any) kept
-    /// through `redis`.
+    /// The pacer of `cfg`'s batches into `table`, scaled by the sink's
+    /// `pressure`, its budget (if any) kept through `redis`.
     pub fn for_flow(
         cfg: &FlowConfig,
-        sink: &ClickHouseSink,
+        table: &TableSchema,
+        pressure: Arc<SharedPressure>,
         redis: &fred::prelude::Client,
         stop: CancellationToken,
         metrics: &FlowMetrics,
@@ -229,8 +163,7 @@ impl Pacer {
                 clickhouse,
                 ..
             } => {
-                let (db, table) = (&sink.schema.database, &sink.schema.table);
-                let key = crate::sink::clickhouse::budget::key(clickhouse.as_deref(), db, table);
+                let key = budget::key(clickhouse.as_deref(), &table.database, &table.table);
                 Some(Budget::new(redis.clone(), key, *rate))
             }
             _ => None,
@@ -238,7 +171,7 @@ impl Pacer {
         Pacer::new(
             cfg.batch.clone(),
             budget,
-            sink.pressure.clone(),
+            pressure,
             stop,
             &cfg.name,
             metrics,
