@@ -2,7 +2,7 @@
 //! replicas, one of which dies. `cargo bench --bench claim`.
 //!
 //! Nine live replicas are simulated with sluice's own keep-alive
-//! ([`sluice::flow::keep_alive::KeepAlive`], their reads recorded in a
+//! ([`sluice::testing::KeepAlive`], their reads recorded in a
 //! `Held` each); the tenth consumer stops. One real `sluice` worker (a
 //! live replica with nothing of its own pending) then has to find the dead
 //! replica's entries behind the live ones and land them in ClickHouse.
@@ -31,9 +31,9 @@ use common::{cmd, commandstats, enqueue, env_usize, under_cargo_bench};
 use fred::prelude::*;
 use fred::types::Value;
 use harness::{wait_for, ClickHouseServer, RedisServer, Worker};
-use sluice::flow::keep_alive::KeepAlive;
-use sluice::redis::held::Held;
-use sluice::redis::{commands, Message};
+use sluice::testing::Held;
+use sluice::testing::KeepAlive;
+use sluice::{testing::commands, Message};
 
 const GROUP: &str = "g";
 

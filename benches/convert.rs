@@ -10,9 +10,9 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sluice::clickhouse::convert::FieldValue;
-use sluice::clickhouse::native::BlockEncoder;
-use sluice::clickhouse::schema::{ColumnSpec, ColumnType, DefaultKind};
+use sluice::testing::BlockEncoder;
+use sluice::testing::FieldValue;
+use sluice::testing::{ColumnSpec, ColumnType, DefaultKind};
 
 const ROWS: usize = 10_000;
 
@@ -100,9 +100,9 @@ fn seed(c: &mut Criterion) {
 fn worker_path(c: &mut Criterion) {
     use bytes::Bytes;
     use fred::types::Resp3Frame as Frame;
-    use sluice::clickhouse::rows::{OpenBatch, RowMapper};
-    use sluice::clickhouse::schema::TableSchema;
     use sluice::config::MetadataColumns;
+    use sluice::testing::TableSchema;
+    use sluice::testing::{OpenBatch, RowMapper};
     use std::sync::Arc;
 
     let blob = |s: String| Frame::BlobString {
@@ -151,7 +151,7 @@ fn worker_path(c: &mut Criterion) {
             || reply.clone(),
             |frame| {
                 let mut messages = Vec::with_capacity(ROWS);
-                sluice::redis::reply::read_group(frame, &streams, &mut messages).expect("parse");
+                sluice::testing::reply::read_group(frame, &streams, &mut messages).expect("parse");
                 let mut batch = OpenBatch::new();
                 for m in messages {
                     batch.add(&mapper, m);

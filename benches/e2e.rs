@@ -160,7 +160,7 @@ fn resp_entry_bytes(id_len: usize, j: usize) -> usize {
 
 impl Memory {
     fn estimate(n: usize, block: f64) -> Memory {
-        use sluice::redis::Message;
+        use sluice::Message;
         let j = n / 2;
         let heap_fields = 4 * std::mem::size_of::<(bytes::Bytes, bytes::Bytes)>();
         // The message in its Vec, its fields' Vec, and the reply bytes.

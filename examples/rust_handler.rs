@@ -12,9 +12,9 @@
 use std::time::Duration;
 
 use sluice::config::Config;
-use sluice::fields::Fields;
-use sluice::handler::{Handler, HandlerError, Handlers};
-use sluice::redis::{commands, Message};
+use sluice::Fields;
+use sluice::{testing::commands, Message};
+use sluice::{Handler, HandlerError, Handlers};
 use tokio_util::sync::CancellationToken;
 
 /// Counts the words of the `text` field; refuses messages without one.
@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     let config =
         Config::from_toml_with_env(&CONFIG.replace("REDIS_URL", &url), "example", Vec::new())?;
-    let redis = sluice::redis::client::connect(&config.redis).await?;
+    let redis = sluice::testing::client::connect(&config.redis).await?;
     let before = commands::len(&redis, "demo.words.out").await?;
 
     // Producers would use the HTTP entry, `sluice enqueue` or redis-cli.
@@ -81,10 +81,10 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let handlers = Handlers::new().register("word_count", WordCount);
-    let worker = tokio::spawn(sluice::worker::run_with_handlers(
+    let worker = tokio::spawn(sluice::run_with_handlers(
         config,
         shutdown.clone(),
-        sluice::obs::metrics::Metrics::new(),
+        sluice::testing::Metrics::new(),
         handlers,
     ));
 

@@ -6,14 +6,14 @@ use std::time::Duration;
 /// Exponential backoff with full jitter: attempt n waits a random time in
 /// `[base·2ⁿ/2, base·2ⁿ]`, capped at `max`.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     base: Duration,
     max: Duration,
     attempt: u32,
 }
 
 impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Self {
+    pub(crate) fn new(base: Duration, max: Duration) -> Self {
         Backoff {
             base,
             max,
@@ -21,16 +21,16 @@ impl Backoff {
         }
     }
 
-    pub fn attempts(&self) -> u32 {
+    pub(crate) fn attempts(&self) -> u32 {
         self.attempt
     }
 
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
 
     /// Sleeps for the next delay; false if `stop` fired first.
-    pub async fn wait(&mut self, stop: &tokio_util::sync::CancellationToken) -> bool {
+    pub(crate) async fn wait(&mut self, stop: &tokio_util::sync::CancellationToken) -> bool {
         tokio::select! {
             _ = tokio::time::sleep(self.next_delay()) => true,
             _ = stop.cancelled() => false,
@@ -38,7 +38,7 @@ impl Backoff {
     }
 
     /// The next delay; grows until `max`.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let exp = self.base.saturating_mul(1u32 << self.attempt.min(20));
         let ceiling = exp.min(self.max);
         self.attempt = self.attempt.saturating_add(1);

@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-pub use crate::config::connections::{label, sink_connection, DEFAULT};
+pub(crate) use crate::config::connections::{label, sink_connection, DEFAULT};
 use crate::config::{redact_url, ClickHouseConfig, Config, Delivery, FlowConfig, SinkConfig};
 use crate::obs::metrics::Metrics;
 use crate::redis::client::connect;
@@ -14,7 +14,7 @@ use crate::sink::clickhouse::split_table;
 
 /// `sluice_flow_sink_info{flow, sink, connection} 1`: which connection each
 /// flow writes to, for dashboards to join on `flow`.
-pub fn export_info(metrics: &Metrics, config: &Config) {
+pub(crate) fn export_info(metrics: &Metrics, config: &Config) {
     let gauge = prometheus::IntGaugeVec::new(
         prometheus::Opts::new(
             "sluice_flow_sink_info",
@@ -36,7 +36,7 @@ pub fn export_info(metrics: &Metrics, config: &Config) {
 
 /// One flow's path with its connections, e.g. ``stream `jobs.out` on redis
 /// `default` → stream sink on redis `edge` (exactly-once)``.
-pub fn describe_flow(config: &Config, flow: &FlowConfig) -> String {
+pub(crate) fn describe_flow(config: &Config, flow: &FlowConfig) -> String {
     let streams = flow
         .base_streams
         .iter()
@@ -66,7 +66,7 @@ pub fn describe_flow(config: &Config, flow: &FlowConfig) -> String {
 }
 
 /// `sluice status`'s table of each flow's sink and connection.
-pub fn render_sinks(config: &Config) -> String {
+pub(crate) fn render_sinks(config: &Config) -> String {
     if config.flows.is_empty() {
         return String::new();
     }
@@ -101,7 +101,7 @@ pub fn render_sinks(config: &Config) -> String {
 /// `sluice check`'s lines for the named connections: connects to each
 /// Redis (PING + version) and asks each ClickHouse endpoint its version.
 /// Err names the first connection that cannot be reached.
-pub async fn check_named(config: &Config) -> anyhow::Result<String> {
+pub(crate) async fn check_named(config: &Config) -> anyhow::Result<String> {
     let mut out = String::new();
     for (name, redis) in &config.redis_remote {
         let client = connect(redis)
@@ -134,7 +134,7 @@ pub async fn check_named(config: &Config) -> anyhow::Result<String> {
 /// (`label`: `clickhouse`, or ``clickhouse `name` ``). One endpoint down of
 /// several is a warning (the others take its inserts); all down is the
 /// error.
-pub fn endpoint_lines(
+pub(crate) fn endpoint_lines(
     label: &str,
     ch: &ClickHouseConfig,
     endpoints: &[EndpointStatus],
@@ -176,7 +176,7 @@ pub fn endpoint_lines(
 }
 
 /// `redis_version` from INFO server, or `?`.
-pub async fn redis_version(client: &fred::prelude::Client) -> String {
+pub(crate) async fn redis_version(client: &fred::prelude::Client) -> String {
     use fred::prelude::*;
     let info: String = client
         .info(Some(fred::types::InfoKind::Server))

@@ -22,13 +22,13 @@ use serde_json::value::RawValue;
 pub type Fields = Vec<(Bytes, Bytes)>;
 
 /// Longest field name accepted.
-pub const MAX_FIELD_NAME: usize = 256;
+pub(crate) const MAX_FIELD_NAME: usize = 256;
 /// Most fields in one item (each XADD carries them all).
-pub const MAX_FIELDS: usize = 1000;
+pub(crate) const MAX_FIELDS: usize = 1000;
 
 /// Why a body, a line or an item was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("body is not valid JSON: {0}")]
     NotJson(String),
     #[error("body must be a JSON array of objects, got {0}")]
@@ -59,7 +59,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// The item the refusal is about, if it is about one.
-    pub fn index(&self) -> Option<usize> {
+    pub(crate) fn index(&self) -> Option<usize> {
         match self {
             Refusal::NotObject { index, .. }
             | Refusal::Nested { index, .. }
@@ -72,7 +72,7 @@ impl Refusal {
     }
 
     /// The field the refusal is about, if it is about one.
-    pub fn field(&self) -> Option<&str> {
+    pub(crate) fn field(&self) -> Option<&str> {
         match self {
             Refusal::Nested { field, .. } | Refusal::BadFieldName { field, .. } => Some(field),
             Refusal::EmptyFieldName { .. } => Some(""),
@@ -81,7 +81,8 @@ impl Refusal {
     }
 
     /// The same refusal about item `index` (for one object per line).
-    pub fn at(self, index: usize) -> Refusal {
+    #[cfg(test)]
+    pub(crate) fn at(self, index: usize) -> Refusal {
         match self {
             Refusal::NotObject { kind, .. } => Refusal::NotObject { index, kind },
             Refusal::Nested { field, kind, .. } => Refusal::Nested { index, field, kind },
@@ -95,7 +96,7 @@ impl Refusal {
 }
 
 /// Checks a field name against the rules in the module docs.
-pub fn check_field_name(name: &str) -> Result<(), &'static str> {
+pub(crate) fn check_field_name(name: &str) -> Result<(), &'static str> {
     if name.len() > MAX_FIELD_NAME {
         return Err("field name longer than 256 bytes");
     }
@@ -106,7 +107,7 @@ pub fn check_field_name(name: &str) -> Result<(), &'static str> {
 }
 
 /// Parses a JSON array of flat objects (the HTTP entry's body).
-pub fn parse_items(body: &Bytes, max_items: usize) -> Result<Vec<Fields>, Refusal> {
+pub(crate) fn parse_items(body: &Bytes, max_items: usize) -> Result<Vec<Fields>, Refusal> {
     let raw: Top = serde_json::from_slice(body).map_err(|e| Refusal::NotJson(e.to_string()))?;
     let items = match raw {
         Top::Array(items) => items,
@@ -126,7 +127,7 @@ pub fn parse_items(body: &Bytes, max_items: usize) -> Result<Vec<Fields>, Refusa
 }
 
 /// Parses one flat object (a line of `sluice enqueue` input); refusals name item 0.
-pub fn parse_object(line: &Bytes) -> Result<Fields, Refusal> {
+pub(crate) fn parse_object(line: &Bytes) -> Result<Fields, Refusal> {
     let item: RawItem =
         serde_json::from_slice(line).map_err(|e| Refusal::NotJson(e.to_string()))?;
     convert(line, 0, item)
@@ -134,7 +135,7 @@ pub fn parse_object(line: &Bytes) -> Result<Fields, Refusal> {
 
 /// Builds fields from already-split name/value text (CSV rows); empty
 /// values are kept as empty strings.
-pub fn from_pairs<'a>(
+pub(crate) fn from_pairs<'a>(
     pairs: impl Iterator<Item = (&'a str, &'a str)>,
     index: usize,
 ) -> Result<Fields, Refusal> {

@@ -2,79 +2,96 @@
 //! (or other streams) through consumer groups, with at-least-once delivery
 //! (ack after the sink confirmed) or, into ClickHouse, exactly-once.
 //!
-//! Map of the crate:
-//! - [`config`]: TOML + `SLUICE_…` env overrides, validated; errors name the key.
-//!   The ground floor: one file per section, importing only leaves.
-//! - [`template`]: the `{field}` template grammar (stream-sink targets, schedule fields).
-//! - [`connections`]: named Redis / ClickHouse connections
-//!   (`[redis.remote.<name>]`, `[clickhouse.remote.<name>]`) and references to them.
-//! - [`stream`]: Redis Streams — message model, raw reply parsing, the
-//!   commands (XREADGROUP, XACK, XAUTOCLAIM, …), dead letters, group upkeep.
-//! - [`schema`]: a ClickHouse table's columns and types, from `system.columns`.
-//! - [`convert`]: field value → column value rules (the reasons bad rows get).
-//! - [`native`]: the dynamic Native-format block encoder.
-//! - [`payload`]: JSON / MessagePack payload fields expanded into columns.
-//! - [`batch`]: field→column mapping and batches closed by rows/bytes/time.
-//! - [`sink`]: the ClickHouse sink, its endpoints (failover / round-robin,
-//!   health checks) and `shard_by` placement, the live mapping of the
-//!   table's current columns, retry-or-bisect decision and its escalation
-//!   (table-level errors reported stuck), commit + ack, and exactly-once: the batch ledger with leases
-//!   (`sink::ledger`), fenced stage-table inserts settled before any retry
-//!   (`sink::fenced`), the shared insert (`sink::exactly_once`) and the
-//!   recovery of dead replicas' batches (`sink::recover`). Kindness to
-//!   ClickHouse: the table's fleet-wide insert budget in Redis
-//!   (`sink::budget`), batch limits scaled by the server's pressure
-//!   (`sink::pressure`), and when the batcher seals (`sink::pacing`).
-//!   The stream sink: routing, `max_len` backpressure, XADD then XACK,
-//!   possibly on another Redis; exactly-once by a dedup script on the
-//!   target (`sink::stream_once`).
-//! - [`flow`]: one flow's reader, claim loop, batcher and committer tasks.
-//! - [`claim`]: the claim pass — dead replicas' entries first and in bulk,
-//!   only as many as the pipeline can take now, recovery tasks started;
-//!   consumer pruning. Keep-alive is `stream::keep_alive`.
-//! - [`handler`]: the processing step before a sink: exec (JSON-lines child
-//!   processes), http (POST per message) or a Rust [`handler::Handler`].
-//! - [`flat`]: flat JSON objects → stream fields (HTTP entry, enqueue).
-//! - [`enqueue`]: `sluice enqueue` — JSON lines / CSV into a stream, pipelined.
-//! - [`http_entry`]: `POST /v1/streams/{stream}/messages` (all-or-nothing,
-//!   429 at `max_len`), stream state, health; bearer tokens per stream.
-//! - [`worker`]: runs all flows (and the HTTP entry); shutdown with a deadline.
-//! - [`readiness`]: whether every flow runs (`/readyz`), and why not.
-//! - [`status`]: per-stream group state (exact lag) for `sluice status` and
-//!   the gauges, sampled by one replica holding a lease.
-//! - [`check`]: `sluice check` — validate, connect, show the plan.
-//! - [`metrics`]: Prometheus registry, per-flow hot-path handles, `/metrics`.
-//! - [`telemetry`]: logging, OTLP trace export, producer `traceparent`s.
-//! - [`schedule`]: cron/every/at schedules, once per tick fleet-wide, state in Redis.
-//! - [`delayed`]: delayed jobs in a sorted set per stream, moved in when due.
-//! - [`retry_queue`]: retry with exponential backoff + jitter via the delayed set.
-//! - [`dead`]: `sluice dead list|show|replay|purge`.
-//! - [`console`]: the operator console (`sluice console`, or in `sluice run`
-//!   with `[console] listen`): pages and a JSON API over streams, groups,
-//!   dead letters, schedules and delayed jobs, and the live tap
-//!   (`sluice tap`).
-//! - [`source`]: `[[source]]` — a ClickHouse table read in cursor order
-//!   into a stream (once or following new rows), one replica at a time
-//!   (a lease), cursor kept in Redis, exactly-once with a script.
-//! - [`shard`]: sharded streams (`name:{0}` … for Redis Cluster): which
-//!   shard a producer writes an entry to.
+//! # Public API
+//! A program that embeds sluice needs only what is re-exported here:
+//! [`Config`] (loaded from TOML with [`Config::load`], or built from a
+//! string with [`Config::from_toml_with_env`]; every section type is in
+//! [`config`]), [`run`] / [`run_with_handlers`] (the worker, until its
+//! token is cancelled), the [`Handler`] trait with [`Handlers`] and
+//! [`HandlerError`], and the [`Message`] and [`Fields`] a handler sees and
+//! returns. [`cli::main`] is the whole `sluice` binary. [`testing`]
+//! re-exports internals that the integration tests, benches and fuzz
+//! targets drive directly; it is not a stable API. Everything else is
+//! `pub(crate)`.
+//!
+//! # Following one message
+//! [`flow`] wires a flow's tasks. An entry is read by `flow/read.rs`
+//! (XREADGROUP; the reply is parsed in `redis/reply.rs`) or taken over by
+//! `flow/claim.rs` (XAUTOCLAIM/XCLAIM); `flow/admit.rs` decides whether it
+//! is dead before anything looks at it (oversized, delivered too often);
+//! `flow/stage.rs` runs the handler, if any; `flow/batcher.rs` is the one
+//! batch+commit loop, over the sink's `BatchBuilder` and `Sink`
+//! (`sink/mod.rs`) — `sink/clickhouse/` maps rows (`clickhouse/rows.rs`),
+//! encodes a Native block (`clickhouse/native/`) and inserts it,
+//! `sink/stream/` routes and XADDs — and `flow/settle.rs` is the one
+//! settle step: dead letters first, then XACK of what landed, retried
+//! until the hard stop.
+//!
+//! # Map of the crate
+//! No two files import each other in a circle; `config/` imports only the
+//! leaves.
+//! - Leaves: `backoff.rs` (exponential backoff with jitter, for every retry
+//!   loop), `template.rs` (the `{field}` grammar of routes and schedule
+//!   payloads), `fields.rs` (flat JSON objects → stream fields).
+//! - [`config`]: the ground floor. TOML + `SLUICE_…` env overrides and
+//!   secrets; one file per section, each validating itself (errors name the
+//!   key); shard naming both ways (`config/streams.rs`); named connections
+//!   (`config/connections.rs`).
+//! - `redis/`: Redis Streams — the message model, raw reply parsing, the
+//!   commands (XREADGROUP, XACK, XAUTOCLAIM, …), dead letters, group
+//!   upkeep, the held-entry set, the delayed set and the producer sharder.
+//! - `clickhouse/`: a table's schema, field → column conversion
+//!   (`convert/`, one file per type family), the Native block encoder
+//!   (`native/`), payload expansion and field → column row mapping.
+//! - `obs/`: Prometheus metrics, logging and OTLP traces, readiness
+//!   (`/readyz`), and the group-state sampling behind `sluice status`.
+//! - `handler/`: the processing step before a sink — exec (JSON-lines child
+//!   processes), http, or a Rust [`Handler`].
+//! - [`flow`]: the message path above; plus keep-alive of held entries
+//!   (`keep_alive.rs`) and handler retries through the delayed set
+//!   (`retry.rs`).
+//! - `sink/`: `clickhouse/` — batch, commit, endpoints (failover,
+//!   round-robin, health), `shard_by` placement, the live mapping, retry
+//!   classification (`classify.rs`), bisecting (`isolate.rs`) and its
+//!   escalation, the stuck record, the fleet-wide insert budget, pressure
+//!   and pacing, and `exactly_once/` (ledger with leases, fenced stage-table
+//!   inserts, recovery of dead replicas' batches); `stream/` — routing,
+//!   batch, commit (XADD then XACK, `max_len` backpressure), pause, and
+//!   exactly-once by a dedup script on the target.
+//! - `schedule/`: cron/every/at schedules, fired once per tick fleet-wide.
+//! - `http_entry/`: `POST /v1/streams/{stream}/messages`, bearer tokens.
+//! - `source/`: `[[source]]`, a ClickHouse table read in cursor order into
+//!   a stream, one replica at a time.
+//! - `console/`: the operator console (pages, JSON API, live tap).
+//! - `connections.rs`: what each named connection serves (`check`,
+//!   `status`); `worker.rs`: runs every flow, the HTTP entry, the console,
+//!   schedules and sources, and shuts down with a deadline.
+//! - [`cli`]: the `sluice` commands (`run`, `check`, `status`, `schedule`,
+//!   `dead`, `enqueue`, `console`, `tap`).
 
-pub mod backoff;
+#![warn(unreachable_pub)]
+
+mod backoff;
 pub mod cli;
-pub mod clickhouse;
+mod clickhouse;
 pub mod config;
-pub mod connections;
-pub mod console;
-pub mod fields;
-pub mod flow;
-pub mod handler;
-pub mod http_entry;
-pub mod obs;
-pub mod redis;
-pub mod schedule;
-pub mod sink;
-pub mod source;
-pub mod template;
-pub mod worker;
+mod connections;
+mod console;
+mod fields;
+mod flow;
+mod handler;
+mod http_entry;
+mod obs;
+mod redis;
+mod schedule;
+mod sink;
+mod source;
+mod template;
+pub mod testing;
+mod worker;
 
-pub use worker::run;
+pub use config::{Config, ConfigError};
+pub use fields::Fields;
+pub use handler::{Handler, HandlerError, Handlers};
+pub use redis::Message;
+pub use worker::{run, run_with_handlers};

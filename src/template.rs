@@ -7,7 +7,7 @@
 
 /// How a template is read.
 #[derive(Debug, Clone, Copy)]
-pub struct Syntax {
+pub(crate) struct Syntax {
     /// `{{` and `}}` stand for literal braces; otherwise every brace
     /// delimits a placeholder.
     pub escaped_braces: bool,
@@ -18,7 +18,7 @@ pub struct Syntax {
 impl Syntax {
     /// Stream-sink targets: any field name, braces always delimit (a stream
     /// name never needs a literal brace here).
-    pub const FIELDS: Syntax = Syntax {
+    pub(crate) const FIELDS: Syntax = Syntax {
         escaped_braces: false,
         known: None,
     };
@@ -26,7 +26,7 @@ impl Syntax {
 
 /// One run of a parsed template, borrowed from its text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Piece<'a> {
+pub(crate) enum Piece<'a> {
     /// Text copied as it is (an escaped brace is a one-brace literal).
     Literal(&'a str),
     /// `{name}`: replaced by the value of `name`.
@@ -35,7 +35,7 @@ pub enum Piece<'a> {
 
 /// Splits `text` into pieces, or says why it is malformed (the message
 /// quotes the whole text).
-pub fn parse(text: &str, syntax: Syntax) -> Result<Vec<Piece<'_>>, String> {
+pub(crate) fn parse(text: &str, syntax: Syntax) -> Result<Vec<Piece<'_>>, String> {
     if syntax.escaped_braces {
         parse_escaped(text, syntax.known)
     } else {
@@ -45,7 +45,7 @@ pub fn parse(text: &str, syntax: Syntax) -> Result<Vec<Piece<'_>>, String> {
 
 /// The placeholder names of `text` in order of use (repeats included), or
 /// why it is malformed.
-pub fn placeholders(text: &str, syntax: Syntax) -> Result<Vec<&str>, String> {
+pub(crate) fn placeholders(text: &str, syntax: Syntax) -> Result<Vec<&str>, String> {
     Ok(parse(text, syntax)?
         .into_iter()
         .filter_map(|p| match p {
@@ -56,7 +56,7 @@ pub fn placeholders(text: &str, syntax: Syntax) -> Result<Vec<&str>, String> {
 }
 
 /// Concatenates `pieces`, each placeholder replaced by `value(name)`.
-pub fn render<'a>(pieces: &[Piece<'a>], mut value: impl FnMut(&'a str) -> String) -> String {
+pub(crate) fn render<'a>(pieces: &[Piece<'a>], mut value: impl FnMut(&'a str) -> String) -> String {
     let mut out = String::new();
     for piece in pieces {
         match piece {

@@ -32,7 +32,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     run_with_metrics(config, shutdown, Metrics::new()).await
 }
 
-pub async fn run_with_metrics(
+pub(crate) async fn run_with_metrics(
     config: Config,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice::clickhouse::schema::ColumnType;
+use sluice::testing::ColumnType;
 
 fuzz_target!(|text: &str| {
     if let Ok(ty) = ColumnType::parse(text) {
@@ -12,11 +12,11 @@ fuzz_target!(|text: &str| {
         let again = ColumnType::parse(&printed)
             .unwrap_or_else(|e| panic!("{text:?} → {printed:?} does not parse: {e}"));
         assert_eq!(printed, again.to_string());
-        let _ = sluice::clickhouse::native::BlockEncoder::new(&[sluice::clickhouse::schema::ColumnSpec {
+        let _ = sluice::testing::BlockEncoder::new(&[sluice::testing::ColumnSpec {
             name: "c".into(),
             type_name: printed,
             ty,
-            default_kind: sluice::clickhouse::schema::DefaultKind::None,
+            default_kind: sluice::testing::DefaultKind::None,
         }]);
     }
 });

@@ -6,9 +6,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use sluice::clickhouse::convert::FieldValue;
-use sluice::clickhouse::native::BlockEncoder;
-use sluice::clickhouse::schema::{ColumnSpec, ColumnType, DefaultKind};
+use sluice::testing::FieldValue;
+use sluice::testing::BlockEncoder;
+use sluice::testing::{ColumnSpec, ColumnType, DefaultKind};
 
 const TYPES: &[&str] = &[
     "UInt8",

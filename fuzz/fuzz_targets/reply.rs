@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use redis_protocol::resp3::decode::complete::decode_bytes;
-use sluice::redis::reply;
+use sluice::testing::reply;
 
 fuzz_target!(|data: &[u8]| {
     let buf = Bytes::copy_from_slice(data);

@@ -3,13 +3,13 @@
 
 use std::fmt::Write;
 
-pub use crate::config::redact_url;
+pub(crate) use crate::config::redact_url;
 use crate::config::{Config, OnSuccess, SinkConfig};
 use crate::redis::{client, commands};
 use crate::sink::clickhouse::ClickHouseSink;
 
 /// Returns the human-readable plan, or the first problem found.
-pub async fn check(config: &Config) -> anyhow::Result<String> {
+pub(crate) async fn check(config: &Config) -> anyhow::Result<String> {
     let mut out = String::new();
     let redis = client::connect(&config.redis)
         .await

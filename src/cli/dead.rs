@@ -34,7 +34,7 @@ const PAGE: usize = 500;
 
 /// One dead letter.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct DeadEntry {
+pub(crate) struct DeadEntry {
     /// Its id in the dead-letter stream.
     pub id: String,
     /// The id it had in its source stream.
@@ -58,7 +58,7 @@ fn ser_fields<S: serde::Serializer>(f: &[(Bytes, Bytes)], s: S) -> Result<S::Ok,
 }
 
 impl DeadEntry {
-    pub fn from_message(m: Message) -> DeadEntry {
+    pub(crate) fn from_message(m: Message) -> DeadEntry {
         let text = |name: &str| {
             m.field(name.as_bytes())
                 .map(|v| String::from_utf8_lossy(v).into_owned())
@@ -77,7 +77,7 @@ impl DeadEntry {
 
 /// Up to `count` dead letters, oldest first, starting after `after` (an id)
 /// or at the beginning.
-pub async fn list(
+pub(crate) async fn list(
     client: &Client,
     dead_stream: &str,
     after: Option<&str>,
@@ -98,7 +98,7 @@ pub async fn list(
 }
 
 /// One dead letter by id.
-pub async fn show(
+pub(crate) async fn show(
     client: &Client,
     dead_stream: &str,
     id: &str,
@@ -115,7 +115,7 @@ pub async fn show(
 
 /// Which entries a replay or purge takes.
 #[derive(Debug, Clone, Default)]
-pub struct Selection {
+pub(crate) struct Selection {
     /// At most this many (oldest first); None = all.
     pub count: Option<usize>,
     /// Exactly these ids (then `count` is ignored).
@@ -167,7 +167,7 @@ static REPLAY_S: OnceLock<Script> = OnceLock::new();
 
 /// What replay did (or, in a dry run, would do) with one entry.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Replayed {
+pub(crate) struct Replayed {
     pub dead_id: String,
     pub stream: Option<String>,
     /// The new id in the source stream; None in a dry run, when skipped, or
@@ -179,7 +179,7 @@ pub struct Replayed {
 
 /// Moves the selected dead letters back to their source streams with their
 /// original fields. With `dry_run`, only reports what it would do.
-pub async fn replay(
+pub(crate) async fn replay(
     client: &Client,
     dead_stream: &str,
     sel: &Selection,
@@ -190,7 +190,7 @@ pub async fn replay(
 }
 
 /// Replays dead letters already read (see [`replay`]).
-pub async fn replay_entries(
+pub(crate) async fn replay_entries(
     client: &Client,
     dead_stream: &str,
     entries: Vec<DeadEntry>,
@@ -247,14 +247,14 @@ pub async fn replay_entries(
 
 /// What to purge.
 #[derive(Debug, Clone, Default)]
-pub struct PurgeSelection {
+pub(crate) struct PurgeSelection {
     /// Every entry present when the purge starts.
     pub all: bool,
     pub sel: Selection,
 }
 
 /// Deletes dead letters; returns how many were (or, dry, would be) deleted.
-pub async fn purge(
+pub(crate) async fn purge(
     client: &Client,
     dead_stream: &str,
     what: &PurgeSelection,
@@ -325,7 +325,7 @@ pub async fn purge(
 
 /// XDELs `ids` from the dead-letter stream, a page at a time; returns how
 /// many were still there.
-pub async fn delete_ids(
+pub(crate) async fn delete_ids(
     client: &Client,
     dead_stream: &str,
     ids: &[String],
@@ -341,7 +341,7 @@ pub async fn delete_ids(
 // ---- the CLI ----
 
 #[derive(Debug, Args)]
-pub struct DeadArgs {
+pub(crate) struct DeadArgs {
     /// Config file (its `[redis]`, and its flows' dead-letter streams).
     #[arg(long, short, env = "SLUICE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -356,7 +356,7 @@ pub struct DeadArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum DeadCommand {
+pub(crate) enum DeadCommand {
     /// Dead letters, oldest first: id, source stream, deliveries, reason.
     List {
         /// At most this many per stream.
@@ -455,7 +455,7 @@ fn clip(s: &str, max: usize) -> String {
 }
 
 /// Runs one `sluice dead …` command and prints its result.
-pub async fn main(args: DeadArgs) -> anyhow::Result<()> {
+pub(crate) async fn main(args: DeadArgs) -> anyhow::Result<()> {
     let path = args
         .config
         .clone()
@@ -469,7 +469,11 @@ pub async fn main(args: DeadArgs) -> anyhow::Result<()> {
 }
 
 /// Runs one command; returns what to print.
-pub async fn run(client: &Client, config: &Config, args: DeadArgs) -> anyhow::Result<String> {
+pub(crate) async fn run(
+    client: &Client,
+    config: &Config,
+    args: DeadArgs,
+) -> anyhow::Result<String> {
     let streams = targets(config, args.flow.as_deref(), args.stream.as_deref())?;
     let mut out = String::new();
     match args.command {

@@ -25,7 +25,7 @@ use crate::fields::{self, Fields};
 use crate::redis::commands;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// `.csv` files are CSV, everything else JSON lines.
     Auto,
     Jsonl,
@@ -33,7 +33,7 @@ pub enum Format {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct EnqueueArgs {
+pub(crate) struct EnqueueArgs {
     /// The stream to add to.
     pub stream: String,
     /// Input file; stdin when absent or `-`.
@@ -254,7 +254,11 @@ fn xadd() -> CustomCommand {
 }
 
 /// XADDs `items` in one pipeline.
-pub async fn xadd_pipelined(client: &Client, stream: &str, items: &[Fields]) -> anyhow::Result<()> {
+pub(crate) async fn xadd_pipelined(
+    client: &Client,
+    stream: &str,
+    items: &[Fields],
+) -> anyhow::Result<()> {
     let pipeline = client.pipeline();
     let key = Bytes::copy_from_slice(stream.as_bytes());
     for fields in items {
@@ -273,7 +277,7 @@ pub async fn xadd_pipelined(client: &Client, stream: &str, items: &[Fields]) -> 
     Ok(())
 }
 
-pub async fn main(args: EnqueueArgs) -> anyhow::Result<()> {
+pub(crate) async fn main(args: EnqueueArgs) -> anyhow::Result<()> {
     let config = match &args.config {
         Some(path) => Some(crate::config::Config::load(path)?),
         None => None,

@@ -2,10 +2,10 @@
 //! The binary's `main` only calls [`main`]; each command besides `run` and
 //! `console` lives in its own file here.
 
-pub mod check;
-pub mod dead;
-pub mod enqueue;
-pub mod schedule;
+pub(crate) mod check;
+pub(crate) mod dead;
+pub(crate) mod enqueue;
+pub(crate) mod schedule;
 mod status;
 
 use std::path::PathBuf;

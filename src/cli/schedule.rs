@@ -13,7 +13,7 @@ use crate::schedule::spec::{now_ms, MissedPolicy, RawSpec, Spec};
 use crate::schedule::store::{self, Action};
 
 #[derive(Debug, Args)]
-pub struct ScheduleArgs {
+pub(crate) struct ScheduleArgs {
     /// Config file (only `[redis]` is used).
     #[arg(long, short, env = "SLUICE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -22,7 +22,7 @@ pub struct ScheduleArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ScheduleCommand {
+pub(crate) enum ScheduleCommand {
     /// Every schedule: state, trigger, stream, next tick, last tick, entries fired.
     List {
         /// Print JSON instead of a table.
@@ -45,7 +45,7 @@ pub enum ScheduleCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct AddArgs {
+pub(crate) struct AddArgs {
     pub name: String,
     /// Cron with seconds: `sec min hour day-of-month month day-of-week [year]` (UTC).
     #[arg(long, group = "trigger")]
@@ -91,7 +91,7 @@ fn parse_field(s: &str) -> Result<(String, String), String> {
 }
 
 /// Runs one `sluice schedule …` command and prints its result.
-pub async fn main(args: ScheduleArgs) -> anyhow::Result<()> {
+pub(crate) async fn main(args: ScheduleArgs) -> anyhow::Result<()> {
     let path = args
         .config
         .context("--config (or SLUICE_CONFIG) is required")?;
@@ -104,7 +104,7 @@ pub async fn main(args: ScheduleArgs) -> anyhow::Result<()> {
 }
 
 /// Runs one command against Redis; returns what to print.
-pub async fn run(
+pub(crate) async fn run(
     client: &fred::prelude::Client,
     cmd: ScheduleCommand,
     config: &crate::config::Config,
@@ -164,7 +164,7 @@ pub async fn run(
 impl AddArgs {
     /// The definition, checked as `add` checks it (a one-off time must
     /// still be ahead); the error names the option.
-    pub fn spec(
+    pub(crate) fn spec(
         &self,
         now: crate::schedule::spec::Millis,
     ) -> Result<Spec, crate::schedule::spec::SpecError> {

@@ -12,7 +12,7 @@ use crate::sink::clickhouse::endpoints::probe;
 use crate::source::status as source_status;
 
 /// Prints the status as a table, or as JSON with `json`.
-pub async fn main(config: &Config, json: bool) -> anyhow::Result<()> {
+pub(super) async fn main(config: &Config, json: bool) -> anyhow::Result<()> {
     let client = connect(&config.redis).await.context("redis.url")?;
     let list = all(&client, config).await?;
     if json {

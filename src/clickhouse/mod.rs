@@ -1,8 +1,8 @@
 //! ClickHouse data: a table's schema, field → column conversion, the
 //! Native-format block encoder, payload expansion and row mapping.
 
-pub mod convert;
-pub mod native;
-pub mod payload;
-pub mod rows;
-pub mod schema;
+pub(crate) mod convert;
+pub(crate) mod native;
+pub(crate) mod payload;
+pub(crate) mod rows;
+pub(crate) mod schema;

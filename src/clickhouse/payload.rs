@@ -4,7 +4,7 @@
 use crate::config::PayloadFormat;
 
 /// Decodes a payload into a JSON object, or says why it cannot.
-pub fn decode(
+pub(crate) fn decode(
     format: PayloadFormat,
     raw: &[u8],
 ) -> Result<serde_json::Map<String, serde_json::Value>, String> {

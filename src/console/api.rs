@@ -24,19 +24,19 @@ use crate::schedule::spec::{now_ms, MissedPolicy};
 use crate::schedule::store::{self, Action, State as ScheduleState, Stored};
 
 /// Most ids one replay or purge request may name.
-pub const MAX_IDS: usize = 1000;
+pub(crate) const MAX_IDS: usize = 1000;
 
 /// How many of the earliest waiting jobs a move looks through for its id.
-pub const MOVE_LOOKUP: usize = 1000;
+pub(crate) const MOVE_LOOKUP: usize = 1000;
 
-pub use crate::http_entry::json;
+pub(crate) use crate::http_entry::json;
 
 fn ok(body: &impl Serialize) -> Response {
     json(StatusCode::OK, body)
 }
 
 /// Parses a JSON body; an error names the field it is about.
-pub fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+pub(crate) fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -49,7 +49,7 @@ pub fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     })
 }
 
-pub fn routes() -> Router<Arc<Console>> {
+pub(crate) fn routes() -> Router<Arc<Console>> {
     Router::new()
         .route("/api/v1/session", get(session))
         .route("/api/v1/overview", get(overview))
@@ -74,7 +74,7 @@ pub fn routes() -> Router<Arc<Console>> {
 }
 
 /// Logs an action with who did it, what, and how many.
-pub fn log_action(who: &Who, action: &str, target: &str, count: u64) {
+pub(crate) fn log_action(who: &Who, action: &str, target: &str, count: u64) {
     tracing::info!(who = %who.name, role = who.role.as_str(), action, target, count, "console action");
 }
 
@@ -87,7 +87,7 @@ async fn overview(State(c): State<Arc<Console>>) -> Response {
 }
 
 /// The entries query of the stream page and the API.
-pub fn entry_query(p: &Params) -> Result<EntryQuery> {
+pub(crate) fn entry_query(p: &Params) -> Result<EntryQuery> {
     let order = match p.get("order") {
         None | Some("newest") => Order::Newest,
         Some("oldest") => Order::Oldest,
@@ -153,7 +153,7 @@ async fn groups(State(c): State<Arc<Console>>, RawQuery(q): RawQuery) -> Result<
 }
 
 /// The dead-letter filter of a query: `reason` text and `where` fields.
-pub fn dead_filter(p: &Params) -> Result<DeadFilter> {
+pub(crate) fn dead_filter(p: &Params) -> Result<DeadFilter> {
     Ok(DeadFilter {
         reason: p.get("reason").map(str::to_string),
         fields: p.filter()?,
@@ -354,7 +354,7 @@ async fn dead_purge(
 
 /// Ticks that fell due more than `grace` ago without being dealt with
 /// (no replica fired them yet); at most 1000 are counted.
-pub fn missed_ticks(s: &Stored, now: u64) -> u64 {
+pub(crate) fn missed_ticks(s: &Stored, now: u64) -> u64 {
     let (Ok(spec), Some(mut t)) = (&s.spec, s.last_tick) else {
         return 0;
     };
@@ -377,7 +377,7 @@ pub fn missed_ticks(s: &Stored, now: u64) -> u64 {
 
 /// One schedule as the API lists it: `sluice schedule list --json`'s
 /// fields, plus the last entry id, missed ticks and `next_run_time`.
-pub fn schedule_json(s: &Stored, now: u64) -> serde_json::Value {
+pub(crate) fn schedule_json(s: &Stored, now: u64) -> serde_json::Value {
     let mut v = store::describe(s, now);
     v["next_run_time"] = v["next"].clone();
     v["last_id"] = serde_json::json!(s.last_id);
@@ -474,7 +474,7 @@ async fn schedule_add(
 
 /// Pause, resume, remove or trigger `name`; the same Redis change as
 /// `sluice schedule …`. Returns what to show.
-pub async fn schedule_act(
+pub(crate) async fn schedule_act(
     c: &Console,
     who: &Who,
     name: &str,
@@ -532,13 +532,13 @@ async fn delayed(State(c): State<Arc<Console>>) -> Response {
 
 /// A waiting job as text.
 #[derive(Debug, Serialize)]
-pub struct WaitingView {
+pub(crate) struct WaitingView {
     pub job_id: String,
     pub due_ms: u64,
     pub fields: Vec<(String, String)>,
 }
 
-pub async fn peek(c: &Console, stream: &str, count: usize) -> Result<Vec<WaitingView>> {
+pub(crate) async fn peek(c: &Console, stream: &str, count: usize) -> Result<Vec<WaitingView>> {
     Ok(crate::redis::delayed::waiting(&c.redis, stream, count)
         .await?
         .into_iter()

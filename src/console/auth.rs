@@ -29,25 +29,25 @@ use subtle::ConstantTimeEq;
 use super::Console;
 use crate::config::console::{ConsoleConfig, Role};
 
-pub const SESSION_COOKIE: &str = "sluice_session";
-pub const CSRF_HEADER: &str = "x-csrf-token";
+pub(crate) const SESSION_COOKIE: &str = "sluice_session";
+pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
 
 /// Most sessions held at once; the oldest goes first past this.
 const MAX_SESSIONS: usize = 10_000;
 
 /// The name actions are logged under when the console has no tokens.
-pub const OPEN_USER: &str = "local";
+pub(crate) const OPEN_USER: &str = "local";
 
 /// How a request proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
+pub(crate) enum Via {
     Bearer,
     Session,
 }
 
 /// The person or script behind a request (a request extension).
 #[derive(Debug, Clone)]
-pub struct Who {
+pub(crate) struct Who {
     pub name: String,
     pub role: Role,
     /// The session's CSRF token (None for bearer requests).
@@ -68,7 +68,7 @@ struct Session {
     expires: Instant,
 }
 
-pub struct Auth {
+pub(crate) struct Auth {
     tokens: Vec<Token>,
     ttl: Duration,
     sessions: Mutex<HashMap<String, Session>>,
@@ -83,7 +83,7 @@ fn eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Auth {
-    pub fn new(cfg: &ConsoleConfig) -> Auth {
+    pub(crate) fn new(cfg: &ConsoleConfig) -> Auth {
         Auth {
             tokens: cfg
                 .tokens
@@ -100,7 +100,7 @@ impl Auth {
     }
 
     /// No tokens configured: everyone is the operator `local`.
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.tokens.is_empty()
     }
 
@@ -110,7 +110,7 @@ impl Auth {
 
     /// The token's name and role. Compares with every token whatever
     /// matched, so the time taken does not tell which one did.
-    pub fn check_token(&self, presented: &[u8]) -> Option<(String, Role)> {
+    pub(crate) fn check_token(&self, presented: &[u8]) -> Option<(String, Role)> {
         let mut found = None;
         for t in &self.tokens {
             if eq(presented, &t.secret) {
@@ -121,7 +121,7 @@ impl Auth {
     }
 
     /// A new session for `name`; returns its id (the cookie value).
-    pub fn start_session(&self, name: &str, role: Role) -> String {
+    pub(crate) fn start_session(&self, name: &str, role: Role) -> String {
         let id = random_hex();
         let now = Instant::now();
         let mut sessions = self.sessions();
@@ -147,7 +147,7 @@ impl Auth {
         id
     }
 
-    pub fn end_session(&self, id: &str) {
+    pub(crate) fn end_session(&self, id: &str) {
         self.sessions().remove(id);
     }
 
@@ -164,7 +164,7 @@ impl Auth {
 
     /// Who the headers say this is: Ok(None) when they say nothing,
     /// Err when a bearer token is given and unknown.
-    pub fn identify(&self, headers: &HeaderMap) -> Result<Option<Who>, &'static str> {
+    pub(crate) fn identify(&self, headers: &HeaderMap) -> Result<Option<Who>, &'static str> {
         if let Some(value) = headers.get(header::AUTHORIZATION) {
             let presented = crate::http_entry::auth::bearer(value.as_bytes())
                 .ok_or("malformed Authorization header (expected `Bearer <token>`)")?;
@@ -180,7 +180,7 @@ impl Auth {
     }
 
     /// The `Set-Cookie` value for a session.
-    pub fn cookie(&self, id: &str) -> HeaderValue {
+    pub(crate) fn cookie(&self, id: &str) -> HeaderValue {
         HeaderValue::from_str(&format!(
             "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
             self.ttl.as_secs()
@@ -190,12 +190,12 @@ impl Auth {
 }
 
 /// A `Set-Cookie` value that removes the session cookie.
-pub fn clear_cookie() -> HeaderValue {
+pub(crate) fn clear_cookie() -> HeaderValue {
     HeaderValue::from_static("sluice_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
 }
 
 /// The session id from the `Cookie` header(s).
-pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -208,7 +208,7 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Whether the `Host` header names this machine's loopback interface.
-pub fn host_is_loopback(headers: &HeaderMap) -> bool {
+pub(crate) fn host_is_loopback(headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return false;
     };
@@ -233,7 +233,11 @@ fn is_public(path: &str) -> bool {
 
 /// Every request passes here: identify, check CSRF and role, and for the
 /// open console hand out the session cookie.
-pub async fn guard(State(console): State<Arc<Console>>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn guard(
+    State(console): State<Arc<Console>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let auth = &console.auth;
     let path = req.uri().path().to_string();
     if auth.is_open() && !host_is_loopback(req.headers()) {

@@ -15,24 +15,24 @@ use super::Result;
 use crate::redis::{commands, Message};
 
 /// Most entries one filtered request reads before answering with a cursor.
-pub const SCAN_LIMIT: usize = 10_000;
+pub(crate) const SCAN_LIMIT: usize = 10_000;
 
 /// Entries per XRANGE while scanning.
-pub const SCAN_PAGE: usize = 500;
+pub(crate) const SCAN_PAGE: usize = 500;
 
 /// Longest field value shown in a list (the entry itself shows all).
-pub const CLIP: usize = 240;
+pub(crate) const CLIP: usize = 240;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Order {
+pub(crate) enum Order {
     Newest,
     Oldest,
 }
 
 /// Which entries to list.
 #[derive(Debug, Clone)]
-pub struct EntryQuery {
+pub(crate) struct EntryQuery {
     pub order: Order,
     /// Lowest id (inclusive), `ms-seq` or `ms` (a time).
     pub from: Option<String>,
@@ -46,7 +46,7 @@ pub struct EntryQuery {
 
 /// One entry as text (values lossy UTF-8; the page escapes them).
 #[derive(Debug, Clone, Serialize)]
-pub struct EntryView {
+pub(crate) struct EntryView {
     pub id: String,
     /// The id's time part (Unix ms).
     pub time_ms: Option<u64>,
@@ -54,7 +54,7 @@ pub struct EntryView {
 }
 
 impl EntryView {
-    pub fn from_message(m: &Message) -> EntryView {
+    pub(crate) fn from_message(m: &Message) -> EntryView {
         EntryView {
             id: String::from_utf8_lossy(&m.id).into_owned(),
             time_ms: m.id_millis(),
@@ -63,7 +63,7 @@ impl EntryView {
     }
 }
 
-pub fn text_fields(fields: &[(Bytes, Bytes)]) -> Vec<(String, String)> {
+pub(crate) fn text_fields(fields: &[(Bytes, Bytes)]) -> Vec<(String, String)> {
     fields
         .iter()
         .map(|(k, v)| {
@@ -76,7 +76,7 @@ pub fn text_fields(fields: &[(Bytes, Bytes)]) -> Vec<(String, String)> {
 }
 
 /// `s` cut to `max` characters, with `…` when cut.
-pub fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+pub(crate) fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     match s.char_indices().nth(max) {
         None => s.into(),
         Some((i, _)) => format!("{}…", &s[..i]).into(),
@@ -84,7 +84,7 @@ pub fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Listing {
+pub(crate) struct Listing {
     pub entries: Vec<EntryView>,
     /// Pass as `after` for the next page; None when the range is done.
     pub next: Option<String>,
@@ -97,7 +97,7 @@ fn exclusive(id: &str) -> Vec<u8> {
 }
 
 /// Lists entries as `q` says; see the module docs for the bounds.
-pub async fn entries(client: &Client, stream: &str, q: &EntryQuery) -> Result<Listing> {
+pub(crate) async fn entries(client: &Client, stream: &str, q: &EntryQuery) -> Result<Listing> {
     let key: Arc<str> = Arc::from(stream);
     let low = q.from.as_deref().unwrap_or("-").as_bytes().to_vec();
     let high = q.to.as_deref().unwrap_or("+").as_bytes().to_vec();
@@ -154,7 +154,7 @@ pub async fn entries(client: &Client, stream: &str, q: &EntryQuery) -> Result<Li
 
 /// One pending entry of a group.
 #[derive(Debug, Clone, Serialize)]
-pub struct PendingView {
+pub(crate) struct PendingView {
     pub id: String,
     pub consumer: String,
     pub idle_ms: u64,
@@ -162,7 +162,7 @@ pub struct PendingView {
 }
 
 /// Up to `count` pending entries of `group`, oldest first, after `after`.
-pub async fn pending(
+pub(crate) async fn pending(
     client: &Client,
     stream: &str,
     group: &str,

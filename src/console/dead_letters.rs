@@ -23,7 +23,7 @@ use crate::redis::commands;
 
 /// What a dead-letter list or bulk action takes.
 #[derive(Debug, Clone, Default)]
-pub struct DeadFilter {
+pub(crate) struct DeadFilter {
     /// Case-insensitive substring of the reason.
     pub reason: Option<String>,
     /// Conditions on the original fields.
@@ -31,11 +31,11 @@ pub struct DeadFilter {
 }
 
 impl DeadFilter {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.reason.is_none() && self.fields.is_empty()
     }
 
-    pub fn matches(&self, e: &DeadEntry) -> bool {
+    pub(crate) fn matches(&self, e: &DeadEntry) -> bool {
         let reason_ok = self.reason.as_ref().is_none_or(|want| {
             e.reason
                 .as_deref()
@@ -47,7 +47,7 @@ impl DeadFilter {
 
 /// A page of a (filtered) dead-letter list, oldest first.
 #[derive(Debug, Clone, Serialize)]
-pub struct DeadPage {
+pub(crate) struct DeadPage {
     pub entries: Vec<DeadEntry>,
     /// Pass as `after` for more; None when the stream is done.
     pub next: Option<String>,
@@ -56,7 +56,7 @@ pub struct DeadPage {
 
 /// Up to `count` dead letters matching `filter`, after `after`, reading at
 /// most [`SCAN_LIMIT`] entries.
-pub async fn list(
+pub(crate) async fn list(
     client: &Client,
     dead_stream: &str,
     filter: &DeadFilter,
@@ -100,7 +100,7 @@ pub async fn list(
 }
 
 /// The newest id in the stream now (the `until` of a bulk action).
-pub async fn newest_id(client: &Client, dead_stream: &str) -> Result<Option<String>> {
+pub(crate) async fn newest_id(client: &Client, dead_stream: &str) -> Result<Option<String>> {
     let key: Arc<str> = Arc::from(dead_stream);
     Ok(commands::rev_range(client, &key, b"+", b"-", 1)
         .await?
@@ -110,7 +110,7 @@ pub async fn newest_id(client: &Client, dead_stream: &str) -> Result<Option<Stri
 
 /// What one window of a bulk action did.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Progress {
+pub(crate) struct Progress {
     /// Entries the filter matched in this window.
     pub matched: u64,
     /// Replayed or deleted (0 for a preview).
@@ -124,7 +124,7 @@ pub struct Progress {
 
 /// The bulk actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bulk {
+pub(crate) enum Bulk {
     /// Count only.
     Preview,
     Replay,
@@ -132,7 +132,7 @@ pub enum Bulk {
 }
 
 impl Bulk {
-    pub fn verb(self) -> &'static str {
+    pub(crate) fn verb(self) -> &'static str {
         match self {
             Bulk::Preview => "preview",
             Bulk::Replay => "replay",
@@ -143,7 +143,7 @@ impl Bulk {
 
 /// One window of `action` over the dead letters matching `filter`, from
 /// after `cursor` up to `until` (inclusive).
-pub async fn window(
+pub(crate) async fn window(
     client: &Client,
     dead_stream: &str,
     action: Bulk,
@@ -202,7 +202,7 @@ pub async fn window(
 }
 
 /// Replays or purges exactly these dead letters; (done, skipped).
-pub async fn by_ids(
+pub(crate) async fn by_ids(
     client: &Client,
     dead_stream: &str,
     action: Bulk,

@@ -18,16 +18,16 @@
 //! filtered scans stop after [`browse::SCAN_LIMIT`] entries and hand back a
 //! cursor, bulk actions run in windows the page (or a script) drives.
 
-pub mod api;
-pub mod assets;
-pub mod auth;
-pub mod browse;
-pub mod dead_letters;
-pub mod pages;
-pub mod params;
-pub mod sampler;
-pub mod tap;
-pub mod views;
+pub(crate) mod api;
+pub(crate) mod assets;
+pub(crate) mod auth;
+pub(crate) mod browse;
+pub(crate) mod dead_letters;
+pub(crate) mod pages;
+pub(crate) mod params;
+pub(crate) mod sampler;
+pub(crate) mod tap;
+pub(crate) mod views;
 
 use std::sync::Arc;
 
@@ -36,14 +36,14 @@ use axum::response::{IntoResponse, Response};
 use fred::prelude::*;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::config::console::{ConsoleConfig, Role};
+pub(crate) use crate::config::console::ConsoleConfig;
 use crate::config::Config;
 
 /// Most live taps open at once (each holds its own Redis connection).
-pub const MAX_TAPS: usize = 32;
+pub(crate) const MAX_TAPS: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConsoleError {
+pub(crate) enum ConsoleError {
     /// A request parameter or body field is wrong (400, names the field).
     #[error("{message}")]
     BadRequest { field: String, message: String },
@@ -62,17 +62,17 @@ pub enum ConsoleError {
     Delayed(#[from] crate::redis::delayed::DelayedError),
 }
 
-pub type Result<T, E = ConsoleError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = ConsoleError> = std::result::Result<T, E>;
 
 impl ConsoleError {
-    pub fn bad(field: &str, message: impl Into<String>) -> ConsoleError {
+    pub(crate) fn bad(field: &str, message: impl Into<String>) -> ConsoleError {
         ConsoleError::BadRequest {
             field: field.to_string(),
             message: message.into(),
         }
     }
 
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         use crate::schedule::store::StoreError as S;
         match self {
             ConsoleError::BadRequest { .. } => StatusCode::BAD_REQUEST,
@@ -91,7 +91,7 @@ impl ConsoleError {
         }
     }
 
-    pub fn field(&self) -> Option<&str> {
+    pub(crate) fn field(&self) -> Option<&str> {
         match self {
             ConsoleError::BadRequest { field, .. } => Some(field),
             _ => None,
@@ -101,7 +101,7 @@ impl ConsoleError {
 
 /// `{"error": …, "field": …}`: every refusal of the API and of the auth
 /// layer in one shape.
-pub fn error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
+pub(crate) fn error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
     api::json(
         status,
         &serde_json::json!({ "error": message, "field": field }),
@@ -118,7 +118,7 @@ impl IntoResponse for ConsoleError {
 }
 
 /// What every handler shares.
-pub struct Console {
+pub(crate) struct Console {
     pub config: Arc<Config>,
     pub cfg: ConsoleConfig,
     pub redis: Client,
@@ -131,7 +131,7 @@ pub struct Console {
 
 impl Console {
     /// Connects to Redis and starts the sampler.
-    pub async fn open(
+    pub(crate) async fn open(
         config: &Config,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Console>> {
@@ -161,7 +161,7 @@ impl Console {
         }))
     }
 
-    pub fn router(self: Arc<Self>) -> axum::Router {
+    pub(crate) fn router(self: Arc<Self>) -> axum::Router {
         use axum::routing::{get, post};
         axum::Router::new()
             .merge(pages::routes())
@@ -181,7 +181,7 @@ impl Console {
 
 /// Binds `listen` and serves the console until `shutdown`; fails at once
 /// if Redis or the address cannot be had.
-pub async fn start(
+pub(crate) async fn start(
     config: &Config,
     listen: &str,
     shutdown: CancellationToken,
@@ -207,7 +207,7 @@ pub async fn start(
 
 /// `sluice console`: only the console, until `shutdown`. `listen`
 /// overrides `console.listen`; the result is validated like the config.
-pub async fn run(
+pub(crate) async fn run(
     mut config: Config,
     listen: Option<String>,
     shutdown: CancellationToken,

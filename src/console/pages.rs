@@ -17,7 +17,7 @@ use super::views::{self, Nav};
 use super::{api, browse, dead_letters, Console, ConsoleError, Result};
 use crate::config::console::Role;
 
-pub fn routes() -> Router<Arc<Console>> {
+pub(crate) fn routes() -> Router<Arc<Console>> {
     Router::new()
         .route("/", get(overview))
         .route("/stream", get(stream))
@@ -271,7 +271,7 @@ fn safe_next(next: Option<&str>) -> &str {
     }
 }
 
-pub async fn login_form(State(c): State<Arc<Console>>, RawQuery(q): RawQuery) -> Response {
+pub(crate) async fn login_form(State(c): State<Arc<Console>>, RawQuery(q): RawQuery) -> Response {
     if c.auth.is_open() {
         return Redirect::to("/").into_response();
     }
@@ -285,7 +285,7 @@ pub async fn login_form(State(c): State<Arc<Console>>, RawQuery(q): RawQuery) ->
     .into_response()
 }
 
-pub async fn login(State(c): State<Arc<Console>>, body: Bytes) -> Response {
+pub(crate) async fn login(State(c): State<Arc<Console>>, body: Bytes) -> Response {
     let form = Params::parse(std::str::from_utf8(&body).ok());
     let next = safe_next(form.get("next")).to_string();
     let token = form.get("token").unwrap_or("").trim();
@@ -314,7 +314,7 @@ pub async fn login(State(c): State<Arc<Console>>, body: Bytes) -> Response {
 }
 
 /// Ends the session (a POST through the guard, so CSRF-checked).
-pub async fn logout(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+pub(crate) async fn logout(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
     if let Some(id) = session_cookie(&headers) {
         c.auth.end_session(id);
     }

@@ -6,12 +6,12 @@ use bytes::Bytes;
 use super::ConsoleError;
 
 /// Most entries one page or API answer lists.
-pub const MAX_COUNT: usize = 1000;
+pub(crate) const MAX_COUNT: usize = 1000;
 
 /// A query string or `application/x-www-form-urlencoded` body, in order
 /// (a name may repeat, e.g. `where`).
 #[derive(Debug, Default, Clone)]
-pub struct Params(Vec<(String, String)>);
+pub(crate) struct Params(Vec<(String, String)>);
 
 fn bad(field: &str, message: impl Into<String>) -> ConsoleError {
     ConsoleError::BadRequest {
@@ -21,12 +21,12 @@ fn bad(field: &str, message: impl Into<String>) -> ConsoleError {
 }
 
 impl Params {
-    pub fn parse(text: Option<&str>) -> Params {
+    pub(crate) fn parse(text: Option<&str>) -> Params {
         Params(serde_urlencoded::from_str(text.unwrap_or("")).unwrap_or_default())
     }
 
     /// The first non-empty value of `name`.
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, v)| k == name && !v.trim().is_empty())
@@ -34,24 +34,29 @@ impl Params {
     }
 
     /// Every (name, value), in order.
-    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub(crate) fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
-    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub(crate) fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0
             .iter()
             .filter(move |(k, v)| k == name && !v.trim().is_empty())
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn required(&self, name: &str) -> Result<&str, ConsoleError> {
+    pub(crate) fn required(&self, name: &str) -> Result<&str, ConsoleError> {
         self.get(name)
             .ok_or_else(|| bad(name, format!("`{name}` is required")))
     }
 
     /// A count between 1 and `max`, `default` when absent.
-    pub fn count(&self, name: &str, default: usize, max: usize) -> Result<usize, ConsoleError> {
+    pub(crate) fn count(
+        &self,
+        name: &str,
+        default: usize,
+        max: usize,
+    ) -> Result<usize, ConsoleError> {
         match self.get(name) {
             None => Ok(default),
             Some(v) => match v.trim().parse::<usize>() {
@@ -65,25 +70,25 @@ impl Params {
     }
 
     /// A stream entry id (`ms-seq` or `ms`), if given.
-    pub fn id(&self, name: &str) -> Result<Option<String>, ConsoleError> {
+    pub(crate) fn id(&self, name: &str) -> Result<Option<String>, ConsoleError> {
         self.get(name).map(|v| check_id(name, v.trim())).transpose()
     }
 
     /// A time (RFC 3339 or Unix ms), if given.
-    pub fn time(&self, name: &str) -> Result<Option<u64>, ConsoleError> {
+    pub(crate) fn time(&self, name: &str) -> Result<Option<u64>, ConsoleError> {
         self.get(name)
             .map(|v| crate::schedule::spec::parse_time(v).map_err(|m| bad(name, m)))
             .transpose()
     }
 
     /// Every `where=field=value` as a filter.
-    pub fn filter(&self) -> Result<FieldFilter, ConsoleError> {
+    pub(crate) fn filter(&self) -> Result<FieldFilter, ConsoleError> {
         FieldFilter::parse(self.all("where"), "where")
     }
 }
 
 /// Checks a stream entry id: `ms-seq` or `ms`, digits only.
-pub fn check_id(field: &str, id: &str) -> Result<String, ConsoleError> {
+pub(crate) fn check_id(field: &str, id: &str) -> Result<String, ConsoleError> {
     if crate::redis::parse_id(id.as_bytes()).is_some() && !id.is_empty() && !id.starts_with('-') {
         Ok(id.to_string())
     } else {
@@ -95,17 +100,17 @@ pub fn check_id(field: &str, id: &str) -> Result<String, ConsoleError> {
 }
 
 /// `a=1&b=x y` with every value percent-encoded: for links and redirects.
-pub fn encode(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn encode(pairs: &[(&str, &str)]) -> String {
     serde_urlencoded::to_string(pairs).unwrap_or_default()
 }
 
 /// `field=value` conditions an entry must all meet (exact, byte for byte).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct FieldFilter(pub Vec<(Bytes, Bytes)>);
+pub(crate) struct FieldFilter(pub Vec<(Bytes, Bytes)>);
 
 impl FieldFilter {
     /// Parses `field=value` items; `key` names them in errors.
-    pub fn parse<'a>(
+    pub(crate) fn parse<'a>(
         items: impl IntoIterator<Item = &'a str>,
         key: &str,
     ) -> Result<FieldFilter, ConsoleError> {
@@ -123,18 +128,19 @@ impl FieldFilter {
         Ok(FieldFilter(out))
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn matches(&self, fields: &[(Bytes, Bytes)]) -> bool {
+    pub(crate) fn matches(&self, fields: &[(Bytes, Bytes)]) -> bool {
         self.0
             .iter()
             .all(|(k, v)| fields.iter().any(|(fk, fv)| fk == k && fv == v))
     }
 
     /// As written: `a=1, b=2`.
-    pub fn describe(&self) -> String {
+    #[cfg(test)]
+    pub(crate) fn describe(&self) -> String {
         self.0
             .iter()
             .map(|(k, v)| {

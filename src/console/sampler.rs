@@ -30,7 +30,7 @@ const CLICKHOUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything the overview shows, as of one sample.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// When the sample was taken (Unix ms); 0 before the first one.
     pub taken_at_ms: u64,
     /// How long it took.
@@ -45,7 +45,7 @@ pub struct Snapshot {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct FlowView {
+pub(crate) struct FlowView {
     pub name: String,
     pub group: String,
     /// `clickhouse table t` or `streams`.
@@ -63,7 +63,7 @@ pub struct FlowView {
 /// One stream of a flow as written in the config; a sharded stream adds
 /// its shards up (lag, pending, length summed; idle the oldest).
 #[derive(Debug, Clone, Serialize)]
-pub struct StreamView {
+pub(crate) struct StreamView {
     pub name: String,
     pub group_exists: bool,
     pub length: u64,
@@ -86,7 +86,7 @@ pub struct StreamView {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct DelayedView {
+pub(crate) struct DelayedView {
     pub stream: String,
     pub count: u64,
     pub next_due_ms: Option<u64>,
@@ -139,19 +139,19 @@ fn rates(points: &[Point]) -> (Vec<f64>, Vec<f64>) {
     (ins, outs)
 }
 
-pub struct Sampler {
+pub(crate) struct Sampler {
     latest: RwLock<Arc<Snapshot>>,
 }
 
 impl Sampler {
-    pub fn new() -> Arc<Sampler> {
+    pub(crate) fn new() -> Arc<Sampler> {
         Arc::new(Sampler {
             latest: RwLock::new(Arc::new(Snapshot::default())),
         })
     }
 
     /// The latest snapshot (cheap: an `Arc`).
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.latest
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -163,7 +163,7 @@ impl Sampler {
     }
 
     /// Samples now and then every `sample_every` until `shutdown`.
-    pub async fn run(
+    pub(crate) async fn run(
         self: Arc<Self>,
         client: Client,
         config: Arc<Config>,
@@ -228,7 +228,7 @@ async fn entries_added(client: &Client, stream: &str) -> Result<u64, StreamError
 }
 
 /// How many delayed jobs wait for `stream`, and when the first is due.
-pub async fn delayed_of(client: &Client, stream: &str) -> Result<DelayedView, StreamError> {
+pub(crate) async fn delayed_of(client: &Client, stream: &str) -> Result<DelayedView, StreamError> {
     let key = crate::redis::delayed::set_key(stream);
     let count: u64 = client.zcard(&key).await?;
     // Members are MessagePack (binary): read the reply as values.

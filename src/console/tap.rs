@@ -32,7 +32,7 @@ const BLOCK: Duration = Duration::from_secs(1);
 /// Most entries one XREAD returns.
 const READ_COUNT: usize = 200;
 
-pub struct Tap {
+pub(crate) struct Tap {
     client: Client,
     stream: Arc<str>,
     last: String,
@@ -41,7 +41,11 @@ pub struct Tap {
 
 impl Tap {
     /// Opens a connection of its own and notes where the stream ends now.
-    pub async fn open(redis: &RedisConfig, stream: &str, filter: FieldFilter) -> Result<Tap> {
+    pub(crate) async fn open(
+        redis: &RedisConfig,
+        stream: &str,
+        filter: FieldFilter,
+    ) -> Result<Tap> {
         let client = crate::redis::client::connect_blocking(redis, BLOCK)
             .await
             .map_err(|e| ConsoleError::Unavailable(format!("tap: cannot connect to Redis: {e}")))?;
@@ -61,13 +65,13 @@ impl Tap {
     }
 
     /// The id the tap reads after.
-    pub fn position(&self) -> &str {
+    pub(crate) fn position(&self) -> &str {
         &self.last
     }
 
     /// Waits up to a second for new entries; returns those the filter lets
     /// through (the position moves past the others too).
-    pub async fn next(&mut self) -> Result<Vec<Message>> {
+    pub(crate) async fn next(&mut self) -> Result<Vec<Message>> {
         let args: Vec<Value> = vec![
             "COUNT".into(),
             Value::Integer(READ_COUNT as i64),
@@ -129,7 +133,7 @@ fn json_event(kind: &str, value: &impl serde::Serialize) -> Event {
 /// `GET /api/v1/tap?stream=S[&where=f=v…]`: server-sent events `ready`
 /// (`{"stream", "from"}`), then one `entry` per new matching entry, or
 /// `failure` if Redis fails.
-pub async fn sse(State(console): State<Arc<Console>>, RawQuery(q): RawQuery) -> Response {
+pub(crate) async fn sse(State(console): State<Arc<Console>>, RawQuery(q): RawQuery) -> Response {
     let p = Params::parse(q.as_deref());
     let (stream, filter) = match (p.required("stream"), p.filter()) {
         (Ok(s), Ok(f)) => (s.to_string(), f),
@@ -188,7 +192,7 @@ pub async fn sse(State(console): State<Arc<Console>>, RawQuery(q): RawQuery) -> 
 // ---- the CLI ----
 
 #[derive(Debug, Args)]
-pub struct TapArgs {
+pub(crate) struct TapArgs {
     /// The stream to watch (a shard's own name for a sharded stream).
     pub stream: String,
     /// Only entries whose field has this value (repeat: all must match).
@@ -207,7 +211,7 @@ pub struct TapArgs {
 
 /// One entry as a line of text: control characters escaped, so a value
 /// cannot move the cursor or recolour the terminal.
-pub fn text_line(e: &EntryView) -> String {
+pub(crate) fn text_line(e: &EntryView) -> String {
     let mut line = e.id.clone();
     for (k, v) in &e.fields {
         line.push_str("  ");
@@ -227,7 +231,7 @@ fn escape_control(c: char) -> Vec<char> {
 }
 
 /// `sluice tap`: prints new entries until Ctrl-C (or `--count`).
-pub async fn main(args: TapArgs) -> anyhow::Result<()> {
+pub(crate) async fn main(args: TapArgs) -> anyhow::Result<()> {
     use std::io::Write;
     let config = crate::config::Config::load(&args.config)?;
     let filter = FieldFilter::parse(args.filters.iter().map(String::as_str), "--where")

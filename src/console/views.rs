@@ -18,7 +18,7 @@ use crate::redis::group::ConsumerInfo;
 
 /// Which top-level section a page belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Nav {
+pub(crate) enum Nav {
     Overview,
     Dead,
     Schedules,
@@ -36,7 +36,7 @@ const NAV: &[(Nav, &str, &str)] = &[
 ];
 
 /// The frame around every page.
-pub fn layout(title: &str, who: Option<&Who>, nav: Nav, body: Markup) -> Markup {
+pub(crate) fn layout(title: &str, who: Option<&Who>, nav: Nav, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -79,7 +79,7 @@ pub fn layout(title: &str, who: Option<&Who>, nav: Nav, body: Markup) -> Markup 
     }
 }
 
-pub fn count(n: u64) -> String {
+pub(crate) fn count(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
@@ -92,11 +92,11 @@ pub fn count(n: u64) -> String {
 }
 
 /// `1 entry`, `2 entries`.
-pub fn entries_word(n: u64) -> String {
+pub(crate) fn entries_word(n: u64) -> String {
     format!("{} {}", count(n), if n == 1 { "entry" } else { "entries" })
 }
 
-pub fn secs(s: f64) -> String {
+pub(crate) fn secs(s: f64) -> String {
     if s < 0.05 {
         "0s".into()
     } else if s < 60.0 {
@@ -118,7 +118,7 @@ pub fn secs(s: f64) -> String {
     }
 }
 
-pub fn time(ms: u64) -> String {
+pub(crate) fn time(ms: u64) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms as i64)
         .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| ms.to_string())
@@ -132,16 +132,16 @@ fn rate(r: Option<f64>) -> String {
     }
 }
 
-pub fn stream_link(stream: &str) -> String {
+pub(crate) fn stream_link(stream: &str) -> String {
     format!("/stream?{}", encode(&[("name", stream)]))
 }
 
-pub fn dead_link(stream: &str) -> String {
+pub(crate) fn dead_link(stream: &str) -> String {
     format!("/dead?{}", encode(&[("stream", stream)]))
 }
 
 /// In and out rates of the retained window as an inline SVG.
-pub fn sparkline(ins: &[f64], outs: &[f64]) -> Markup {
+pub(crate) fn sparkline(ins: &[f64], outs: &[f64]) -> Markup {
     const W: f64 = 120.0;
     const H: f64 = 26.0;
     if ins.len() < 2 {
@@ -275,7 +275,7 @@ fn flow_card(f: &FlowView) -> Markup {
 }
 
 /// The part of the overview that refreshes itself.
-pub fn overview_live(s: &Snapshot) -> Markup {
+pub(crate) fn overview_live(s: &Snapshot) -> Markup {
     html! {
         @if s.taken_at_ms == 0 {
             p.muted { "Taking the first sample…" }
@@ -313,7 +313,7 @@ pub fn overview_live(s: &Snapshot) -> Markup {
     }
 }
 
-pub fn overview(s: &Snapshot) -> Markup {
+pub(crate) fn overview(s: &Snapshot) -> Markup {
     html! {
         div.page-head { h1 { "Overview" } span.muted { "streams, groups and endpoints, refreshed every sample" } }
         div #live data-refresh="/?fragment=1" data-every=(s.sample_every_ms.max(1000)) {
@@ -323,7 +323,7 @@ pub fn overview(s: &Snapshot) -> Markup {
 }
 
 /// A field list, values clipped (the full entry shows them all).
-pub fn fields(list: &[(String, String)], limit: usize) -> Markup {
+pub(crate) fn fields(list: &[(String, String)], limit: usize) -> Markup {
     html! {
         div.fields {
             @for (k, v) in list {
@@ -333,7 +333,7 @@ pub fn fields(list: &[(String, String)], limit: usize) -> Markup {
     }
 }
 
-pub struct StreamPage<'a> {
+pub(crate) struct StreamPage<'a> {
     pub stream: &'a str,
     pub length: u64,
     pub groups: &'a [GroupState],
@@ -352,7 +352,7 @@ fn with(query: &super::params::Params, base: &str, key: &str, value: &str) -> St
     format!("{base}?{}", encode(&pairs))
 }
 
-pub fn stream(p: &StreamPage<'_>) -> Markup {
+pub(crate) fn stream(p: &StreamPage<'_>) -> Markup {
     let q = p.query;
     let v = |k: &str| q.get(k).unwrap_or("").to_string();
     html! {
@@ -448,7 +448,7 @@ fn entries_table(list: &[EntryView]) -> Markup {
     }
 }
 
-pub struct DeadPageView<'a> {
+pub(crate) struct DeadPageView<'a> {
     pub streams: &'a [String],
     pub stream: &'a str,
     pub length: u64,
@@ -462,7 +462,7 @@ fn text_fields(e: &DeadEntry) -> Vec<(String, String)> {
     super::browse::text_fields(&e.fields)
 }
 
-pub fn dead(p: &DeadPageView<'_>) -> Markup {
+pub(crate) fn dead(p: &DeadPageView<'_>) -> Markup {
     let q = p.query;
     let where_text = q.get("where").unwrap_or("");
     let reason = p.filter.reason.as_deref().unwrap_or("");
@@ -542,7 +542,7 @@ pub fn dead(p: &DeadPageView<'_>) -> Markup {
     }
 }
 
-pub fn dead_entry(stream: &str, e: &DeadEntry, can_act: bool) -> Markup {
+pub(crate) fn dead_entry(stream: &str, e: &DeadEntry, can_act: bool) -> Markup {
     html! {
         div.page-head {
             h1 { span.muted { "dead letter " } span.mono { (e.id) } }
@@ -576,7 +576,7 @@ pub fn dead_entry(stream: &str, e: &DeadEntry, can_act: bool) -> Markup {
     }
 }
 
-pub fn schedules(list: &[serde_json::Value], can_act: bool) -> Markup {
+pub(crate) fn schedules(list: &[serde_json::Value], can_act: bool) -> Markup {
     let s = |v: &serde_json::Value, k: &str| match &v[k] {
         serde_json::Value::Null => "—".to_string(),
         serde_json::Value::String(s) => s.clone(),
@@ -650,7 +650,7 @@ pub fn schedules(list: &[serde_json::Value], can_act: bool) -> Markup {
     }
 }
 
-pub fn delayed(
+pub(crate) fn delayed(
     list: &[DelayedView],
     peek: Option<(&str, &[WaitingView])>,
     can_act: bool,
@@ -696,7 +696,7 @@ pub fn delayed(
     }
 }
 
-pub fn tap(streams: &[String], stream: Option<&str>, where_text: &str) -> Markup {
+pub(crate) fn tap(streams: &[String], stream: Option<&str>, where_text: &str) -> Markup {
     let src = stream.map(|s| {
         let mut pairs = vec![("stream", s)];
         if !where_text.is_empty() {
@@ -726,7 +726,7 @@ pub fn tap(streams: &[String], stream: Option<&str>, where_text: &str) -> Markup
     }
 }
 
-pub fn login(next: &str, error: Option<&str>) -> Markup {
+pub(crate) fn login(next: &str, error: Option<&str>) -> Markup {
     html! {
         div.login {
             section.card {
@@ -743,7 +743,7 @@ pub fn login(next: &str, error: Option<&str>) -> Markup {
     }
 }
 
-pub fn error_page(status: u16, message: &str) -> Markup {
+pub(crate) fn error_page(status: u16, message: &str) -> Markup {
     html! {
         section.card {
             h1 { (status) }

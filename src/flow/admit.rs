@@ -9,7 +9,7 @@ use crate::redis::Message;
 
 /// Why `m` is dead before anything else looks at it: a field name or value
 /// longer than `max` bytes (`max_field_bytes`).
-pub fn oversized_field(m: &Message, max: u64) -> Option<String> {
+pub(crate) fn oversized_field(m: &Message, max: u64) -> Option<String> {
     let (name, len) = m.fields.iter().find_map(|(k, v)| {
         let len = k.len().max(v.len()) as u64;
         (len > max).then_some((k, len))
@@ -23,7 +23,7 @@ pub fn oversized_field(m: &Message, max: u64) -> Option<String> {
 
 /// Takes the messages with a field over `max` bytes out of `entries`, as
 /// dead letters (kind `oversized`).
-pub fn take_oversized(entries: &mut Vec<Message>, max: u64) -> Vec<DeadLetter> {
+pub(crate) fn take_oversized(entries: &mut Vec<Message>, max: u64) -> Vec<DeadLetter> {
     if !entries.iter().any(|m| oversized_field(m, max).is_some()) {
         return Vec::new();
     }
@@ -43,7 +43,7 @@ pub fn take_oversized(entries: &mut Vec<Message>, max: u64) -> Vec<DeadLetter> {
 
 /// `m` if it may be delivered once more, else its dead letter (kind
 /// `max_deliveries`): delivered more than `max` times.
-pub fn within_max_deliveries(m: Message, max: u64) -> Result<Message, DeadLetter> {
+pub(crate) fn within_max_deliveries(m: Message, max: u64) -> Result<Message, DeadLetter> {
     if m.deliveries <= max {
         return Ok(m);
     }
@@ -61,7 +61,7 @@ pub fn within_max_deliveries(m: Message, max: u64) -> Result<Message, DeadLetter
 /// or failures counted across its retried copies) is its last: it is then
 /// dead-lettered instead of retried. The other side of
 /// [`within_max_deliveries`]: delivery `max` is still handled.
-pub fn is_final_failure(failures: u64, max: u64) -> bool {
+pub(crate) fn is_final_failure(failures: u64, max: u64) -> bool {
     failures >= max
 }
 

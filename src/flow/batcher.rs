@@ -25,7 +25,7 @@ use crate::redis::Message;
 use crate::sink::{Abandoned, BatchBuilder, Sealed, Sink};
 
 /// The flow's rules the batcher applies.
-pub struct Batching {
+pub(crate) struct Batching {
     pub flow: String,
     /// Messages delivered more often are dead-lettered.
     pub max_deliveries: u64,
@@ -37,7 +37,7 @@ pub struct Batching {
 /// Runs the batcher here and the committer on a task of its own until the
 /// chunks end; returns whether every batch was committed (false: one was
 /// abandoned at the hard stop and stays pending).
-pub async fn run<S, B>(
+pub(crate) async fn run<S, B>(
     rules: Batching,
     sink: Arc<S>,
     builder: B,

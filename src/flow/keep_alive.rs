@@ -136,7 +136,7 @@ impl KeepAlive {
 }
 
 /// `(id`: an XPENDING / XRANGE bound just after `id`.
-pub fn exclusive(id: &[u8]) -> Bytes {
+pub(crate) fn exclusive(id: &[u8]) -> Bytes {
     let mut b = Vec::with_capacity(id.len() + 1);
     b.push(b'(');
     b.extend_from_slice(id);

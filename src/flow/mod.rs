@@ -30,14 +30,14 @@
 //! starve the others when the sink is the bottleneck. Cost: one connection
 //! per shard and node, per flow and replica.
 
-pub mod admit;
-pub mod batcher;
-pub mod claim;
-pub mod keep_alive;
+pub(crate) mod admit;
+pub(crate) mod batcher;
+pub(crate) mod claim;
+pub(crate) mod keep_alive;
 mod read;
-pub mod retry;
-pub mod settle;
-pub mod stage;
+pub(crate) mod retry;
+pub(crate) mod settle;
+pub(crate) mod stage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,7 +70,7 @@ use crate::sink::stream::once::StreamOnce;
 use crate::sink::stream::{Pause, StreamSink};
 
 /// Everything a flow needs, resolved at start-up.
-pub struct Flow {
+pub(crate) struct Flow {
     pub cfg: FlowConfig,
     pub consumer: String,
     pub streams: Vec<Arc<str>>,
@@ -93,13 +93,13 @@ pub struct Flow {
 }
 
 /// Where a flow's messages land.
-pub enum FlowSink {
+pub(crate) enum FlowSink {
     Clickhouse(Arc<ClickHouseSink>),
     Stream(Arc<StreamSink>),
 }
 
 /// How a flow opens: where it says what it waits for, and when to give up.
-pub struct Opening<'a> {
+pub(crate) struct Opening<'a> {
     pub consumer: String,
     pub metrics: Arc<Metrics>,
     pub handlers: &'a Handlers,
@@ -114,7 +114,7 @@ impl Flow {
     /// While ClickHouse does not answer, waits for it (with backoff, saying
     /// so in `readiness`) instead of failing: a replica may start during an
     /// outage. Ok(None): stopped while waiting.
-    pub async fn open(
+    pub(crate) async fn open(
         config: &Config,
         cfg: &FlowConfig,
         o: Opening<'_>,
@@ -266,7 +266,7 @@ impl Flow {
     /// Runs until `shutdown`; then stops reading, commits what it holds and
     /// removes its consumer when nothing is left pending. `hard_stop` ends
     /// retries at the shutdown deadline.
-    pub async fn run(
+    pub(crate) async fn run(
         self,
         shutdown: CancellationToken,
         hard_stop: CancellationToken,

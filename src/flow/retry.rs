@@ -32,23 +32,23 @@ use crate::redis::dead_letter::{dead_letter_and_ack, DeadLetter};
 use crate::redis::delayed::{self, encode_member};
 use crate::redis::{Message, StreamError};
 
-pub use crate::config::{BackoffKind, RetryConfig};
+pub(crate) use crate::config::RetryConfig;
 
-pub const FIELD_ATTEMPT: &str = "sluice.attempt";
-pub const FIELD_RETRY_FOR: &str = "sluice.retry_for";
-pub const FIELD_FIRST_ID: &str = "sluice.first_id";
-pub const FIELD_ERROR: &str = "sluice.error";
+pub(crate) const FIELD_ATTEMPT: &str = "sluice.attempt";
+pub(crate) const FIELD_RETRY_FOR: &str = "sluice.retry_for";
+pub(crate) const FIELD_FIRST_ID: &str = "sluice.first_id";
+pub(crate) const FIELD_ERROR: &str = "sluice.error";
 
 /// Longest `sluice.error` kept on a retried copy.
 const ERROR_MAX: usize = 500;
 
 /// `group@stream`: where a retried copy's failure count applies.
-pub fn retry_for(group: &str, stream: &str) -> String {
+pub(crate) fn retry_for(group: &str, stream: &str) -> String {
     format!("{group}@{stream}")
 }
 
 /// How many times a message has failed in `group` before this delivery.
-pub fn previous_failures(m: &Message, group: &str) -> u64 {
+pub(crate) fn previous_failures(m: &Message, group: &str) -> u64 {
     let ours = m
         .field(FIELD_RETRY_FOR.as_bytes())
         .is_some_and(|v| v.as_ref() == retry_for(group, &m.stream).as_bytes());
@@ -62,7 +62,7 @@ pub fn previous_failures(m: &Message, group: &str) -> u64 {
 }
 
 /// The message's own fields, without sluice's `sluice.*` bookkeeping.
-pub fn original_fields(fields: &[(Bytes, Bytes)]) -> Vec<(Bytes, Bytes)> {
+pub(crate) fn original_fields(fields: &[(Bytes, Bytes)]) -> Vec<(Bytes, Bytes)> {
     fields
         .iter()
         .filter(|(k, _)| !k.starts_with(b"sluice."))
@@ -88,7 +88,7 @@ static RETRY_S: OnceLock<Script> = OnceLock::new();
 
 /// What became of a failed message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failed {
+pub(crate) enum Failed {
     /// Re-enqueued: failure number `failures`, back in the stream at `due_ms`
     /// (server clock; `failed_at_ms` is the server's time of the failure).
     Retry {
@@ -102,7 +102,7 @@ pub enum Failed {
 
 /// Retries failed messages of one flow through the delayed set.
 #[derive(Clone)]
-pub struct Retrier {
+pub(crate) struct Retrier {
     pub client: Client,
     pub group: String,
     pub dead_letter_stream: String,
@@ -115,7 +115,7 @@ pub struct Retrier {
 impl Retrier {
     /// The retrier of a flow with `retry = { … }`; None without it (failures
     /// are then retried by redelivery after the claim idle time).
-    pub fn for_flow(cfg: &FlowConfig, client: Client) -> Option<Retrier> {
+    pub(crate) fn for_flow(cfg: &FlowConfig, client: Client) -> Option<Retrier> {
         let policy = cfg.retry.clone()?;
         Some(Retrier {
             client,
@@ -130,7 +130,7 @@ impl Retrier {
     /// Records that handling `m` failed with `error`: re-enqueue it with
     /// backoff, or dead-letter it once it has failed `max_deliveries` times.
     /// Either way the original entry is acked.
-    pub async fn fail(&self, m: &Message, error: &str) -> Result<Failed, StreamError> {
+    pub(crate) async fn fail(&self, m: &Message, error: &str) -> Result<Failed, StreamError> {
         let previous = previous_failures(m, &self.group);
         let failures = previous + m.deliveries.max(1);
         let first_id = m
@@ -219,6 +219,7 @@ impl Retrier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::BackoffKind;
     use std::sync::Arc;
     use std::time::Duration;
 

@@ -180,13 +180,13 @@ impl Settler {
 }
 
 /// Stream names compare by pointer first (messages share their flow's `Arc`).
-pub fn same_stream(a: &Arc<str>, b: &Arc<str>) -> bool {
+pub(crate) fn same_stream(a: &Arc<str>, b: &Arc<str>) -> bool {
     Arc::ptr_eq(a, b) || a == b
 }
 
 /// The ids of `messages` per stream, in order. A handler's outputs of one
 /// source share its id (and sit together): the source is listed once.
-pub fn by_stream(messages: &[Message]) -> Vec<(Arc<str>, Vec<Bytes>)> {
+pub(crate) fn by_stream(messages: &[Message]) -> Vec<(Arc<str>, Vec<Bytes>)> {
     let mut out: Vec<(Arc<str>, Vec<Bytes>)> = Vec::new();
     for m in messages {
         match out.iter_mut().find(|(s, _)| same_stream(s, &m.stream)) {

@@ -29,7 +29,7 @@ use crate::redis::dead_letter::DeadLetter;
 use crate::redis::{reply, Message, StreamError};
 
 /// What became of one handled message.
-pub enum Outcome {
+pub(crate) enum Outcome {
     Outputs(Vec<Message>),
     Consumed(Message),
     Dead(DeadLetter),
@@ -38,7 +38,7 @@ pub enum Outcome {
 
 /// Decides a message's fate from its handler result: retry while
 /// deliveries are left, dead-letter on the last one or a permanent error.
-pub fn outcome(
+pub(crate) fn outcome(
     m: Message,
     result: Result<Vec<Fields>, HandlerError>,
     max_deliveries: u64,
@@ -76,7 +76,7 @@ pub fn outcome(
 }
 
 /// The handler stage of one flow, given only what it needs.
-pub struct Stage {
+pub(crate) struct Stage {
     pub handler: Arc<dyn Handler>,
     pub concurrency: usize,
     pub timeout: Duration,
@@ -89,7 +89,7 @@ pub struct Stage {
 }
 
 impl Stage {
-    pub async fn run(
+    pub(crate) async fn run(
         self,
         mut input: mpsc::Receiver<Vec<Message>>,
         output: mpsc::Sender<Vec<Message>>,
@@ -203,7 +203,7 @@ async fn retry_later(retrier: &Retrier, settler: &Settler, failed: Vec<(Message,
 /// Moves failed entries to [`RETRY_CONSUMER`] (XCLAIM … JUSTID: no delivery
 /// counted, idle reset). No live replica refreshes that consumer's entries,
 /// so after `claim.min_idle` a claim loop redelivers them.
-pub async fn park(
+pub(crate) async fn park(
     client: &Client,
     stream: &str,
     group: &str,

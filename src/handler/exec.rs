@@ -192,7 +192,7 @@ impl ExecHandler {
 }
 
 /// Interprets one reply line for the message with id `id`.
-pub fn parse_reply(line: &str, id: &[u8]) -> Result<Vec<Fields>, ReplyProblem> {
+pub(crate) fn parse_reply(line: &str, id: &[u8]) -> Result<Vec<Fields>, ReplyProblem> {
     let v: serde_json::Value = serde_json::from_str(line.trim_end())
         .map_err(|e| ReplyProblem::Protocol(format!("reply is not JSON ({e}): {}", clip(line))))?;
     let obj = v
@@ -244,7 +244,7 @@ pub fn parse_reply(line: &str, id: &[u8]) -> Result<Vec<Fields>, ReplyProblem> {
 
 /// A reply that is not what the protocol allows, or a reported failure.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ReplyProblem {
+pub(crate) enum ReplyProblem {
     Protocol(String),
     Failed(HandlerError),
 }

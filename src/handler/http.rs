@@ -26,7 +26,7 @@ use crate::redis::Message;
 /// Largest response body read.
 const MAX_RESPONSE: usize = 16 << 20;
 
-pub struct HttpHandler {
+pub(crate) struct HttpHandler {
     client: Client<HttpConnector, Full<Bytes>>,
     uri: Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -35,7 +35,7 @@ pub struct HttpHandler {
 
 /// What a response status means for the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusClass {
+pub(crate) enum StatusClass {
     Success,
     /// The service is unwell or busy: redeliver later.
     Retry,
@@ -44,7 +44,7 @@ pub enum StatusClass {
 }
 
 /// Retry or poison, by status code.
-pub fn classify_status(status: u16) -> StatusClass {
+pub(crate) fn classify_status(status: u16) -> StatusClass {
     match status {
         200..=299 => StatusClass::Success,
         408 | 425 | 429 => StatusClass::Retry,
@@ -54,7 +54,7 @@ pub fn classify_status(status: u16) -> StatusClass {
 }
 
 impl HttpHandler {
-    pub fn new(cfg: &HttpHandlerConfig) -> anyhow::Result<HttpHandler> {
+    pub(crate) fn new(cfg: &HttpHandlerConfig) -> anyhow::Result<HttpHandler> {
         let uri: Uri = cfg
             .url
             .parse()

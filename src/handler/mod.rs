@@ -13,8 +13,8 @@
 //! a claim loop after `claim.min_idle`; on its last allowed delivery (or on
 //! a permanent error) it is dead-lettered with the error as the reason.
 
-pub mod exec;
-pub mod http;
+pub(crate) mod exec;
+pub(crate) mod http;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,7 +29,7 @@ use crate::redis::Message;
 /// The consumer that holds failed messages until they are claimed again.
 /// Parked entries are not refreshed by any live replica, so they go idle
 /// and the claim loop redelivers them after `claim.min_idle`.
-pub const RETRY_CONSUMER: &str = "sluice-retry";
+pub(crate) const RETRY_CONSUMER: &str = "sluice-retry";
 
 /// A failed message: retried by redelivery, or dead-lettered at once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,7 +89,7 @@ impl Handlers {
 }
 
 /// Builds the handler a flow's config names.
-pub async fn open(
+pub(crate) async fn open(
     flow: &str,
     cfg: &HandlerConfig,
     registry: &Handlers,
@@ -108,7 +108,7 @@ pub async fn open(
 }
 
 /// One line for `sluice check`.
-pub fn describe(cfg: &HandlerConfig) -> String {
+pub(crate) fn describe(cfg: &HandlerConfig) -> String {
     match cfg {
         HandlerConfig::Exec(e) => format!(
             "exec {:?}, {} process(es), timeout {:?} per message",
@@ -128,7 +128,7 @@ pub fn describe(cfg: &HandlerConfig) -> String {
 /// The JSON a handler receives for a message:
 /// `{"id": …, "stream": …, "deliveries": n, "fields": {name: value, …}}`.
 /// Values that are not UTF-8 are passed with replacement characters.
-pub fn request_json(m: &Message) -> Vec<u8> {
+pub(crate) fn request_json(m: &Message) -> Vec<u8> {
     use serde::ser::{SerializeMap, Serializer};
     struct FieldsJson<'a>(&'a [(Bytes, Bytes)]);
     impl serde::Serialize for FieldsJson<'_> {
@@ -158,7 +158,7 @@ pub fn request_json(m: &Message) -> Vec<u8> {
 /// Output fields from a reply object: strings as they are, numbers as
 /// their JSON text, booleans as `true`/`false`, nested values as JSON text;
 /// null fields are left out.
-pub fn fields_from_json(
+pub(crate) fn fields_from_json(
     object: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<Fields, String> {
     use serde_json::Value;
@@ -184,7 +184,7 @@ pub fn fields_from_json(
 
 /// Outputs from a reply value: an object is one output, an array of
 /// objects several (an empty array: none).
-pub fn outputs_from_json(value: &serde_json::Value) -> Result<Vec<Fields>, String> {
+pub(crate) fn outputs_from_json(value: &serde_json::Value) -> Result<Vec<Fields>, String> {
     match value {
         serde_json::Value::Object(o) => Ok(vec![fields_from_json(o)?]),
         serde_json::Value::Array(items) => items
@@ -203,7 +203,7 @@ pub fn outputs_from_json(value: &serde_json::Value) -> Result<Vec<Fields>, Strin
 
 /// `handler.timeout` plus a margin: the outer bound the flow puts on one
 /// call (exec and http enforce `timeout` themselves, and clean up).
-pub fn outer_timeout(cfg: &HandlerConfig) -> Duration {
+pub(crate) fn outer_timeout(cfg: &HandlerConfig) -> Duration {
     match cfg {
         HandlerConfig::Rust(r) => r.timeout,
         other => other.timeout() + Duration::from_secs(2),

@@ -33,7 +33,7 @@ use crate::redis::{reply, Result, StreamError};
 
 /// Most items one script call adds (a script holds Redis while it runs:
 /// 1,000 XADDs take about a millisecond); a larger request goes alone.
-pub const GROUP_ITEMS: usize = 1_000;
+pub(crate) const GROUP_ITEMS: usize = 1_000;
 
 /// KEYS[1] = stream; ARGV[1] = request count; then per request: max_len
 /// (-1: none), item count, then per item its number of field/value
@@ -66,7 +66,7 @@ return out
 
 /// What an append did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Appended {
+pub(crate) enum Appended {
     /// All items were added; their ids in order.
     Ids(Vec<String>),
     /// Nothing was added: `length` + the items would pass `max_len`.
@@ -82,7 +82,7 @@ struct Job {
 
 /// Appends requests' items to streams, grouping concurrent requests for
 /// one stream into one script call.
-pub struct Appender {
+pub(crate) struct Appender {
     client: Client,
     /// The script's sha, loaded once (and again after a SCRIPT FLUSH or restart).
     sha: Mutex<Option<String>>,
@@ -98,7 +98,7 @@ fn cmd(name: &'static str, stream: &str) -> CustomCommand {
 }
 
 impl Appender {
-    pub fn new(client: Client) -> Arc<Appender> {
+    pub(crate) fn new(client: Client) -> Arc<Appender> {
         Arc::new(Appender {
             client,
             sha: Mutex::new(None),
@@ -107,7 +107,7 @@ impl Appender {
     }
 
     /// Adds all `items` to `stream`, or none when `max_len` would be passed.
-    pub async fn append(
+    pub(crate) async fn append(
         self: &Arc<Self>,
         stream: &str,
         items: Vec<Fields>,

@@ -8,7 +8,7 @@ use crate::config::HttpConfig;
 
 /// Why a request was not let in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Denied {
+pub(crate) enum Denied {
     /// No `Authorization: Bearer …` header (401).
     Missing,
     /// A token that is not configured (401).
@@ -22,13 +22,13 @@ struct Token {
     streams: Vec<String>,
 }
 
-pub struct Auth {
+pub(crate) struct Auth {
     tokens: Vec<Token>,
     open: bool,
 }
 
 /// Whether `pattern` (`name` or `prefix*`) covers `stream`.
-pub fn covers(pattern: &str, stream: &str) -> bool {
+pub(crate) fn covers(pattern: &str, stream: &str) -> bool {
     match pattern.strip_suffix('*') {
         Some(prefix) => stream.starts_with(prefix),
         None => pattern == stream,
@@ -36,7 +36,7 @@ pub fn covers(pattern: &str, stream: &str) -> bool {
 }
 
 impl Auth {
-    pub fn new(cfg: &HttpConfig) -> Auth {
+    pub(crate) fn new(cfg: &HttpConfig) -> Auth {
         Auth {
             tokens: cfg
                 .tokens
@@ -51,7 +51,7 @@ impl Auth {
     }
 
     /// Checks the `Authorization` header for `stream`.
-    pub fn check(&self, header: Option<&HeaderValue>, stream: &str) -> Result<(), Denied> {
+    pub(crate) fn check(&self, header: Option<&HeaderValue>, stream: &str) -> Result<(), Denied> {
         if self.open {
             return Ok(());
         }
@@ -78,7 +78,7 @@ impl Auth {
 }
 
 /// The token of an `Authorization: Bearer <token>` value.
-pub fn bearer(value: &[u8]) -> Option<&[u8]> {
+pub(crate) fn bearer(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at(value.iter().position(|&b| b == b' ')?);
     if !scheme.eq_ignore_ascii_case(b"bearer") {
         return None;

@@ -17,8 +17,8 @@
 //! (length + items would pass `max_len`), 409 (the key is not a stream),
 //! 503 + `Retry-After` (Redis unavailable).
 
-pub mod append;
-pub mod auth;
+pub(crate) mod append;
+pub(crate) mod auth;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,7 +43,7 @@ use crate::redis::{client, commands, reply};
 /// Longest stream name accepted in a path.
 const MAX_STREAM_NAME: usize = 512;
 
-pub struct Entry {
+pub(crate) struct Entry {
     redis: Client,
     cfg: HttpConfig,
     caps: BTreeMap<String, u64>,
@@ -71,7 +71,7 @@ struct ErrorBody<'a> {
 }
 
 /// A JSON answer with `status`.
-pub fn json(status: StatusCode, body: &impl Serialize) -> Response {
+pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     (
         status,
@@ -156,7 +156,7 @@ fn redis_unavailable(entry: &Entry, e: impl std::fmt::Display) -> Response {
 }
 
 impl Entry {
-    pub async fn open(config: &Config) -> anyhow::Result<Arc<Entry>> {
+    pub(crate) async fn open(config: &Config) -> anyhow::Result<Arc<Entry>> {
         let cfg = config.http.clone().expect("called with an [http] section");
         let redis = client::connect(&config.redis).await?;
         if cfg.allow_unauthenticated {
@@ -179,7 +179,7 @@ impl Entry {
     }
 
     /// The cap of `stream`: `[streams."name"].max_len`, else `http.max_len`.
-    pub fn max_len(&self, stream: &str) -> Option<u64> {
+    pub(crate) fn max_len(&self, stream: &str) -> Option<u64> {
         // A shard `name:{i}` of a sharded stream has the stream's cap.
         let base = crate::redis::sharder::base_of(stream).filter(|b| self.sharder.is_sharded(b));
         self.caps
@@ -189,7 +189,7 @@ impl Entry {
             .or(self.cfg.max_len)
     }
 
-    pub fn router(self: Arc<Self>) -> axum::Router {
+    pub(crate) fn router(self: Arc<Self>) -> axum::Router {
         axum::Router::new()
             .route("/v1/streams/{stream}/messages", post(post_messages))
             .route("/v1/streams/{stream}", get(get_stream))
@@ -201,7 +201,7 @@ impl Entry {
 
 /// Binds `http.listen` and serves the entry until `shutdown`; fails at
 /// once if Redis or the address cannot be had.
-pub async fn start(
+pub(crate) async fn start(
     config: &Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -369,7 +369,7 @@ async fn post_messages(
 
 /// One consumer group of a stream, as XINFO GROUPS reports it.
 #[derive(Debug, Clone, Serialize)]
-pub struct GroupState {
+pub(crate) struct GroupState {
     pub name: String,
     pub consumers: u64,
     pub pending: u64,
@@ -445,7 +445,7 @@ async fn stream_state(entry: &Entry, stream: &str) -> crate::redis::Result<Strea
 }
 
 /// The stream's consumer groups; None when the stream does not exist.
-pub async fn group_states(
+pub(crate) async fn group_states(
     client: &Client,
     stream: &str,
 ) -> crate::redis::Result<Option<Vec<GroupState>>> {

@@ -26,7 +26,7 @@ use crate::redis::Message;
 
 /// Dead-letter reasons (the `reason` label), created at zero for every flow
 /// so that `increase()` sees the first dead letter too.
-pub const DEAD_LETTER_REASONS: &[&str] = &[
+pub(crate) const DEAD_LETTER_REASONS: &[&str] = &[
     "convert",
     "rejected",
     "max_deliveries",
@@ -35,13 +35,7 @@ pub const DEAD_LETTER_REASONS: &[&str] = &[
 ];
 
 /// Sink error kinds (the `kind` label of `sluice_sink_errors_total`).
-pub const SINK_ERROR_KINDS: &[&str] = &["retry", "bisect"];
-
-/// ClickHouse endpoint error kinds (the `kind` label of
-/// `sluice_clickhouse_endpoint_errors_total`): a transient insert failure
-/// (the endpoint is marked down, the insert moves on), a data error (no
-/// failover), a failed health check.
-pub const ENDPOINT_ERROR_KINDS: &[&str] = &["retry", "bisect", "health_check"];
+pub(crate) const SINK_ERROR_KINDS: &[&str] = &["retry", "bisect"];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -663,7 +657,7 @@ impl FlowMetrics {
 /// Serves `/metrics`, `/healthz` (200 while the process runs) and
 /// `/readyz` (200 once every flow runs, else 503 naming what each waits
 /// for) until `shutdown`.
-pub async fn serve(
+pub(crate) async fn serve(
     metrics: Arc<Metrics>,
     readiness: Arc<crate::obs::readiness::Readiness>,
     addr: SocketAddr,

@@ -18,7 +18,7 @@ enum NotReady {
 }
 
 #[derive(Debug, Default)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     not_ready: Mutex<BTreeMap<String, NotReady>>,
     changed: Notify,
 }
@@ -30,14 +30,14 @@ impl Readiness {
     }
 
     /// `flow` is opening.
-    pub fn opening(&self, flow: &str) {
+    pub(crate) fn opening(&self, flow: &str) {
         self.update(|m| {
             m.insert(flow.to_string(), NotReady::Opening);
         });
     }
 
     /// `flow` cannot open yet and keeps trying: `why`.
-    pub fn waiting(&self, flow: &str, why: impl Into<String>) {
+    pub(crate) fn waiting(&self, flow: &str, why: impl Into<String>) {
         let why = why.into();
         self.update(|m| {
             m.insert(flow.to_string(), NotReady::Waiting(why));
@@ -45,14 +45,14 @@ impl Readiness {
     }
 
     /// `flow` runs.
-    pub fn running(&self, flow: &str) {
+    pub(crate) fn running(&self, flow: &str) {
         self.update(|m| {
             m.remove(flow);
         });
     }
 
     /// Ok when every flow runs, else one line per flow that does not.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         let not_ready = self.not_ready.lock().unwrap_or_else(|p| p.into_inner());
         if not_ready.is_empty() {
             return Ok(());
@@ -67,7 +67,7 @@ impl Readiness {
     }
 
     /// Returns once no flow is still opening: each runs or waits.
-    pub async fn settled(&self) {
+    pub(crate) async fn settled(&self) {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);

@@ -51,7 +51,7 @@ use crate::sink::clickhouse::stuck::StuckReport;
 
 /// Most entries one lag count reads with XRANGE, both directions together.
 /// Bounds the sampler's cost on Redis (≈3 µs per entry read).
-pub const LAG_SCAN_LIMIT: u64 = 20_000;
+pub(crate) const LAG_SCAN_LIMIT: u64 = 20_000;
 
 /// First and largest XRANGE page while counting.
 const LAG_SCAN_FIRST_PAGE: usize = 100;
@@ -149,7 +149,7 @@ async fn group_info(
 /// The lag when it follows without counting: see the module docs.
 /// `first` is the stream's first id, `next` the first id after
 /// `last_delivered` (both None when there is none).
-pub fn lag_shortcut(
+pub(crate) fn lag_shortcut(
     length: u64,
     last_delivered: &[u8],
     first: Option<&[u8]>,
@@ -173,7 +173,7 @@ fn after(id: &[u8]) -> Vec<u8> {
 
 /// Counts the entries after `last_delivered` (see the module docs).
 /// `length` is XLEN, `redis_lag` XINFO's figure, used only past the limit.
-pub async fn count_undelivered(
+pub(crate) async fn count_undelivered(
     client: &Client,
     stream: &Arc<str>,
     last_delivered: &[u8],
@@ -275,7 +275,7 @@ pub async fn stream_status(
 }
 
 /// Status of every stream of every flow.
-pub async fn all(client: &Client, config: &Config) -> Result<Vec<StreamStatus>> {
+pub(crate) async fn all(client: &Client, config: &Config) -> Result<Vec<StreamStatus>> {
     let mut out = Vec::new();
     for f in &config.flows {
         let stuck = match crate::sink::clickhouse::stuck::list(client, &f.name, now_ms()).await {
@@ -295,7 +295,7 @@ pub async fn all(client: &Client, config: &Config) -> Result<Vec<StreamStatus>> 
     Ok(out)
 }
 
-pub fn export(metrics: &Metrics, s: &StreamStatus) {
+pub(crate) fn export(metrics: &Metrics, s: &StreamStatus) {
     let l = [s.flow.as_str(), s.stream.as_str(), s.group.as_str()];
     metrics
         .stream_length
@@ -327,7 +327,11 @@ pub fn export(metrics: &Metrics, s: &StreamStatus) {
 /// Every `metrics.sample_every`, the replica holding the lease samples all
 /// streams into the gauges; the others export no gauge series at all, so
 /// dashboards aggregate with `max by (flow, stream, group)`.
-pub async fn sample_loop(config: Config, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub(crate) async fn sample_loop(
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     if config.metrics.listen.is_none() {
         return; // nobody would read the gauges
     }
@@ -409,7 +413,7 @@ async fn hold_lease(client: &Client, key: &str, me: &str, lease_ms: i64) -> Resu
 }
 
 /// A plain-text table for `sluice status`.
-pub fn render_table(list: &[StreamStatus]) -> String {
+pub(crate) fn render_table(list: &[StreamStatus]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
@@ -492,7 +496,7 @@ pub fn render_table(list: &[StreamStatus]) -> String {
 
 /// One line for a replica stuck on a table-level error: since when (and
 /// for how long at `now_ms`), the table, the rows held, the error.
-pub fn render_stuck(flow: &str, r: &StuckReport, now_ms: u64) -> String {
+pub(crate) fn render_stuck(flow: &str, r: &StuckReport, now_ms: u64) -> String {
     let since = chrono::DateTime::from_timestamp_millis(r.since_ms as i64)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_else(|| r.since_ms.to_string());
@@ -506,7 +510,9 @@ pub fn render_stuck(flow: &str, r: &StuckReport, now_ms: u64) -> String {
 }
 
 /// ClickHouse endpoints' health for `sluice status` (URLs without credentials).
-pub fn render_endpoints(list: &[crate::sink::clickhouse::endpoints::EndpointStatus]) -> String {
+pub(crate) fn render_endpoints(
+    list: &[crate::sink::clickhouse::endpoints::EndpointStatus],
+) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(

@@ -33,23 +33,23 @@ use tracing_subscriber::{EnvFilter, Layer};
 use crate::redis::Message;
 
 /// The message field carrying a producer's trace context.
-pub const TRACEPARENT_FIELD: &[u8] = b"traceparent";
+pub(crate) const TRACEPARENT_FIELD: &[u8] = b"traceparent";
 
 /// Most links one batch span gets; a batch of 50k messages would otherwise
 /// make one span bigger than the batch.
-pub const MAX_LINKS: usize = 128;
+pub(crate) const MAX_LINKS: usize = 128;
 
 /// Set once at start-up: whether spans leave the process at all. The batch
 /// path only scans messages for `traceparent` when they do.
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// True when an OTLP trace exporter is installed.
-pub fn traces_exported() -> bool {
+pub(crate) fn traces_exported() -> bool {
     EXPORTING.load(Ordering::Relaxed)
 }
 
 /// Keeps the trace pipeline alive; flushes pending spans when dropped.
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     provider: Option<SdkTracerProvider>,
 }
 
@@ -68,7 +68,7 @@ impl Drop for Telemetry {
 /// Installs the global subscriber. Call once, inside the Tokio runtime (the
 /// OTLP client runs its requests there); keep the result until exit.
 #[must_use = "dropping it shuts the trace exporter down"]
-pub fn init() -> Telemetry {
+pub(crate) fn init() -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("SLUICE_LOG_FORMAT")
         .map(|v| v == "json")
@@ -107,7 +107,7 @@ pub fn init() -> Telemetry {
 }
 
 /// Whether the environment asks for OTLP trace export.
-pub fn otlp_configured(env: impl Fn(&str) -> Option<String>) -> bool {
+pub(crate) fn otlp_configured(env: impl Fn(&str) -> Option<String>) -> bool {
     let is = |k: &str, v: &str| env(k).is_some_and(|x| x.trim().eq_ignore_ascii_case(v));
     if is("OTEL_SDK_DISABLED", "true") || is("OTEL_TRACES_EXPORTER", "none") {
         return false;
@@ -202,7 +202,7 @@ impl opentelemetry_http::HttpClient for RuntimeHttpClient {
 }
 
 /// Parses a W3C `traceparent` (version 00, or a later version read as 00).
-pub fn parse_traceparent(value: &[u8]) -> Option<SpanContext> {
+pub(crate) fn parse_traceparent(value: &[u8]) -> Option<SpanContext> {
     let text = std::str::from_utf8(value).ok()?.trim();
     let mut parts = text.split('-');
     let (version, trace, span, flags) =
@@ -238,7 +238,7 @@ pub fn parse_traceparent(value: &[u8]) -> Option<SpanContext> {
 /// Makes `span` (a batch span, not yet entered) continue the producers'
 /// traces found in `messages`: child of the first, linked to each. Does
 /// nothing, and reads no message, unless traces are exported.
-pub fn continue_producer_traces(span: &tracing::Span, messages: &[Message]) {
+pub(crate) fn continue_producer_traces(span: &tracing::Span, messages: &[Message]) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     if !traces_exported() {
         return;

@@ -8,11 +8,11 @@ use fred::types::{CustomCommand, Value};
 use crate::redis::{Message, Result};
 
 /// Fields added to every dead-letter entry, before the original fields.
-pub const FIELD_ID: &str = "sluice.id";
-pub const FIELD_STREAM: &str = "sluice.stream";
-pub const FIELD_GROUP: &str = "sluice.group";
-pub const FIELD_DELIVERIES: &str = "sluice.deliveries";
-pub const FIELD_REASON: &str = "sluice.reason";
+pub(crate) const FIELD_ID: &str = "sluice.id";
+pub(crate) const FIELD_STREAM: &str = "sluice.stream";
+pub(crate) const FIELD_GROUP: &str = "sluice.group";
+pub(crate) const FIELD_DELIVERIES: &str = "sluice.deliveries";
+pub(crate) const FIELD_REASON: &str = "sluice.reason";
 
 /// A message refused for good, and why.
 #[derive(Debug, Clone)]
@@ -55,7 +55,7 @@ fn xadd_args(dead_stream: &str, group: &str, d: &DeadLetter) -> Vec<Value> {
 /// is acked: the sources stay pending and the caller retries. A retry after
 /// a partial failure (some XADDs confirmed, a connection cut before the
 /// rest) can duplicate a dead letter, never lose one.
-pub async fn dead_letter_and_ack(
+pub(crate) async fn dead_letter_and_ack(
     client: &Client,
     dead_stream: &str,
     group: &str,

@@ -6,13 +6,13 @@
 
 pub mod client;
 pub mod commands;
-pub mod dead_letter;
+pub(crate) mod dead_letter;
 pub mod delayed;
 pub mod group;
-pub mod held;
+pub(crate) mod held;
 pub mod reply;
-pub mod sharder;
-pub mod version;
+pub(crate) mod sharder;
+pub(crate) mod version;
 
 use std::sync::Arc;
 
@@ -31,7 +31,7 @@ pub enum StreamError {
     },
 }
 
-pub type Result<T, E = StreamError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = StreamError> = std::result::Result<T, E>;
 
 /// One stream entry as delivered to this consumer.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,7 +70,7 @@ impl Message {
 }
 
 /// Parses the `ms` part of a `ms-seq` stream id.
-pub fn id_millis(id: &[u8]) -> Option<u64> {
+pub(crate) fn id_millis(id: &[u8]) -> Option<u64> {
     let end = id.iter().position(|&b| b == b'-').unwrap_or(id.len());
     let digits = &id[..end];
     if digits.is_empty() || digits.len() > 20 {
@@ -87,7 +87,7 @@ pub fn id_millis(id: &[u8]) -> Option<u64> {
 }
 
 /// Parses a full `ms-seq` id into its two numbers.
-pub fn parse_id(id: &[u8]) -> Option<(u64, u64)> {
+pub(crate) fn parse_id(id: &[u8]) -> Option<(u64, u64)> {
     let text = std::str::from_utf8(id).ok()?;
     let (ms, seq) = text.split_once('-').unwrap_or((text, "0"));
     Some((ms.parse().ok()?, seq.parse().ok()?))

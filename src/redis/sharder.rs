@@ -15,14 +15,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 
 use crate::config::streams::shard_names;
-pub use crate::config::streams::{base_of, hash_tag};
+pub(crate) use crate::config::streams::{base_of, hash_tag};
 use crate::config::Config;
 use crate::fields::Fields;
 
 /// A hash tag (braces included) that puts a key in the same Redis Cluster
 /// slot as `key`: `key`'s own tag, else `{key}` when that hashes as the
 /// whole name does, else the shortest number with that slot.
-pub fn same_slot_tag(key: &str) -> String {
+pub(crate) fn same_slot_tag(key: &str) -> String {
     if let Some(tag) = hash_tag(key) {
         return format!("{{{tag}}}");
     }
@@ -39,7 +39,7 @@ pub fn same_slot_tag(key: &str) -> String {
 
 /// FNV-1a, 64 bits: stable across processes, versions and platforms, so
 /// every producer puts a given key on the same shard.
-pub fn fnv1a(data: &[u8]) -> u64 {
+pub(crate) fn fnv1a(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in data {
         h ^= u64::from(b);

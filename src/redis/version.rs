@@ -10,7 +10,7 @@ use fred::prelude::*;
 use fred::types::InfoKind;
 
 /// The oldest Redis sluice runs against.
-pub const MINIMUM: Version = Version {
+pub(crate) const MINIMUM: Version = Version {
     major: 7,
     minor: 0,
     patch: 0,
@@ -18,7 +18,7 @@ pub const MINIMUM: Version = Version {
 
 /// `major.minor.patch` of a Redis server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Version {
+pub(crate) struct Version {
     pub major: u32,
     pub minor: u32,
     pub patch: u32,
@@ -31,7 +31,7 @@ impl std::fmt::Display for Version {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum VersionError {
+pub(crate) enum VersionError {
     #[error("redis {server}: cannot read the server version (INFO server; an ACL user needs +info): {error}")]
     Info {
         server: String,
@@ -44,7 +44,7 @@ pub enum VersionError {
 }
 
 /// The `redis_version` of an `INFO server` reply.
-pub fn parse_info(info: &str) -> Option<Version> {
+pub(crate) fn parse_info(info: &str) -> Option<Version> {
     let text = info
         .lines()
         .find_map(|l| l.strip_prefix("redis_version:"))?
@@ -62,7 +62,7 @@ pub fn parse_info(info: &str) -> Option<Version> {
 }
 
 /// The decision for one server: its version, or why it is refused.
-pub fn require(server: &str, info: &str) -> Result<Version, VersionError> {
+pub(crate) fn require(server: &str, info: &str) -> Result<Version, VersionError> {
     let found = parse_info(info).ok_or_else(|| VersionError::Unknown {
         server: server.to_string(),
     })?;
@@ -77,7 +77,7 @@ pub fn require(server: &str, info: &str) -> Result<Version, VersionError> {
 
 /// Reads every server's version (each master of a cluster) and refuses
 /// the first one below [`MINIMUM`]. Returns (server, version) pairs.
-pub async fn check(client: &Client) -> Result<Vec<(String, Version)>, VersionError> {
+pub(crate) async fn check(client: &Client) -> Result<Vec<(String, Version)>, VersionError> {
     // A cluster client knows its masters (split_cluster only reads the
     // cached slot map); each is asked over the client's own connection.
     let primaries: Vec<Server> = match client.split_cluster() {

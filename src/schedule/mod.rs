@@ -10,18 +10,16 @@
 //!
 //! Keys and values are documented in docs/SCHEDULING.md.
 
-pub mod runner;
-pub mod spec;
+pub(crate) mod runner;
+pub(crate) mod spec;
 pub mod store;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use spec::{MissedPolicy, ScheduleConfig, Spec};
-
 /// Starts the schedule loop and the delayed-job promoter (unless
 /// `[scheduler] enabled = false`). They stop when `shutdown` is cancelled.
-pub async fn spawn(
+pub(crate) async fn spawn(
     config: &crate::config::Config,
     owner: &str,
     shutdown: CancellationToken,

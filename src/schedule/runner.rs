@@ -29,7 +29,7 @@ struct Live {
     cursor: Millis,
 }
 
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     pub client: Client,
     /// Written into tick keys: which replica took a tick.
     pub owner: String,
@@ -42,7 +42,7 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut live: HashMap<String, Live> = HashMap::new();
         let mut config_written = false;
         let mut warned: HashMap<String, String> = HashMap::new();

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use crate::config::schedule::{
-    check_name, default_grace, format_time, parse_cron, parse_time, Millis, MissedPolicy, RawSpec,
-    ScheduleConfig, Spec, SpecError, Template, TickContext, Trigger, MIN_EVERY, PLACEHOLDERS,
+pub(crate) use crate::config::schedule::{
+    default_grace, format_time, parse_time, Millis, MissedPolicy, RawSpec, ScheduleConfig, Spec,
+    SpecError, TickContext, Trigger,
 };
 
 /// Most ticks one pass fires for one schedule (a bound, not a policy).
-pub const MAX_TICKS_PER_PASS: usize = 1000;
+pub(crate) const MAX_TICKS_PER_PASS: usize = 1000;
 
 fn to_datetime(ms: Millis) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp_millis(ms.min(i64::MAX as u64 / 2) as i64)
@@ -189,6 +189,7 @@ pub struct Due {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::schedule::{parse_cron, Template};
 
     fn every(ms: u64) -> Spec {
         Spec::from_raw(&RawSpec {

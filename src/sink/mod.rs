@@ -6,8 +6,8 @@
 //! [`BatchBuilder`] (how a batch is filled, sized and sealed) and [`Sink`]
 //! (how a sealed batch is written, then settled at the source).
 
-pub mod clickhouse;
-pub mod stream;
+pub(crate) mod clickhouse;
+pub(crate) mod stream;
 
 use std::future::Future;
 
@@ -24,7 +24,7 @@ pub struct Abandoned(pub usize);
 
 /// A sealed batch as the batch loop sees it: its messages (for the span
 /// and trace continuation) and its dead letters.
-pub trait Sealed: Send + 'static {
+pub(crate) trait Sealed: Send + 'static {
     fn messages(&self) -> &[Message];
     fn dead(&self) -> &[DeadLetter];
     fn is_empty(&self) -> bool {
@@ -33,7 +33,7 @@ pub trait Sealed: Send + 'static {
 }
 
 /// Fills one sink's batches; owned by the batch loop.
-pub trait BatchBuilder: Send {
+pub(crate) trait BatchBuilder: Send {
     type Sealed: Sealed;
 
     /// When the open batch must be sealed; None while nothing is open.
@@ -53,7 +53,7 @@ pub trait BatchBuilder: Send {
 
 /// Writes a sink's sealed batches and settles them at the source. The
 /// batch loop settles one batch while it writes the next.
-pub trait Sink: Send + Sync + 'static {
+pub(crate) trait Sink: Send + Sync + 'static {
     type Sealed: Sealed;
     /// A written batch waiting for its dead letters and acks.
     type Written: Send + 'static;

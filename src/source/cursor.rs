@@ -75,7 +75,7 @@ fn script(cell: &'static std::sync::OnceLock<Script>, lua: &'static str) -> &'st
 
 /// The Redis keys of one source.
 #[derive(Debug, Clone)]
-pub struct Keys {
+pub(crate) struct Keys {
     /// The stream `to` (for a sharded one, its base name: only its slot counts).
     pub stream: String,
     pub cursor: String,
@@ -83,7 +83,7 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn new(name: &str, to: &str) -> Keys {
+    pub(crate) fn new(name: &str, to: &str) -> Keys {
         let tag = crate::redis::sharder::same_slot_tag(to);
         Keys {
             stream: to.to_string(),
@@ -95,14 +95,14 @@ impl Keys {
 
 /// What the cursor hash holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct State {
+pub(crate) struct State {
     pub pos: Bytes,
     pub rows: u64,
     pub updated_ms: Option<u64>,
     pub done_ms: Option<u64>,
 }
 
-pub async fn load(client: &Client, keys: &Keys) -> Result<State, fred::error::Error> {
+pub(crate) async fn load(client: &Client, keys: &Keys) -> Result<State, fred::error::Error> {
     let map: std::collections::HashMap<String, Bytes> = client.hgetall(&keys.cursor).await?;
     let num = |k: &str| {
         map.get(k)
@@ -119,7 +119,7 @@ pub async fn load(client: &Client, keys: &Keys) -> Result<State, fred::error::Er
 
 /// What an [`advance`] did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Advanced {
+pub(crate) enum Advanced {
     /// Written (the entries, if any) and the cursor moved.
     Done,
     /// Another replica moved the cursor: we lost the source.
@@ -131,7 +131,7 @@ pub enum Advanced {
 /// Moves the cursor from `expected` to `new`, adding `rows` to `rows`, and
 /// (when `entries` is not empty) XADDs them to the stream in the same
 /// script, unless the stream is at `max_len`.
-pub async fn advance(
+pub(crate) async fn advance(
     client: &Client,
     keys: &Keys,
     expected: &[u8],
@@ -174,7 +174,7 @@ pub async fn advance(
 }
 
 /// Records that a `once` source read everything.
-pub async fn mark_done(client: &Client, keys: &Keys) -> Result<(), fred::error::Error> {
+pub(crate) async fn mark_done(client: &Client, keys: &Keys) -> Result<(), fred::error::Error> {
     let _: Value = client
         .hset(
             &keys.cursor,
@@ -185,7 +185,7 @@ pub async fn mark_done(client: &Client, keys: &Keys) -> Result<(), fred::error::
 }
 
 /// Takes or renews the lease for `lease_ms`; true if `me` holds it.
-pub async fn hold(
+pub(crate) async fn hold(
     client: &Client,
     keys: &Keys,
     me: &str,
@@ -202,7 +202,11 @@ pub async fn hold(
 }
 
 /// Gives the lease up if `me` holds it, so another replica takes over at once.
-pub async fn release(client: &Client, keys: &Keys, me: &str) -> Result<(), fred::error::Error> {
+pub(crate) async fn release(
+    client: &Client,
+    keys: &Keys,
+    me: &str,
+) -> Result<(), fred::error::Error> {
     let _: i64 = script(&RELEASE_S, RELEASE)
         .evalsha_with_reload(client, vec![keys.lease.clone()], vec![me.to_string()])
         .await?;
@@ -210,7 +214,10 @@ pub async fn release(client: &Client, keys: &Keys, me: &str) -> Result<(), fred:
 }
 
 /// Who holds the lease, if anyone.
-pub async fn holder(client: &Client, keys: &Keys) -> Result<Option<String>, fred::error::Error> {
+pub(crate) async fn holder(
+    client: &Client,
+    keys: &Keys,
+) -> Result<Option<String>, fred::error::Error> {
     client.get(&keys.lease).await
 }
 

@@ -7,7 +7,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use crate::obs::metrics::Metrics;
 
 /// The metric families, created and registered once.
-pub struct Families {
+pub(crate) struct Families {
     rows: IntCounterVec,
     dead: IntCounterVec,
     pages: IntCounterVec,
@@ -31,7 +31,7 @@ fn gauge(metrics: &Metrics, name: &str, help: &str) -> Option<IntGaugeVec> {
 impl Families {
     /// None when already registered in this registry (a second worker run
     /// in one process) — its sources then record nothing.
-    pub fn register(metrics: &Metrics) -> Option<Families> {
+    pub(crate) fn register(metrics: &Metrics) -> Option<Families> {
         Some(Families {
             rows: counter(
                 metrics,
@@ -70,7 +70,13 @@ impl Families {
         })
     }
 
-    pub fn handles(&self, source: &str, clickhouse: &str, redis: &str, stream: &str) -> Handles {
+    pub(crate) fn handles(
+        &self,
+        source: &str,
+        clickhouse: &str,
+        redis: &str,
+        stream: &str,
+    ) -> Handles {
         Handles {
             rows: Some(
                 self.rows
@@ -87,7 +93,7 @@ impl Families {
 
 /// One source's handles; the default records nothing.
 #[derive(Clone, Default)]
-pub struct Handles {
+pub(crate) struct Handles {
     rows: Option<IntCounter>,
     dead: Option<IntCounter>,
     pages: Option<IntCounter>,
@@ -97,32 +103,32 @@ pub struct Handles {
 }
 
 impl Handles {
-    pub fn written(&self, rows: usize, dead: usize) {
+    pub(crate) fn written(&self, rows: usize, dead: usize) {
         if let (Some(r), Some(d)) = (&self.rows, &self.dead) {
             r.inc_by(rows as u64);
             d.inc_by(dead as u64);
         }
     }
 
-    pub fn page(&self) {
+    pub(crate) fn page(&self) {
         if let Some(p) = &self.pages {
             p.inc();
         }
     }
 
-    pub fn error(&self) {
+    pub(crate) fn error(&self) {
         if let Some(e) = &self.errors {
             e.inc();
         }
     }
 
-    pub fn active(&self, on: bool) {
+    pub(crate) fn active(&self, on: bool) {
         if let Some(a) = &self.active {
             a.set(i64::from(on));
         }
     }
 
-    pub fn paused(&self, on: bool) {
+    pub(crate) fn paused(&self, on: bool) {
         if let Some(p) = &self.paused {
             p.set(i64::from(on));
         }

@@ -30,11 +30,11 @@
 //!   to the dead-letter stream `{to}:dead` with `sluice.source`,
 //!   `sluice.table`, `sluice.position` and `sluice.reason`, then the fields.
 
-pub mod cursor;
-pub mod metrics;
-pub mod query;
-pub mod status;
-pub mod text;
+pub(crate) mod cursor;
+pub(crate) mod metrics;
+pub(crate) mod query;
+pub(crate) mod status;
+pub(crate) mod text;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -53,7 +53,7 @@ use crate::config::source::{SourceConfig, SourceMode};
 use crate::config::{Config, Delivery};
 
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
+pub(crate) enum SourceError {
     #[error("clickhouse ({endpoint}): {source}")]
     ClickHouse {
         endpoint: String,
@@ -69,7 +69,7 @@ pub enum SourceError {
     Position(String),
 }
 
-pub type Result<T, E = SourceError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = SourceError> = std::result::Result<T, E>;
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -80,7 +80,7 @@ pub(crate) fn now_ms() -> u64 {
 
 /// One row of a page.
 #[derive(Debug, Clone)]
-pub struct Row {
+pub(crate) struct Row {
     pub fields: Vec<(Bytes, Bytes)>,
     /// Cursor and key values (see [`query`]).
     pub position: Vec<Bytes>,
@@ -101,7 +101,7 @@ enum Stop {
 }
 
 /// One `[[source]]`, opened.
-pub struct Source {
+pub(crate) struct Source {
     cfg: SourceConfig,
     plan: Plan,
     /// The connection's endpoints (label, client), tried in turn on errors.
@@ -119,7 +119,7 @@ pub struct Source {
 impl Source {
     /// Connects to ClickHouse and the target Redis and reads the table's
     /// columns; errors name the config key.
-    pub async fn open(
+    pub(crate) async fn open(
         config: &Config,
         index: usize,
         me: &str,
@@ -198,7 +198,7 @@ impl Source {
 
     /// `sluice check`'s lines: the path with its connections, the columns,
     /// the paging, and where the cursor is.
-    pub async fn describe(&self) -> Result<Vec<String>> {
+    pub(crate) async fn describe(&self) -> Result<Vec<String>> {
         let c = &self.cfg;
         let state = cursor::load(&self.redis, &self.keys).await?;
         let label = crate::connections::label;
@@ -275,7 +275,7 @@ impl Source {
 
     /// Runs until `shutdown`: waits for the lease, then reads pages while
     /// it holds it; a finished `once` source returns.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let lease_ms = self.cfg.lease.as_millis() as u64;
         let retry = self.cfg.lease / 3;
         let mut waiting_logged = false;
@@ -471,7 +471,7 @@ impl Source {
 
     /// The page after `after`, and whether rows are left after it (it was
     /// a full page).
-    pub async fn fetch(&self, after: &[Bytes]) -> Result<(Vec<Row>, bool)> {
+    pub(crate) async fn fetch(&self, after: &[Bytes]) -> Result<(Vec<Row>, bool)> {
         self.metrics.page();
         let bound = self.query(&self.plan.bound_sql(after)).await?;
         let upto = match bound.is_empty() {
@@ -735,7 +735,7 @@ async fn keep_lease(
 }
 
 /// Opens every `[[source]]` and runs each on its own task.
-pub async fn spawn_all(
+pub(crate) async fn spawn_all(
     config: &Config,
     me: &str,
     metrics: &Arc<crate::obs::metrics::Metrics>,

@@ -31,7 +31,7 @@ use crate::sink::clickhouse::quote_identifier;
 
 /// How a position value is written back into SQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Literal {
+pub(crate) enum Literal {
     /// `CAST('<text>' AS <type>)`.
     Cast(String),
     /// `toDateTime(<unix seconds>)`.
@@ -43,7 +43,7 @@ pub enum Literal {
 }
 
 impl Literal {
-    pub fn sql(&self, text: &[u8]) -> String {
+    pub(crate) fn sql(&self, text: &[u8]) -> String {
         match self {
             Literal::Cast(ty) => format!("CAST({} AS {ty})", quote_string(text)),
             // Unix seconds as a number (a string would be parsed as a date
@@ -60,7 +60,7 @@ impl Literal {
 }
 
 /// A ClickHouse string literal holding exactly `bytes`.
-pub fn quote_string(bytes: &[u8]) -> String {
+pub(crate) fn quote_string(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() + 2);
     out.push('\'');
     for &b in bytes {
@@ -77,7 +77,7 @@ pub fn quote_string(bytes: &[u8]) -> String {
 
 /// A cursor or key column.
 #[derive(Debug, Clone)]
-pub struct PositionColumn {
+pub(crate) struct PositionColumn {
     pub name: String,
     quoted: String,
     /// Its text as selected.
@@ -153,14 +153,14 @@ impl PositionColumn {
 /// Why a source's table does not fit its config.
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {message}")]
-pub struct PlanError {
+pub(crate) struct PlanError {
     pub key: String,
     pub message: String,
 }
 
 /// A source's queries, built once from the table's schema.
 #[derive(Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub table: String,
     pub fields: Vec<FieldColumn>,
     /// The cursor column, then the key columns.
@@ -173,7 +173,7 @@ pub struct Plan {
 
 impl Plan {
     /// `key_prefix` names the source in errors (`source[0]`).
-    pub fn new(
+    pub(crate) fn new(
         schema: &TableSchema,
         columns: &[String],
         cursor: &str,
@@ -245,7 +245,7 @@ impl Plan {
     }
 
     /// Whether positions identify rows (a `key` is configured).
-    pub fn keyed(&self) -> bool {
+    pub(crate) fn keyed(&self) -> bool {
         self.position.len() > 1
     }
 
@@ -268,7 +268,7 @@ impl Plan {
     /// The position of the last row of the next page after `after` (empty:
     /// from the start), if that many rows are left: reads only the cursor
     /// and key columns.
-    pub fn bound_sql(&self, after: &[Bytes]) -> String {
+    pub(crate) fn bound_sql(&self, after: &[Bytes]) -> String {
         let select = self
             .position
             .iter()
@@ -288,7 +288,7 @@ impl Plan {
     /// Bounding the range rather than using LIMIT keeps the text
     /// expressions to the page's rows (18.16 computes them before sorting),
     /// and without a key `c <= L` takes every row sharing the last value.
-    pub fn page_sql(&self, after: &[Bytes], upto: Option<&[Bytes]>) -> String {
+    pub(crate) fn page_sql(&self, after: &[Bytes], upto: Option<&[Bytes]>) -> String {
         let mut conditions = Vec::new();
         if !after.is_empty() {
             conditions.push(self.compare(after, ">"));
@@ -324,7 +324,7 @@ impl Plan {
 }
 
 /// A position as stored in Redis: each part as `<len>:<bytes>`.
-pub fn encode_position(parts: &[Bytes]) -> Vec<u8> {
+pub(crate) fn encode_position(parts: &[Bytes]) -> Vec<u8> {
     let mut out = Vec::new();
     for p in parts {
         out.extend_from_slice(p.len().to_string().as_bytes());
@@ -335,7 +335,7 @@ pub fn encode_position(parts: &[Bytes]) -> Vec<u8> {
 }
 
 /// The parts of an encoded position, or None if it is malformed.
-pub fn decode_position(mut b: &[u8]) -> Option<Vec<Bytes>> {
+pub(crate) fn decode_position(mut b: &[u8]) -> Option<Vec<Bytes>> {
     let mut out = Vec::new();
     while !b.is_empty() {
         let colon = b.iter().position(|&c| c == b':')?;

@@ -9,7 +9,7 @@ use crate::config::source::{SourceConfig, SourceMode};
 use crate::config::{Config, Delivery};
 
 #[derive(Debug, Clone, Serialize)]
-pub struct SourceStatus {
+pub(crate) struct SourceStatus {
     pub source: String,
     /// `<clickhouse connection>:<table>`.
     pub from: String,
@@ -28,7 +28,7 @@ pub struct SourceStatus {
 }
 
 /// Reads one source's state from its Redis.
-pub async fn status(config: &Config, s: &SourceConfig) -> anyhow::Result<SourceStatus> {
+pub(crate) async fn status(config: &Config, s: &SourceConfig) -> anyhow::Result<SourceStatus> {
     let client = crate::redis::client::connect(config.redis_for(s.redis.as_deref())).await?;
     let keys = Keys::new(&s.name, &s.to);
     let state = cursor::load(&client, &keys).await?;
@@ -67,7 +67,7 @@ pub async fn status(config: &Config, s: &SourceConfig) -> anyhow::Result<SourceS
 }
 
 /// Every source's state.
-pub async fn all(config: &Config) -> anyhow::Result<Vec<SourceStatus>> {
+pub(crate) async fn all(config: &Config) -> anyhow::Result<Vec<SourceStatus>> {
     let mut out = Vec::new();
     for s in &config.sources {
         out.push(status(config, s).await?);
@@ -77,13 +77,13 @@ pub async fn all(config: &Config) -> anyhow::Result<Vec<SourceStatus>> {
 
 /// `sluice check`'s lines for source `index`: opens it (the table, its
 /// columns against the config, the target Redis) and describes it.
-pub async fn plan(config: &Config, index: usize) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn plan(config: &Config, index: usize) -> anyhow::Result<Vec<String>> {
     let source = super::Source::open(config, index, "sluice-check", None).await?;
     Ok(source.describe().await?)
 }
 
 /// A plain-text table.
-pub fn render(list: &[SourceStatus]) -> String {
+pub(crate) fn render(list: &[SourceStatus]) -> String {
     use std::fmt::Write;
     if list.is_empty() {
         return String::new();

@@ -35,7 +35,7 @@ const LAST_TEXT_SECOND: u32 = 4_102_444_799;
 
 /// How a selected expression comes back in RowBinary.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Shape {
+pub(crate) enum Shape {
     /// `String`: VarUInt length, bytes. `number`: an integer's text, written
     /// into JSON arrays as a number.
     Text { number: bool },
@@ -49,7 +49,7 @@ pub enum Shape {
 
 /// A column of the table as the source selects it.
 #[derive(Debug, Clone)]
-pub struct FieldColumn {
+pub(crate) struct FieldColumn {
     pub name: Bytes,
     /// The SQL expression rendering it.
     pub expr: String,
@@ -59,7 +59,7 @@ pub struct FieldColumn {
 }
 
 impl FieldColumn {
-    pub fn new(name: &str, type_name: &str, ty: &ColumnType) -> FieldColumn {
+    pub(crate) fn new(name: &str, type_name: &str, ty: &ColumnType) -> FieldColumn {
         let quoted = crate::sink::clickhouse::quote_identifier(name);
         let (expr, shape) = text_expr(ty, &quoted, 0);
         FieldColumn {
@@ -141,23 +141,23 @@ fn text_expr(ty: &ColumnType, x: &str, depth: usize) -> (String, Shape) {
 /// A malformed or short RowBinary page.
 #[derive(Debug, thiserror::Error)]
 #[error("RowBinary page ends early or is malformed at byte {at}: {what}")]
-pub struct DecodeError {
+pub(crate) struct DecodeError {
     pub at: usize,
     pub what: &'static str,
 }
 
 /// Reads RowBinary values out of one page.
-pub struct Reader {
+pub(crate) struct Reader {
     buf: Bytes,
     pos: usize,
 }
 
 impl Reader {
-    pub fn new(buf: Bytes) -> Reader {
+    pub(crate) fn new(buf: Bytes) -> Reader {
         Reader { buf, pos: 0 }
     }
 
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.pos >= self.buf.len()
     }
 
@@ -202,7 +202,7 @@ impl Reader {
 
     /// One value of `shape` as field text (None = NULL). Arrays become JSON;
     /// `problem` gets the first reason the value cannot be written.
-    pub fn value(
+    pub(crate) fn value(
         &mut self,
         shape: &Shape,
         problem: &mut Option<String>,
@@ -290,11 +290,11 @@ impl Reader {
 }
 
 /// A row's fields (name, text) in column order.
-pub type Fields = Vec<(Bytes, Bytes)>;
+pub(crate) type Fields = Vec<(Bytes, Bytes)>;
 
 /// One row's fields, in column order (NULLs left out), and why it cannot
 /// be written, if it cannot.
-pub fn row_fields(
+pub(crate) fn row_fields(
     reader: &mut Reader,
     columns: &[FieldColumn],
 ) -> Result<(Fields, Option<String>), DecodeError> {

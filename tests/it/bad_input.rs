@@ -396,7 +396,7 @@ async fn hostile_names_in_config_and_messages_inject_nothing() {
     raw(&s.rc, "SET", vec!["canary".into(), "alive".into()]).await;
 
     let table = "we`ird\\; DROP TABLE victim; --";
-    let quoted = sluice::sink::clickhouse::quote_identifier(table);
+    let quoted = sluice::testing::quote_identifier(table);
     s.ch.exec(&format!(
         "CREATE TABLE {quoted} (id UInt32, `col'; DROP TABLE victim; --` String, `sp ace` String, \
          `ünï\"` String, `a\\`b` String, _id String) ENGINE = MergeTree ORDER BY id"

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
-use sluice::sink::clickhouse::budget::{self, Budget};
+use sluice::testing::{budget, Budget};
 
 use crate::common::*;
 use crate::harness::{free_port, secs, unique_name, wait_for, RedisCluster, RedisServer, Worker};

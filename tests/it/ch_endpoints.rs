@@ -386,10 +386,8 @@ async fn shard_by_places_rows_by_key_and_a_down_shard_holds_back_only_its_rows()
             ("n".to_string(), i.to_string().into_bytes()),
         ]
     };
-    let shard_of = |i: usize| {
-        (sluice::sink::clickhouse::shard::city_hash64(format!("user-{}", i % 37).as_bytes()) % 2)
-            as u64
-    };
+    let shard_of =
+        |i: usize| (sluice::testing::city_hash64(format!("user-{}", i % 37).as_bytes()) % 2) as u64;
     const N: usize = 1000;
     let mut sent = xadd_many(&c.rc, &stream, N, job).await;
     wait_for(LONG, "first rows on both shards", || async {

@@ -434,7 +434,8 @@ async fn pruning_never_deletes_a_consumer_that_got_an_entry_meanwhile() {
     let prune = {
         let stream = stream.clone();
         tokio::spawn(async move {
-            sluice::redis::group::prune_consumers(&pruner, &stream, "g", Duration::ZERO, "me").await
+            sluice::testing::group::prune_consumers(&pruner, &stream, "g", Duration::ZERO, "me")
+                .await
         })
     };
     // Wait for the pruner's XPENDING (direct or inside a script) on MONITOR.

@@ -1107,9 +1107,9 @@ async fn delayed_jobs_are_counted_peeked_and_moved_now_and_missed_ticks_counted(
     let s = Setup::start(true).await;
     let auth = format!("Bearer {OPERATOR}");
     let h = [("Authorization", auth.as_str())];
-    let far = sluice::schedule::spec::now_ms() + 3_600_000;
+    let far = sluice::testing::now_ms() + 3_600_000;
     for i in 0..3u64 {
-        sluice::redis::delayed::enqueue_at(
+        sluice::testing::delayed::enqueue_at(
             &s.rc,
             &s.stream,
             vec![
@@ -1164,7 +1164,7 @@ async fn delayed_jobs_are_counted_peeked_and_moved_now_and_missed_ticks_counted(
         "the job asked for, not the earliest"
     );
     let left: u64 =
-        s.rc.zcard(sluice::redis::delayed::set_key(&s.stream))
+        s.rc.zcard(sluice::testing::delayed::set_key(&s.stream))
             .await
             .unwrap();
     assert_eq!(left, 2);
@@ -1185,7 +1185,7 @@ async fn delayed_jobs_are_counted_peeked_and_moved_now_and_missed_ticks_counted(
         "schedule", "add", "every1s", "--every", "1s", "--stream", &s.stream,
     ]);
     let key = "sluice:schedule:{every1s}";
-    let ten_ago = (sluice::schedule::spec::now_ms() - 10_000).to_string();
+    let ten_ago = (sluice::testing::now_ms() - 10_000).to_string();
     raw(
         &s.rc,
         "HSET",

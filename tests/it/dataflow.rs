@@ -454,18 +454,18 @@ sink = {{ type = "stream", to = "{dst}" }}
 struct Double;
 
 #[async_trait::async_trait]
-impl sluice::handler::Handler for Double {
+impl sluice::Handler for Double {
     async fn handle(
         &self,
-        m: &sluice::redis::Message,
-    ) -> Result<Vec<sluice::fields::Fields>, sluice::handler::HandlerError> {
+        m: &sluice::Message,
+    ) -> Result<Vec<sluice::Fields>, sluice::HandlerError> {
         let n: i64 = m
             .field(b"n")
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| sluice::handler::HandlerError::fatal("n is not a number"))?;
+            .ok_or_else(|| sluice::HandlerError::fatal("n is not a number"))?;
         if n < 0 {
-            return Err(sluice::handler::HandlerError::fatal("negative"));
+            return Err(sluice::HandlerError::fatal("negative"));
         }
         Ok(vec![vec![
             ("n".into(), n.to_string().into()),
@@ -498,11 +498,11 @@ sink = {{ type = "stream", to = "{dst}" }}
     );
     let cfg = sluice::config::Config::from_toml_with_env(&text, "test", Vec::new()).unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let handlers = sluice::handler::Handlers::new().register("double", Double);
-    let run = tokio::spawn(sluice::worker::run_with_handlers(
+    let handlers = sluice::Handlers::new().register("double", Double);
+    let run = tokio::spawn(sluice::run_with_handlers(
         cfg.clone(),
         shutdown.clone(),
-        sluice::obs::metrics::Metrics::new(),
+        sluice::testing::Metrics::new(),
         handlers,
     ));
     wait_for(LONG, "handled", || async {
@@ -523,7 +523,7 @@ sink = {{ type = "stream", to = "{dst}" }}
         .unwrap()
         .expect("clean shutdown");
     // Without the registration the worker refuses to start, naming the handler.
-    let err = sluice::worker::run(cfg, tokio_util::sync::CancellationToken::new())
+    let err = sluice::run(cfg, tokio_util::sync::CancellationToken::new())
         .await
         .unwrap_err()
         .to_string();

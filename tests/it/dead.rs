@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::common::*;
 use crate::harness::{unique_name, wait_for, RedisServer, Worker};
 use crate::schedule::{redis_only_config, Cli};
-use sluice::flow::retry::RetryConfig;
+use sluice::config::RetryConfig;
 
 const FLAKY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

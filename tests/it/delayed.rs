@@ -12,7 +12,7 @@ use fred::types::Value;
 use crate::common::*;
 use crate::harness::{unique_name, wait_for, RedisServer, Worker};
 use crate::schedule::redis_only_config;
-use sluice::redis::delayed::{self, Due};
+use sluice::testing::delayed::{self, Due};
 
 /// The Redis server's clock, in Unix ms.
 pub async fn redis_now_ms(client: &Client) -> u64 {

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice::config::ExecHandlerConfig;
-use sluice::handler::exec::ExecHandler;
-use sluice::handler::{Handler, HandlerError};
-use sluice::redis::Message;
+use sluice::testing::ExecHandler;
+use sluice::Message;
+use sluice::{Handler, HandlerError};
 
 fn fixture() -> String {
     format!("{}/tests/fixtures/handler.py", env!("CARGO_MANIFEST_DIR"))
@@ -42,7 +42,7 @@ fn message(id: &str, fields: &[(&str, &str)]) -> Message {
 }
 
 /// The `rec_id` and `pid` of a single output.
-fn rec_id_and_pid(outputs: &[sluice::fields::Fields]) -> (String, String) {
+fn rec_id_and_pid(outputs: &[sluice::Fields]) -> (String, String) {
     assert_eq!(outputs.len(), 1, "{outputs:?}");
     let get = |name: &str| {
         outputs[0]

@@ -163,7 +163,7 @@ async fn killed_mid_run(exactly_once: bool) {
         // swept after ledger_ttl.
         second.term();
         assert!(second.wait_exit(LONG).await.is_some_and(|s| s.success()));
-        let key = sluice::sink::stream::once::written_key("share", &dst, &src);
+        let key = sluice::testing::written_key("share", &dst, &src);
         let left = raw(&rb, "HLEN", vec![key.into()])
             .await
             .as_u64()
@@ -290,8 +290,8 @@ async fn exactly_once_with_a_slow_target_and_a_dead_replicas_backlog() {
 /// (`keep` = 0, the first version) writes the copy again.
 #[tokio::test]
 async fn a_second_copy_of_an_acked_entry_finds_its_record() {
-    use sluice::sink::stream::once::StreamOnce;
-    use sluice::sink::stream::StreamSink;
+    use sluice::testing::StreamOnce;
+    use sluice::testing::StreamSink;
     use std::sync::Arc;
     let b = RedisServer::start().await;
     let rb = b.client().await;
@@ -299,8 +299,8 @@ async fn a_second_copy_of_an_acked_entry_finds_its_record() {
     let cfg: sluice::config::StreamSinkConfig = toml::from_str(&format!("to = \"{dst}\"")).unwrap();
     let sink = Arc::new(StreamSink::new(&cfg, Default::default(), Vec::new()));
     let mut router = sink.router();
-    let messages: Vec<sluice::redis::Message> = (0..10)
-        .map(|i| sluice::redis::Message {
+    let messages: Vec<sluice::Message> = (0..10)
+        .map(|i| sluice::Message {
             stream: Arc::from("src"),
             id: format!("{}-0", i + 1).into(),
             fields: vec![("rec_id".into(), i.to_string().into())],

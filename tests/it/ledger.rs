@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::*;
-use sluice::redis::Message;
-use sluice::sink::clickhouse::exactly_once::ledger::Ledger;
+use sluice::testing::Ledger;
+use sluice::Message;
 
 use crate::harness::{unique_name, wait_for, RedisServer};
 

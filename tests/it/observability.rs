@@ -896,12 +896,12 @@ claim = { min_idle = "60s", every = "1s" }"#,
     let age = gauge("sluice_group_lag_seconds").await.unwrap();
     assert!(age > 0.0 && age < 600.0, "lag seconds {age}");
     // The library view agrees, and says how it got there.
-    let status = sluice::obs::status::stream_status(&s.rc, &flow, &stream, "g", "unused:dead")
+    let status = sluice::testing::stream_status(&s.rc, &flow, &stream, "g", "unused:dead")
         .await
         .unwrap();
     assert_eq!(
         (status.lag, status.lag_source),
-        (truth, sluice::obs::status::LagSource::Counted)
+        (truth, sluice::testing::LagSource::Counted)
     );
     assert_eq!(status.redis_lag, None);
 

@@ -118,18 +118,18 @@ fields = {{ tick = "{{tick}}" }}
 /// arrives it must not add a second entry.
 #[tokio::test]
 async fn a_slow_xadd_after_its_guard_expired_adds_no_second_entry() {
-    use sluice::schedule::store::{self, FireOutcome, Target};
+    use sluice::testing::store::{self, FireOutcome, Target};
     let (mut cluster, proxy) = cluster_behind_proxy().await;
     let direct = cluster.node(0).client().await;
     let through_proxy =
         crate::harness::redis_client(&format!("redis-cluster://{}", proxy.addr())).await;
     let (name, out) = (unique_name("slowsched"), unique_name("slowticks"));
-    let config: sluice::schedule::ScheduleConfig = toml::from_str(&format!(
+    let config: sluice::config::ScheduleConfig = toml::from_str(&format!(
         "name = \"{name}\"\nevery = \"1s\"\nstream = \"{out}\""
     ))
     .unwrap();
-    let spec = sluice::schedule::Spec::from_config(&config).unwrap();
-    let now = sluice::schedule::spec::now_ms();
+    let spec = sluice::config::schedule::Spec::from_config(&config).unwrap();
+    let now = sluice::testing::now_ms();
     store::upsert_from_config(&direct, &spec, false, now)
         .await
         .unwrap();

@@ -24,12 +24,12 @@ fn source(m: &Message) -> Source {
 }
 
 /// The sources of `messages`.
-pub fn sources(messages: &[Message]) -> HashSet<Source> {
+pub(crate) fn sources(messages: &[Message]) -> HashSet<Source> {
     messages.iter().map(source).collect()
 }
 
 #[derive(Default)]
-pub struct AckGate {
+pub(crate) struct AckGate {
     /// Parts not yet done that hold an output of the source.
     open: HashMap<Source, usize>,
     held: Vec<Message>,
@@ -38,7 +38,7 @@ pub struct AckGate {
 
 impl AckGate {
     /// A gate for a batch split into `parts`.
-    pub fn new<'a>(parts: impl IntoIterator<Item = &'a [Message]>) -> AckGate {
+    pub(crate) fn new<'a>(parts: impl IntoIterator<Item = &'a [Message]>) -> AckGate {
         let mut open: HashMap<Source, usize> = HashMap::new();
         for part in parts {
             for s in sources(part) {
@@ -55,7 +55,7 @@ impl AckGate {
     /// (pass an empty `done` for outputs dead before any part ran). Returns
     /// the outputs that may be acked (and dead-lettered) now: those whose
     /// source no running part holds, including ones held back earlier.
-    pub fn release(
+    pub(crate) fn release(
         &mut self,
         done: &HashSet<Source>,
         landed: Vec<Message>,

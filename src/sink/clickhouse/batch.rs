@@ -16,7 +16,7 @@ use crate::sink::clickhouse::ClickHouseSink;
 use crate::sink::BatchBuilder;
 
 /// The batch a ClickHouse flow is filling.
-pub struct ClickHouseBatches {
+pub(crate) struct ClickHouseBatches {
     sink: Arc<ClickHouseSink>,
     pacer: Pacer,
     /// The table's columns may be re-read meanwhile: each batch is
@@ -27,7 +27,7 @@ pub struct ClickHouseBatches {
 
 impl ClickHouseBatches {
     /// `with_batch_ids`: exactly-once (each batch carries its id).
-    pub fn new(sink: Arc<ClickHouseSink>, pacer: Pacer, with_batch_ids: bool) -> Self {
+    pub(crate) fn new(sink: Arc<ClickHouseSink>, pacer: Pacer, with_batch_ids: bool) -> Self {
         let mapper = sink.mapper.current();
         let open = if with_batch_ids {
             OpenBatch::with_batch_ids()

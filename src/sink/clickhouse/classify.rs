@@ -22,7 +22,7 @@
 
 /// What to do with a batch whose insert failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
+pub(crate) enum Disposition {
     /// The server or the path to it is unwell (down, overloaded, timing out,
     /// misconfigured): keep the batch, back off, try again. Nothing is acked.
     Retry,
@@ -35,7 +35,7 @@ pub enum Disposition {
 
 impl Disposition {
     /// The server answered and refused the insert (Bisect or Escalate).
-    pub fn is_refusal(self) -> bool {
+    pub(crate) fn is_refusal(self) -> bool {
         self != Disposition::Retry
     }
 }
@@ -115,7 +115,7 @@ const SCHEMA_CHANGE_CODES: &[u32] = &[
 /// exception code (a proxy's 502), and the crate's own errors, among them
 /// `Error::Custom`, which an insert returns when its background task died —
 /// says nothing about the rows and is retried.
-pub fn classify(error: &clickhouse::error::Error) -> Disposition {
+pub(crate) fn classify(error: &clickhouse::error::Error) -> Disposition {
     use clickhouse::error::Error as E;
     match error {
         E::BadResponse(text) => classify_server_text(text),
@@ -126,7 +126,7 @@ pub fn classify(error: &clickhouse::error::Error) -> Disposition {
 /// Classifies a ClickHouse exception text such as
 /// `Code: 27, e.displayText() = DB::Exception: Cannot parse input …` (18.x)
 /// or `Code: 27. DB::Exception: …` (current releases).
-pub fn classify_server_text(text: &str) -> Disposition {
+pub(crate) fn classify_server_text(text: &str) -> Disposition {
     match exception_code(text) {
         None => Disposition::Retry,
         Some(252) if is_partition_limit(text) => Disposition::Escalate,
@@ -144,12 +144,12 @@ pub(crate) fn is_partition_limit(text: &str) -> bool {
 
 /// An exception with this code may mean the table's columns changed (see
 /// [`SCHEMA_CHANGE_CODES`]).
-pub fn may_mean_schema_changed(code: u32) -> bool {
+pub(crate) fn may_mean_schema_changed(code: u32) -> bool {
     SCHEMA_CHANGE_CODES.contains(&code)
 }
 
 /// The `Code: N` of a ClickHouse exception text.
-pub fn exception_code(text: &str) -> Option<u32> {
+pub(crate) fn exception_code(text: &str) -> Option<u32> {
     let start = text.find("Code: ")? + "Code: ".len();
     let digits: String = text[start..]
         .chars()

@@ -22,7 +22,7 @@ use crate::sink::{Abandoned, Sealed, Sink};
 /// landed (ids only), the dead letters to write first, and the exactly-once
 /// ledger records to drop after.
 #[derive(Default)]
-pub struct Inserted {
+pub(crate) struct Inserted {
     landed: Vec<Message>,
     dead: Vec<DeadLetter>,
     batch_ids: Vec<String>,
@@ -50,7 +50,7 @@ impl Inserted {
     }
 }
 
-pub struct Committer {
+pub(crate) struct Committer {
     pub flow: String,
     /// This replica's consumer name (its record of a stuck flow).
     pub consumer: String,
@@ -74,7 +74,7 @@ impl Committer {
     /// rows) and returns what is left to do. The committer acks one batch
     /// while it inserts the next. A sharded batch's parts are acked as they
     /// land, here: nothing is left for [`acknowledge`](Self::acknowledge).
-    pub async fn insert(&self, batch: SealedBatch) -> Result<Inserted, Abandoned> {
+    pub(crate) async fn insert(&self, batch: SealedBatch) -> Result<Inserted, Abandoned> {
         if self.sink.sharding.is_some() {
             self.commit_sharded(batch).await?;
             return Ok(Inserted::default());
@@ -105,7 +105,7 @@ impl Committer {
     /// The second half of committing a batch: dead-letters what ClickHouse refused,
     /// then acks what it confirmed, then drops the batch's ledger records
     /// (exactly-once), retrying Redis errors until the hard stop.
-    pub async fn acknowledge(&self, done: Inserted) -> Result<(), Abandoned> {
+    pub(crate) async fn acknowledge(&self, done: Inserted) -> Result<(), Abandoned> {
         if done.landed.is_empty() && done.dead.is_empty() && done.batch_ids.is_empty() {
             // A sharded batch acked its parts itself: its span says so.
             return Ok(());

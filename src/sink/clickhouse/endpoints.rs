@@ -40,14 +40,14 @@ use crate::sink::clickhouse::classify::classify;
 
 /// Longest time an endpoint stays marked down after failed inserts before
 /// a passing health check may bring it back.
-pub const MAX_DOWN: Duration = Duration::from_secs(60);
+pub(crate) const MAX_DOWN: Duration = Duration::from_secs(60);
 
 /// Bound on one health check.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A URL without its userinfo and query (either may hold a secret): the
 /// `endpoint` label and what logs show.
-pub fn endpoint_label(url: &str) -> String {
+pub(crate) fn endpoint_label(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -61,7 +61,7 @@ pub fn endpoint_label(url: &str) -> String {
 
 /// A client for one endpoint URL. Validation is off: it sends a setting
 /// 18.16 rejects.
-pub fn client_for(cfg: &ClickHouseConfig, url: &str) -> Client {
+pub(crate) fn client_for(cfg: &ClickHouseConfig, url: &str) -> Client {
     let client = Client::default()
         .with_url(url)
         .with_database(&cfg.database)
@@ -81,7 +81,7 @@ pub fn client_for(cfg: &ClickHouseConfig, url: &str) -> Client {
 
 /// One endpoint's health as `sluice check` / `sluice status` report it.
 #[derive(Debug, Clone, Serialize)]
-pub struct EndpointStatus {
+pub(crate) struct EndpointStatus {
     /// The config key it came from (`clickhouse.urls[1]`).
     pub key: String,
     /// The URL without credentials.
@@ -92,7 +92,7 @@ pub struct EndpointStatus {
 }
 
 /// `SELECT version()` on every configured endpoint, concurrently.
-pub async fn probe(cfg: &ClickHouseConfig) -> Vec<EndpointStatus> {
+pub(crate) async fn probe(cfg: &ClickHouseConfig) -> Vec<EndpointStatus> {
     let checks = cfg.endpoint_urls().into_iter().enumerate().map(|(i, url)| {
         let client = client_for(cfg, url);
         async move {
@@ -141,7 +141,7 @@ struct Handles {
     errors_check: IntCounter,
 }
 
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// The config key (`clickhouse.urls[i]` or `clickhouse.url`).
     pub key: String,
     /// The URL without credentials.
@@ -156,13 +156,8 @@ impl Endpoint {
         self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.health().up
-    }
-
-    /// The server version from the last passing check, if any.
-    pub fn version(&self) -> Option<String> {
-        self.health().version.clone()
     }
 
     fn set_up(&self, h: &mut Health, up: bool) {
@@ -235,7 +230,7 @@ impl Endpoint {
     /// Before 19.1 (or not known yet): LowCardinality needs an experimental
     /// setting in DDL, and `DROP … SYNC` does not exist (nor is it needed:
     /// drops are eager there).
-    pub fn is_legacy(&self) -> bool {
+    pub(crate) fn is_legacy(&self) -> bool {
         self.health()
             .version
             .as_deref()
@@ -244,14 +239,14 @@ impl Endpoint {
 
     /// `insert_deduplication_token` exists on this endpoint (22.1+); unknown
     /// until a check passed.
-    pub fn has_dedup_token(&self) -> bool {
+    pub(crate) fn has_dedup_token(&self) -> bool {
         self.health()
             .version
             .as_deref()
             .is_some_and(|v| crate::sink::clickhouse::version_at_least(v, 22, 1))
     }
 
-    pub fn status(&self) -> EndpointStatus {
+    pub(crate) fn status(&self) -> EndpointStatus {
         let h = self.health();
         EndpointStatus {
             key: self.key.clone(),
@@ -264,7 +259,7 @@ impl Endpoint {
 }
 
 /// The endpoints of one sink, their health, and the choice of endpoint.
-pub struct Endpoints {
+pub(crate) struct Endpoints {
     list: Vec<Endpoint>,
     mode: EndpointMode,
     next: AtomicUsize,
@@ -275,7 +270,7 @@ impl Endpoints {
     /// Endpoints for `cfg`'s URLs, all unknown (down) until
     /// [`check_all`](Self::check_all). `metrics`: per-endpoint series for
     /// `flow`, or None when metrics are off.
-    pub fn new(cfg: &ClickHouseConfig, flow: &str, metrics: Option<&Arc<Metrics>>) -> Self {
+    pub(crate) fn new(cfg: &ClickHouseConfig, flow: &str, metrics: Option<&Arc<Metrics>>) -> Self {
         let list = cfg
             .endpoint_urls()
             .into_iter()
@@ -314,28 +309,24 @@ impl Endpoints {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.list.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
-    pub fn get(&self, index: usize) -> &Endpoint {
+    pub(crate) fn get(&self, index: usize) -> &Endpoint {
         &self.list[index]
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Endpoint> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Endpoint> {
         self.list.iter()
     }
 
-    pub fn statuses(&self) -> Vec<EndpointStatus> {
+    pub(crate) fn statuses(&self) -> Vec<EndpointStatus> {
         self.list.iter().map(Endpoint::status).collect()
     }
 
     /// Checks every endpoint once, concurrently.
-    pub async fn check_all(&self) {
+    pub(crate) async fn check_all(&self) {
         let checks = self.list.iter().map(|e| async move {
             match check(&e.client).await {
                 Ok(v) => e.check_passed(v),
@@ -346,7 +337,7 @@ impl Endpoints {
     }
 
     /// Checks every endpoint each `health_check_every` until `self` is dropped.
-    pub fn spawn_health_checks(self: &Arc<Self>) {
+    pub(crate) fn spawn_health_checks(self: &Arc<Self>) {
         let weak: Weak<Self> = Arc::downgrade(self);
         let every = self.check_every;
         tokio::spawn(async move {
@@ -365,7 +356,7 @@ impl Endpoints {
 
     /// The endpoints one insert tries, in order: the healthy ones in the
     /// mode's order, or all of them when none is healthy.
-    pub fn plan(&self) -> Vec<usize> {
+    pub(crate) fn plan(&self) -> Vec<usize> {
         let healthy: Vec<usize> = (0..self.list.len())
             .filter(|&i| self.list[i].is_up())
             .collect();
@@ -386,7 +377,7 @@ impl Endpoints {
     /// once (every endpoint would refuse the same rows); a transient error
     /// marks the endpoint down and moves on. Returns the last error when all
     /// failed.
-    pub async fn insert<F, Fut>(
+    pub(crate) async fn insert<F, Fut>(
         &self,
         rows: usize,
         mut send: F,
@@ -414,7 +405,7 @@ impl Endpoints {
     }
 
     /// One insert on the endpoint at `index` only (a shard): no failover.
-    pub async fn insert_at<Fut>(
+    pub(crate) async fn insert_at<Fut>(
         &self,
         index: usize,
         rows: usize,
@@ -429,7 +420,7 @@ impl Endpoints {
 
     /// Records the outcome of an insert made outside [`insert`](Self::insert)
     /// (the exactly-once path) in the endpoint's health.
-    pub fn record(
+    pub(crate) fn record(
         &self,
         index: usize,
         rows: usize,

@@ -46,7 +46,7 @@ use crate::sink::clickhouse::classify::{classify, exception_code, Disposition};
 /// One refusal: the server's exception code (what "the same way" compares),
 /// its message, and whether the code names bad data.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub code: u32,
     pub message: String,
     pub names_data: bool,
@@ -55,7 +55,7 @@ pub struct Refusal {
 impl Refusal {
     /// The refusal in `error`; None when the error is not one (no answer, a
     /// server in trouble: see [`classify`]).
-    pub fn of(error: &clickhouse::error::Error) -> Option<Refusal> {
+    pub(crate) fn of(error: &clickhouse::error::Error) -> Option<Refusal> {
         match classify(error) {
             Disposition::Retry => None,
             d => Some(Refusal {
@@ -70,7 +70,7 @@ impl Refusal {
     }
 
     /// A refusal known only by its text (the exactly-once insert reports it so).
-    pub fn from_text(text: &str) -> Refusal {
+    pub(crate) fn from_text(text: &str) -> Refusal {
         let names_data =
             crate::sink::clickhouse::classify::classify_server_text(text) == Disposition::Bisect;
         Refusal {
@@ -83,7 +83,7 @@ impl Refusal {
 
 /// What to do with a refused part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Send the same part again after a backoff.
     RetryLater,
     /// Split it in halves.
@@ -99,7 +99,7 @@ pub enum Verdict {
 /// time included), `k` = `bisect_after`, `proven` = the batch's bisection
 /// has shown this code to be deterministic, `accepted` = some part of the
 /// batch has landed since the bisection began.
-pub fn decide(
+pub(crate) fn decide(
     rows: usize,
     same: u32,
     k: u32,
@@ -118,7 +118,7 @@ pub fn decide(
 
 /// After a suspect was added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterSuspect {
+pub(crate) enum AfterSuspect {
     /// Go on bisecting.
     Continue,
     /// `bisect_after` suspects refused the same way, nothing landed: stop.
@@ -129,7 +129,7 @@ pub enum AfterSuspect {
 
 /// While stuck, after the rows left were refused together once more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhileStuck {
+pub(crate) enum WhileStuck {
     /// Wait (slow backoff) and try them together again.
     Wait,
     /// Resume bisecting the untried parts where it stopped.
@@ -140,7 +140,7 @@ pub enum WhileStuck {
 
 /// A flow stuck on a table-level error: since when, and the latest error.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stuck {
+pub(crate) struct Stuck {
     pub since: SystemTime,
     pub refusal: Refusal,
     /// Refusals of the rows left, taken together, since the last round.
@@ -149,7 +149,7 @@ pub struct Stuck {
 
 /// The escalation state of one batch being committed.
 #[derive(Debug, Clone)]
-pub struct Escalation {
+pub(crate) struct Escalation {
     k: u32,
     /// Codes this batch's bisection has shown to be deterministic.
     proven: Vec<u32>,
@@ -161,7 +161,7 @@ pub struct Escalation {
 
 impl Escalation {
     /// `k` = `clickhouse.bisect_after` (at least 1).
-    pub fn new(k: u32) -> Self {
+    pub(crate) fn new(k: u32) -> Self {
         Escalation {
             k: k.max(1),
             proven: Vec::new(),
@@ -171,22 +171,23 @@ impl Escalation {
         }
     }
 
-    pub fn bisect_after(&self) -> u32 {
+    pub(crate) fn bisect_after(&self) -> u32 {
         self.k
     }
 
     /// Some part of the batch landed since the bisection began.
-    pub fn accepted(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn accepted(&self) -> bool {
         self.accepted
     }
 
-    pub fn stuck(&self) -> Option<&Stuck> {
+    pub(crate) fn stuck(&self) -> Option<&Stuck> {
         self.stuck.as_ref()
     }
 
     /// [`decide`] for a part refused `same` times in a row by `refusal`;
     /// a split proves the code for the rest of the batch.
-    pub fn refused(&mut self, rows: usize, same: u32, refusal: &Refusal) -> Verdict {
+    pub(crate) fn refused(&mut self, rows: usize, same: u32, refusal: &Refusal) -> Verdict {
         let proven = self.proven.contains(&refusal.code);
         let verdict = decide(
             rows,
@@ -204,7 +205,7 @@ impl Escalation {
 
     /// A part landed. True when held suspects must be tried again: refused
     /// alone once more, they are poison.
-    pub fn landed(&mut self) -> bool {
+    pub(crate) fn landed(&mut self) -> bool {
         let release = !self.accepted && !self.suspects.is_empty();
         self.accepted = true;
         self.suspects.clear();
@@ -212,7 +213,7 @@ impl Escalation {
     }
 
     /// A single row became a suspect.
-    pub fn suspect(&mut self, refusal: &Refusal) -> AfterSuspect {
+    pub(crate) fn suspect(&mut self, refusal: &Refusal) -> AfterSuspect {
         let n = match self.suspects.iter_mut().find(|(c, _)| *c == refusal.code) {
             Some((_, n)) => {
                 *n += 1;
@@ -237,7 +238,7 @@ impl Escalation {
     /// When the server named bad data for every one of them, they are
     /// poison; otherwise (a code that names no data) the batch is held as
     /// table-level.
-    pub fn all_suspects(&self, refusals: &[&Refusal]) -> AfterSuspect {
+    pub(crate) fn all_suspects(&self, refusals: &[&Refusal]) -> AfterSuspect {
         let few = refusals.len() < self.k as usize;
         if few && refusals.iter().all(|r| r.names_data) {
             AfterSuspect::Poison
@@ -248,7 +249,7 @@ impl Escalation {
 
     /// Bisecting stopped on a table-level error (`refusal` the latest).
     /// Returns true when the flow just became stuck (not already).
-    pub fn table_level(&mut self, refusal: &Refusal, now: SystemTime) -> bool {
+    pub(crate) fn table_level(&mut self, refusal: &Refusal, now: SystemTime) -> bool {
         self.suspects.clear();
         match &mut self.stuck {
             Some(s) => {
@@ -269,7 +270,7 @@ impl Escalation {
 
     /// While stuck, the rows left were refused together by `refusal`;
     /// `untried` = bisecting has parts it did not try yet.
-    pub fn refused_while_stuck(&mut self, refusal: &Refusal, untried: bool) -> WhileStuck {
+    pub(crate) fn refused_while_stuck(&mut self, refusal: &Refusal, untried: bool) -> WhileStuck {
         let k = self.k;
         let Some(stuck) = &mut self.stuck else {
             return WhileStuck::Restart;
@@ -293,7 +294,7 @@ impl Escalation {
 
     /// The flow is no longer stuck (the rows left landed, or some part did).
     /// Returns the stuck state it left, if any.
-    pub fn unstick(&mut self) -> Option<Stuck> {
+    pub(crate) fn unstick(&mut self) -> Option<Stuck> {
         self.stuck.take()
     }
 }

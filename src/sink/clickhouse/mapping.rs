@@ -26,7 +26,7 @@ use crate::redis::Message;
 
 /// What a refresh found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refresh {
+pub(crate) enum Refresh {
     Unchanged,
     /// The columns changed (described) and the new mapping is in use.
     Changed(String),
@@ -37,7 +37,7 @@ pub enum Refresh {
 
 /// Why a refresh could not read the columns.
 #[derive(Debug, thiserror::Error)]
-pub enum RefreshError {
+pub(crate) enum RefreshError {
     #[error(transparent)]
     Schema(#[from] SchemaError),
 }
@@ -67,14 +67,14 @@ struct Current {
     mapper: Arc<RowMapper>,
 }
 
-pub struct LiveMapping {
+pub(crate) struct LiveMapping {
     spec: Spec,
     current: RwLock<Current>,
 }
 
 impl LiveMapping {
     /// The mapping of `flow` onto `schema`.
-    pub fn new(schema: TableSchema, flow: &FlowConfig) -> Result<Self, MappingError> {
+    pub(crate) fn new(schema: TableSchema, flow: &FlowConfig) -> Result<Self, MappingError> {
         let spec = Spec {
             metadata: flow.metadata.clone(),
             payload: flow.payload.clone(),
@@ -95,33 +95,33 @@ impl LiveMapping {
     }
 
     /// The mapping for the columns as last read.
-    pub fn current(&self) -> Arc<RowMapper> {
+    pub(crate) fn current(&self) -> Arc<RowMapper> {
         self.read().mapper.clone()
     }
 
     /// The columns as last read.
-    pub fn schema(&self) -> Arc<TableSchema> {
+    pub(crate) fn schema(&self) -> Arc<TableSchema> {
         self.read().schema.clone()
     }
 
     /// `mapper` is the current mapping.
-    pub fn is_current(&self, mapper: &Arc<RowMapper>) -> bool {
+    pub(crate) fn is_current(&self, mapper: &Arc<RowMapper>) -> bool {
         Arc::ptr_eq(&self.read().mapper, mapper)
     }
 
     /// The writable columns of the current mapping.
-    pub fn columns(&self) -> Vec<ColumnSpec> {
+    pub(crate) fn columns(&self) -> Vec<ColumnSpec> {
         self.current().columns().to_vec()
     }
 
     /// Encodes `messages` with the current mapping (see [`RowMapper::encode_all`]).
-    pub fn encode_all(&self, messages: &[Message], batch_id: Option<&str>) -> Bytes {
+    pub(crate) fn encode_all(&self, messages: &[Message], batch_id: Option<&str>) -> Bytes {
         self.current().encode_all(messages, batch_id)
     }
 
     /// Puts `schema` in use if it differs from the current one and the
     /// flow's mapping fits it.
-    pub fn update(&self, schema: TableSchema) -> Refresh {
+    pub(crate) fn update(&self, schema: TableSchema) -> Refresh {
         let old = self.schema();
         if *old == schema {
             return Refresh::Unchanged;
@@ -141,7 +141,10 @@ impl LiveMapping {
     }
 
     /// Re-reads the columns through `client` and [`update`](Self::update)s.
-    pub async fn refresh(&self, client: &clickhouse::Client) -> Result<Refresh, RefreshError> {
+    pub(crate) async fn refresh(
+        &self,
+        client: &clickhouse::Client,
+    ) -> Result<Refresh, RefreshError> {
         let old = self.schema();
         let schema = TableSchema::load(client, &old.database, &old.table).await?;
         Ok(self.update(schema))

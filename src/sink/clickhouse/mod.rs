@@ -4,26 +4,25 @@
 //! Which endpoint takes an insert is [`crate::sink::clickhouse::endpoints`]' business; how a
 //! sharded flow splits a batch is [`crate::sink::clickhouse::shard`]'s.
 
-pub mod ack_gate;
-pub mod batch;
+pub(crate) mod ack_gate;
+pub(crate) mod batch;
 pub mod budget;
-pub mod classify;
-pub mod commit;
-pub mod endpoints;
-pub mod escalation;
-pub mod exactly_once;
+pub(crate) mod classify;
+pub(crate) mod commit;
+pub(crate) mod endpoints;
+pub(crate) mod escalation;
+pub(crate) mod exactly_once;
 mod isolate;
-pub mod mapping;
-pub mod pacing;
-pub mod pressure;
-pub mod shard;
-pub mod stuck;
+pub(crate) mod mapping;
+pub(crate) mod pacing;
+pub(crate) mod pressure;
+pub(crate) mod shard;
+pub(crate) mod stuck;
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clickhouse::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -40,7 +39,7 @@ use crate::sink::clickhouse::pacing::SharedPressure;
 use crate::sink::clickhouse::shard::Sharding;
 
 #[derive(Debug, thiserror::Error)]
-pub enum SinkError {
+pub(crate) enum SinkError {
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
     #[error(transparent)]
@@ -57,7 +56,7 @@ impl SinkError {
     /// ClickHouse could not be asked (no endpoint answered, or the columns
     /// query failed): worth waiting for, unlike a missing table or a
     /// mapping that does not fit.
-    pub fn is_unreachable(&self) -> bool {
+    pub(crate) fn is_unreachable(&self) -> bool {
         matches!(
             self,
             SinkError::NoEndpoint(_)
@@ -75,24 +74,13 @@ impl From<RefreshError> for SinkError {
     }
 }
 
-/// A client for `cfg`'s first endpoint. Validation is off: it sends a
-/// setting 18.16 rejects.
-pub fn client(cfg: &ClickHouseConfig) -> Client {
-    crate::sink::clickhouse::endpoints::client_for(cfg, cfg.endpoint_urls()[0])
-}
-
-/// `SELECT version()`.
-pub async fn server_version(client: &Client) -> Result<String, clickhouse::error::Error> {
-    client.query("SELECT version()").fetch_one::<String>().await
-}
-
 /// Backquotes an identifier so no table or database name can inject SQL.
 pub fn quote_identifier(name: &str) -> String {
     quoted(name, '`')
 }
 
 /// `text` as a string literal, for SQL sent without bound parameters.
-pub fn quote_string(text: &str) -> String {
+pub(crate) fn quote_string(text: &str) -> String {
     quoted(text, '\'')
 }
 
@@ -111,7 +99,7 @@ fn quoted(text: &str, quote: char) -> String {
 
 /// `db.table` split: a sink table may name its database (`logs.events`);
 /// otherwise the configured database is used.
-pub fn split_table<'a>(default_db: &'a str, table: &'a str) -> (&'a str, &'a str) {
+pub(crate) fn split_table<'a>(default_db: &'a str, table: &'a str) -> (&'a str, &'a str) {
     match table.split_once('.') {
         Some((db, t)) if !db.is_empty() && !t.is_empty() => (db, t),
         _ => (default_db, table),
@@ -120,7 +108,7 @@ pub fn split_table<'a>(default_db: &'a str, table: &'a str) -> (&'a str, &'a str
 
 /// Where one insert may go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// Any endpoint, as `clickhouse.endpoints` says (with failover).
     Any,
     /// This shard's endpoint only (`shard_by`).
@@ -129,7 +117,7 @@ pub enum Target {
 
 /// A flow's ClickHouse table: its endpoints, schema, column mapping and
 /// insert statement.
-pub struct ClickHouseSink {
+pub(crate) struct ClickHouseSink {
     endpoints: Arc<Endpoints>,
     insert_sql: String,
     /// The table as first read: its database and table names. Its columns
@@ -155,7 +143,7 @@ pub struct ClickHouseSink {
 
 impl ClickHouseSink {
     /// Connects, learns the table's columns and checks the flow's mapping.
-    pub async fn open(
+    pub(crate) async fn open(
         cfg: &ClickHouseConfig,
         flow: &FlowConfig,
         table: &str,
@@ -167,7 +155,7 @@ impl ClickHouseSink {
     /// Checks every endpoint, reads the schema from the first one that
     /// answers (in `urls` order) and starts the background health checks.
     /// Fails at once when ClickHouse cannot be asked (`sluice check`).
-    pub async fn open_with_metrics(
+    pub(crate) async fn open_with_metrics(
         cfg: &ClickHouseConfig,
         flow: &FlowConfig,
         table: &str,
@@ -183,7 +171,7 @@ impl ClickHouseSink {
     /// tries again with backoff, telling `waiting` why each time, so that a
     /// replica can start during an outage. Ok(None): `stop` came first.
     /// Other errors (no such table, a mapping that does not fit) fail at once.
-    pub async fn open_when_reachable(
+    pub(crate) async fn open_when_reachable(
         cfg: &ClickHouseConfig,
         flow: &FlowConfig,
         table: &str,
@@ -261,7 +249,7 @@ impl ClickHouseSink {
     /// Re-reads the table's columns from a healthy endpoint (the first,
     /// when none is) and puts a changed schema's mapping in use; logs what
     /// changed.
-    pub async fn refresh_schema(&self) -> Result<Refresh, SinkError> {
+    pub(crate) async fn refresh_schema(&self) -> Result<Refresh, SinkError> {
         let endpoint = self
             .endpoints
             .iter()
@@ -282,7 +270,7 @@ impl ClickHouseSink {
 
     /// Re-reads the columns every `clickhouse.schema_refresh` until `self`
     /// is dropped.
-    pub fn spawn_schema_refresh(self: &Arc<Self>) {
+    pub(crate) fn spawn_schema_refresh(self: &Arc<Self>) {
         let weak: Weak<Self> = Arc::downgrade(self);
         let every = self.schema_refresh;
         tokio::spawn(async move {
@@ -301,11 +289,11 @@ impl ClickHouseSink {
         });
     }
 
-    pub fn table_name(&self) -> String {
+    pub(crate) fn table_name(&self) -> String {
         format!("{}.{}", self.schema.database, self.schema.table)
     }
 
-    pub fn endpoints(&self) -> &Endpoints {
+    pub(crate) fn endpoints(&self) -> &Endpoints {
         &self.endpoints
     }
 
@@ -324,7 +312,7 @@ impl ClickHouseSink {
 
     /// Sends one Native block into `table_sql` (a quoted `db.table`) on
     /// `endpoint`: the exactly-once path's stage insert.
-    pub async fn insert_native(
+    pub(crate) async fn insert_native(
         &self,
         endpoint: &Endpoint,
         table_sql: &str,
@@ -360,12 +348,12 @@ impl ClickHouseSink {
     }
 
     /// The bound on one insert, and on each step of a fenced insert.
-    pub fn insert_timeout(&self) -> Duration {
+    pub(crate) fn insert_timeout(&self) -> Duration {
         self.insert_timeout
     }
 
     /// The endpoint an insert for `target` goes to first.
-    pub fn first_choice(&self, target: Target) -> usize {
+    pub(crate) fn first_choice(&self, target: Target) -> usize {
         match target {
             Target::Any => self.endpoints.plan()[0],
             Target::Shard(shard) => shard,
@@ -376,7 +364,7 @@ impl ClickHouseSink {
     /// says, moving on to the next healthy endpoint after a transient error
     /// (see [`Endpoints::insert`]). Err = every endpoint tried failed, or
     /// the data was refused.
-    pub async fn insert(
+    pub(crate) async fn insert(
         &self,
         block: Bytes,
         rows: usize,
@@ -390,7 +378,7 @@ impl ClickHouseSink {
     }
 
     /// Inserts `block` on shard `shard` only (`shard_by`).
-    pub async fn insert_shard(
+    pub(crate) async fn insert_shard(
         &self,
         shard: usize,
         block: Bytes,
@@ -408,7 +396,7 @@ impl ClickHouseSink {
     /// each must answer. Shards: all of them, each must answer (a part is
     /// on its shard only). Replicas / Distributed nodes: the healthy ones
     /// (all when none is), one answer is enough.
-    pub fn read_endpoints(&self) -> (Vec<usize>, bool) {
+    pub(crate) fn read_endpoints(&self) -> (Vec<usize>, bool) {
         if self.sharding.is_some() {
             return ((0..self.endpoints.len()).collect(), true);
         }
@@ -456,7 +444,7 @@ async fn read_table(
 }
 
 /// `major.minor` of a `SELECT version()` string is at least the given one.
-pub fn version_at_least(version: &str, major: u32, minor: u32) -> bool {
+pub(crate) fn version_at_least(version: &str, major: u32, minor: u32) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     (ma, mi) >= (major, minor)

@@ -53,13 +53,13 @@ impl Handles {
 /// outcome) and its batcher (which reads the scale). Exports the state and
 /// the scale as they change, also while the batcher waits behind a retried
 /// insert.
-pub struct SharedPressure {
+pub(crate) struct SharedPressure {
     pressure: Mutex<Pressure>,
     gauges: OnceLock<(prometheus::Gauge, prometheus::IntGauge)>,
 }
 
 impl SharedPressure {
-    pub fn new(max_scale: f64) -> SharedPressure {
+    pub(crate) fn new(max_scale: f64) -> SharedPressure {
         SharedPressure {
             pressure: Mutex::new(Pressure::new(max_scale)),
             gauges: OnceLock::new(),
@@ -71,14 +71,14 @@ impl SharedPressure {
     }
 
     /// Takes one insert's outcome into account.
-    pub fn observe(&self, signal: Signal) {
+    pub(crate) fn observe(&self, signal: Signal) {
         let mut p = self.lock();
         p.observe(signal);
         self.export(&p);
     }
 
     /// The scale and the state now.
-    pub fn current(&self) -> (f64, State) {
+    pub(crate) fn current(&self) -> (f64, State) {
         let p = self.lock();
         (p.scale(), p.state())
     }
@@ -99,7 +99,7 @@ impl SharedPressure {
 }
 
 /// The batcher's pacing: see the module docs.
-pub struct Pacer {
+pub(crate) struct Pacer {
     base: BatchConfig,
     budget: Option<Budget>,
     pressure: Arc<SharedPressure>,
@@ -116,7 +116,7 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    pub fn new(
+    pub(crate) fn new(
         base: BatchConfig,
         budget: Option<Budget>,
         pressure: Arc<SharedPressure>,
@@ -149,7 +149,7 @@ impl Pacer {
 
     /// The pacer of `cfg`'s batches into `table`, scaled by the sink's
     /// `pressure`, its budget (if any) kept through `redis`.
-    pub fn for_flow(
+    pub(crate) fn for_flow(
         cfg: &FlowConfig,
         table: &TableSchema,
         pressure: Arc<SharedPressure>,
@@ -179,13 +179,13 @@ impl Pacer {
     }
 
     /// The limits in effect, as of the last [`refresh`](Self::refresh).
-    pub fn limits(&self) -> &BatchConfig {
+    pub(crate) fn limits(&self) -> &BatchConfig {
         &self.limits
     }
 
     /// Takes the pressure's current scale into the limits: once per chunk
     /// (one uncontended lock), not per message.
-    pub fn refresh(&mut self) {
+    pub(crate) fn refresh(&mut self) {
         let (scale, state) = self.pressure.current();
         if scale == self.scale {
             return;
@@ -203,7 +203,7 @@ impl Pacer {
 
     /// When an open batch (opened at `opened`) is next due: its reserved
     /// slot, else `max_wait` (in effect) after it opened.
-    pub fn due(&self, opened: std::time::Instant) -> Instant {
+    pub(crate) fn due(&self, opened: std::time::Instant) -> Instant {
         self.slot
             .unwrap_or_else(|| Instant::from_std(opened + self.limits.max_wait))
     }
@@ -211,7 +211,7 @@ impl Pacer {
     /// The open batch is due: true if it may be sealed now. With a budget
     /// and no slot yet, reserves one; false means "keep filling until
     /// [`due`](Self::due)".
-    pub async fn may_seal(&mut self) -> bool {
+    pub(crate) async fn may_seal(&mut self) -> bool {
         if self.budget.is_none() {
             return true;
         }
@@ -231,7 +231,7 @@ impl Pacer {
     /// The open batch is full: waits for its slot (reserving one if it has
     /// none), bounded by the fleet's reservations, or until the shutdown
     /// deadline.
-    pub async fn wait_for_slot(&mut self) {
+    pub(crate) async fn wait_for_slot(&mut self) {
         if self.budget.is_none() {
             return;
         }

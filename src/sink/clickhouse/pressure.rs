@@ -28,18 +28,18 @@ use std::time::Duration;
 use crate::sink::clickhouse::classify::{exception_code, is_partition_limit};
 
 /// An insert slower than this many times the baseline is a pressure signal…
-pub const SLOW_FACTOR: f64 = 3.0;
+pub(crate) const SLOW_FACTOR: f64 = 3.0;
 /// …and only if it is also at least this much slower (a 2 ms insert taking
 /// 7 ms is noise, not pressure).
-pub const SLOW_MARGIN: Duration = Duration::from_millis(250);
+pub(crate) const SLOW_MARGIN: Duration = Duration::from_millis(250);
 /// Calm inserts in a row before the scale halves.
-pub const RELAX_AFTER: u32 = 4;
+pub(crate) const RELAX_AFTER: u32 = 4;
 /// Weight of the newest calm insert in the baseline.
 const BASELINE_WEIGHT: f64 = 0.1;
 
 /// What one insert told about the server.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Signal {
+pub(crate) enum Signal {
     /// Confirmed after `took`.
     Inserted { took: Duration },
     /// Refused with TOO_MANY_PARTS.
@@ -49,7 +49,7 @@ pub enum Signal {
 }
 
 /// The signal of one insert that ended with `result` after `took`.
-pub fn signal(result: &Result<(), clickhouse::error::Error>, took: Duration) -> Signal {
+pub(crate) fn signal(result: &Result<(), clickhouse::error::Error>, took: Duration) -> Signal {
     match result {
         Ok(()) => Signal::Inserted { took },
         Err(clickhouse::error::Error::BadResponse(text))
@@ -63,7 +63,7 @@ pub fn signal(result: &Result<(), clickhouse::error::Error>, took: Duration) -> 
 
 /// The pressure the server signals (the `sluice_clickhouse_pressure` gauge).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     /// Nothing signalled (or calm again for [`RELAX_AFTER`] inserts).
     Calm = 0,
     /// Inserts slower than the baseline allows (delayed inserts, overload).
@@ -74,7 +74,7 @@ pub enum State {
 
 /// The adaptive scale of one flow's batch limits.
 #[derive(Debug, Clone)]
-pub struct Pressure {
+pub(crate) struct Pressure {
     max_scale: f64,
     scale: f64,
     state: State,
@@ -85,7 +85,7 @@ pub struct Pressure {
 
 impl Pressure {
     /// Scales up to `max_scale` (1 = adaptive batches off: the scale stays 1).
-    pub fn new(max_scale: f64) -> Pressure {
+    pub(crate) fn new(max_scale: f64) -> Pressure {
         Pressure {
             max_scale: max_scale.max(1.0),
             scale: 1.0,
@@ -96,11 +96,11 @@ impl Pressure {
     }
 
     /// The factor applied to `batch.max_rows`, `max_bytes` and `max_wait`.
-    pub fn scale(&self) -> f64 {
+    pub(crate) fn scale(&self) -> f64 {
         self.scale
     }
 
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         self.state
     }
 
@@ -121,7 +121,7 @@ impl Pressure {
     }
 
     /// Takes one insert's outcome into account; true if the scale changed.
-    pub fn observe(&mut self, signal: Signal) -> bool {
+    pub(crate) fn observe(&mut self, signal: Signal) -> bool {
         let before = self.scale;
         match signal {
             Signal::Failed => {}

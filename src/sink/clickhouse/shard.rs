@@ -14,13 +14,13 @@ use crate::redis::Message;
 
 /// How a sharded flow places rows.
 #[derive(Debug, Clone)]
-pub struct Sharding {
+pub(crate) struct Sharding {
     field: Box<[u8]>,
     shards: usize,
 }
 
 impl Sharding {
-    pub fn new(field: &str, shards: usize) -> Sharding {
+    pub(crate) fn new(field: &str, shards: usize) -> Sharding {
         assert!(shards > 0, "at least one shard");
         Sharding {
             field: field.as_bytes().into(),
@@ -28,16 +28,8 @@ impl Sharding {
         }
     }
 
-    pub fn field(&self) -> &str {
-        std::str::from_utf8(&self.field).expect("from a str")
-    }
-
-    pub fn shards(&self) -> usize {
-        self.shards
-    }
-
     /// The shard of `m`.
-    pub fn shard_of(&self, m: &Message) -> usize {
+    pub(crate) fn shard_of(&self, m: &Message) -> usize {
         let value = m
             .fields
             .iter()
@@ -49,7 +41,10 @@ impl Sharding {
 
     /// Splits `messages` by shard, keeping their order within each shard.
     /// Returns only non-empty parts, in shard order.
-    pub fn split(&self, messages: impl IntoIterator<Item = Message>) -> Vec<(usize, Vec<Message>)> {
+    pub(crate) fn split(
+        &self,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> Vec<(usize, Vec<Message>)> {
         let mut parts: Vec<Vec<Message>> = (0..self.shards).map(|_| Vec::new()).collect();
         for m in messages {
             parts[self.shard_of(&m)].push(m);

@@ -16,10 +16,10 @@ use serde::{Deserialize, Serialize};
 
 /// How long a record counts without being refreshed: well over the slowest
 /// retry of a stuck batch (60 s).
-pub const RECORD_TTL: Duration = Duration::from_secs(300);
+pub(crate) const RECORD_TTL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
-pub enum StuckError {
+pub(crate) enum StuckError {
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
     #[error("stuck record: {0}")]
@@ -43,18 +43,22 @@ pub struct StuckReport {
 }
 
 /// The hash of `flow`'s records (one cluster slot per flow).
-pub fn key(flow: &str) -> String {
+pub(crate) fn key(flow: &str) -> String {
     format!("sluice:stuck:{{{flow}}}")
 }
 
-pub fn unix_ms(t: SystemTime) -> u64 {
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
 /// Writes (or refreshes) `report` for `flow`.
-pub async fn publish(client: &Client, flow: &str, report: &StuckReport) -> Result<(), StuckError> {
+pub(crate) async fn publish(
+    client: &Client,
+    flow: &str,
+    report: &StuckReport,
+) -> Result<(), StuckError> {
     let key = key(flow);
     let json = serde_json::to_string(report)?;
     let pipeline = client.pipeline();
@@ -69,13 +73,13 @@ pub async fn publish(client: &Client, flow: &str, report: &StuckReport) -> Resul
 }
 
 /// Removes `consumer`'s record of `flow`.
-pub async fn clear(client: &Client, flow: &str, consumer: &str) -> Result<(), StuckError> {
+pub(crate) async fn clear(client: &Client, flow: &str, consumer: &str) -> Result<(), StuckError> {
     let _: i64 = client.hdel(key(flow), consumer).await?;
     Ok(())
 }
 
 /// `flow`'s records that still count at `now_ms`, oldest first.
-pub async fn list(
+pub(crate) async fn list(
     client: &Client,
     flow: &str,
     now_ms: u64,

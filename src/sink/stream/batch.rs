@@ -16,7 +16,7 @@ use crate::sink::{BatchBuilder, Sealed};
 
 /// A batch being filled: messages and their targets, in read order.
 #[derive(Default)]
-pub struct StreamBatch {
+pub(crate) struct StreamBatch {
     messages: Vec<Message>,
     routes: Vec<RouteSet>,
     dead: Vec<DeadLetter>,
@@ -32,15 +32,15 @@ pub struct SealedStreamBatch {
 }
 
 impl StreamBatch {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.messages.is_empty() && self.dead.is_empty()
     }
 
-    pub fn opened(&self) -> Option<Instant> {
+    pub(crate) fn opened(&self) -> Option<Instant> {
         self.opened
     }
 
-    pub fn add(&mut self, router: &mut Router, m: Message) {
+    pub(crate) fn add(&mut self, router: &mut Router, m: Message) {
         self.opened.get_or_insert_with(Instant::now);
         match router.route(&m) {
             Ok(set) => {
@@ -56,17 +56,17 @@ impl StreamBatch {
         }
     }
 
-    pub fn add_dead(&mut self, dead: DeadLetter) {
+    pub(crate) fn add_dead(&mut self, dead: DeadLetter) {
         self.opened.get_or_insert_with(Instant::now);
         self.dead.push(dead);
     }
 
-    pub fn is_full(&self, limits: &BatchConfig) -> bool {
+    pub(crate) fn is_full(&self, limits: &BatchConfig) -> bool {
         self.messages.len() + self.dead.len() >= limits.max_rows
             || self.bytes as u64 >= limits.max_bytes.as_u64()
     }
 
-    pub fn seal(&mut self) -> SealedStreamBatch {
+    pub(crate) fn seal(&mut self) -> SealedStreamBatch {
         self.opened = None;
         self.bytes = 0;
         SealedStreamBatch {

@@ -41,7 +41,7 @@ const SCRIPT_MAX_FIELDS: usize = 3_900;
 /// XLEN: Redis's lag can still count trimmed entries; XLEN when Redis
 /// reports no lag, after an XDEL among unread entries); the largest wins.
 /// A target without a group counts XLEN.
-pub const ADD_UNDER_CAP: &str = r#"
+pub(crate) const ADD_UNDER_CAP: &str = r#"
 local len = redis.call('XLEN', KEYS[1])
 local used = len
 if ARGV[2] == 'lag' and len > 0 then
@@ -71,7 +71,7 @@ static ADD_UNDER_CAP_S: OnceLock<Script> = OnceLock::new();
 
 /// Adds the given entries to an uncapped target, in order. KEYS[1]: the
 /// target; ARGV: per entry its field count n and n field/value pairs.
-pub const ADD_ALL: &str = r#"
+pub(crate) const ADD_ALL: &str = r#"
 local i = 1
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
@@ -85,7 +85,7 @@ static ADD_ALL_S: OnceLock<Script> = OnceLock::new();
 /// Whether an XADD error is about this message's target (dead-letter) or
 /// about Redis (retry). Only a key of the wrong type is the former; OOM,
 /// LOADING, connection trouble and anything unknown are retried.
-pub fn xadd_error_is_permanent(text: &str) -> bool {
+pub(crate) fn xadd_error_is_permanent(text: &str) -> bool {
     text.contains("WRONGTYPE")
 }
 
@@ -181,7 +181,7 @@ fn group_end(messages: &[Message], start: usize) -> usize {
 /// How many messages from `start` fit under the caps, given the targets'
 /// current lengths. The first group passes if every capped target it uses
 /// has any room at all, so a fan-out wider than a cap cannot stall the flow.
-pub fn fit(
+pub(crate) fn fit(
     messages: &[Message],
     routes: &[RouteSet],
     start: usize,

@@ -40,7 +40,7 @@
 
 mod batch;
 mod commit;
-pub mod once;
+pub(crate) mod once;
 mod pause;
 mod route;
 
@@ -57,10 +57,9 @@ use crate::redis::sharder::Sharder;
 use crate::sink::stream::once::StreamOnce;
 use crate::sink::stream::route::ToRule;
 
-pub use batch::{SealedStreamBatch, StreamBatch, StreamBatches};
-pub use commit::{fit, xadd_error_is_permanent, StreamCommitter, Written, ADD_ALL, ADD_UNDER_CAP};
-pub use pause::Pause;
-pub use route::{RouteSet, Router, Target};
+pub(crate) use commit::xadd_error_is_permanent;
+pub(crate) use pause::Pause;
+pub(crate) use route::RouteSet;
 
 /// A flow's stream sink: its routing rules, resolved at start-up.
 pub struct StreamSink {
@@ -109,7 +108,7 @@ impl StreamSink {
 }
 
 /// The plan lines `sluice check` prints for a stream sink.
-pub fn describe(cfg: &StreamSinkConfig, config: &Config) -> Vec<String> {
+pub(crate) fn describe(cfg: &StreamSinkConfig, config: &Config) -> Vec<String> {
     let list = |t: &Targets| {
         t.0.iter()
             .map(|t| {

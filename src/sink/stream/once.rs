@@ -59,7 +59,7 @@ use crate::sink::stream::{xadd_error_is_permanent, RouteSet};
 /// half-way, an entry would be written unrecorded — written again by a
 /// retry — never recorded unwritten); `done` catches an id twice in one
 /// call.
-pub const WRITE: &str = r#"#!lua
+pub(crate) const WRITE: &str = r#"#!lua
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'stream' and t ~= 'none' then
   return redis.error_reply('WRONGTYPE target `' .. KEYS[1] .. '` holds a ' .. t .. ', not a stream')

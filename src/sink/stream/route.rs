@@ -29,7 +29,7 @@ pub struct Target {
 }
 
 /// The targets of one message.
-pub type RouteSet = Arc<[Arc<Target>]>;
+pub(crate) type RouteSet = Arc<[Arc<Target>]>;
 
 #[derive(Debug, Clone)]
 enum Piece {

@@ -56,7 +56,7 @@ async fn timed<T>(
 }
 
 /// A batch staged on one endpoint, ready to be moved into the target there.
-pub struct Stage {
+pub(crate) struct Stage {
     name: String,
     endpoint: usize,
 }
@@ -64,7 +64,7 @@ pub struct Stage {
 /// Creates a stage table for `batch_id` on endpoint `endpoint` and inserts
 /// the block into it. Nothing reaches the target yet. On error the stage is
 /// dropped (best effort; the next settle drops what is left).
-pub async fn stage(
+pub(crate) async fn stage(
     sink: &ClickHouseSink,
     endpoint: usize,
     block: Bytes,
@@ -98,7 +98,11 @@ pub async fn stage(
 
 /// Moves a staged batch into the target and drops the stage. An error
 /// leaves the outcome unknown: [`settle`] before trying again.
-pub async fn commit(sink: &ClickHouseSink, stage: Stage, batch_id: &str) -> Result<(), Error> {
+pub(crate) async fn commit(
+    sink: &ClickHouseSink,
+    stage: Stage,
+    batch_id: &str,
+) -> Result<(), Error> {
     let ep = sink.endpoints().get(stage.endpoint);
     let mut copy = ep.client.query(&format!(
         "INSERT INTO {} SELECT * FROM {}",
@@ -114,7 +118,7 @@ pub async fn commit(sink: &ClickHouseSink, stage: Stage, batch_id: &str) -> Resu
 }
 
 /// Drops a stage, best effort: one left behind is dropped by the next settle.
-pub async fn discard(sink: &ClickHouseSink, stage: Stage) {
+pub(crate) async fn discard(sink: &ClickHouseSink, stage: Stage) {
     let ep = sink.endpoints().get(stage.endpoint);
     let _ = drop_table(sink, ep, &stage.name).await;
 }
@@ -162,7 +166,7 @@ async fn drop_stages(sink: &ClickHouseSink, ep: &Endpoint, batch_id: &str) -> Re
 /// then looks the batch up in the table ([`find`]). An endpoint that
 /// refuses connections has no server running, so no move can be running
 /// there; any other error means "not settled yet": retry.
-pub async fn settle(sink: &ClickHouseSink, lookup: &Lookup<'_>) -> Result<Found, Error> {
+pub(crate) async fn settle(sink: &ClickHouseSink, lookup: &Lookup<'_>) -> Result<Found, Error> {
     for ep in sink.endpoints().iter() {
         match drop_stages(sink, ep, lookup.batch_id).await {
             Ok(()) => {}
@@ -176,7 +180,7 @@ pub async fn settle(sink: &ClickHouseSink, lookup: &Lookup<'_>) -> Result<Found,
 }
 
 /// What to look up: the rows of one batch.
-pub struct Lookup<'a> {
+pub(crate) struct Lookup<'a> {
     /// The column carrying batch ids, and this batch's id.
     pub batch_column: &'a str,
     pub batch_id: &'a str,
@@ -189,7 +193,7 @@ pub struct Lookup<'a> {
 
 /// What the table holds of a batch.
 #[derive(Debug, Default, PartialEq)]
-pub struct Found {
+pub(crate) struct Found {
     /// Rows carrying the batch id.
     pub rows: u64,
     /// With [`Lookup::keys`]: the (stream, entry id) of those rows (stream

@@ -173,7 +173,7 @@ fn script(cell: &'static std::sync::OnceLock<Script>, lua: &str) -> &'static Scr
 }
 
 /// A random UUID (v4) as text: valid for String, FixedString(36) and UUID columns.
-pub fn new_batch_id() -> String {
+pub(crate) fn new_batch_id() -> String {
     let b: [u8; 16] = rand::random();
     let hex =
         |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();

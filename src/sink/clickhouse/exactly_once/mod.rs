@@ -10,10 +10,10 @@
 //! - rows land through a fenced stage (`fenced`), and after any failure the
 //!   batch is settled (stages dropped, rows counted) before another attempt.
 
-pub mod fenced;
-pub mod ledger;
-pub mod recover;
-pub mod stage_table;
+pub(crate) mod fenced;
+pub(crate) mod ledger;
+pub(crate) mod recover;
+pub(crate) mod stage_table;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use crate::sink::clickhouse::classify::classify;
 use crate::sink::clickhouse::exactly_once::ledger::Ledger;
 use crate::sink::clickhouse::{ClickHouseSink, Target};
 
-pub struct ExactlyOnce {
+pub(crate) struct ExactlyOnce {
     pub flow: String,
     pub group: String,
     pub consumer: String,
@@ -50,7 +50,7 @@ pub struct ExactlyOnce {
 
 /// One recorded batch to insert: its id, members, their Native block and
 /// where it goes.
-pub struct Batch<'a> {
+pub(crate) struct Batch<'a> {
     pub id: &'a str,
     pub messages: &'a [Message],
     pub block: Bytes,
@@ -59,7 +59,7 @@ pub struct Batch<'a> {
 
 /// How an exactly-once insert ended.
 #[derive(Debug, PartialEq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Every row of the batch is in the table (now or from an earlier attempt).
     Landed,
     /// ClickHouse refused the insert (an exception about it, not an
@@ -71,16 +71,16 @@ pub enum Outcome {
 
 /// The stop token fired before the work was done.
 #[derive(Debug)]
-pub struct Stopped;
+pub(crate) struct Stopped;
 
 impl ExactlyOnce {
     /// The lease holder name of this process's committer.
-    pub fn committer(&self) -> String {
+    pub(crate) fn committer(&self) -> String {
         format!("{}#commit", self.consumer)
     }
 
     /// A fresh lease holder name for one recovery task.
-    pub fn recoverer(&self) -> String {
+    pub(crate) fn recoverer(&self) -> String {
         format!("{}#recover-{:08x}", self.consumer, rand::random::<u32>())
     }
 
@@ -90,7 +90,7 @@ impl ExactlyOnce {
     /// Entries another replica claimed before the record existed are batched
     /// by it. Empty when nothing is left for us to insert — including when
     /// another replica holds the parent's lease: it recovers those entries.
-    pub async fn record_owned(
+    pub(crate) async fn record_owned(
         &self,
         id: &str,
         parent: Option<&str>,
@@ -142,7 +142,7 @@ impl ExactlyOnce {
     /// are open). Best effort: a record left behind expires with
     /// `ledger_ttl`; a record another task holds the lease of stays (it is
     /// that task's to drop).
-    pub async fn forget(&self, ids: &[String], holder: &str) {
+    pub(crate) async fn forget(&self, ids: &[String], holder: &str) {
         for id in ids {
             if let Err(e) = self.ledger.forget(id, holder).await {
                 tracing::warn!(flow = %self.flow, batch = %id, error = %e, "could not drop ledger record");
@@ -152,7 +152,7 @@ impl ExactlyOnce {
     }
 
     /// Sweeps the ledger at most every 10 s; see [`Ledger::sweep`].
-    pub async fn sweep_ledger(&self) {
+    pub(crate) async fn sweep_ledger(&self) {
         match self.ledger.sweep(Duration::from_secs(10)).await {
             Ok(Some(open)) => self.metrics.exactly_once_open_batches(open),
             Ok(None) => {}
@@ -211,7 +211,7 @@ impl ExactlyOnce {
     /// retrying until it lands, is refused, the lease goes to another
     /// replica, or `stop`. `settle_first`: an earlier attempt (maybe another
     /// replica's) may have landed some or all of it.
-    pub async fn insert(
+    pub(crate) async fn insert(
         &self,
         batch: Batch<'_>,
         holder: &str,

@@ -29,7 +29,7 @@ use crate::sink::clickhouse::exactly_once::ledger::BatchRecord;
 use crate::sink::clickhouse::exactly_once::{Batch, ExactlyOnce, Outcome};
 use crate::sink::clickhouse::Target;
 
-pub struct Recovery {
+pub(crate) struct Recovery {
     /// The shared exactly-once insert (ledger, lease, fenced inserts).
     pub eo: Arc<ExactlyOnce>,
     pub on_success: OnSuccess,
@@ -37,17 +37,17 @@ pub struct Recovery {
 }
 
 /// Recovery tasks running at once per flow, at most.
-pub const MAX_TASKS: usize = 8;
+pub(crate) const MAX_TASKS: usize = 8;
 
 /// The flow's running recovery tasks: capped, and awaited at shutdown.
-pub struct RecoveryTasks {
+pub(crate) struct RecoveryTasks {
     slots: Arc<Semaphore>,
     set: std::sync::Mutex<JoinSet<()>>,
     metrics: FlowMetrics,
 }
 
 impl RecoveryTasks {
-    pub fn new(max: usize, metrics: FlowMetrics) -> RecoveryTasks {
+    pub(crate) fn new(max: usize, metrics: FlowMetrics) -> RecoveryTasks {
         RecoveryTasks {
             slots: Arc::new(Semaphore::new(max)),
             set: std::sync::Mutex::new(JoinSet::new()),
@@ -60,17 +60,12 @@ impl RecoveryTasks {
     }
 
     /// A slot for one more task, unless all are taken.
-    pub fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
         self.slots.clone().try_acquire_owned().ok()
     }
 
-    /// Tasks running now.
-    pub fn running(&self) -> usize {
-        self.lock().len()
-    }
-
     /// Runs `task` holding `slot` until it ends.
-    pub fn spawn<F>(&self, slot: OwnedSemaphorePermit, task: F)
+    pub(crate) fn spawn<F>(&self, slot: OwnedSemaphorePermit, task: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
@@ -88,7 +83,7 @@ impl RecoveryTasks {
 
     /// Waits for every task (they end by themselves at `deadline`, the
     /// shutdown deadline; those still running a moment later are aborted).
-    pub async fn join(&self, deadline: &CancellationToken) {
+    pub(crate) async fn join(&self, deadline: &CancellationToken) {
         let mut set = std::mem::take(&mut *self.lock());
         let all = async { while set.join_next().await.is_some() {} };
         tokio::select! {
@@ -107,7 +102,7 @@ impl Recovery {
     /// the batches to recover) and the rest (returned for normal batching).
     /// Only records overlapping the entries' time span are read (see
     /// [`crate::sink::clickhouse::exactly_once::ledger::Ledger::records_for`]); an entry is in at most one.
-    pub async fn split(
+    pub(crate) async fn split(
         &self,
         claimed: Vec<Message>,
     ) -> Result<(Vec<Message>, Vec<BatchRecord>), StreamError> {
@@ -150,7 +145,7 @@ impl Recovery {
     /// recovery task, returning its holder name; None while its inserter (or
     /// another recovery) still renews it. The caller then lets go of the
     /// entries; they are claimed again later.
-    pub async fn take(&self, record: &BatchRecord) -> Result<Option<String>, StreamError> {
+    pub(crate) async fn take(&self, record: &BatchRecord) -> Result<Option<String>, StreamError> {
         let holder = self.eo.recoverer();
         let taken = self.eo.ledger.renew_lease(&record.id, &holder).await?;
         Ok(taken.then_some(holder))
@@ -159,7 +154,7 @@ impl Recovery {
     /// Recovers one batch whose lease we hold, retrying until done or
     /// `stop`. Members ClickHouse refuses as data go to `fallback` for
     /// normal batching (and bisection).
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         record: BatchRecord,
         holder: String,

@@ -28,7 +28,7 @@ use clickhouse::Client;
 use crate::config::FlowConfig;
 
 #[derive(Debug, thiserror::Error)]
-pub enum EoTableError {
+pub(crate) enum EoTableError {
     #[error("delivery = \"exactly_once\" cannot be used with table `{table}`: {reason}")]
     Refused { table: String, reason: String },
     #[error("reading the definition of `{table}` from system.tables: {source}")]
@@ -41,7 +41,7 @@ pub enum EoTableError {
 
 /// How a batch is looked up in an exactly-once table.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EoTable {
+pub(crate) struct EoTable {
     /// The primary key expression list, e.g. `task_for, toStartOfHour(ts)`.
     pub key: String,
     /// A Distributed table: key sets go to the shards as literals.
@@ -52,7 +52,7 @@ pub struct EoTable {
 
 /// One table's definition, as `system.tables` / `system.columns` give it.
 #[derive(Debug, Default, Clone)]
-pub struct Definition {
+pub(crate) struct Definition {
     pub engine: String,
     pub engine_full: String,
     pub create_query: String,
@@ -64,7 +64,7 @@ pub struct Definition {
 impl EoTable {
     /// Reads the table's definition (and a Distributed table's local table
     /// on the same server) and checks it.
-    pub async fn inspect(
+    pub(crate) async fn inspect(
         client: &Client,
         database: &str,
         table: &str,
@@ -106,18 +106,18 @@ impl EoTable {
 
     /// The condition restricting a lookup to the primary-key values of the
     /// rows staged in `probe` (a quoted `db.table`), for a local table.
-    pub fn key_in_probe(&self, probe: &str) -> String {
+    pub(crate) fn key_in_probe(&self, probe: &str) -> String {
         format!("({key}) IN (SELECT {key} FROM {probe})", key = self.key)
     }
 
     /// The same with a literal set (`values`: `(…),(…)` as `FORMAT Values`
     /// prints them), for a Distributed table.
-    pub fn key_in_values(&self, values: &str) -> String {
+    pub(crate) fn key_in_values(&self, values: &str) -> String {
         format!("({}) IN ({values})", self.key)
     }
 
     /// One line for `sluice check`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut out = format!(
             "exactly-once: {} table, batches looked up through its primary key ({})",
             self.engine, self.key
@@ -132,7 +132,7 @@ impl EoTable {
 /// The warning for an exactly-once flow whose partly landed batches cannot
 /// always be completed exactly: entry ids repeat across its streams (the
 /// shards of a sharded stream) and the table has no stream column.
-pub fn completion_warning(flow: &FlowConfig) -> Option<String> {
+pub(crate) fn completion_warning(flow: &FlowConfig) -> Option<String> {
     (flow.streams.len() > 1 && flow.metadata.id.is_some() && flow.metadata.stream.is_none())
         .then(|| {
             format!(
@@ -184,7 +184,7 @@ async fn read_definition(
 
 /// Why exactly-once cannot hold on a table with this definition, if it
 /// cannot; else how to look a batch up in it.
-pub fn check(def: &Definition, distributed: bool) -> Result<EoTable, String> {
+pub(crate) fn check(def: &Definition, distributed: bool) -> Result<EoTable, String> {
     let base = def
         .engine
         .strip_prefix("Replicated")
@@ -318,7 +318,7 @@ fn words(text: &str) -> impl Iterator<Item = (String, bool)> + '_ {
 /// The (database, table) a Distributed engine writes to, from
 /// `Distributed(cluster, db, table[, key[, policy]])`; `currentDatabase()`
 /// or an empty database means `default_db`.
-pub fn distributed_target(engine_full: &str, default_db: &str) -> Option<(String, String)> {
+pub(crate) fn distributed_target(engine_full: &str, default_db: &str) -> Option<(String, String)> {
     let args = engine_full
         .trim()
         .strip_prefix("Distributed(")?
