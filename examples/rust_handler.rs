@@ -84,7 +84,6 @@ async fn main() -> anyhow::Result<()> {
     let worker = tokio::spawn(sluice::run_with_handlers(
         config,
         shutdown.clone(),
-        sluice::testing::Metrics::new(),
         handlers,
     ));
 

@@ -29,25 +29,17 @@ async fn require_redis_version(config: &Config) -> anyhow::Result<()> {
 /// Returns an error if a flow failed to start or could not commit what it
 /// held within `worker.shutdown_timeout`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run_with_metrics(config, shutdown, Metrics::new()).await
+    run_with_handlers(config, shutdown, Handlers::new()).await
 }
 
-pub(crate) async fn run_with_metrics(
-    config: Config,
-    shutdown: CancellationToken,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<()> {
-    run_with_handlers(config, shutdown, metrics, Handlers::new()).await
-}
-
-/// Like [`run_with_metrics`]; flows whose config says
+/// Like [`run`]; flows whose config says
 /// `handler = { type = "rust", name = "…" }` get their handler from `handlers`.
 pub async fn run_with_handlers(
     config: Config,
     shutdown: CancellationToken,
-    metrics: Arc<Metrics>,
     handlers: Handlers,
 ) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
     if config.flows.is_empty()
         && config.sources.is_empty()
         && !config.scheduler.enabled

@@ -100,7 +100,7 @@ pub(crate) async fn open(
         HandlerConfig::Rust(r) => registry.get(&r.name).ok_or_else(|| {
             anyhow::anyhow!(
                 "flow `{flow}`: handler `{}` is a Rust handler; run this flow from a program \
-                 that registers it (sluice::worker::run_with_handlers, see examples/rust_handler.rs)",
+                 that registers it (sluice::run_with_handlers, see examples/rust_handler.rs)",
                 r.name
             )
         })?,

@@ -502,7 +502,6 @@ sink = {{ type = "stream", to = "{dst}" }}
     let run = tokio::spawn(sluice::run_with_handlers(
         cfg.clone(),
         shutdown.clone(),
-        sluice::testing::Metrics::new(),
         handlers,
     ));
     wait_for(LONG, "handled", || async {
