@@ -15,7 +15,7 @@
 //! `pub(crate)`.
 //!
 //! # Following one message
-//! [`flow`] wires a flow's tasks. An entry is read by `flow/read.rs`
+//! `flow/mod.rs` wires a flow's tasks. An entry is read by `flow/read.rs`
 //! (XREADGROUP; the reply is parsed in `redis/reply.rs`) or taken over by
 //! `flow/claim.rs` (XAUTOCLAIM/XCLAIM); `flow/admit.rs` decides whether it
 //! is dead before anything looks at it (oversized, delivered too often);
@@ -30,9 +30,10 @@
 //! # Map of the crate
 //! No two files import each other in a circle; `config/` imports only the
 //! leaves.
-//! - Leaves: `backoff.rs` (exponential backoff with jitter, for every retry
-//!   loop), `template.rs` (the `{field}` grammar of routes and schedule
-//!   payloads), `fields.rs` (flat JSON objects → stream fields).
+//! - Leaves: `backoff.rs` (exponential backoff with jitter, for every
+//!   retry loop), `time.rs` (the wall clock in milliseconds), `template.rs`
+//!   (the `{field}` grammar of routes and schedule payloads), `fields.rs`
+//!   (flat JSON objects → stream fields).
 //! - [`config`]: the ground floor. TOML + `SLUICE_…` env overrides and
 //!   secrets; one file per section, each validating itself (errors name the
 //!   key); shard naming both ways (`config/streams.rs`); named connections
@@ -47,7 +48,7 @@
 //!   (`/readyz`), and the group-state sampling behind `sluice status`.
 //! - `handler/`: the processing step before a sink — exec (JSON-lines child
 //!   processes), http, or a Rust [`Handler`].
-//! - [`flow`]: the message path above; plus keep-alive of held entries
+//! - `flow/`: the message path above; plus keep-alive of held entries
 //!   (`keep_alive.rs`) and handler retries through the delayed set
 //!   (`retry.rs`).
 //! - `sink/`: `clickhouse/` — batch, commit, endpoints (failover,
@@ -88,6 +89,7 @@ mod sink;
 mod source;
 mod template;
 pub mod testing;
+mod time;
 mod worker;
 
 pub use config::{Config, ConfigError};

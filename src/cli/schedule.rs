@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::schedule::spec::{now_ms, MissedPolicy, RawSpec, Spec};
+use crate::schedule::spec::{MissedPolicy, RawSpec, Spec};
 use crate::schedule::store::{self, Action};
+use crate::time::now_ms;
 
 #[derive(Debug, Args)]
 pub(crate) struct ScheduleArgs {

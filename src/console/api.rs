@@ -20,8 +20,9 @@ use super::dead_letters::{self, Bulk, DeadFilter};
 use super::params::{check_id, FieldFilter, Params, MAX_COUNT};
 use super::{Console, ConsoleError, Result};
 use crate::cli::schedule::AddArgs;
-use crate::schedule::spec::{now_ms, MissedPolicy};
+use crate::schedule::spec::MissedPolicy;
 use crate::schedule::store::{self, Action, State as ScheduleState, Stored};
+use crate::time::now_ms;
 
 /// Most ids one replay or purge request may name.
 pub(crate) const MAX_IDS: usize = 1000;

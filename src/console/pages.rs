@@ -207,7 +207,7 @@ async fn dead_entry(
 
 async fn schedules(State(c): State<Arc<Console>>, Extension(who): Extension<Who>) -> Response {
     let r = async {
-        let now = crate::schedule::spec::now_ms();
+        let now = crate::time::now_ms();
         let list: Vec<serde_json::Value> = crate::schedule::store::load_all(&c.redis)
             .await?
             .iter()

@@ -21,9 +21,9 @@ use crate::config::{Config, FlowConfig, SinkConfig};
 use crate::obs::status::{self, StreamStatus};
 use crate::redis::group::ConsumerInfo;
 use crate::redis::{commands, reply, StreamError};
-use crate::schedule::spec::now_ms;
 use crate::sink::clickhouse::endpoints::EndpointStatus;
 use crate::sink::clickhouse::stuck;
+use crate::time::now_ms;
 
 /// Bound on the ClickHouse part of one sample (endpoint checks, table checks).
 const CLICKHOUSE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -36,7 +36,6 @@
 //! frozen one next to it.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fred::prelude::*;
@@ -48,6 +47,7 @@ use crate::obs::metrics::Metrics;
 use crate::redis::group::{consumers, ConsumerInfo};
 use crate::redis::{client, commands, parse_id, reply, Result};
 use crate::sink::clickhouse::stuck::StuckReport;
+use crate::time::now_ms;
 
 /// Most entries one lag count reads with XRANGE, both directions together.
 /// Bounds the sampler's cost on Redis (≈3 µs per entry read).
@@ -103,13 +103,6 @@ impl LagSource {
             LagSource::Empty | LagSource::Length | LagSource::Counted
         )
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The group's row of XINFO GROUPS, if the group exists.

@@ -294,8 +294,8 @@ pub fn not_before(query: Option<&str>) -> std::result::Result<Option<u64>, Strin
         return Ok(None);
     };
     let text = percent_decode(raw);
-    let due = crate::schedule::spec::parse_time(&text).map_err(|e| format!("not_before: {e}"))?;
-    Ok((due > crate::schedule::spec::now_ms()).then_some(due))
+    let due = crate::config::schedule::parse_time(&text).map_err(|e| format!("not_before: {e}"))?;
+    Ok((due > crate::time::now_ms()).then_some(due))
 }
 
 fn percent_decode(s: &str) -> String {

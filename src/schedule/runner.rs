@@ -8,8 +8,9 @@ use std::time::Duration;
 use fred::prelude::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::spec::{now_ms, Millis, ScheduleConfig, Spec};
+use super::spec::{Millis, ScheduleConfig, Spec};
 use super::store::{self, FireOutcome, State, Upserted};
+use crate::time::now_ms;
 
 /// What one pass did for one schedule.
 enum Step {

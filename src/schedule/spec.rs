@@ -23,14 +23,6 @@ fn to_datetime(ms: Millis) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-/// The current wall-clock time.
-pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Spec {
     fn anchor(&self) -> Millis {
         self.start.unwrap_or(0)

@@ -143,7 +143,7 @@ pub(crate) async fn advance(
     let mut args: Vec<Value> = Vec::with_capacity(5 + entries.len() * 16);
     args.push(Value::Bytes(Bytes::copy_from_slice(expected)));
     args.push(Value::Bytes(Bytes::copy_from_slice(new)));
-    args.push(crate::source::now_ms().to_string().into());
+    args.push(crate::time::now_ms().to_string().into());
     args.push(max_len.map_or(-1, |m| m as i64).into());
     args.push((entries.len() as i64).into());
     args.push((rows as i64).into());
@@ -176,10 +176,7 @@ pub(crate) async fn advance(
 /// Records that a `once` source read everything.
 pub(crate) async fn mark_done(client: &Client, keys: &Keys) -> Result<(), fred::error::Error> {
     let _: Value = client
-        .hset(
-            &keys.cursor,
-            ("done_ms", crate::source::now_ms().to_string()),
-        )
+        .hset(&keys.cursor, ("done_ms", crate::time::now_ms().to_string()))
         .await?;
     Ok(())
 }

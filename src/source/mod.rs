@@ -38,7 +38,7 @@ pub(crate) mod text;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::*;
@@ -70,13 +70,6 @@ pub(crate) enum SourceError {
 }
 
 pub(crate) type Result<T, E = SourceError> = std::result::Result<T, E>;
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// One row of a page.
 #[derive(Debug, Clone)]

@@ -40,7 +40,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use fred::types::scripts::Script;
@@ -51,6 +51,7 @@ use crate::backoff::Backoff;
 use crate::flow::settle::Stopped;
 use crate::redis::Message;
 use crate::sink::stream::{xadd_error_is_permanent, RouteSet};
+use crate::time::now_ms;
 
 /// KEYS: target stream, written set. ARGV: now (ms), ttl (ms), entry
 /// count, then per entry: source id, field/value count, fields and values.
@@ -104,13 +105,6 @@ pub fn written_key(flow: &str, target: &str, source: &str) -> String {
         "sluice:s2s:{}:{flow}:{source}",
         crate::redis::sharder::same_slot_tag(target)
     )
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Entries of one source stream going to one target stream.
