@@ -73,6 +73,48 @@ struct Chunk {
     read_bytes: u64,
 }
 
+/// Gathers parsed entries into chunks of `batch` and sends each, with the
+/// input bytes consumed up to its end, to the side that enqueues them.
+struct Chunker<'a> {
+    items: Vec<Fields>,
+    batch: usize,
+    tx: &'a mpsc::Sender<anyhow::Result<Chunk>>,
+}
+
+impl<'a> Chunker<'a> {
+    fn new(batch: usize, tx: &'a mpsc::Sender<anyhow::Result<Chunk>>) -> Self {
+        Chunker {
+            items: Vec::with_capacity(batch),
+            batch,
+            tx,
+        }
+    }
+
+    fn push(&mut self, fields: Fields) {
+        self.items.push(fields);
+    }
+
+    fn is_full(&self) -> bool {
+        self.items.len() >= self.batch
+    }
+
+    /// Sends the gathered entries; false if the enqueuing side has stopped.
+    fn send(&mut self, read_bytes: u64) -> bool {
+        let items = std::mem::replace(&mut self.items, Vec::with_capacity(self.batch));
+        self.tx
+            .blocking_send(Ok(Chunk { items, read_bytes }))
+            .is_ok()
+    }
+
+    /// Sends what is left, at the end of the input or before a bad entry
+    /// (whose error follows it).
+    fn finish(mut self, read_bytes: u64) {
+        if !self.items.is_empty() {
+            self.send(read_bytes);
+        }
+    }
+}
+
 /// Reads the input on a blocking thread, in batches.
 fn reader(
     input: Box<dyn Read + Send>,
@@ -109,7 +151,7 @@ fn read_jsonl(
     tx: &mpsc::Sender<anyhow::Result<Chunk>>,
 ) -> anyhow::Result<()> {
     let mut input = std::io::BufReader::with_capacity(1 << 16, input);
-    let mut items = Vec::with_capacity(batch);
+    let mut chunks = Chunker::new(batch, tx);
     let mut line = Vec::new();
     let mut number = 0usize;
     loop {
@@ -126,34 +168,18 @@ fn read_jsonl(
         }
         let bytes = Bytes::copy_from_slice(&line);
         match fields::parse_object(&bytes) {
-            Ok(fields) => items.push(fields),
+            Ok(fields) => chunks.push(fields),
             Err(r) => {
                 // Send what came before the bad line, then stop.
-                let read_bytes = input.get_ref().n;
-                if !items.is_empty() {
-                    let _ = tx.blocking_send(Ok(Chunk { items, read_bytes }));
-                }
+                chunks.finish(input.get_ref().n);
                 anyhow::bail!("line {number}: {}", strip_item(&r.to_string()));
             }
         }
-        if items.len() >= batch {
-            let read_bytes = input.get_ref().n - input.buffer().len() as u64;
-            let full = std::mem::replace(&mut items, Vec::with_capacity(batch));
-            if tx
-                .blocking_send(Ok(Chunk {
-                    items: full,
-                    read_bytes,
-                }))
-                .is_err()
-            {
-                return Ok(());
-            }
+        if chunks.is_full() && !chunks.send(input.get_ref().n - input.buffer().len() as u64) {
+            return Ok(());
         }
     }
-    let read_bytes = input.get_ref().n;
-    if !items.is_empty() {
-        let _ = tx.blocking_send(Ok(Chunk { items, read_bytes }));
-    }
+    chunks.finish(input.get_ref().n);
     Ok(())
 }
 
@@ -182,7 +208,7 @@ fn read_csv(
             anyhow::bail!("CSV header: column {:?}: {why}", h);
         }
     }
-    let mut items = Vec::with_capacity(batch);
+    let mut chunks = Chunker::new(batch, tx);
     let mut record = csv::StringRecord::new();
     let mut line = 1usize;
     loop {
@@ -190,10 +216,7 @@ fn read_csv(
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => {
-                let read_bytes = rdr.position().byte();
-                if !items.is_empty() {
-                    let _ = tx.blocking_send(Ok(Chunk { items, read_bytes }));
-                }
+                chunks.finish(rdr.position().byte());
                 return Err(anyhow::Error::new(e).context("reading CSV"));
             }
         }
@@ -202,33 +225,17 @@ fn read_csv(
             .map(|p| p.line() as usize)
             .unwrap_or(line + 1);
         match fields::from_pairs(headers.iter().zip(record.iter()), 0) {
-            Ok(fields) => items.push(fields),
+            Ok(fields) => chunks.push(fields),
             Err(r) => {
-                let read_bytes = rdr.position().byte();
-                if !items.is_empty() {
-                    let _ = tx.blocking_send(Ok(Chunk { items, read_bytes }));
-                }
+                chunks.finish(rdr.position().byte());
                 anyhow::bail!("line {line}: {}", strip_item(&r.to_string()));
             }
         }
-        if items.len() >= batch {
-            let read_bytes = rdr.position().byte();
-            let full = std::mem::replace(&mut items, Vec::with_capacity(batch));
-            if tx
-                .blocking_send(Ok(Chunk {
-                    items: full,
-                    read_bytes,
-                }))
-                .is_err()
-            {
-                return Ok(());
-            }
+        if chunks.is_full() && !chunks.send(rdr.position().byte()) {
+            return Ok(());
         }
     }
-    let read_bytes = rdr.position().byte();
-    if !items.is_empty() {
-        let _ = tx.blocking_send(Ok(Chunk { items, read_bytes }));
-    }
+    chunks.finish(rdr.position().byte());
     Ok(())
 }
 

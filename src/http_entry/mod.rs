@@ -143,6 +143,16 @@ fn bad_stream_name(stream: &str) -> Option<&'static str> {
     }
 }
 
+/// The checks every request on a stream passes first: the bearer token may
+/// use `stream` (else 401/403), then the name itself is sound (else 400).
+/// None when the request may go on.
+fn check_request(entry: &Entry, headers: &HeaderMap, stream: &str) -> Option<Response> {
+    if let Err(d) = entry.auth.check(headers.get(header::AUTHORIZATION), stream) {
+        return Some(denied(d, stream));
+    }
+    bad_stream_name(stream).map(|why| error(StatusCode::BAD_REQUEST, why))
+}
+
 fn redis_unavailable(entry: &Entry, e: impl std::fmt::Display) -> Response {
     let text = e.to_string();
     if text.contains("WRONGTYPE") {
@@ -252,14 +262,8 @@ async fn post_messages(
     uri: axum::http::Uri,
     body: Body,
 ) -> Response {
-    if let Err(d) = entry
-        .auth
-        .check(headers.get(header::AUTHORIZATION), &stream)
-    {
-        return denied(d, &stream);
-    }
-    if let Some(why) = bad_stream_name(&stream) {
-        return error(StatusCode::BAD_REQUEST, why);
+    if let Some(refused) = check_request(&entry, &headers, &stream) {
+        return refused;
     }
     let limit = entry.cfg.body_limit.as_u64() as usize;
     let too_large = || {
@@ -490,14 +494,8 @@ async fn get_stream(
     Path(stream): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(d) = entry
-        .auth
-        .check(headers.get(header::AUTHORIZATION), &stream)
-    {
-        return denied(d, &stream);
-    }
-    if let Some(why) = bad_stream_name(&stream) {
-        return error(StatusCode::BAD_REQUEST, why);
+    if let Some(refused) = check_request(&entry, &headers, &stream) {
+        return refused;
     }
     let state = if entry.sharder.is_sharded(&stream) {
         sharded_state(&entry, &stream).await
