@@ -10,6 +10,7 @@ pub(crate) mod dead_letter;
 pub mod delayed;
 pub mod group;
 pub(crate) mod held;
+pub(crate) mod lease;
 pub mod reply;
 pub(crate) mod sharder;
 pub(crate) mod version;

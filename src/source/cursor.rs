@@ -13,10 +13,14 @@
 //! moved and stops. With `exactly_once` the same script also XADDs the
 //! chunk's rows, so the entries and the cursor move together or not at all.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::Value;
+
+use crate::redis::lease;
 
 /// KEYS: stream, cursor. ARGV: expected pos, new pos, now ms, max_len (-1 =
 /// none), entry count, rows passed (entries + dead letters), then per
@@ -49,25 +53,7 @@ redis.call('HINCRBY', KEYS[2], 'rows', ARGV[6])
 return {1, n}
 "#;
 
-/// KEYS: lease. ARGV: me, ms. 1 = held (taken or renewed).
-const HOLD: &str = r#"
-local h = redis.call('GET', KEYS[1])
-if not h or h == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"#;
-
-/// KEYS: lease. ARGV: me.
-const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
-
 static ADVANCE_S: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-static HOLD_S: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-static RELEASE_S: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
 
 fn script(cell: &'static std::sync::OnceLock<Script>, lua: &'static str) -> &'static Script {
     cell.get_or_init(|| Script::from_lua(lua))
@@ -188,14 +174,7 @@ pub(crate) async fn hold(
     me: &str,
     lease_ms: u64,
 ) -> Result<bool, fred::error::Error> {
-    let held: i64 = script(&HOLD_S, HOLD)
-        .evalsha_with_reload(
-            client,
-            vec![keys.lease.clone()],
-            vec![me.to_string(), lease_ms.to_string()],
-        )
-        .await?;
-    Ok(held == 1)
+    lease::hold(client, &keys.lease, me, Duration::from_millis(lease_ms)).await
 }
 
 /// Gives the lease up if `me` holds it, so another replica takes over at once.
@@ -204,10 +183,7 @@ pub(crate) async fn release(
     keys: &Keys,
     me: &str,
 ) -> Result<(), fred::error::Error> {
-    let _: i64 = script(&RELEASE_S, RELEASE)
-        .evalsha_with_reload(client, vec![keys.lease.clone()], vec![me.to_string()])
-        .await?;
-    Ok(())
+    lease::release(client, &keys.lease, me).await
 }
 
 /// Who holds the lease, if anyone.

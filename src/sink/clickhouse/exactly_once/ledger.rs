@@ -35,7 +35,7 @@ use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 
-use crate::redis::{id_millis, Message, Result, StreamError};
+use crate::redis::{id_millis, lease, Message, Result, StreamError};
 
 /// One recorded batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,17 +56,6 @@ pub struct Ledger {
     /// When the open set was last swept of expired records.
     swept: Mutex<Option<Instant>>,
 }
-
-/// Renews the lease if we hold it, takes it if nobody does; 0 if another
-/// consumer holds it.
-const RENEW_LEASE: &str = r#"
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] or not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"#;
 
 /// Records (or re-records) a batch under ARGV[1]'s lease, indexes it, and,
 /// for a bisected part, removes its members from the parent record.
@@ -486,16 +475,7 @@ impl Ledger {
     /// Holders are per task (committer, each recovery), not per process, so
     /// a process never races itself.
     pub async fn renew_lease(&self, id: &str, holder: &str) -> Result<bool> {
-        static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-        let held: i64 = script(&SCRIPT, RENEW_LEASE)
-            .evalsha_with_reload(
-                &self.client,
-                vec![self.lease_key(id)],
-                vec![holder.to_string(), self.lease.as_millis().to_string()],
-            )
-            .await
-            .map_err(StreamError::from)?;
-        Ok(held == 1)
+        Ok(lease::hold(&self.client, &self.lease_key(id), holder, self.lease).await?)
     }
 }
 
