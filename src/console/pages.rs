@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, RawQuery, State};
+use axum::extract::{Extension, FromRequestParts, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -26,6 +27,30 @@ pub(crate) fn routes() -> Router<Arc<Console>> {
         .route("/schedules", get(schedules))
         .route("/delayed", get(delayed))
         .route("/tap", get(tap))
+}
+
+/// What every page handler reads from its request: the console, the signed-in
+/// person (set by the auth guard) and the query string.
+struct PageRequest {
+    console: Arc<Console>,
+    who: Who,
+    params: Params,
+}
+
+impl FromRequestParts<Arc<Console>> for PageRequest {
+    type Rejection = <Extension<Who> as FromRequestParts<Arc<Console>>>::Rejection;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        console: &Arc<Console>,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        let Extension(who) = Extension::<Who>::from_request_parts(parts, console).await?;
+        Ok(PageRequest {
+            console: console.clone(),
+            who,
+            params: Params::parse(parts.uri.query()),
+        })
+    }
 }
 
 fn page(title: &str, who: &Who, nav: Nav, body: Markup) -> Response {
@@ -55,25 +80,16 @@ fn render(who: &Who, r: Result<(String, Nav, Markup)>) -> Response {
     }
 }
 
-async fn overview(
-    State(c): State<Arc<Console>>,
-    Extension(who): Extension<Who>,
-    RawQuery(q): RawQuery,
-) -> Response {
-    let snap = c.sampler.snapshot();
-    if Params::parse(q.as_deref()).get("fragment").is_some() {
+async fn overview(req: PageRequest) -> Response {
+    let snap = req.console.sampler.snapshot();
+    if req.params.get("fragment").is_some() {
         return views::overview_live(&snap).into_response();
     }
-    page("Overview", &who, Nav::Overview, views::overview(&snap))
+    page("Overview", &req.who, Nav::Overview, views::overview(&snap))
 }
 
-async fn stream(
-    State(c): State<Arc<Console>>,
-    Extension(who): Extension<Who>,
-    RawQuery(q): RawQuery,
-) -> Response {
-    let p = Params::parse(q.as_deref());
-    render(&who, stream_page(&c, &p).await)
+async fn stream(req: PageRequest) -> Response {
+    render(&req.who, stream_page(&req.console, &req.params).await)
 }
 
 /// The flow group reading `stream` (or one of its shards), if any.
@@ -141,13 +157,11 @@ fn dead_streams(c: &Console) -> Vec<String> {
     out
 }
 
-async fn dead(
-    State(c): State<Arc<Console>>,
-    Extension(who): Extension<Who>,
-    RawQuery(q): RawQuery,
-) -> Response {
-    let p = Params::parse(q.as_deref());
-    render(&who, dead_page(&c, &who, &p).await)
+async fn dead(req: PageRequest) -> Response {
+    render(
+        &req.who,
+        dead_page(&req.console, &req.who, &req.params).await,
+    )
 }
 
 async fn dead_page(c: &Console, who: &Who, p: &Params) -> Result<(String, Nav, Markup)> {
@@ -186,72 +200,62 @@ async fn dead_page(c: &Console, who: &Who, p: &Params) -> Result<(String, Nav, M
     Ok(("Dead letters".into(), Nav::Dead, body))
 }
 
-async fn dead_entry(
-    State(c): State<Arc<Console>>,
-    Extension(who): Extension<Who>,
-    RawQuery(q): RawQuery,
-) -> Response {
-    let p = Params::parse(q.as_deref());
-    let r = async {
-        let stream = p.required("stream")?;
-        let id = super::params::check_id("id", p.required("id")?)?;
-        let e = crate::cli::dead::show(&c.redis, stream, &id)
-            .await?
-            .ok_or_else(|| ConsoleError::NotFound(format!("no entry {id} in `{stream}`")))?;
-        let body = views::dead_entry(stream, &e, who.role == Role::Operator);
-        Ok((format!("Dead letter {id}"), Nav::Dead, body))
-    }
-    .await;
-    render(&who, r)
+async fn dead_entry(req: PageRequest) -> Response {
+    render(&req.who, dead_entry_page(&req).await)
 }
 
-async fn schedules(State(c): State<Arc<Console>>, Extension(who): Extension<Who>) -> Response {
-    let r = async {
-        let now = crate::time::now_ms();
-        let list: Vec<serde_json::Value> = crate::schedule::store::load_all(&c.redis)
-            .await?
-            .iter()
-            .filter(|s| s.state != "removed")
-            .map(|s| api::schedule_json(s, now))
-            .collect();
-        Ok((
-            "Schedules".to_string(),
-            Nav::Schedules,
-            views::schedules(&list, who.role == Role::Operator),
-        ))
+async fn dead_entry_page(req: &PageRequest) -> Result<(String, Nav, Markup)> {
+    let p = &req.params;
+    let stream = p.required("stream")?;
+    let id = super::params::check_id("id", p.required("id")?)?;
+    let e = crate::cli::dead::show(&req.console.redis, stream, &id)
+        .await?
+        .ok_or_else(|| ConsoleError::NotFound(format!("no entry {id} in `{stream}`")))?;
+    let body = views::dead_entry(stream, &e, req.who.role == Role::Operator);
+    Ok((format!("Dead letter {id}"), Nav::Dead, body))
+}
+
+async fn schedules(req: PageRequest) -> Response {
+    render(&req.who, schedules_page(&req).await)
+}
+
+async fn schedules_page(req: &PageRequest) -> Result<(String, Nav, Markup)> {
+    let now = crate::time::now_ms();
+    let list: Vec<serde_json::Value> = crate::schedule::store::load_all(&req.console.redis)
+        .await?
+        .iter()
+        .filter(|s| s.state != "removed")
+        .map(|s| api::schedule_json(s, now))
+        .collect();
+    Ok((
+        "Schedules".to_string(),
+        Nav::Schedules,
+        views::schedules(&list, req.who.role == Role::Operator),
+    ))
+}
+
+async fn delayed(req: PageRequest) -> Response {
+    render(&req.who, delayed_page(&req).await)
+}
+
+async fn delayed_page(req: &PageRequest) -> Result<(String, Nav, Markup)> {
+    let snap = req.console.sampler.snapshot();
+    let peeked = match req.params.get("stream") {
+        Some(s) => Some((s, api::peek(&req.console, s, 20).await?)),
+        None => None,
     };
-    render(&who, r.await)
+    let body = views::delayed(
+        &snap.delayed,
+        peeked.as_ref().map(|(s, list)| (*s, list.as_slice())),
+        req.who.role == Role::Operator,
+    );
+    Ok(("Delayed jobs".to_string(), Nav::Delayed, body))
 }
 
-async fn delayed(
-    State(c): State<Arc<Console>>,
-    Extension(who): Extension<Who>,
-    RawQuery(q): RawQuery,
-) -> Response {
-    let p = Params::parse(q.as_deref());
-    let r = async {
-        let snap = c.sampler.snapshot();
-        let peeked = match p.get("stream") {
-            Some(s) => Some((s, api::peek(&c, s, 20).await?)),
-            None => None,
-        };
-        let body = views::delayed(
-            &snap.delayed,
-            peeked.as_ref().map(|(s, list)| (*s, list.as_slice())),
-            who.role == Role::Operator,
-        );
-        Ok(("Delayed jobs".to_string(), Nav::Delayed, body))
-    };
-    render(&who, r.await)
-}
-
-async fn tap(
-    State(c): State<Arc<Console>>,
-    Extension(who): Extension<Who>,
-    RawQuery(q): RawQuery,
-) -> Response {
-    let p = Params::parse(q.as_deref());
-    let mut streams: Vec<String> = c
+async fn tap(req: PageRequest) -> Response {
+    let p = &req.params;
+    let mut streams: Vec<String> = req
+        .console
         .config
         .flows
         .iter()
@@ -260,7 +264,7 @@ async fn tap(
     streams.sort();
     streams.dedup();
     let body = views::tap(&streams, p.get("stream"), p.get("where").unwrap_or(""));
-    page("Live tap", &who, Nav::Tap, body)
+    page("Live tap", &req.who, Nav::Tap, body)
 }
 
 /// Where to go after signing in: a path on this site, nothing else.
