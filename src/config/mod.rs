@@ -305,7 +305,8 @@ dead_letter = "events:dead"
 on_success = "ack"              # or "ack_del": XACK then XDEL, as the original did
 "#;
 
-    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config> {
+    /// Loads `text` as if read from a file, with `env` as the environment.
+    pub(super) fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config> {
         Config::from_toml_with_env(
             text,
             "test.toml",
@@ -659,6 +660,15 @@ sink = { type = "clickhouse", table = "jobs" }
         parse(&text, &[]).unwrap_err().to_string()
     }
 
+    /// DATAFLOW with `from` replaced by `to` is refused with an error that
+    /// names every one of `needles`.
+    fn assert_refused(from: &str, to: &str, needles: &[&str]) {
+        let err = dataflow_err(from, to);
+        for needle in needles {
+            assert!(err.contains(needle), "{needle:?} not in: {err}");
+        }
+    }
+
     #[test]
     fn dataflow_examples_parse() {
         let c = parse(DATAFLOW, &[]).unwrap();
@@ -716,58 +726,59 @@ sink = { type = "clickhouse", table = "jobs" }
 
     #[test]
     fn stream_sink_unknown_key_is_named() {
-        let err = dataflow_err("to = \"jobs.out\"", "to = \"jobs.out\", max_lenn = 3");
-        assert!(
-            err.contains("flow[0].sink") && err.contains("max_lenn"),
-            "{err}"
+        assert_refused(
+            "to = \"jobs.out\"",
+            "to = \"jobs.out\", max_lenn = 3",
+            &["flow[0].sink", "max_lenn"],
         );
-        let err = dataflow_err(
+        assert_refused(
             "{ stream = \"audit\", max_len = 1000 }",
             "{ stream = \"audit\", cap = 1 }",
+            &["flow[2].sink", "cap"],
         );
-        assert!(err.contains("flow[2].sink") && err.contains("cap"), "{err}");
     }
 
     #[test]
     fn stream_sink_needs_a_target() {
-        let err = dataflow_err(
+        assert_refused(
             "sink = { type = \"stream\", to = \"jobs.out\" }",
             "sink = { type = \"stream\" }",
-        );
-        assert!(
-            err.contains("flow[0].sink") && err.contains("`to`"),
-            "{err}"
+            &["flow[0].sink", "`to`"],
         );
     }
 
     #[test]
     fn routes_need_route_by() {
-        let err = dataflow_err("route_by = \"task_for\"\nroutes", "routes");
-        assert!(
-            err.contains("flow[2].sink.routes") && err.contains("route_by"),
-            "{err}"
+        assert_refused(
+            "route_by = \"task_for\"\nroutes",
+            "routes",
+            &["flow[2].sink.routes", "route_by"],
         );
     }
 
     #[test]
     fn empty_route_by_is_refused() {
-        let err = dataflow_err("route_by = \"task_for\", to", "route_by = \"\", to");
-        assert!(err.contains("flow[1].sink.route_by"), "{err}");
+        assert_refused(
+            "route_by = \"task_for\", to",
+            "route_by = \"\", to",
+            &["flow[1].sink.route_by"],
+        );
     }
 
     #[test]
     fn bad_templates_are_refused() {
-        let err = dataflow_err("\"jobs.{task_for}\"", "\"jobs.{task_for\"");
-        assert!(
-            err.contains("flow[1].sink.to") && err.contains("unclosed"),
-            "{err}"
+        assert_refused(
+            "\"jobs.{task_for}\"",
+            "\"jobs.{task_for\"",
+            &["flow[1].sink.to", "unclosed"],
         );
-        let err = dataflow_err("\"jobs.{task_for}\"", "\"jobs.{}\"");
-        assert!(err.contains("empty placeholder"), "{err}");
-        let err = dataflow_err("\"jobs.{task_for}\"", "\"jobs.}x\"");
-        assert!(err.contains("unmatched"), "{err}");
-        let err = dataflow_err("default = \"jobs.other\"", "default = \"jobs.{x}\"");
-        assert!(err.contains("flow[2].sink.default"), "{err}");
+        assert_refused("\"jobs.{task_for}\"", "\"jobs.{}\"", &["empty placeholder"]);
+        assert_refused("\"jobs.{task_for}\"", "\"jobs.}x\"", &["unmatched"]);
+        assert_refused(
+            "default = \"jobs.other\"",
+            "default = \"jobs.{x}\"",
+            &["flow[2].sink.default"],
+        );
         assert_eq!(
             crate::template::placeholders("a.{x}.{y}", crate::template::Syntax::FIELDS).unwrap(),
             vec!["x", "y"]
@@ -776,172 +787,189 @@ sink = { type = "clickhouse", table = "jobs" }
 
     #[test]
     fn target_may_not_loop_back() {
-        let err = dataflow_err("to = \"jobs.out\"", "to = \"jobs.raw\"");
-        assert!(
-            err.contains("flow[0].sink.to") && err.contains("own streams"),
-            "{err}"
+        assert_refused(
+            "to = \"jobs.out\"",
+            "to = \"jobs.raw\"",
+            &["flow[0].sink.to", "own streams"],
         );
-        let err = dataflow_err("to = \"jobs.out\"", "to = \"jobs.raw:dead\"");
-        assert!(err.contains("flow[0].sink.to"), "{err}");
+        assert_refused(
+            "to = \"jobs.out\"",
+            "to = \"jobs.raw:dead\"",
+            &["flow[0].sink.to"],
+        );
     }
 
     #[test]
     fn max_len_must_be_positive() {
-        let err = dataflow_err("max_len = 20000", "max_len = 0");
-        assert!(err.contains("flow[2].sink.max_len"), "{err}");
-        let err = dataflow_err("max_len = 1000 }", "max_len = 0 }");
-        assert!(err.contains("flow[2].sink.routes.b"), "{err}");
-        let err = dataflow_err("max_len = 100000", "max_len = 0");
-        assert!(err.contains("streams.\"jobs.in\".max_len"), "{err}");
-        let err = dataflow_err("max_len = 50000", "max_len = 0");
-        assert!(err.contains("http.max_len"), "{err}");
+        assert_refused("max_len = 20000", "max_len = 0", &["flow[2].sink.max_len"]);
+        assert_refused(
+            "max_len = 1000 }",
+            "max_len = 0 }",
+            &["flow[2].sink.routes.b"],
+        );
+        assert_refused(
+            "max_len = 100000",
+            "max_len = 0",
+            &["streams.\"jobs.in\".max_len"],
+        );
+        assert_refused("max_len = 50000", "max_len = 0", &["http.max_len"]);
     }
 
     #[test]
     fn empty_target_list_is_refused() {
-        let err = dataflow_err("default = \"jobs.other\"", "default = []");
-        assert!(
-            err.contains("flow[2].sink.default") && err.contains("no target"),
-            "{err}"
+        assert_refused(
+            "default = \"jobs.other\"",
+            "default = []",
+            &["flow[2].sink.default", "no target"],
         );
     }
 
     #[test]
     fn exec_handler_rules() {
-        let err = dataflow_err("command = [\"python3\", \"handler.py\"]", "command = []");
-        assert!(err.contains("flow[2].handler.command"), "{err}");
-        let err = dataflow_err("workers = 4", "workers = 0");
-        assert!(err.contains("flow[2].handler.workers"), "{err}");
-        let err = dataflow_err("workers = 4", "workers = 4, shell = true");
-        assert!(
-            err.contains("flow[2].handler") && err.contains("shell"),
-            "{err}"
+        assert_refused(
+            "command = [\"python3\", \"handler.py\"]",
+            "command = []",
+            &["flow[2].handler.command"],
+        );
+        assert_refused("workers = 4", "workers = 0", &["flow[2].handler.workers"]);
+        assert_refused(
+            "workers = 4",
+            "workers = 4, shell = true",
+            &["flow[2].handler", "shell"],
         );
     }
 
     #[test]
     fn handler_timeout_must_be_below_min_idle() {
-        let err = dataflow_err("timeout = \"5s\"", "timeout = \"60s\"");
-        assert!(
-            err.contains("flow[2].handler.timeout") && err.contains("min_idle"),
-            "{err}"
+        assert_refused(
+            "timeout = \"5s\"",
+            "timeout = \"60s\"",
+            &["flow[2].handler.timeout", "min_idle"],
         );
-        let err = dataflow_err("timeout = \"5s\"", "timeout = \"0s\"");
-        assert!(err.contains("flow[2].handler.timeout"), "{err}");
+        assert_refused(
+            "timeout = \"5s\"",
+            "timeout = \"0s\"",
+            &["flow[2].handler.timeout"],
+        );
     }
 
     #[test]
     fn http_handler_rules() {
-        let err = dataflow_err("\"http://127.0.0.1:9000/enrich\"", "\"https://x/enrich\"");
-        assert!(
-            err.contains("flow[3].handler.url") && err.contains("https"),
-            "{err}"
+        assert_refused(
+            "\"http://127.0.0.1:9000/enrich\"",
+            "\"https://x/enrich\"",
+            &["flow[3].handler.url", "https"],
         );
-        let err = dataflow_err("\"http://127.0.0.1:9000/enrich\"", "\"ftp://x\"");
-        assert!(err.contains("flow[3].handler.url"), "{err}");
-        let err = dataflow_err("concurrency = 16", "concurrency = 0");
-        assert!(err.contains("flow[3].handler.concurrency"), "{err}");
-        let err = dataflow_err(
+        assert_refused(
+            "\"http://127.0.0.1:9000/enrich\"",
+            "\"ftp://x\"",
+            &["flow[3].handler.url"],
+        );
+        assert_refused(
+            "concurrency = 16",
+            "concurrency = 0",
+            &["flow[3].handler.concurrency"],
+        );
+        assert_refused(
             "concurrency = 16",
             "concurrency = 1, headers = { \"bad header\" = \"x\" }",
+            &["flow[3].handler.headers"],
         );
-        assert!(err.contains("flow[3].handler.headers"), "{err}");
     }
 
     #[test]
     fn check_every_must_be_positive() {
-        let err = dataflow_err(
+        assert_refused(
             "to = \"jobs.out\" }",
             "to = \"jobs.out\", check_every = \"0s\" }",
+            &["flow[0].sink.check_every"],
         );
-        assert!(err.contains("flow[0].sink.check_every"), "{err}");
     }
 
     #[test]
     fn keys_that_would_be_ignored_are_refused() {
-        let err = dataflow_err(
+        assert_refused(
             "streams = [\"jobs.raw\"]\n",
             "streams = [\"jobs.raw\"]\nretry = { backoff = \"exponential\" }\n",
+            &["flow[0].retry", "no handler"],
         );
-        assert!(
-            err.contains("flow[0].retry") && err.contains("no handler"),
-            "{err}"
-        );
-        let err = dataflow_err(
+        assert_refused(
             "streams = [\"jobs.raw\"]\n",
             "streams = [\"jobs.raw\"]\nmetadata = { id = \"_id\" }\n",
+            &["flow[0].metadata", "clickhouse sinks"],
         );
-        assert!(
-            err.contains("flow[0].metadata") && err.contains("clickhouse sinks"),
-            "{err}"
-        );
-        let err = dataflow_err(
+        assert_refused(
             "streams = [\"jobs.in\"]\n",
             "streams = [\"jobs.in\"]\npayload = { field = \"p\" }\n",
+            &["flow[1].payload"],
         );
-        assert!(err.contains("flow[1].payload"), "{err}");
     }
 
     #[test]
     fn handler_excludes_exactly_once() {
-        let err = dataflow_err(
+        assert_refused(
             "concurrency = 16 }",
             "concurrency = 16 }\ndelivery = \"exactly_once\"\nbatch_id_column = \"b\"",
-        );
-        assert!(
-            err.contains("flow[3].handler") && err.contains("exactly_once"),
-            "{err}"
+            &["flow[3].handler", "exactly_once"],
         );
     }
 
     #[test]
     fn rust_handler_needs_a_name() {
-        let err = dataflow_err(
+        assert_refused(
             "{ type = \"http\", url = \"http://127.0.0.1:9000/enrich\", concurrency = 16 }",
             "{ type = \"rust\", name = \"\" }",
+            &["flow[3].handler.name"],
         );
-        assert!(err.contains("flow[3].handler.name"), "{err}");
     }
 
     #[test]
     fn http_section_rules() {
-        let err = dataflow_err("listen = \"127.0.0.1:8080\"", "listen = \"eight\"");
-        assert!(err.contains("http.listen"), "{err}");
-        let err = dataflow_err("body_limit = \"1MiB\"", "body_limit = \"1MiB\"\nport = 1");
-        assert!(err.contains("http") && err.contains("port"), "{err}");
-        let err = dataflow_err("body_limit = \"1MiB\"", "body_limit = 0");
-        assert!(err.contains("http.body_limit"), "{err}");
-        let err = dataflow_err("body_limit = \"1MiB\"", "max_items = 0");
-        assert!(err.contains("http.max_items"), "{err}");
+        assert_refused(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"eight\"",
+            &["http.listen"],
+        );
+        assert_refused(
+            "body_limit = \"1MiB\"",
+            "body_limit = \"1MiB\"\nport = 1",
+            &["http", "port"],
+        );
+        assert_refused(
+            "body_limit = \"1MiB\"",
+            "body_limit = 0",
+            &["http.body_limit"],
+        );
+        assert_refused(
+            "body_limit = \"1MiB\"",
+            "max_items = 0",
+            &["http.max_items"],
+        );
     }
 
     #[test]
     fn http_tokens_rules() {
-        let err = dataflow_err("\"0123456789abcdef-producer\"", "\"short\"");
-        assert!(
-            err.contains("http.tokens[0].token") && err.contains("16"),
-            "{err}"
+        assert_refused(
+            "\"0123456789abcdef-producer\"",
+            "\"short\"",
+            &["http.tokens[0].token", "16"],
         );
-        let err = dataflow_err(
+        assert_refused(
             "\"0123456789abcdef-producer\"",
             "\"0123456789abcdef producer\"",
+            &["http.tokens[0].token"],
         );
-        assert!(err.contains("http.tokens[0].token"), "{err}");
-        let err = dataflow_err("streams = [\"jobs.in\", \"events.*\"]", "streams = []");
-        assert!(err.contains("http.tokens[0].streams"), "{err}");
-        let err = dataflow_err(
-            "[[http.tokens]]\ntoken = \"0123456789abcdef-producer\"\nstreams = [\"jobs.in\", \"events.*\"]",
-            "",
+        assert_refused(
+            "streams = [\"jobs.in\", \"events.*\"]",
+            "streams = []",
+            &["http.tokens[0].streams"],
         );
-        assert!(
-            err.contains("http.tokens") && err.contains("allow_unauthenticated"),
-            "{err}"
-        );
-        let err = dataflow_err(
+        assert_refused("[[http.tokens]]\ntoken = \"0123456789abcdef-producer\"\nstreams = [\"jobs.in\", \"events.*\"]", "", &["http.tokens", "allow_unauthenticated"]);
+        assert_refused(
             "max_len = 50000",
             "max_len = 50000\nallow_unauthenticated = true",
+            &["http.allow_unauthenticated"],
         );
-        assert!(err.contains("http.allow_unauthenticated"), "{err}");
         let twice = "[[http.tokens]]\ntoken = \"0123456789abcdef-producer\"\nstreams = [\"x\"]\n[[flow]]\nname = \"move\"";
         let err = dataflow_err("[[flow]]\nname = \"move\"", twice);
         assert!(
@@ -953,6 +981,7 @@ sink = { type = "clickhouse", table = "jobs" }
 
 #[cfg(test)]
 mod secret_tests {
+    use super::tests::parse;
     use super::*;
 
     const BASE: &str = r#"
@@ -962,14 +991,6 @@ url = "redis://sluice:url-secret@127.0.0.1:6379/0"
 url = "http://127.0.0.1:8123"
 user = "writer"
 "#;
-
-    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config> {
-        Config::from_toml_with_env(
-            text,
-            "test.toml",
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
-    }
 
     #[test]
     fn password_files_are_read_and_never_debug_printed() {
