@@ -982,7 +982,6 @@ sink = { type = "clickhouse", table = "jobs" }
 #[cfg(test)]
 mod secret_tests {
     use super::tests::parse;
-    use super::*;
 
     const BASE: &str = r#"
 [redis]
