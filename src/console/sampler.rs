@@ -23,7 +23,7 @@ use crate::redis::group::ConsumerInfo;
 use crate::redis::{commands, reply, StreamError};
 use crate::sink::clickhouse::endpoints::EndpointStatus;
 use crate::sink::clickhouse::stuck;
-use crate::time::now_ms;
+use crate::time::{now_ms, Ticker};
 
 /// Bound on the ClickHouse part of one sample (endpoint checks, table checks).
 const CLICKHOUSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -176,13 +176,8 @@ impl Sampler {
             keep,
             points: HashMap::new(),
         };
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.cancelled() => return,
-            }
+        let mut tick = Ticker::every(every);
+        while tick.tick_until(&shutdown).await {
             let started = Instant::now();
             let (redis, clickhouse) = tokio::join!(
                 sample_redis(&client, &config, &mut history),

@@ -37,6 +37,7 @@ use crate::flow::keep_alive::exclusive;
 use crate::flow::Flow;
 use crate::redis::{commands, group, Message, StreamError};
 use crate::sink::clickhouse::exactly_once::ledger::BatchRecord;
+use crate::time::Ticker;
 
 /// XAUTOCLAIM COUNT: a call inspects up to ten times this many entries.
 const SCAN_PAGE: usize = 100;
@@ -65,16 +66,11 @@ impl Flow {
         shutdown: CancellationToken,
         hard_stop: CancellationToken,
     ) {
-        let mut tick = tokio::time::interval(self.cfg.claim.every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = Ticker::every(self.cfg.claim.every);
         let mut last_prune = tokio::time::Instant::now();
         // Where each stream's XAUTOCLAIM scan of the pending list goes on.
         let mut cursors = vec![Bytes::from_static(b"0-0"); self.streams.len()];
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.cancelled() => return,
-            }
+        while tick.tick_until(&shutdown).await {
             for (stream, cursor) in self.streams.iter().zip(cursors.iter_mut()) {
                 let claim = Claim {
                     stream,

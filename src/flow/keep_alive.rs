@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::redis::held::Held;
 use crate::redis::{commands, Result};
+use crate::time::Ticker;
 
 /// Entries listed per XPENDING page.
 const PAGE: usize = 10_000;
@@ -59,8 +60,7 @@ impl KeepAlive {
 
     /// Every `every` until `stop`: one pass over each stream.
     pub async fn run(self, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(self.every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = Ticker::every(self.every);
         // A held entry is idle past the threshold again within this many
         // passes, and is then seen; one not seen that long was acked.
         let keep = self
@@ -68,11 +68,7 @@ impl KeepAlive {
             .as_millis()
             .div_ceil(self.every.as_millis().max(1)) as u64
             + 2;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.cancelled() => return,
-            }
+        while tick.tick_until(&stop).await {
             let mut listed_all = true;
             for stream in &self.streams {
                 match self.pass(stream).await {

@@ -47,7 +47,7 @@ use crate::obs::metrics::Metrics;
 use crate::redis::group::{consumers, ConsumerInfo};
 use crate::redis::{client, commands, parse_id, reply, Result};
 use crate::sink::clickhouse::stuck::StuckReport;
-use crate::time::now_ms;
+use crate::time::{now_ms, Ticker};
 
 /// Most entries one lag count reads with XRANGE, both directions together.
 /// Bounds the sampler's cost on Redis (≈3 µs per entry read).
@@ -349,13 +349,8 @@ pub(crate) async fn sample_loop(
     // Three missed renewals and another replica takes over.
     let lease_ms = (every.as_millis() * 3).min(i64::MAX as u128) as i64;
     let mut holding = false;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
+    let mut tick = Ticker::every(every);
+    while tick.tick_until(&shutdown).await {
         let holds = match hold_lease(&client, &lease_key, &me, lease_ms).await {
             Ok(h) => h,
             Err(e) => {

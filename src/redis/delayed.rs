@@ -28,6 +28,8 @@ use fred::types::scripts::Script;
 use fred::types::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::time::Ticker;
+
 pub const INDEX_KEY: &str = "sluice:delayed";
 
 pub fn set_key(stream: &str) -> String {
@@ -451,14 +453,9 @@ pub struct Promoter {
 
 impl Promoter {
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = Ticker::every(self.every);
         let mut failing = false;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.cancelled() => return,
-            }
+        while tick.tick_until(&shutdown).await {
             match self.pass().await {
                 Ok(()) => failing = false,
                 Err(e) => {

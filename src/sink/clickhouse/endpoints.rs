@@ -37,6 +37,7 @@ use serde::Serialize;
 use crate::config::{ClickHouseConfig, EndpointMode};
 use crate::obs::metrics::Metrics;
 use crate::sink::clickhouse::classify::classify;
+use crate::time::Ticker;
 
 /// Longest time an endpoint stays marked down after failed inserts before
 /// a passing health check may bring it back.
@@ -341,8 +342,7 @@ impl Endpoints {
         let weak: Weak<Self> = Arc::downgrade(self);
         let every = self.check_every;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = Ticker::every(every);
             tick.tick().await; // the first tick is immediate: just checked
             loop {
                 tick.tick().await;

@@ -37,6 +37,7 @@ use crate::sink::clickhouse::exactly_once::stage_table::{
 use crate::sink::clickhouse::mapping::{LiveMapping, Refresh, RefreshError};
 use crate::sink::clickhouse::pacing::SharedPressure;
 use crate::sink::clickhouse::shard::Sharding;
+use crate::time::Ticker;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SinkError {
@@ -274,8 +275,7 @@ impl ClickHouseSink {
         let weak: Weak<Self> = Arc::downgrade(self);
         let every = self.schema_refresh;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = Ticker::every(every);
             tick.tick().await; // the first tick is immediate: just read
             loop {
                 tick.tick().await;
