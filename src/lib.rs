@@ -31,16 +31,18 @@
 //! No two files import each other in a circle; `config/` imports only the
 //! leaves.
 //! - Leaves: `backoff.rs` (exponential backoff with jitter, for every
-//!   retry loop), `time.rs` (the wall clock in milliseconds), `template.rs`
-//!   (the `{field}` grammar of routes and schedule payloads), `fields.rs`
-//!   (flat JSON objects → stream fields).
+//!   retry loop), `time.rs` (the wall clock in milliseconds, and the one
+//!   `Ticker` of periodic loops), `template.rs` (the `{field}` grammar of
+//!   routes and schedule payloads), `fields.rs` (flat JSON objects → stream
+//!   fields).
 //! - [`config`]: the ground floor. TOML + `SLUICE_…` env overrides and
 //!   secrets; one file per section, each validating itself (errors name the
 //!   key); shard naming both ways (`config/streams.rs`); named connections
 //!   (`config/connections.rs`).
 //! - `redis/`: Redis Streams — the message model, raw reply parsing, the
 //!   commands (XREADGROUP, XACK, XAUTOCLAIM, …), dead letters, group
-//!   upkeep, the held-entry set, the delayed set and the producer sharder.
+//!   upkeep, leases (`lease.rs`), the held-entry set, the delayed set and
+//!   the producer sharder.
 //! - `clickhouse/`: a table's schema, field → column conversion
 //!   (`convert/`, one file per type family), the Native block encoder
 //!   (`native/`), payload expansion and field → column row mapping.
