@@ -6,19 +6,28 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::connections;
+use crate::console;
 use crate::flow::{Flow, Opening};
 use crate::handler::Handlers;
+use crate::http_entry;
+use crate::obs::metrics;
 use crate::obs::metrics::Metrics;
 use crate::obs::readiness::Readiness;
+use crate::obs::status;
+use crate::redis::client;
 use crate::redis::group::consumer_name;
+use crate::redis::version;
+use crate::schedule;
+use crate::source;
 
 /// Refuses to start on a Redis older than the supported minimum (every
 /// master of a cluster is asked): see [`crate::redis::version`].
 async fn require_redis_version(config: &Config) -> anyhow::Result<()> {
-    let client = crate::redis::client::connect(&config.redis)
+    let client = client::connect(&config.redis)
         .await
         .map_err(|e| anyhow::anyhow!("redis.url: cannot connect: {e}"))?;
-    for (server, version) in crate::redis::version::check(&client).await? {
+    for (server, version) in version::check(&client).await? {
         tracing::info!(%server, %version, "redis version supported");
     }
     let _ = fred::prelude::ClientLike::quit(&client).await;
@@ -64,7 +73,7 @@ pub async fn run_with_handlers(
         Some(addr) => {
             let addr = addr.parse().expect("validated address");
             let token = shutdown.clone();
-            Some(tokio::spawn(crate::obs::metrics::serve(
+            Some(tokio::spawn(metrics::serve(
                 metrics.clone(),
                 readiness.clone(),
                 addr,
@@ -179,21 +188,21 @@ async fn start_services(
     }
     let mut tasks = Vec::new();
     if config.http.is_some() {
-        tasks.push(crate::http_entry::start(config, shutdown.clone()).await?);
+        tasks.push(http_entry::start(config, shutdown.clone()).await?);
     }
     if let Some(listen) = config.console.as_ref().and_then(|c| c.listen.clone()) {
-        tasks.push(crate::console::start(config, &listen, shutdown.clone()).await?);
+        tasks.push(console::start(config, &listen, shutdown.clone()).await?);
     }
-    tasks.push(tokio::spawn(crate::obs::status::sample_loop(
+    tasks.push(tokio::spawn(status::sample_loop(
         config.clone(),
         metrics.clone(),
         shutdown.clone(),
     )));
-    tasks.extend(crate::schedule::spawn(config, consumer, shutdown.clone()).await?);
+    tasks.extend(schedule::spawn(config, consumer, shutdown.clone()).await?);
     // `[[source]]`s: every replica opens them, the lease holder runs each.
-    tasks.extend(crate::source::spawn_all(config, consumer, metrics, shutdown.clone()).await?);
+    tasks.extend(source::spawn_all(config, consumer, metrics, shutdown.clone()).await?);
     if config.metrics.listen.is_some() {
-        crate::connections::export_info(metrics, config);
+        connections::export_info(metrics, config);
     }
     Ok(tasks)
 }

@@ -5,8 +5,16 @@ use std::fmt::Write;
 
 pub(crate) use crate::config::redact_url;
 use crate::config::{Config, OnSuccess, SinkConfig};
+use crate::connections;
+use crate::handler;
+use crate::redis::version;
 use crate::redis::{client, commands};
+use crate::sink::clickhouse::budget;
+use crate::sink::clickhouse::endpoints;
+use crate::sink::clickhouse::exactly_once::stage_table;
 use crate::sink::clickhouse::ClickHouseSink;
+use crate::sink::stream;
+use crate::source::status;
 
 /// Returns the human-readable plan, or the first problem found.
 pub(crate) async fn check(config: &Config) -> anyhow::Result<String> {
@@ -14,7 +22,7 @@ pub(crate) async fn check(config: &Config) -> anyhow::Result<String> {
     let redis = client::connect(&config.redis)
         .await
         .map_err(|e| anyhow::anyhow!("redis.url: cannot connect: {e}"))?;
-    let versions = crate::redis::version::check(&redis).await?;
+    let versions = version::check(&redis).await?;
     let version = versions
         .iter()
         .map(|(_, v)| v.to_string())
@@ -33,13 +41,9 @@ pub(crate) async fn check(config: &Config) -> anyhow::Result<String> {
         redact_url(&config.redis.url)
     )?;
     if let Some(ch) = &config.clickhouse {
-        let endpoints = crate::sink::clickhouse::endpoints::probe(ch).await;
+        let endpoints = endpoints::probe(ch).await;
         let several = endpoints.len() > 1;
-        out.push_str(&crate::connections::endpoint_lines(
-            "clickhouse",
-            ch,
-            &endpoints,
-        )?);
+        out.push_str(&connections::endpoint_lines("clickhouse", ch, &endpoints)?);
         if several {
             writeln!(
                 out,
@@ -49,10 +53,10 @@ pub(crate) async fn check(config: &Config) -> anyhow::Result<String> {
         }
     }
     // Every named connection (`[redis.remote.*]`, `[clickhouse.remote.*]`).
-    out.push_str(&crate::connections::check_named(config).await?);
+    out.push_str(&connections::check_named(config).await?);
     for f in &config.flows {
         writeln!(out, "flow `{}`:", f.name)?;
-        writeln!(out, "  {}", crate::connections::describe_flow(config, f))?;
+        writeln!(out, "  {}", connections::describe_flow(config, f))?;
         for s in &f.streams {
             let len = commands::len(&redis, s).await?;
             writeln!(
@@ -62,11 +66,11 @@ pub(crate) async fn check(config: &Config) -> anyhow::Result<String> {
             )?;
         }
         if let Some(h) = &f.handler {
-            writeln!(out, "  handler: {}", crate::handler::describe(h))?;
+            writeln!(out, "  handler: {}", handler::describe(h))?;
         }
         match &f.sink {
             SinkConfig::Stream(s) => {
-                for line in crate::sink::stream::describe(s, config) {
+                for line in stream::describe(s, config) {
                     writeln!(out, "  {line}")?;
                 }
             }
@@ -103,7 +107,7 @@ pub(crate) async fn check(config: &Config) -> anyhow::Result<String> {
                         out,
                         "  insert budget: at most {rate} inserts/s into {} across the fleet (Redis key `{}`)",
                         sink.table_name(),
-                        crate::sink::clickhouse::budget::key(
+                        budget::key(
                             clickhouse.as_deref(),
                             &sink.schema.database,
                             &sink.schema.table
@@ -132,9 +136,7 @@ pub(crate) async fn check(config: &Config) -> anyhow::Result<String> {
                 }
                 if let Some(eo) = &sink.eo_table {
                     writeln!(out, "  {}", eo.describe())?;
-                    if let Some(warning) =
-                        crate::sink::clickhouse::exactly_once::stage_table::completion_warning(f)
-                    {
+                    if let Some(warning) = stage_table::completion_warning(f) {
                         writeln!(out, "  warning: {warning}")?;
                     }
                 }
@@ -161,7 +163,7 @@ pub(crate) async fn check(config: &Config) -> anyhow::Result<String> {
         )?;
     }
     for i in 0..config.sources.len() {
-        for line in crate::source::status::plan(config, i).await? {
+        for line in status::plan(config, i).await? {
             writeln!(out, "{line}")?;
         }
     }

@@ -20,6 +20,9 @@ use fred::types::scripts::Script;
 use fred::types::Value;
 
 use crate::config::Config;
+use crate::flow::retry;
+use crate::redis;
+use crate::redis::client;
 use crate::redis::dead_letter::{
     FIELD_DELIVERIES, FIELD_GROUP, FIELD_ID, FIELD_REASON, FIELD_STREAM,
 };
@@ -70,7 +73,7 @@ impl DeadEntry {
             group: text(FIELD_GROUP),
             deliveries: text(FIELD_DELIVERIES).and_then(|d| d.parse().ok()),
             reason: text(FIELD_REASON),
-            fields: crate::flow::retry::original_fields(&m.fields),
+            fields: retry::original_fields(&m.fields),
         }
     }
 }
@@ -284,7 +287,7 @@ pub(crate) async fn purge(
         let Some(last) = last else {
             return Ok(0);
         };
-        let Some((ms, seq)) = crate::redis::parse_id(last.as_bytes()) else {
+        let Some((ms, seq)) = redis::parse_id(last.as_bytes()) else {
             return Ok(0);
         };
         let stream: std::sync::Arc<str> = dead_stream.into();
@@ -461,9 +464,7 @@ pub(crate) async fn main(args: DeadArgs) -> anyhow::Result<()> {
         .clone()
         .context("--config (or SLUICE_CONFIG) is required")?;
     let config = Config::load(&path)?;
-    let client = crate::redis::client::connect(&config.redis)
-        .await
-        .context("redis.url")?;
+    let client = client::connect(&config.redis).await.context("redis.url")?;
     print!("{}", run(&client, &config, args).await?);
     Ok(())
 }

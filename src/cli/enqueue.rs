@@ -21,8 +21,15 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
+use crate::config::Config;
+use crate::config::RedisConfig;
 use crate::fields::{self, Fields};
+use crate::redis::client;
 use crate::redis::commands;
+use crate::redis::delayed;
+use crate::redis::delayed::Due;
+use crate::redis::sharder::Sharder;
+use crate::schedule::spec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Format {
@@ -242,7 +249,7 @@ fn read_csv(
 /// `items` grouped by the stream each goes to (its shard when `stream` is
 /// sharded), in first-seen order; entries keep their order within a shard.
 fn by_shard<'a>(
-    sharder: &'a crate::redis::sharder::Sharder,
+    sharder: &'a Sharder,
     stream: &'a str,
     items: &'a [Fields],
 ) -> Vec<(&'a str, std::borrow::Cow<'a, [Fields]>)> {
@@ -286,7 +293,7 @@ pub(crate) async fn xadd_pipelined(
 
 pub(crate) async fn main(args: EnqueueArgs) -> anyhow::Result<()> {
     let config = match &args.config {
-        Some(path) => Some(crate::config::Config::load(path)?),
+        Some(path) => Some(Config::load(path)?),
         None => None,
     };
     let url = args
@@ -304,19 +311,19 @@ pub(crate) async fn main(args: EnqueueArgs) -> anyhow::Result<()> {
         anyhow::bail!("--batch must be >= 1");
     }
     let mut due = match (&args.delay, &args.at) {
-        (Some(d), _) => Some(crate::redis::delayed::Due::After(*d)),
-        (None, Some(at)) => Some(crate::redis::delayed::Due::At(
-            crate::schedule::spec::parse_time(at).map_err(|e| anyhow::anyhow!("--at: {e}"))?,
+        (Some(d), _) => Some(Due::After(*d)),
+        (None, Some(at)) => Some(Due::At(
+            spec::parse_time(at).map_err(|e| anyhow::anyhow!("--at: {e}"))?,
         )),
         (None, None) => None,
     };
     // Credentials (password_file, …) come with the config's Redis only.
     let mut redis_cfg = match config.as_ref().filter(|_| args.redis_url.is_none()) {
         Some(c) => c.redis.clone(),
-        None => crate::config::RedisConfig::from_url(url),
+        None => RedisConfig::from_url(url),
     };
     redis_cfg.command_timeout = Duration::from_secs(30);
-    let client = crate::redis::client::connect(&redis_cfg)
+    let client = client::connect(&redis_cfg)
         .await
         .context("connecting to Redis")?;
 
@@ -358,10 +365,7 @@ pub(crate) async fn main(args: EnqueueArgs) -> anyhow::Result<()> {
 
     // A sharded stream (`[streams."name"] shards = N`): each entry goes to
     // the shard its `shard_by` field hashes to, or round-robin.
-    let sharder = config
-        .as_ref()
-        .map(crate::redis::sharder::Sharder::new)
-        .unwrap_or_default();
+    let sharder = config.as_ref().map(Sharder::new).unwrap_or_default();
     let (tx, mut rx) = mpsc::channel::<anyhow::Result<Chunk>>(4);
     let (batch, fmt) = (args.batch, format);
     let reading = std::thread::spawn(move || reader(input, fmt, batch, tx));
@@ -392,9 +396,8 @@ pub(crate) async fn main(args: EnqueueArgs) -> anyhow::Result<()> {
                 while !rest.is_empty() {
                     if let Some(when) = due {
                         // Delayed: all batches share the first one's due time.
-                        let at =
-                            crate::redis::delayed::enqueue(&client, stream, rest, when).await?;
-                        due = Some(crate::redis::delayed::Due::At(at));
+                        let at = delayed::enqueue(&client, stream, rest, when).await?;
+                        due = Some(Due::At(at));
                         sent += rest.len() as u64;
                         bar.set_message(format!("{sent} held back until {at}"));
                         break;
@@ -445,16 +448,13 @@ pub(crate) async fn main(args: EnqueueArgs) -> anyhow::Result<()> {
         "enqueued {sent} messages to `{}` in {secs:.2}s ({rate:.0} msgs/s{waited})",
         args.stream
     );
-    if let Some(crate::redis::delayed::Due::At(at)) = due {
+    if let Some(Due::At(at)) = due {
         let set = if sharder.is_sharded(&args.stream) {
             format!("the delayed sets of `{}`'s shards", args.stream)
         } else {
-            format!("`{}`", crate::redis::delayed::set_key(&args.stream))
+            format!("`{}`", delayed::set_key(&args.stream))
         };
-        println!(
-            "held back in {set} until {}",
-            crate::schedule::spec::format_time(at)
-        );
+        println!("held back in {set} until {}", spec::format_time(at));
     }
     outcome.map_err(|e| e.context(format!("stopped after {sent} messages")))
 }

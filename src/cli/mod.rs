@@ -15,6 +15,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::console;
+use crate::console::tap;
+use crate::console::tap::TapArgs;
+use crate::obs::telemetry;
+use crate::worker;
 
 #[derive(Parser)]
 #[command(
@@ -64,7 +69,7 @@ enum Command {
     },
     /// Print a stream's new entries as they arrive (XREAD; takes nothing
     /// from consumer groups).
-    Tap(crate::console::tap::TapArgs),
+    Tap(TapArgs),
 }
 
 /// Parses the command line and runs the command: all of the `sluice`
@@ -72,13 +77,13 @@ enum Command {
 pub async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Held to the end of main: dropping it flushes exported traces.
-    let _telemetry = crate::obs::telemetry::init();
+    let _telemetry = telemetry::init();
     match cli.command {
         Command::Run { config } => {
             let config = Config::load(&config)?;
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
-            crate::worker::run(config, shutdown).await
+            worker::run(config, shutdown).await
         }
         Command::Check { config } => {
             let config = Config::load(&config)?;
@@ -98,9 +103,9 @@ pub async fn main() -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
-            crate::console::run(config, listen, shutdown).await
+            console::run(config, listen, shutdown).await
         }
-        Command::Tap(args) => crate::console::tap::main(args).await,
+        Command::Tap(args) => tap::main(args).await,
     }
 }
 

@@ -9,6 +9,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use crate::config::Config;
+use crate::redis::client;
+use crate::redis::sharder::Sharder;
+use crate::schedule::spec;
+use crate::schedule::spec::Millis;
+use crate::schedule::spec::SpecError;
+use crate::schedule::spec::Trigger;
 use crate::schedule::spec::{MissedPolicy, RawSpec, Spec};
 use crate::schedule::store::{self, Action};
 use crate::time::now_ms;
@@ -96,10 +103,8 @@ pub(crate) async fn main(args: ScheduleArgs) -> anyhow::Result<()> {
     let path = args
         .config
         .context("--config (or SLUICE_CONFIG) is required")?;
-    let config = crate::config::Config::load(&path)?;
-    let client = crate::redis::client::connect(&config.redis)
-        .await
-        .context("redis.url")?;
+    let config = Config::load(&path)?;
+    let client = client::connect(&config.redis).await.context("redis.url")?;
     print!("{}", run(&client, args.command, &config).await?);
     Ok(())
 }
@@ -108,7 +113,7 @@ pub(crate) async fn main(args: ScheduleArgs) -> anyhow::Result<()> {
 pub(crate) async fn run(
     client: &fred::prelude::Client,
     cmd: ScheduleCommand,
-    config: &crate::config::Config,
+    config: &Config,
 ) -> anyhow::Result<String> {
     let now = now_ms();
     let mut out = String::new();
@@ -139,7 +144,7 @@ pub(crate) async fn run(
             writeln!(out, "{name}: {from} -> removed")?;
         }
         ScheduleCommand::Trigger { name } => {
-            let sharder = crate::redis::sharder::Sharder::new(config);
+            let sharder = Sharder::new(config);
             let id =
                 store::trigger(client, &name, now, &sharder, config.redis.is_cluster()).await?;
             writeln!(out, "{name}: fired {id}")?;
@@ -165,10 +170,7 @@ pub(crate) async fn run(
 impl AddArgs {
     /// The definition, checked as `add` checks it (a one-off time must
     /// still be ahead); the error names the option.
-    pub(crate) fn spec(
-        &self,
-        now: crate::schedule::spec::Millis,
-    ) -> Result<Spec, crate::schedule::spec::SpecError> {
+    pub(crate) fn spec(&self, now: Millis) -> Result<Spec, SpecError> {
         let spec = Spec::from_raw(&RawSpec {
             name: &self.name,
             cron: self.cron.as_deref(),
@@ -192,17 +194,12 @@ impl AddArgs {
 
 /// What `add` checks beyond the definition itself: a one-off time must
 /// still be ahead.
-fn check_new(
-    spec: &Spec,
-    now: crate::schedule::spec::Millis,
-) -> Result<(), crate::schedule::spec::SpecError> {
+fn check_new(spec: &Spec, now: Millis) -> Result<(), SpecError> {
     match spec.trigger {
-        crate::schedule::spec::Trigger::At(at) if at <= now => {
-            Err(crate::schedule::spec::SpecError {
-                key: "at",
-                message: format!("{} is in the past", crate::schedule::spec::format_time(at)),
-            })
-        }
+        Trigger::At(at) if at <= now => Err(SpecError {
+            key: "at",
+            message: format!("{} is in the past", spec::format_time(at)),
+        }),
         _ => Ok(()),
     }
 }

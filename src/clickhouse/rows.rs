@@ -16,6 +16,7 @@ use crate::clickhouse::schema::{ColumnSpec, DefaultKind, TableSchema};
 use crate::config::{BatchConfig, MetadataColumns, PayloadConfig};
 use crate::redis::dead_letter::DeadLetter;
 use crate::redis::Message;
+use crate::sink::clickhouse::exactly_once::ledger;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
@@ -356,7 +357,7 @@ impl OpenBatch {
     /// A batch whose rows carry a fresh batch id, renewed at every seal.
     pub fn with_batch_ids() -> Self {
         OpenBatch {
-            batch_id: Some(crate::sink::clickhouse::exactly_once::ledger::new_batch_id()),
+            batch_id: Some(ledger::new_batch_id()),
             ..Self::new()
         }
     }
@@ -411,12 +412,10 @@ impl OpenBatch {
             messages: std::mem::take(&mut self.messages),
             dead: std::mem::take(&mut self.dead),
             opened: self.opened.take().unwrap_or_else(Instant::now),
-            batch_id: self.batch_id.as_mut().map(|id| {
-                std::mem::replace(
-                    id,
-                    crate::sink::clickhouse::exactly_once::ledger::new_batch_id(),
-                )
-            }),
+            batch_id: self
+                .batch_id
+                .as_mut()
+                .map(|id| std::mem::replace(id, ledger::new_batch_id())),
             mapper: None,
         }
     }

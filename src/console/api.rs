@@ -19,7 +19,13 @@ use super::browse::{self, EntryQuery, Order};
 use super::dead_letters::{self, Bulk, DeadFilter};
 use super::params::{check_id, FieldFilter, Params, MAX_COUNT};
 use super::{Console, ConsoleError, Result};
+use crate::cli::dead;
 use crate::cli::schedule::AddArgs;
+use crate::http_entry;
+use crate::redis::commands;
+use crate::redis::delayed;
+use crate::redis::group;
+use crate::schedule::spec;
 use crate::schedule::spec::MissedPolicy;
 use crate::schedule::store::{self, Action, State as ScheduleState, Stored};
 use crate::time::now_ms;
@@ -143,11 +149,11 @@ async fn groups(State(c): State<Arc<Console>>, RawQuery(q): RawQuery) -> Result<
     let p = Params::parse(q.as_deref());
     let stream = p.required("stream")?;
     let mut out = Vec::new();
-    for g in crate::http_entry::group_states(&c.redis, stream)
+    for g in http_entry::group_states(&c.redis, stream)
         .await?
         .unwrap_or_default()
     {
-        let consumers = crate::redis::group::consumers(&c.redis, stream, &g.name).await?;
+        let consumers = group::consumers(&c.redis, stream, &g.name).await?;
         out.push(serde_json::json!({ "group": g, "consumers": consumers }));
     }
     Ok(ok(&out))
@@ -178,7 +184,7 @@ async fn dead_entry(State(c): State<Arc<Console>>, RawQuery(q): RawQuery) -> Res
     let p = Params::parse(q.as_deref());
     let stream = p.required("stream")?;
     let id = check_id("id", p.required("id")?)?;
-    match crate::cli::dead::show(&c.redis, stream, &id).await? {
+    match dead::show(&c.redis, stream, &id).await? {
         Some(e) => Ok(ok(&e)),
         None => Err(ConsoleError::NotFound(format!(
             "no entry {id} in `{stream}`"
@@ -299,7 +305,7 @@ async fn bulk(c: &Console, who: &Who, action: Bulk, raw: &[u8]) -> Result<Respon
     };
     let progress = if action == Bulk::Preview && filter.is_empty() && req.cursor.is_none() {
         // Everything up to `until`, taken a moment ago: the length.
-        let n = crate::redis::commands::len(&c.redis, stream).await?;
+        let n = commands::len(&c.redis, stream).await?;
         dead_letters::Progress {
             matched: n,
             ..Default::default()
@@ -457,7 +463,7 @@ async fn schedule_add(
         stream: a.stream,
         fields: a.fields.into_iter().collect(),
         missed,
-        grace: a.grace.unwrap_or_else(crate::schedule::spec::default_grace),
+        grace: a.grace.unwrap_or_else(spec::default_grace),
         paused: a.paused,
         replace: a.replace,
     };
@@ -540,7 +546,7 @@ pub(crate) struct WaitingView {
 }
 
 pub(crate) async fn peek(c: &Console, stream: &str, count: usize) -> Result<Vec<WaitingView>> {
-    Ok(crate::redis::delayed::waiting(&c.redis, stream, count)
+    Ok(delayed::waiting(&c.redis, stream, count)
         .await?
         .into_iter()
         .map(|w| WaitingView {
@@ -570,7 +576,7 @@ async fn delayed_move(
     raw: Bytes,
 ) -> Result<Response> {
     let m: MoveRequest = body(&raw)?;
-    let job = crate::redis::delayed::waiting(&c.redis, &m.stream, MOVE_LOOKUP)
+    let job = delayed::waiting(&c.redis, &m.stream, MOVE_LOOKUP)
         .await?
         .into_iter()
         .find(|w| w.job_id == m.job_id)
@@ -580,7 +586,7 @@ async fn delayed_move(
                 m.job_id, m.stream
             ))
         })?;
-    let id = crate::redis::delayed::move_now(&c.redis, &m.stream, &job.member)
+    let id = delayed::move_now(&c.redis, &m.stream, &job.member)
         .await?
         .ok_or_else(|| ConsoleError::Conflict(format!("job {} was moved meanwhile", m.job_id)))?;
     log_action(&who, "delayed move", &m.stream, 1);

@@ -28,6 +28,7 @@ use subtle::ConstantTimeEq;
 
 use super::Console;
 use crate::config::console::{ConsoleConfig, Role};
+use crate::http_entry::auth;
 
 pub(crate) const SESSION_COOKIE: &str = "sluice_session";
 pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
@@ -166,7 +167,7 @@ impl Auth {
     /// Err when a bearer token is given and unknown.
     pub(crate) fn identify(&self, headers: &HeaderMap) -> Result<Option<Who>, &'static str> {
         if let Some(value) = headers.get(header::AUTHORIZATION) {
-            let presented = crate::http_entry::auth::bearer(value.as_bytes())
+            let presented = auth::bearer(value.as_bytes())
                 .ok_or("malformed Authorization header (expected `Bearer <token>`)")?;
             let (name, role) = self.check_token(presented).ok_or("unknown bearer token")?;
             return Ok(Some(Who {

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::params::FieldFilter;
 use super::Result;
+use crate::redis::StreamError;
 use crate::redis::{commands, Message};
 
 /// Most entries one filtered request reads before answering with a cursor.
@@ -172,7 +173,7 @@ pub(crate) async fn pending(
     let start = after.map(exclusive).unwrap_or_else(|| b"-".to_vec());
     let rows = match commands::pending(client, stream, group, &start, b"+", count, None).await {
         Ok(rows) => rows,
-        Err(crate::redis::StreamError::Reply(m)) if m.starts_with("NOGROUP") => Vec::new(),
+        Err(StreamError::Reply(m)) if m.starts_with("NOGROUP") => Vec::new(),
         Err(e) => return Err(e.into()),
     };
     let list: Vec<PendingView> = rows

@@ -18,7 +18,9 @@ use serde::Serialize;
 use super::browse::{SCAN_LIMIT, SCAN_PAGE};
 use super::params::FieldFilter;
 use super::Result;
+use crate::cli::dead;
 use crate::cli::dead::DeadEntry;
+use crate::cli::dead::Selection;
 use crate::redis::commands;
 
 /// What a dead-letter list or bulk action takes.
@@ -72,7 +74,7 @@ pub(crate) async fn list(
         } else {
             SCAN_PAGE
         };
-        let page = crate::cli::dead::list(client, dead_stream, cursor.as_deref(), want).await?;
+        let page = dead::list(client, dead_stream, cursor.as_deref(), want).await?;
         scanned += page.len();
         let full = page.len() == want;
         for e in page {
@@ -171,9 +173,7 @@ pub(crate) async fn window(
         match action {
             Bulk::Preview => {}
             Bulk::Replay => {
-                for r in
-                    crate::cli::dead::replay_entries(client, dead_stream, matched, false).await?
-                {
+                for r in dead::replay_entries(client, dead_stream, matched, false).await? {
                     if r.new_id.is_some() {
                         p.done += 1;
                     } else {
@@ -183,7 +183,7 @@ pub(crate) async fn window(
             }
             Bulk::Purge => {
                 let ids: Vec<String> = matched.into_iter().map(|e| e.id).collect();
-                let n = crate::cli::dead::delete_ids(client, dead_stream, &ids).await?;
+                let n = dead::delete_ids(client, dead_stream, &ids).await?;
                 p.done += n;
                 p.skipped += ids.len() as u64 - n;
             }
@@ -208,19 +208,19 @@ pub(crate) async fn by_ids(
     action: Bulk,
     ids: &[String],
 ) -> Result<(u64, u64)> {
-    let sel = crate::cli::dead::Selection {
+    let sel = Selection {
         count: None,
         ids: ids.to_vec(),
     };
     match action {
         Bulk::Preview => Ok((0, 0)),
         Bulk::Replay => {
-            let done = crate::cli::dead::replay(client, dead_stream, &sel, false).await?;
+            let done = dead::replay(client, dead_stream, &sel, false).await?;
             let ok = done.iter().filter(|r| r.new_id.is_some()).count() as u64;
             Ok((ok, ids.len() as u64 - ok))
         }
         Bulk::Purge => {
-            let n = crate::cli::dead::delete_ids(client, dead_stream, ids).await?;
+            let n = dead::delete_ids(client, dead_stream, ids).await?;
             Ok((n, ids.len() as u64 - n))
         }
     }

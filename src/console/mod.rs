@@ -38,6 +38,11 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use crate::config::console::ConsoleConfig;
 use crate::config::Config;
+use crate::redis::client;
+use crate::redis::delayed::DelayedError;
+use crate::redis::sharder::Sharder;
+use crate::redis::StreamError;
+use crate::schedule::store::StoreError;
 
 /// Most live taps open at once (each holds its own Redis connection).
 pub(crate) const MAX_TAPS: usize = 32;
@@ -55,11 +60,11 @@ pub(crate) enum ConsoleError {
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
-    Redis(#[from] crate::redis::StreamError),
+    Redis(#[from] StreamError),
     #[error(transparent)]
-    Schedule(#[from] crate::schedule::store::StoreError),
+    Schedule(#[from] StoreError),
     #[error(transparent)]
-    Delayed(#[from] crate::redis::delayed::DelayedError),
+    Delayed(#[from] DelayedError),
 }
 
 pub(crate) type Result<T, E = ConsoleError> = std::result::Result<T, E>;
@@ -81,7 +86,7 @@ impl ConsoleError {
             }
             ConsoleError::Conflict(_)
             | ConsoleError::Schedule(S::Transition { .. } | S::Exists(..)) => StatusCode::CONFLICT,
-            ConsoleError::Redis(crate::redis::StreamError::Reply(m)) if m.contains("WRONGTYPE") => {
+            ConsoleError::Redis(StreamError::Reply(m)) if m.contains("WRONGTYPE") => {
                 StatusCode::CONFLICT
             }
             ConsoleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -124,7 +129,7 @@ pub(crate) struct Console {
     pub redis: Client,
     pub auth: auth::Auth,
     pub sampler: Arc<sampler::Sampler>,
-    pub sharder: crate::redis::sharder::Sharder,
+    pub sharder: Sharder,
     pub taps: Arc<tokio::sync::Semaphore>,
     pub shutdown: CancellationToken,
 }
@@ -136,7 +141,7 @@ impl Console {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Console>> {
         let cfg = config.console.clone().unwrap_or_default();
-        let redis = crate::redis::client::connect(&config.redis)
+        let redis = client::connect(&config.redis)
             .await
             .map_err(|e| anyhow::anyhow!("redis.url: cannot connect for the console: {e}"))?;
         let config = Arc::new(config.clone());
@@ -151,7 +156,7 @@ impl Console {
         }
         Ok(Arc::new(Console {
             auth: auth::Auth::new(&cfg),
-            sharder: crate::redis::sharder::Sharder::new(&config),
+            sharder: Sharder::new(&config),
             config,
             cfg,
             redis,

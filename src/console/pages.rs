@@ -16,7 +16,13 @@ use super::auth::{clear_cookie, session_cookie, Who};
 use super::params::{Params, MAX_COUNT};
 use super::views::{self, Nav};
 use super::{api, browse, dead_letters, Console, ConsoleError, Result};
+use crate::cli::dead;
 use crate::config::console::Role;
+use crate::http_entry;
+use crate::redis::commands;
+use crate::redis::group;
+use crate::schedule::store;
+use crate::time::now_ms;
 
 pub(crate) fn routes() -> Router<Arc<Console>> {
     Router::new()
@@ -106,7 +112,7 @@ async fn stream_page(c: &Console, p: &Params) -> Result<(String, Nav, Markup)> {
     let query = api::entry_query(p)?;
     // A sharded stream as written in the config: show its first shard and
     // link the others from the overview.
-    let groups = crate::http_entry::group_states(&c.redis, name)
+    let groups = http_entry::group_states(&c.redis, name)
         .await?
         .unwrap_or_default();
     let group = p
@@ -114,7 +120,7 @@ async fn stream_page(c: &Console, p: &Params) -> Result<(String, Nav, Markup)> {
         .or_else(|| flow_group(c, name).filter(|g| groups.iter().any(|x| x.name == *g)))
         .or_else(|| groups.first().map(|g| g.name.as_str()))
         .map(str::to_string);
-    let length = crate::redis::commands::len(&c.redis, name).await?;
+    let length = commands::len(&c.redis, name).await?;
     let entries = browse::entries(&c.redis, name, &query).await?;
     let (mut pending, mut pending_next, mut consumers) = (Vec::new(), None, Vec::new());
     if let Some(g) = group
@@ -129,7 +135,7 @@ async fn stream_page(c: &Console, p: &Params) -> Result<(String, Nav, Markup)> {
             p.count("pending_count", 50, MAX_COUNT)?,
         )
         .await?;
-        consumers = crate::redis::group::consumers(&c.redis, name, g).await?;
+        consumers = group::consumers(&c.redis, name, g).await?;
     }
     let body = views::stream(&views::StreamPage {
         stream: name,
@@ -187,7 +193,7 @@ async fn dead_page(c: &Console, who: &Who, p: &Params) -> Result<(String, Nav, M
         p.count("count", 50, MAX_COUNT)?,
     )
     .await?;
-    let length = crate::redis::commands::len(&c.redis, &stream).await?;
+    let length = commands::len(&c.redis, &stream).await?;
     let body = views::dead(&views::DeadPageView {
         streams: &streams,
         stream: &stream,
@@ -208,7 +214,7 @@ async fn dead_entry_page(req: &PageRequest) -> Result<(String, Nav, Markup)> {
     let p = &req.params;
     let stream = p.required("stream")?;
     let id = super::params::check_id("id", p.required("id")?)?;
-    let e = crate::cli::dead::show(&req.console.redis, stream, &id)
+    let e = dead::show(&req.console.redis, stream, &id)
         .await?
         .ok_or_else(|| ConsoleError::NotFound(format!("no entry {id} in `{stream}`")))?;
     let body = views::dead_entry(stream, &e, req.who.role == Role::Operator);
@@ -220,8 +226,8 @@ async fn schedules(req: PageRequest) -> Response {
 }
 
 async fn schedules_page(req: &PageRequest) -> Result<(String, Nav, Markup)> {
-    let now = crate::time::now_ms();
-    let list: Vec<serde_json::Value> = crate::schedule::store::load_all(&req.console.redis)
+    let now = now_ms();
+    let list: Vec<serde_json::Value> = store::load_all(&req.console.redis)
         .await?
         .iter()
         .filter(|s| s.state != "removed")

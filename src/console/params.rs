@@ -4,6 +4,8 @@
 use bytes::Bytes;
 
 use super::ConsoleError;
+use crate::redis;
+use crate::schedule::spec;
 
 /// Most entries one page or API answer lists.
 pub(crate) const MAX_COUNT: usize = 1000;
@@ -77,7 +79,7 @@ impl Params {
     /// A time (RFC 3339 or Unix ms), if given.
     pub(crate) fn time(&self, name: &str) -> Result<Option<u64>, ConsoleError> {
         self.get(name)
-            .map(|v| crate::schedule::spec::parse_time(v).map_err(|m| bad(name, m)))
+            .map(|v| spec::parse_time(v).map_err(|m| bad(name, m)))
             .transpose()
     }
 
@@ -89,7 +91,7 @@ impl Params {
 
 /// Checks a stream entry id: `ms-seq` or `ms`, digits only.
 pub(crate) fn check_id(field: &str, id: &str) -> Result<String, ConsoleError> {
-    if crate::redis::parse_id(id.as_bytes()).is_some() && !id.is_empty() && !id.starts_with('-') {
+    if redis::parse_id(id.as_bytes()).is_some() && !id.is_empty() && !id.starts_with('-') {
         Ok(id.to_string())
     } else {
         Err(bad(

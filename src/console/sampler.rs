@@ -17,11 +17,16 @@ use fred::prelude::*;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::clickhouse::schema::TableSchema;
 use crate::config::{Config, FlowConfig, SinkConfig};
 use crate::obs::status::{self, StreamStatus};
+use crate::redis::delayed;
 use crate::redis::group::ConsumerInfo;
+use crate::redis::sharder::Sharder;
 use crate::redis::{commands, reply, StreamError};
+use crate::sink::clickhouse::endpoints;
 use crate::sink::clickhouse::endpoints::EndpointStatus;
+use crate::sink::clickhouse::split_table;
 use crate::sink::clickhouse::stuck;
 use crate::time::{now_ms, Ticker};
 
@@ -224,7 +229,7 @@ async fn entries_added(client: &Client, stream: &str) -> Result<u64, StreamError
 
 /// How many delayed jobs wait for `stream`, and when the first is due.
 pub(crate) async fn delayed_of(client: &Client, stream: &str) -> Result<DelayedView, StreamError> {
-    let key = crate::redis::delayed::set_key(stream);
+    let key = delayed::set_key(stream);
     let count: u64 = client.zcard(&key).await?;
     // Members are MessagePack (binary): read the reply as values.
     let first: Vec<fred::types::Value> = if count > 0 {
@@ -251,7 +256,7 @@ async fn sample_redis(
     config: &Config,
     history: &mut History,
 ) -> Result<Snapshot, StreamError> {
-    let sharder = crate::redis::sharder::Sharder::new(config);
+    let sharder = Sharder::new(config);
     let mut snap = Snapshot::default();
     let mut delayed: HashMap<String, DelayedView> = HashMap::new();
     for f in &config.flows {
@@ -316,7 +321,7 @@ async fn sample_redis(
         }
         snap.flows.push(view);
     }
-    for stream in crate::redis::delayed::streams(client)
+    for stream in delayed::streams(client)
         .await
         .map_err(|e| StreamError::Reply(e.to_string()))?
     {
@@ -366,19 +371,19 @@ async fn sample_clickhouse(config: &Config) -> (Vec<EndpointStatus>, HashMap<Str
     let Some(ch) = &config.clickhouse else {
         return (Vec::new(), HashMap::new());
     };
-    let endpoints = crate::sink::clickhouse::endpoints::probe(ch).await;
+    let endpoints = endpoints::probe(ch).await;
     let mut stuck = HashMap::new();
     let urls = ch.endpoint_urls();
     let Some(up) = endpoints.iter().position(|e| e.up) else {
         return (endpoints, stuck);
     };
-    let client = crate::sink::clickhouse::endpoints::client_for(ch, urls[up]);
+    let client = endpoints::client_for(ch, urls[up]);
     for f in &config.flows {
         let SinkConfig::Clickhouse { table, .. } = &f.sink else {
             continue;
         };
-        let (db, t) = crate::sink::clickhouse::split_table(&ch.database, table);
-        let load = crate::clickhouse::schema::TableSchema::load(&client, db, t);
+        let (db, t) = split_table(&ch.database, table);
+        let load = TableSchema::load(&client, db, t);
         match tokio::time::timeout(CLICKHOUSE_TIMEOUT, load).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {

@@ -23,7 +23,9 @@ use fred::types::Value;
 use super::browse::EntryView;
 use super::params::{FieldFilter, Params};
 use super::{Console, ConsoleError, Result};
+use crate::config::Config;
 use crate::config::RedisConfig;
+use crate::redis::client;
 use crate::redis::{commands, reply, Message, StreamError};
 
 /// Longest single XREAD BLOCK (bounds how long a closed tap lingers).
@@ -46,7 +48,7 @@ impl Tap {
         stream: &str,
         filter: FieldFilter,
     ) -> Result<Tap> {
-        let client = crate::redis::client::connect_blocking(redis, BLOCK)
+        let client = client::connect_blocking(redis, BLOCK)
             .await
             .map_err(|e| ConsoleError::Unavailable(format!("tap: cannot connect to Redis: {e}")))?;
         let last = match last_id(&client, stream).await {
@@ -233,7 +235,7 @@ fn escape_control(c: char) -> Vec<char> {
 /// `sluice tap`: prints new entries until Ctrl-C (or `--count`).
 pub(crate) async fn main(args: TapArgs) -> anyhow::Result<()> {
     use std::io::Write;
-    let config = crate::config::Config::load(&args.config)?;
+    let config = Config::load(&args.config)?;
     let filter = FieldFilter::parse(args.filters.iter().map(String::as_str), "--where")
         .map_err(|e| anyhow::anyhow!("--where: {e}"))?;
     let mut tap = Tap::open(&config.redis, &args.stream, filter).await?;

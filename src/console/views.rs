@@ -14,6 +14,7 @@ use super::params::encode;
 use super::sampler::{DelayedView, FlowView, Snapshot, StreamView};
 use crate::cli::dead::DeadEntry;
 use crate::http_entry::GroupState;
+use crate::redis;
 use crate::redis::group::ConsumerInfo;
 
 /// Which top-level section a page belongs to.
@@ -519,7 +520,7 @@ pub(crate) fn dead(p: &DeadPageView<'_>) -> Markup {
                                 td.mono.nowrap { a href=(format!("/dead/entry?{}", encode(&[("stream", p.stream), ("id", &e.id)]))) { (e.id) } }
                                 td.mono { (e.stream.as_deref().unwrap_or("—")) }
                                 td.num { (e.deliveries.map(|d| d.to_string()).unwrap_or_else(|| "—".into())) }
-                                td.nowrap { (crate::redis::id_millis(e.id.as_bytes()).map(time).unwrap_or_default()) }
+                                td.nowrap { (redis::id_millis(e.id.as_bytes()).map(time).unwrap_or_default()) }
                                 td.reason { (clip(e.reason.as_deref().unwrap_or("—"), 160)) }
                                 td { (fields(&text_fields(e), 80)) }
                                 @if p.can_act {
@@ -554,7 +555,7 @@ pub(crate) fn dead_entry(stream: &str, e: &DeadEntry, can_act: bool) -> Markup {
                 dt { "original id" } dd.mono { (e.original_id.as_deref().unwrap_or("—")) }
                 dt { "group" } dd.mono { (e.group.as_deref().unwrap_or("—")) }
                 dt { "deliveries" } dd { (e.deliveries.map(|d| d.to_string()).unwrap_or_else(|| "—".into())) }
-                dt { "added" } dd { (crate::redis::id_millis(e.id.as_bytes()).map(time).unwrap_or_default()) " UTC" }
+                dt { "added" } dd { (redis::id_millis(e.id.as_bytes()).map(time).unwrap_or_default()) " UTC" }
                 dt { "reason" } dd.reason { (e.reason.as_deref().unwrap_or("—")) }
             }
             h3 { "Fields" }

@@ -37,7 +37,14 @@ use tokio_util::sync::CancellationToken;
 use self::append::{Appended, Appender};
 use self::auth::{Auth, Denied};
 use crate::config::{Config, HttpConfig};
+use crate::fields::Fields;
 use crate::fields::{self, Refusal};
+use crate::redis::delayed;
+use crate::redis::delayed::Due;
+use crate::redis::sharder;
+use crate::redis::sharder::Sharder;
+use crate::redis::Result;
+use crate::redis::StreamError;
 use crate::redis::{client, commands, reply};
 
 /// Longest stream name accepted in a path.
@@ -49,7 +56,7 @@ pub(crate) struct Entry {
     caps: BTreeMap<String, u64>,
     auth: Auth,
     appender: Arc<Appender>,
-    sharder: crate::redis::sharder::Sharder,
+    sharder: Sharder,
 }
 
 /// A JSON error body: `{"error": …, "item": n, "field": …}`.
@@ -183,7 +190,7 @@ impl Entry {
                 .filter_map(|(name, s)| s.max_len.map(|m| (name.clone(), m)))
                 .collect(),
             auth: Auth::new(&cfg),
-            sharder: crate::redis::sharder::Sharder::new(config),
+            sharder: Sharder::new(config),
             cfg,
         }))
     }
@@ -191,7 +198,7 @@ impl Entry {
     /// The cap of `stream`: `[streams."name"].max_len`, else `http.max_len`.
     pub(crate) fn max_len(&self, stream: &str) -> Option<u64> {
         // A shard `name:{i}` of a sharded stream has the stream's cap.
-        let base = crate::redis::sharder::base_of(stream).filter(|b| self.sharder.is_sharded(b));
+        let base = sharder::base_of(stream).filter(|b| self.sharder.is_sharded(b));
         self.caps
             .get(stream)
             .or_else(|| self.caps.get(base?))
@@ -304,26 +311,26 @@ async fn post_messages(
     }
     // A sharded stream: the whole request goes to one shard (round-robin),
     // so it stays all-or-nothing, unless `shard_by` spreads its items.
-    let groups: Vec<(&str, Vec<crate::fields::Fields>)> = match entry.sharder.shard_by(&stream) {
+    let groups: Vec<(&str, Vec<Fields>)> = match entry.sharder.shard_by(&stream) {
         Some(_) => entry.sharder.split(&stream, items),
         None => vec![(entry.sharder.pick_one(&stream), items)],
     };
     // `?not_before=TIME`: held in the stream's delayed set until then.
-    match crate::redis::delayed::not_before(uri.query()) {
+    match delayed::not_before(uri.query()) {
         Err(why) => return error(StatusCode::BAD_REQUEST, &why),
         Ok(Some(due)) => {
-            let mut due = crate::redis::delayed::Due::At(due);
+            let mut due = Due::At(due);
             let mut held = 0;
             for (target, items) in &groups {
-                match crate::redis::delayed::enqueue(&entry.redis, target, items, due).await {
+                match delayed::enqueue(&entry.redis, target, items, due).await {
                     Ok(at) => {
-                        due = crate::redis::delayed::Due::At(at);
+                        due = Due::At(at);
                         held += items.len();
                     }
                     Err(e) => return redis_unavailable(&entry, e),
                 }
             }
-            let crate::redis::delayed::Due::At(due) = due else {
+            let Due::At(due) = due else {
                 unreachable!("set above")
             };
             return json(
@@ -397,7 +404,7 @@ struct StreamState {
 }
 
 /// The state of a sharded stream: its shards' states and their sum.
-async fn sharded_state(entry: &Entry, stream: &str) -> crate::redis::Result<StreamState> {
+async fn sharded_state(entry: &Entry, stream: &str) -> Result<StreamState> {
     let mut total = StreamState {
         stream: stream.to_string(),
         exists: false,
@@ -431,7 +438,7 @@ async fn sharded_state(entry: &Entry, stream: &str) -> crate::redis::Result<Stre
     Ok(total)
 }
 
-async fn stream_state(entry: &Entry, stream: &str) -> crate::redis::Result<StreamState> {
+async fn stream_state(entry: &Entry, stream: &str) -> Result<StreamState> {
     let length = commands::len(&entry.redis, stream).await?;
     let mut state = StreamState {
         stream: stream.to_string(),
@@ -449,13 +456,10 @@ async fn stream_state(entry: &Entry, stream: &str) -> crate::redis::Result<Strea
 }
 
 /// The stream's consumer groups; None when the stream does not exist.
-pub(crate) async fn group_states(
-    client: &Client,
-    stream: &str,
-) -> crate::redis::Result<Option<Vec<GroupState>>> {
+pub(crate) async fn group_states(client: &Client, stream: &str) -> Result<Option<Vec<GroupState>>> {
     let frame = match commands::info(client, "GROUPS", &[stream]).await {
         Ok(f) => f,
-        Err(crate::redis::StreamError::Reply(m)) if m.contains("no such key") => return Ok(None),
+        Err(StreamError::Reply(m)) if m.contains("no such key") => return Ok(None),
         Err(e) => return Err(e),
     };
     let mut groups = Vec::new();

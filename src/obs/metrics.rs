@@ -22,6 +22,7 @@ use prometheus::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::obs::readiness::Readiness;
 use crate::redis::Message;
 
 /// Dead-letter reasons (the `reason` label), created at zero for every flow
@@ -659,7 +660,7 @@ impl FlowMetrics {
 /// for) until `shutdown`.
 pub(crate) async fn serve(
     metrics: Arc<Metrics>,
-    readiness: Arc<crate::obs::readiness::Readiness>,
+    readiness: Arc<Readiness>,
     addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {

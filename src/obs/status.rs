@@ -44,8 +44,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::obs::metrics::Metrics;
+use crate::redis::group;
 use crate::redis::group::{consumers, ConsumerInfo};
+use crate::redis::StreamError;
 use crate::redis::{client, commands, parse_id, reply, Result};
+use crate::sink::clickhouse::endpoints::EndpointStatus;
+use crate::sink::clickhouse::stuck;
 use crate::sink::clickhouse::stuck::StuckReport;
 use crate::time::{now_ms, Ticker};
 
@@ -113,7 +117,7 @@ async fn group_info(
 ) -> Result<Option<(Bytes, Option<i64>, u64)>> {
     let frame = match commands::info(client, "GROUPS", &[stream]).await {
         Ok(f) => f,
-        Err(crate::redis::StreamError::Reply(m)) if m.contains("no such key") => return Ok(None),
+        Err(StreamError::Reply(m)) if m.contains("no such key") => return Ok(None),
         Err(e) => return Err(e),
     };
     for item in reply::array_of(frame, "XINFO GROUPS")? {
@@ -271,7 +275,7 @@ pub async fn stream_status(
 pub(crate) async fn all(client: &Client, config: &Config) -> Result<Vec<StreamStatus>> {
     let mut out = Vec::new();
     for f in &config.flows {
-        let stuck = match crate::sink::clickhouse::stuck::list(client, &f.name, now_ms()).await {
+        let stuck = match stuck::list(client, &f.name, now_ms()).await {
             Ok(list) => list,
             Err(e) => {
                 tracing::warn!(flow = %f.name, error = %e, "could not read the flow's stuck records");
@@ -336,7 +340,7 @@ pub(crate) async fn sample_loop(
         }
     };
     let every = config.metrics.sample_every;
-    let me = crate::redis::group::consumer_name(config.worker.consumer_prefix.as_deref());
+    let me = group::consumer_name(config.worker.consumer_prefix.as_deref());
     let lease_key = format!(
         "sluice:sampler:{}",
         config
@@ -498,9 +502,7 @@ pub(crate) fn render_stuck(flow: &str, r: &StuckReport, now_ms: u64) -> String {
 }
 
 /// ClickHouse endpoints' health for `sluice status` (URLs without credentials).
-pub(crate) fn render_endpoints(
-    list: &[crate::sink::clickhouse::endpoints::EndpointStatus],
-) -> String {
+pub(crate) fn render_endpoints(list: &[EndpointStatus]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(

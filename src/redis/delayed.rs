@@ -28,6 +28,9 @@ use fred::types::scripts::Script;
 use fred::types::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::schedule;
+use crate::redis::sharder;
+use crate::time::now_ms;
 use crate::time::Ticker;
 
 pub const INDEX_KEY: &str = "sluice:delayed";
@@ -257,7 +260,7 @@ pub async fn index_keys(client: &Client, stream: &str, set: String) -> Result<Ve
     if !client.is_clustered() {
         return Ok(vec![set, INDEX_KEY.to_string()]);
     }
-    if crate::redis::sharder::hash_tag(stream).is_none() {
+    if sharder::hash_tag(stream).is_none() {
         return Err(DelayedError::Cluster(stream.to_string()));
     }
     let _: i64 = client.sadd(INDEX_KEY, stream).await?;
@@ -296,8 +299,8 @@ pub fn not_before(query: Option<&str>) -> std::result::Result<Option<u64>, Strin
         return Ok(None);
     };
     let text = percent_decode(raw);
-    let due = crate::config::schedule::parse_time(&text).map_err(|e| format!("not_before: {e}"))?;
-    Ok((due > crate::time::now_ms()).then_some(due))
+    let due = schedule::parse_time(&text).map_err(|e| format!("not_before: {e}"))?;
+    Ok((due > now_ms()).then_some(due))
 }
 
 fn percent_decode(s: &str) -> String {

@@ -14,20 +14,24 @@ pub(crate) mod runner;
 pub(crate) mod spec;
 pub mod store;
 
+use crate::config::Config;
+use crate::redis::client;
+use crate::redis::delayed::Promoter;
+use crate::redis::sharder::Sharder;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Starts the schedule loop and the delayed-job promoter (unless
 /// `[scheduler] enabled = false`). They stop when `shutdown` is cancelled.
 pub(crate) async fn spawn(
-    config: &crate::config::Config,
+    config: &Config,
     owner: &str,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     if !config.scheduler.enabled {
         return Ok(Vec::new());
     }
-    let client = crate::redis::client::connect(&config.redis)
+    let client = client::connect(&config.redis)
         .await
         .map_err(|e| anyhow::anyhow!("redis.url: cannot connect for schedules: {e}"))?;
     let scheduler = runner::Scheduler {
@@ -35,10 +39,10 @@ pub(crate) async fn spawn(
         owner: owner.to_string(),
         refresh: config.scheduler.refresh,
         config_schedules: config.schedules.clone(),
-        sharder: crate::redis::sharder::Sharder::new(config),
+        sharder: Sharder::new(config),
         cluster: config.redis.is_cluster(),
     };
-    let promoter = crate::redis::delayed::Promoter {
+    let promoter = Promoter {
         client,
         every: config.scheduler.promote_every,
         batch: config.scheduler.promote_batch,

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::spec::{Millis, ScheduleConfig, Spec};
 use super::store::{self, FireOutcome, State, Upserted};
+use crate::redis::sharder::Sharder;
 use crate::time::now_ms;
 
 /// What one pass did for one schedule.
@@ -37,7 +38,7 @@ pub(crate) struct Scheduler {
     pub refresh: Duration,
     pub config_schedules: Vec<ScheduleConfig>,
     /// Picks the shard of a sharded target stream.
-    pub sharder: crate::redis::sharder::Sharder,
+    pub sharder: Sharder,
     /// Redis Cluster: the target stream is in another slot (fired in steps).
     pub cluster: bool,
 }

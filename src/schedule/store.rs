@@ -30,6 +30,7 @@ use std::sync::OnceLock;
 
 use super::spec::{format_time, Millis, Spec, SpecError};
 use crate::config::streams::hash_tag;
+use crate::redis::sharder::Sharder;
 
 pub const INDEX_KEY: &str = "sluice:schedules";
 
@@ -672,7 +673,7 @@ pub async fn trigger(
     client: &Client,
     name: &str,
     now: Millis,
-    sharder: &crate::redis::sharder::Sharder,
+    sharder: &Sharder,
     cluster: bool,
 ) -> Result<String> {
     let stored = load(client, name)
@@ -731,7 +732,7 @@ pub async fn trigger(
 /// The stream (or, for a sharded stream, the shard) an entry with these
 /// fields goes to.
 pub fn pick_stream<'a>(
-    sharder: &'a crate::redis::sharder::Sharder,
+    sharder: &'a Sharder,
     stream: &'a str,
     fields: &[(String, String)],
 ) -> &'a str {

@@ -21,6 +21,8 @@ use fred::types::scripts::Script;
 use fred::types::Value;
 
 use crate::redis::lease;
+use crate::redis::sharder;
+use crate::time::now_ms;
 
 /// KEYS: stream, cursor. ARGV: expected pos, new pos, now ms, max_len (-1 =
 /// none), entry count, rows passed (entries + dead letters), then per
@@ -70,7 +72,7 @@ pub(crate) struct Keys {
 
 impl Keys {
     pub(crate) fn new(name: &str, to: &str) -> Keys {
-        let tag = crate::redis::sharder::same_slot_tag(to);
+        let tag = sharder::same_slot_tag(to);
         Keys {
             stream: to.to_string(),
             cursor: format!("sluice:source:{tag}:{name}"),
@@ -129,7 +131,7 @@ pub(crate) async fn advance(
     let mut args: Vec<Value> = Vec::with_capacity(5 + entries.len() * 16);
     args.push(Value::Bytes(Bytes::copy_from_slice(expected)));
     args.push(Value::Bytes(Bytes::copy_from_slice(new)));
-    args.push(crate::time::now_ms().to_string().into());
+    args.push(now_ms().to_string().into());
     args.push(max_len.map_or(-1, |m| m as i64).into());
     args.push((entries.len() as i64).into());
     args.push((rows as i64).into());
@@ -162,7 +164,7 @@ pub(crate) async fn advance(
 /// Records that a `once` source read everything.
 pub(crate) async fn mark_done(client: &Client, keys: &Keys) -> Result<(), fred::error::Error> {
     let _: Value = client
-        .hset(&keys.cursor, ("done_ms", crate::time::now_ms().to_string()))
+        .hset(&keys.cursor, ("done_ms", now_ms().to_string()))
         .await?;
     Ok(())
 }

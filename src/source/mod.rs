@@ -49,8 +49,16 @@ use tokio_util::sync::CancellationToken;
 use self::cursor::{Advanced, Keys};
 use self::query::{decode_position, encode_position, Plan};
 use crate::backoff::Backoff;
+use crate::clickhouse::schema::TableSchema;
 use crate::config::source::{SourceConfig, SourceMode};
 use crate::config::{Config, Delivery};
+use crate::connections;
+use crate::obs::metrics::Metrics;
+use crate::redis::client;
+use crate::redis::commands;
+use crate::redis::sharder::Sharder;
+use crate::sink::clickhouse::endpoints;
+use crate::sink::clickhouse::split_table;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SourceError {
@@ -104,7 +112,7 @@ pub(crate) struct Source {
     me: String,
     max_len: Option<u64>,
     /// The target's shards, when `to` is sharded (at-least-once only).
-    sharder: crate::redis::sharder::Sharder,
+    sharder: Sharder,
     sharded: bool,
     metrics: metrics::Handles,
 }
@@ -128,16 +136,16 @@ impl Source {
             .into_iter()
             .map(|url| {
                 (
-                    crate::sink::clickhouse::endpoints::endpoint_label(url),
-                    crate::sink::clickhouse::endpoints::client_for(ch, url),
+                    endpoints::endpoint_label(url),
+                    endpoints::client_for(ch, url),
                 )
             })
             .collect();
-        let (db, table) = crate::sink::clickhouse::split_table(&ch.database, &cfg.table);
+        let (db, table) = split_table(&ch.database, &cfg.table);
         let mut schema = None;
         let mut errors = Vec::new();
         for (label, client) in &endpoints {
-            match crate::clickhouse::schema::TableSchema::load(client, db, table).await {
+            match TableSchema::load(client, db, table).await {
                 Ok(s) => {
                     schema = Some(s);
                     break;
@@ -161,20 +169,20 @@ impl Source {
             &key,
         )?;
         let redis_name = cfg.redis.as_deref();
-        let redis = crate::redis::client::connect(config.redis_for(redis_name))
+        let redis = client::connect(config.redis_for(redis_name))
             .await
             .map_err(|e| anyhow::anyhow!("{key}.redis: cannot connect: {e}"))?;
         let metrics = families
             .map(|f| {
                 f.handles(
                     &cfg.name,
-                    crate::connections::label(cfg.clickhouse.as_deref()),
-                    crate::connections::label(redis_name),
+                    connections::label(cfg.clickhouse.as_deref()),
+                    connections::label(redis_name),
                     &cfg.to,
                 )
             })
             .unwrap_or_default();
-        let sharder = crate::redis::sharder::Sharder::new(config);
+        let sharder = Sharder::new(config);
         Ok(Source {
             keys: Keys::new(&cfg.name, &cfg.to),
             max_len: cfg.max_len.or_else(|| config.stream_max_len(&cfg.to)),
@@ -194,7 +202,7 @@ impl Source {
     pub(crate) async fn describe(&self) -> Result<Vec<String>> {
         let c = &self.cfg;
         let state = cursor::load(&self.redis, &self.keys).await?;
-        let label = crate::connections::label;
+        let label = connections::label;
         let mode = match c.mode {
             SourceMode::Once => "once".to_string(),
             SourceMode::Follow => format!("follow, polling every {:?}", c.poll),
@@ -551,7 +559,7 @@ impl Source {
             let mut room = u64::MAX;
             let mut failed = None;
             for shard in self.sharder.shards_of(&self.cfg.to) {
-                match crate::redis::commands::len(&self.redis, &shard).await {
+                match commands::len(&self.redis, &shard).await {
                     Ok(len) => room = room.min(max.saturating_sub(len)),
                     Err(e) => failed = Some(e),
                 }
@@ -632,7 +640,7 @@ impl Source {
             args.push("*".into());
             push_fields(&mut args, fields);
             let _: Value = pipeline
-                .custom(crate::redis::commands::command("XADD", stream, false), args)
+                .custom(commands::command("XADD", stream, false), args)
                 .await?;
         }
         for r in pipeline.try_all::<Value>().await {
@@ -662,10 +670,7 @@ impl Source {
             }
             push_fields(&mut args, &r.fields);
             let _: Value = pipeline
-                .custom(
-                    crate::redis::commands::command("XADD", &stream, false),
-                    args,
-                )
+                .custom(commands::command("XADD", &stream, false), args)
                 .await?;
         }
         for r in pipeline.try_all::<Value>().await {
@@ -731,7 +736,7 @@ async fn keep_lease(
 pub(crate) async fn spawn_all(
     config: &Config,
     me: &str,
-    metrics: &Arc<crate::obs::metrics::Metrics>,
+    metrics: &Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     if config.sources.is_empty() {

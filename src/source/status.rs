@@ -7,6 +7,10 @@ use super::cursor::{self, Keys};
 use super::query::decode_position;
 use crate::config::source::{SourceConfig, SourceMode};
 use crate::config::{Config, Delivery};
+use crate::connections;
+use crate::redis::client;
+use crate::redis::commands;
+use crate::redis::sharder::Sharder;
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct SourceStatus {
@@ -29,22 +33,22 @@ pub(crate) struct SourceStatus {
 
 /// Reads one source's state from its Redis.
 pub(crate) async fn status(config: &Config, s: &SourceConfig) -> anyhow::Result<SourceStatus> {
-    let client = crate::redis::client::connect(config.redis_for(s.redis.as_deref())).await?;
+    let client = client::connect(config.redis_for(s.redis.as_deref())).await?;
     let keys = Keys::new(&s.name, &s.to);
     let state = cursor::load(&client, &keys).await?;
     let holder = cursor::holder(&client, &keys).await?;
     let mut stream_length = 0;
-    for shard in crate::redis::sharder::Sharder::new(config).shards_of(&s.to) {
-        stream_length += crate::redis::commands::len(&client, &shard).await?;
+    for shard in Sharder::new(config).shards_of(&s.to) {
+        stream_length += commands::len(&client, &shard).await?;
     }
     Ok(SourceStatus {
         source: s.name.clone(),
         from: format!(
             "{}:{}",
-            crate::connections::label(s.clickhouse.as_deref()),
+            connections::label(s.clickhouse.as_deref()),
             s.table
         ),
-        to: format!("{}:{}", crate::connections::label(s.redis.as_deref()), s.to),
+        to: format!("{}:{}", connections::label(s.redis.as_deref()), s.to),
         mode: match s.mode {
             SourceMode::Once => "once",
             SourceMode::Follow => "follow",

@@ -27,6 +27,7 @@
 use bytes::Bytes;
 
 use crate::clickhouse::schema::ColumnType;
+use crate::sink::clickhouse::quote_identifier;
 
 /// The last day (2099-12-31) and second (2099-12-31 23:59:59) written as
 /// text; later ones go as numbers (18.16 prints them wrong).
@@ -60,7 +61,7 @@ pub(crate) struct FieldColumn {
 
 impl FieldColumn {
     pub(crate) fn new(name: &str, type_name: &str, ty: &ColumnType) -> FieldColumn {
-        let quoted = crate::sink::clickhouse::quote_identifier(name);
+        let quoted = quote_identifier(name);
         let (expr, shape) = text_expr(ty, &quoted, 0);
         FieldColumn {
             name: Bytes::copy_from_slice(name.as_bytes()),

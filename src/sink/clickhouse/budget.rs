@@ -20,6 +20,7 @@
 
 use std::time::Duration;
 
+use crate::config::connections::DEFAULT;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 
@@ -50,7 +51,7 @@ pub struct Budget {
 /// The budget key of `db.table` on connection `connection` (`sink.clickhouse`;
 /// None or `default`: the default `[clickhouse]`).
 pub fn key(connection: Option<&str>, db: &str, table: &str) -> String {
-    match connection.filter(|c| *c != crate::config::connections::DEFAULT) {
+    match connection.filter(|c| *c != DEFAULT) {
         Some(c) => format!("sluice:budget:{{{c}:{db}.{table}}}"),
         None => format!("sluice:budget:{{{db}.{table}}}"),
     }

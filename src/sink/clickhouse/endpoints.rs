@@ -37,6 +37,7 @@ use serde::Serialize;
 use crate::config::{ClickHouseConfig, EndpointMode};
 use crate::obs::metrics::Metrics;
 use crate::sink::clickhouse::classify::classify;
+use crate::sink::clickhouse::version_at_least;
 use crate::time::Ticker;
 
 /// Longest time an endpoint stays marked down after failed inserts before
@@ -235,7 +236,7 @@ impl Endpoint {
         self.health()
             .version
             .as_deref()
-            .is_none_or(|v| !crate::sink::clickhouse::version_at_least(v, 19, 1))
+            .is_none_or(|v| !version_at_least(v, 19, 1))
     }
 
     /// `insert_deduplication_token` exists on this endpoint (22.1+); unknown
@@ -244,7 +245,7 @@ impl Endpoint {
         self.health()
             .version
             .as_deref()
-            .is_some_and(|v| crate::sink::clickhouse::version_at_least(v, 22, 1))
+            .is_some_and(|v| version_at_least(v, 22, 1))
     }
 
     pub(crate) fn status(&self) -> EndpointStatus {

@@ -41,6 +41,7 @@
 
 use std::time::SystemTime;
 
+use crate::sink::clickhouse::classify;
 use crate::sink::clickhouse::classify::{classify, exception_code, Disposition};
 
 /// One refusal: the server's exception code (what "the same way" compares),
@@ -71,8 +72,7 @@ impl Refusal {
 
     /// A refusal known only by its text (the exactly-once insert reports it so).
     pub(crate) fn from_text(text: &str) -> Refusal {
-        let names_data =
-            crate::sink::clickhouse::classify::classify_server_text(text) == Disposition::Bisect;
+        let names_data = classify::classify_server_text(text) == Disposition::Bisect;
         Refusal {
             code: exception_code(text).unwrap_or(0),
             message: text.to_string(),

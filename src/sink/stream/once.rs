@@ -49,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::flow::settle::Stopped;
+use crate::redis::sharder;
 use crate::redis::Message;
 use crate::sink::stream::{xadd_error_is_permanent, RouteSet};
 use crate::time::now_ms;
@@ -103,7 +104,7 @@ const SWEEP_PAGES: usize = 100;
 pub fn written_key(flow: &str, target: &str, source: &str) -> String {
     format!(
         "sluice:s2s:{}:{flow}:{source}",
-        crate::redis::sharder::same_slot_tag(target)
+        sharder::same_slot_tag(target)
     )
 }
 
