@@ -290,6 +290,10 @@ impl StreamCommitter {
             dead,
             total,
         } = written;
+        if let Some(once) = &self.exactly_once {
+            // The oldest kept records go before the ack (see `make_room`).
+            once.make_room(&self.target, &routes).await;
+        }
         self.settler
             .settle_batch(&landed, &dead)
             .await

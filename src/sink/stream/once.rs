@@ -16,7 +16,9 @@
 //! the flow holds in flight were acked after them, so that a second copy of
 //! an entry in this process (claimed by our own claim pass while the first
 //! copy was still being written: a process starved for `claim.min_idle`)
-//! still finds its record.
+//! still finds its record. The oldest records are dropped before the next
+//! batch's ack, not after it, so the acked ids in the set never exceed
+//! `keep`, even for a process killed between an ack and its HDEL.
 //!
 //! Why ids and not a "last id written" per source: entries reach a target
 //! out of id order (several replicas write at once; a claimed entry is
@@ -132,15 +134,15 @@ impl AckedQueue {
         self.batches.push_back((n, batch));
     }
 
-    /// The oldest batches, as long as `keep` entries stay queued after them.
-    fn take_due(&mut self, keep: usize) -> Vec<Acked> {
+    /// The oldest batches, until at most `limit` entries stay queued.
+    fn take_beyond(&mut self, limit: usize) -> Vec<Acked> {
         let mut out = Vec::new();
-        while let Some((n, _)) = self.batches.front() {
-            if self.entries - n < keep {
+        while self.entries > limit {
+            let Some((n, batch)) = self.batches.pop_front() else {
                 break;
-            }
+            };
             self.entries -= n;
-            out.push(self.batches.pop_front().expect("front exists").1);
+            out.push(batch);
         }
         out
     }
@@ -286,10 +288,24 @@ impl StreamOnce {
         Ok(())
     }
 
-    /// Schedules the records of acked entries for removal: they are dropped
-    /// once `keep` more entries were acked after them (and the sets are
-    /// swept now and then). Best effort: what is left behind is swept after
-    /// `ledger_ttl`.
+    /// Before a batch with these `routes` is acked: drops the oldest kept
+    /// records so that, with the batch's own, at most `keep` stay. Dropping
+    /// them after the ack instead would leave `keep` plus a batch of acked
+    /// records behind a process killed between the ack and the HDEL.
+    pub async fn make_room(&self, client: &Client, routes: &[RouteSet]) {
+        let records: usize = routes.iter().map(|set| set.len()).sum();
+        let due = self
+            .acked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_beyond(self.keep.saturating_sub(records));
+        self.drop_records(client, due).await;
+    }
+
+    /// The records of acked entries join the kept ones (room was made by
+    /// [`Self::make_room`]; whatever is still beyond `keep` — a batch larger
+    /// than `keep` — goes now), and the sets are swept now and then. Best
+    /// effort: what is left behind is swept after `ledger_ttl`.
     pub async fn forget(&self, client: &Client, messages: &[Message], routes: &[RouteSet]) {
         let due: Vec<Acked> = {
             let mut queue = self.acked.lock().unwrap_or_else(|e| e.into_inner());
@@ -299,7 +315,7 @@ impl StreamOnce {
                 batch.push((g.key, ids));
             }
             queue.push(batch);
-            queue.take_due(self.keep)
+            queue.take_beyond(self.keep)
         };
         self.drop_records(client, due).await;
         self.sweep_if_due(client).await;
@@ -312,7 +328,7 @@ impl StreamOnce {
             .acked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take_due(0);
+            .take_beyond(0);
         self.drop_records(client, all).await;
     }
 
@@ -427,16 +443,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn acked_records_are_dropped_only_after_keep_more_entries() {
+    fn at_most_keep_acked_records_stay() {
         let batch = |n: usize| vec![("k".to_string(), vec![bytes::Bytes::new(); n])];
         let mut q = AckedQueue::default();
         q.push(batch(3));
         q.push(batch(4));
-        assert!(q.take_due(5).is_empty(), "4 after the first: keep it");
+        assert!(q.take_beyond(7).is_empty(), "7 kept, keep = 7");
+        // Room for a batch of 2 before its ack: the oldest (3) goes.
+        assert_eq!(q.take_beyond(7 - 2).len(), 1);
         q.push(batch(2));
-        assert_eq!(q.take_due(5).len(), 1, "6 after the first");
         assert_eq!(q.entries, 6);
-        assert_eq!(q.take_due(0).len(), 2);
+        assert!(q.take_beyond(7).is_empty());
+        assert_eq!(q.take_beyond(0).len(), 2);
         assert_eq!(q.entries, 0);
     }
 
