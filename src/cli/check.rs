@@ -84,7 +84,7 @@ pub(crate) async fn check(config: &Config) -> anyhow::Result<String> {
                 let ch = config
                     .clickhouse_for(clickhouse.as_deref())
                     .expect("validated");
-                let sink = ClickHouseSink::open(ch, f, table)
+                let sink = ClickHouseSink::open(ch, f, table, None)
                     .await
                     .map_err(|e| anyhow::anyhow!("flow `{}`: {e}", f.name))?;
                 if let Some(field) = shard_by {

@@ -36,7 +36,7 @@ pub enum SinkConfig {
         #[serde(default = "default_max_batch_scale")]
         max_batch_scale: f64,
     },
-    /// XADD to other streams, then XACK at the source (the original s2s).
+    /// XADD to other streams, then XACK at the source.
     Stream(StreamSinkConfig),
 }
 

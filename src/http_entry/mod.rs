@@ -1,4 +1,4 @@
-//! The HTTP entry (the original message_hub): producers POST lists of flat
+//! The HTTP entry: producers POST lists of flat
 //! objects, which land in a stream all together or not at all.
 //!
 //! | request | answer |

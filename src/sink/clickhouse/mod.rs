@@ -143,20 +143,12 @@ pub(crate) struct ClickHouseSink {
 }
 
 impl ClickHouseSink {
-    /// Connects, learns the table's columns and checks the flow's mapping.
+    /// Connects, learns the table's columns and checks the flow's mapping;
+    /// exports per-endpoint metrics to `metrics` if given. Checks every
+    /// endpoint, reads the schema from the first one that answers (in
+    /// `urls` order) and starts the background health checks. Fails at once
+    /// when ClickHouse cannot be asked (`sluice check`).
     pub(crate) async fn open(
-        cfg: &ClickHouseConfig,
-        flow: &FlowConfig,
-        table: &str,
-    ) -> Result<Self, SinkError> {
-        Self::open_with_metrics(cfg, flow, table, None).await
-    }
-
-    /// Like [`open`](Self::open), exporting per-endpoint metrics to `metrics`.
-    /// Checks every endpoint, reads the schema from the first one that
-    /// answers (in `urls` order) and starts the background health checks.
-    /// Fails at once when ClickHouse cannot be asked (`sluice check`).
-    pub(crate) async fn open_with_metrics(
         cfg: &ClickHouseConfig,
         flow: &FlowConfig,
         table: &str,
@@ -167,7 +159,7 @@ impl ClickHouseSink {
         Self::assemble(cfg, flow, endpoints, schema, eo_table)
     }
 
-    /// Like [`open_with_metrics`](Self::open_with_metrics), but while
+    /// Like [`open`](Self::open), but while
     /// ClickHouse cannot be asked ([`SinkError::is_unreachable`]) waits and
     /// tries again with backoff, telling `waiting` why each time, so that a
     /// replica can start during an outage. Ok(None): `stop` came first.

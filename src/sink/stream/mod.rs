@@ -1,4 +1,4 @@
-//! The stream sink (the original s2s): each message is XADDed to its target
+//! The stream sink: each message is XADDed to its target
 //! stream(s), then XACKed (and XDELed with `ack_del`) at the source.
 //! At-least-once: the ack follows the confirmed XADDs.
 //!
