@@ -19,7 +19,7 @@ pub async fn connect(redis: &RedisConfig) -> Result<Client, fred::error::Error> 
 }
 
 /// A client for blocking reads: its timeout must exceed the BLOCK time.
-pub async fn connect_blocking(
+pub(crate) async fn connect_blocking(
     redis: &RedisConfig,
     block: Duration,
 ) -> Result<Client, fred::error::Error> {

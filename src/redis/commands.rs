@@ -17,7 +17,7 @@ use crate::redis::reply::{self, AutoClaim, PendingEntry};
 use crate::redis::{Message, Result, StreamError};
 
 /// `name`, routed to the node serving `key`'s slot.
-pub fn command(name: &'static str, key: &str, blocking: bool) -> CustomCommand {
+pub(crate) fn command(name: &'static str, key: &str, blocking: bool) -> CustomCommand {
     let slot = fred::util::redis_keyslot(key.as_bytes());
     CustomCommand::new_static(name, fred::types::ClusterHash::Custom(slot), blocking)
 }
@@ -57,7 +57,7 @@ pub async fn read_group(
 
 /// Acks `ids` (and deletes them when `delete`), in one pipelined round trip,
 /// chunked so no single command grows unbounded.
-pub async fn ack(
+pub(crate) async fn ack(
     client: &Client,
     stream: &str,
     group: &str,
@@ -93,7 +93,7 @@ pub async fn ack(
 }
 
 /// XGROUP CREATE … MKSTREAM; an existing group is fine.
-pub async fn create_group(
+pub(crate) async fn create_group(
     client: &Client,
     stream: &str,
     group: &str,
@@ -169,7 +169,7 @@ pub async fn auto_claim(
 }
 
 /// Extended XPENDING: entries between `start` and `end`, optionally of one consumer.
-pub async fn pending(
+pub(crate) async fn pending(
     client: &Client,
     stream: &str,
     group: &str,
@@ -196,7 +196,7 @@ pub async fn pending(
 
 /// `consumer`'s pending entries idle at least `min_idle`, from `start`
 /// (`-`, an id, or `(id` for after it) on, up to `count`.
-pub async fn pending_idle(
+pub(crate) async fn pending_idle(
     client: &Client,
     stream: &str,
     group: &str,
@@ -224,7 +224,7 @@ pub async fn pending_idle(
 /// `XCLAIM … min_idle ids`: takes entries still idle at least `min_idle`
 /// for `consumer` (a delivery each) and returns them, deliveries unset.
 /// Entries deleted from the stream are left out (Redis 7 unlists them).
-pub async fn claim(
+pub(crate) async fn claim(
     client: &Client,
     stream: &Arc<str>,
     group: &str,
@@ -299,7 +299,7 @@ pub async fn range(
 }
 
 /// XREVRANGE end start COUNT n: newest first.
-pub async fn rev_range(
+pub(crate) async fn rev_range(
     client: &Client,
     stream: &Arc<str>,
     end: &[u8],
@@ -352,7 +352,7 @@ async fn range_cmd(
 }
 
 /// Runs XINFO `sub` (GROUPS, CONSUMERS, STREAM) and returns one key/value list per item.
-pub async fn info(
+pub(crate) async fn info(
     client: &Client,
     sub: &'static str,
     args: &[&str],
@@ -363,28 +363,6 @@ pub async fn info(
     let frame = client.custom_raw(command("XINFO", key, false), all).await?;
     reply::check(frame)
 }
-
-/// XGROUP DELCONSUMER; returns how many pending entries the consumer had.
-pub async fn delete_consumer(
-    client: &Client,
-    stream: &str,
-    group: &str,
-    consumer: &str,
-) -> Result<i64> {
-    let args: Vec<Value> = vec![
-        "DELCONSUMER".into(),
-        key_arg(stream),
-        key_arg(group),
-        key_arg(consumer),
-    ];
-    let frame = reply::check(
-        client
-            .custom_raw(command("XGROUP", stream, false), args)
-            .await?,
-    )?;
-    reply::int_of(&frame, "XGROUP DELCONSUMER")
-}
-
 pub async fn len(client: &Client, stream: &str) -> Result<u64> {
     let frame = reply::check(
         client

@@ -56,10 +56,10 @@ pub enum DelayedError {
     Reply(String),
 }
 
-pub type Result<T, E = DelayedError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = DelayedError> = std::result::Result<T, E>;
 
 /// Encodes one job as a sorted-set member.
-pub fn encode_member(fields: &[(Bytes, Bytes)]) -> Vec<u8> {
+pub(crate) fn encode_member(fields: &[(Bytes, Bytes)]) -> Vec<u8> {
     let id = format!(
         "{:016x}{:016x}",
         rand::random::<u64>(),
@@ -108,7 +108,7 @@ fn put_str(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// Decodes a member: the job id and its fields. None if it is not one.
-pub fn decode_member(member: &[u8]) -> Option<(String, Vec<(Bytes, Bytes)>)> {
+pub(crate) fn decode_member(member: &[u8]) -> Option<(String, Vec<(Bytes, Bytes)>)> {
     let mut r = Reader { buf: member, at: 0 };
     let items = match r.byte()? {
         b @ 0x90..=0x9f => (b & 0x0f) as usize,
@@ -256,7 +256,7 @@ pub async fn enqueue(
 /// both outside a cluster; in one, just `set`, after adding `stream` to the
 /// index with its own SADD (another slot), and only when `stream` has a hash
 /// tag, so that the set and the stream share a slot.
-pub async fn index_keys(client: &Client, stream: &str, set: String) -> Result<Vec<String>> {
+pub(crate) async fn index_keys(client: &Client, stream: &str, set: String) -> Result<Vec<String>> {
     if !client.is_clustered() {
         return Ok(vec![set, INDEX_KEY.to_string()]);
     }
@@ -276,21 +276,10 @@ pub async fn enqueue_at(
 ) -> Result<u64> {
     enqueue(client, stream, &[fields], Due::At(due_ms)).await
 }
-
-/// One job due `delay` from now (Redis server clock).
-pub async fn enqueue_after(
-    client: &Client,
-    stream: &str,
-    fields: Vec<(Bytes, Bytes)>,
-    delay: Duration,
-) -> Result<u64> {
-    enqueue(client, stream, &[fields], Due::After(delay)).await
-}
-
 /// The `not_before` query parameter of an HTTP entry request
 /// (`?not_before=2026-01-01T00:00:00Z` or Unix ms): the due time when it
 /// is in the future, None when absent or already past (append now).
-pub fn not_before(query: Option<&str>) -> std::result::Result<Option<u64>, String> {
+pub(crate) fn not_before(query: Option<&str>) -> std::result::Result<Option<u64>, String> {
     let Some(raw) = query
         .unwrap_or("")
         .split('&')
@@ -364,7 +353,7 @@ pub async fn promote(client: &Client, stream: &str, limit: usize) -> Result<Prom
 }
 
 /// The streams that have delayed jobs.
-pub async fn streams(client: &Client) -> Result<Vec<String>> {
+pub(crate) async fn streams(client: &Client) -> Result<Vec<String>> {
     let mut s: Vec<String> = client.smembers(INDEX_KEY).await?;
     s.sort();
     Ok(s)
@@ -430,7 +419,11 @@ static MOVE_NOW_S: OnceLock<Script> = OnceLock::new();
 /// Moves the waiting job `member` of `stream` into the stream at once,
 /// atomically; returns the new entry id, or None when the job was no
 /// longer waiting (promoted or moved meanwhile).
-pub async fn move_now(client: &Client, stream: &str, member: &[u8]) -> Result<Option<String>> {
+pub(crate) async fn move_now(
+    client: &Client,
+    stream: &str,
+    member: &[u8],
+) -> Result<Option<String>> {
     let Some((_, fields)) = decode_member(member) else {
         return Err(DelayedError::Reply("not a delayed job".into()));
     };
@@ -448,14 +441,14 @@ pub async fn move_now(client: &Client, stream: &str, member: &[u8]) -> Result<Op
 
 /// The promotion loop every replica runs: every `every`, move what is due
 /// in every stream listed in the index.
-pub struct Promoter {
+pub(crate) struct Promoter {
     pub client: Client,
     pub every: Duration,
     pub batch: usize,
 }
 
 impl Promoter {
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut tick = Ticker::every(self.every);
         let mut failing = false;
         while tick.tick_until(&shutdown).await {
@@ -472,7 +465,7 @@ impl Promoter {
     }
 
     /// One pass over every stream with delayed jobs.
-    pub async fn pass(&self) -> Result<()> {
+    pub(crate) async fn pass(&self) -> Result<()> {
         for stream in streams(&self.client).await? {
             loop {
                 let p = promote(&self.client, &stream, self.batch).await?;

@@ -9,7 +9,7 @@ use fred::prelude::*;
 use crate::redis::{commands, reply, Result};
 
 /// `{prefix}-{pid}-{random}`: unique per process, recognisable per host.
-pub fn consumer_name(prefix: Option<&str>) -> String {
+pub(crate) fn consumer_name(prefix: Option<&str>) -> String {
     let host = prefix
         .map(str::to_string)
         .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
@@ -25,7 +25,11 @@ pub struct ConsumerInfo {
     pub idle_ms: u64,
 }
 
-pub async fn consumers(client: &Client, stream: &str, group: &str) -> Result<Vec<ConsumerInfo>> {
+pub(crate) async fn consumers(
+    client: &Client,
+    stream: &str,
+    group: &str,
+) -> Result<Vec<ConsumerInfo>> {
     let frame = commands::info(client, "CONSUMERS", &[stream, group]).await?;
     let mut out = Vec::new();
     for item in reply::array_of(frame, "XINFO CONSUMERS")? {
@@ -74,7 +78,7 @@ pub async fn prune_consumers(
 }
 
 /// Removes our own consumer if it holds nothing pending. Returns whether it did.
-pub async fn remove_self_if_idle(
+pub(crate) async fn remove_self_if_idle(
     client: &Client,
     stream: &str,
     group: &str,
@@ -98,7 +102,7 @@ static DELETE_IF_EMPTY_S: std::sync::OnceLock<fred::types::scripts::Script> =
     std::sync::OnceLock::new();
 
 /// Deletes `consumer` of `group` if it has no pending entry; whether it did.
-pub async fn delete_if_empty(
+pub(crate) async fn delete_if_empty(
     client: &Client,
     stream: &str,
     group: &str,

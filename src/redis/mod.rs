@@ -4,14 +4,14 @@
 //! Replies are parsed from fred's raw RESP frames: the typed conversions
 //! drop XAUTOCLAIM's deleted-ids element and cost more than the parse itself.
 
-pub mod client;
-pub mod commands;
+pub(crate) mod client;
+pub(crate) mod commands;
 pub(crate) mod dead_letter;
-pub mod delayed;
-pub mod group;
+pub(crate) mod delayed;
+pub(crate) mod group;
 pub(crate) mod held;
 pub(crate) mod lease;
-pub mod reply;
+pub(crate) mod reply;
 pub(crate) mod sharder;
 pub(crate) mod version;
 

@@ -42,7 +42,7 @@ fn kind_name(frame: &Frame) -> &'static str {
     }
 }
 
-pub fn bytes_of(frame: Frame, command: &'static str) -> Result<Bytes> {
+pub(crate) fn bytes_of(frame: Frame, command: &'static str) -> Result<Bytes> {
     match frame {
         Frame::BlobString { data, .. } | Frame::SimpleString { data, .. } => Ok(data),
         Frame::VerbatimString { data, .. } => Ok(data),
@@ -54,7 +54,7 @@ pub fn bytes_of(frame: Frame, command: &'static str) -> Result<Bytes> {
     }
 }
 
-pub fn int_of(frame: &Frame, command: &'static str) -> Result<i64> {
+pub(crate) fn int_of(frame: &Frame, command: &'static str) -> Result<i64> {
     match frame {
         Frame::Number { data, .. } => Ok(*data),
         Frame::BlobString { data, .. } | Frame::SimpleString { data, .. } => {
@@ -70,7 +70,7 @@ pub fn int_of(frame: &Frame, command: &'static str) -> Result<i64> {
     }
 }
 
-pub fn array_of(frame: Frame, command: &'static str) -> Result<Vec<Frame>> {
+pub(crate) fn array_of(frame: Frame, command: &'static str) -> Result<Vec<Frame>> {
     match frame {
         Frame::Array { data, .. } | Frame::Push { data, .. } => Ok(data),
         Frame::Set { data, .. } => Ok(data.into_iter().collect()),
@@ -154,7 +154,11 @@ pub fn read_group(frame: Frame, streams: &[Arc<str>], out: &mut Vec<Message>) ->
 
 /// A list of `[id, fields]` entries (XCLAIM, XRANGE); deleted ones
 /// (nil fields) left out.
-pub fn entries(frame: Frame, stream: &Arc<str>, command: &'static str) -> Result<Vec<Message>> {
+pub(crate) fn entries(
+    frame: Frame,
+    stream: &Arc<str>,
+    command: &'static str,
+) -> Result<Vec<Message>> {
     let mut out = Vec::new();
     for e in array_of(check(frame)?, command)? {
         if let Some(m) = entry(e, stream, 0, command)? {

@@ -12,7 +12,7 @@
 
 pub(crate) mod runner;
 pub(crate) mod spec;
-pub mod store;
+pub(crate) mod store;
 
 use crate::config::Config;
 use crate::redis::client;

@@ -32,7 +32,7 @@ use super::spec::{format_time, Millis, Spec, SpecError};
 use crate::config::streams::hash_tag;
 use crate::redis::sharder::Sharder;
 
-pub const INDEX_KEY: &str = "sluice:schedules";
+pub(crate) const INDEX_KEY: &str = "sluice:schedules";
 
 pub fn hash_key(name: &str) -> String {
     format!("sluice:schedule:{{{name}}}")
@@ -52,7 +52,7 @@ pub struct Target<'a> {
 
 /// How long a cluster-mode tick guard stays `pending` before another
 /// replica may take the tick over (its taker died before adding the entry).
-pub const PENDING_TTL_MS: u64 = 30_000;
+pub(crate) const PENDING_TTL_MS: u64 = 30_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -74,12 +74,12 @@ pub enum StoreError {
     Reply(String),
 }
 
-pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The state machine of the original scheduler: `init → running ⇄ paused`,
 /// and any state `→ removed`. Values are stored as these lowercase words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     /// Defined, not yet taken up by a worker (which sets it running and
     /// starts counting ticks from then).
     Init,
@@ -93,7 +93,7 @@ pub enum State {
 }
 
 impl State {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Init => "init",
             State::Running => "running",
@@ -102,7 +102,7 @@ impl State {
         }
     }
 
-    pub fn parse(s: &str) -> Option<State> {
+    pub(crate) fn parse(s: &str) -> Option<State> {
         Some(match s {
             "init" => State::Init,
             "running" => State::Running,
@@ -121,7 +121,7 @@ impl std::fmt::Display for State {
 
 /// A schedule as stored in Redis.
 #[derive(Debug, Clone)]
-pub struct Stored {
+pub(crate) struct Stored {
     pub name: String,
     /// The raw `state` value (an unknown word is kept as written).
     pub state: String,
@@ -133,7 +133,6 @@ pub struct Stored {
     pub fired: u64,
     pub triggered: u64,
     pub source: Option<String>,
-    pub raw: HashMap<String, String>,
 }
 
 impl Stored {
@@ -149,11 +148,10 @@ impl Stored {
             fired: num("fired").unwrap_or(0),
             triggered: num("triggered").unwrap_or(0),
             source: raw.get("source").cloned(),
-            raw,
         }
     }
 
-    pub fn state(&self) -> Option<State> {
+    pub(crate) fn state(&self) -> Option<State> {
         State::parse(&self.state)
     }
 }
@@ -339,13 +337,13 @@ async fn eval(
 }
 
 /// Reads one schedule.
-pub async fn load(client: &Client, name: &str) -> Result<Option<Stored>> {
+pub(crate) async fn load(client: &Client, name: &str) -> Result<Option<Stored>> {
     let raw: HashMap<String, String> = client.hgetall(hash_key(name)).await?;
     Ok((!raw.is_empty()).then(|| Stored::from_hash(name, raw)))
 }
 
 /// Reads every schedule named in the index, sorted by name.
-pub async fn load_all(client: &Client) -> Result<Vec<Stored>> {
+pub(crate) async fn load_all(client: &Client) -> Result<Vec<Stored>> {
     let mut names: Vec<String> = client.smembers(INDEX_KEY).await?;
     names.sort();
     if names.is_empty() {
@@ -491,7 +489,7 @@ async fn fire_in_steps(
 /// The marker of `tick`'s entry: a key in the slot of `stream` (its hash
 /// tag, else its whole name, as this key's tag), so one script on the
 /// stream's node can check it and add the entry together.
-pub fn fired_key(stream: &str, name: &str, tick: Millis) -> String {
+pub(crate) fn fired_key(stream: &str, name: &str, tick: Millis) -> String {
     let slot = fred::util::redis_keyslot(stream.as_bytes());
     let tag = hash_tag(stream).unwrap_or(stream);
     let key = format!("sluice:schedule:fired:{{{tag}}}:{name}:{tick}");
@@ -583,7 +581,7 @@ pub async fn upsert_from_config(
 }
 
 /// `sluice schedule add`.
-pub async fn add(
+pub(crate) async fn add(
     client: &Client,
     spec: &Spec,
     paused: bool,
@@ -608,7 +606,7 @@ pub async fn add(
 
 /// A state change asked for by an operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Pause,
     Resume,
     Remove,
@@ -642,7 +640,12 @@ impl Action {
 }
 
 /// Applies `action`; returns the state it left.
-pub async fn set_state(client: &Client, name: &str, action: Action, now: Millis) -> Result<String> {
+pub(crate) async fn set_state(
+    client: &Client,
+    name: &str,
+    action: Action,
+    now: Millis,
+) -> Result<String> {
     let r = eval(
         client,
         (&SET_STATE_S, SET_STATE),
@@ -669,7 +672,7 @@ pub async fn set_state(client: &Client, name: &str, action: Action, now: Millis)
 
 /// `sluice schedule trigger`: one entry now, with `{tick}` = now; the tick
 /// sequence is not touched. Returns the entry id.
-pub async fn trigger(
+pub(crate) async fn trigger(
     client: &Client,
     name: &str,
     now: Millis,
@@ -731,7 +734,7 @@ pub async fn trigger(
 
 /// The stream (or, for a sharded stream, the shard) an entry with these
 /// fields goes to.
-pub fn pick_stream<'a>(
+pub(crate) fn pick_stream<'a>(
     sharder: &'a Sharder,
     stream: &'a str,
     fields: &[(String, String)],
@@ -747,7 +750,7 @@ pub fn pick_stream<'a>(
 }
 
 /// One line of `sluice schedule list`.
-pub fn describe(s: &Stored, now: Millis) -> serde_json::Value {
+pub(crate) fn describe(s: &Stored, now: Millis) -> serde_json::Value {
     let (trigger, stream, next) = match &s.spec {
         Ok(spec) => {
             let from = s.last_tick.unwrap_or(now).max(now);

@@ -6,7 +6,7 @@
 
 pub(crate) mod ack_gate;
 pub(crate) mod batch;
-pub mod budget;
+pub(crate) mod budget;
 pub(crate) mod classify;
 pub(crate) mod commit;
 pub(crate) mod endpoints;
