@@ -16,7 +16,6 @@ use crate::clickhouse::schema::{ColumnSpec, DefaultKind, TableSchema};
 use crate::config::{BatchConfig, MetadataColumns, PayloadConfig};
 use crate::redis::dead_letter::DeadLetter;
 use crate::redis::Message;
-use crate::sink::clickhouse::exactly_once::ledger;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
@@ -357,7 +356,7 @@ impl OpenBatch {
     /// A batch whose rows carry a fresh batch id, renewed at every seal.
     pub fn with_batch_ids() -> Self {
         OpenBatch {
-            batch_id: Some(ledger::new_batch_id()),
+            batch_id: Some(new_batch_id()),
             ..Self::new()
         }
     }
@@ -415,7 +414,7 @@ impl OpenBatch {
             batch_id: self
                 .batch_id
                 .as_mut()
-                .map(|id| std::mem::replace(id, ledger::new_batch_id())),
+                .map(|id| std::mem::replace(id, new_batch_id())),
             mapper: None,
         }
     }
@@ -429,9 +428,50 @@ impl OpenBatch {
     }
 }
 
+/// A batch id for `batch_id_column` and the exactly-once ledger: a
+/// random UUID (v4) as text: valid for String, FixedString(36) and UUID columns.
+pub(crate) fn new_batch_id() -> String {
+    let b: [u8; 16] = rand::random();
+    let hex =
+        |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    // Version 4, variant 10xx.
+    let mut b6 = b[6];
+    b6 = (b6 & 0x0f) | 0x40;
+    let mut b8 = b[8];
+    b8 = (b8 & 0x3f) | 0x80;
+    format!(
+        "{}-{}-{:02x}{:02x}-{:02x}{:02x}-{}",
+        hex(0..4),
+        hex(4..6),
+        b6,
+        b[7],
+        b8,
+        b[9],
+        hex(10..16)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_ids_are_uuid_v4_text() {
+        let id = new_batch_id();
+        assert_eq!(id.len(), 36);
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'), "{id}");
+        assert!(
+            matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
+            "{id}"
+        );
+        assert_ne!(new_batch_id(), id);
+    }
+
     use crate::clickhouse::schema::ColumnType;
 
     fn mapper(columns: &[&str]) -> Arc<RowMapper> {

@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::clickhouse::rows::new_batch_id;
 use crate::clickhouse::rows::SealedBatch;
 use crate::flow::settle::{Settler, Stopped};
 use crate::obs::metrics::FlowMetrics;
 use crate::redis::dead_letter::DeadLetter;
 use crate::redis::Message;
 use crate::sink::clickhouse::ack_gate::{sources, AckGate};
-use crate::sink::clickhouse::exactly_once::ledger::new_batch_id;
 use crate::sink::clickhouse::exactly_once::ExactlyOnce;
 use crate::sink::clickhouse::{ClickHouseSink, Target};
 use crate::sink::{Abandoned, Sealed, Sink};

@@ -19,13 +19,13 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 
 use crate::backoff::Backoff;
+use crate::clickhouse::rows::new_batch_id;
 use crate::flow::settle::Stopped;
 use crate::redis::dead_letter::DeadLetter;
 use crate::redis::Message;
 use crate::sink::clickhouse::classify::may_mean_schema_changed;
 use crate::sink::clickhouse::commit::Committer;
 use crate::sink::clickhouse::escalation::{AfterSuspect, Escalation, Refusal, Verdict, WhileStuck};
-use crate::sink::clickhouse::exactly_once::ledger::new_batch_id;
 use crate::sink::clickhouse::exactly_once::{Batch, Outcome};
 use crate::sink::clickhouse::mapping::Refresh;
 use crate::sink::clickhouse::stuck::{self, StuckReport};

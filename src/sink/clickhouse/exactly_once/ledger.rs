@@ -161,28 +161,6 @@ fn script(cell: &'static std::sync::OnceLock<Script>, lua: &str) -> &'static Scr
     cell.get_or_init(|| Script::from_lua(lua))
 }
 
-/// A random UUID (v4) as text: valid for String, FixedString(36) and UUID columns.
-pub(crate) fn new_batch_id() -> String {
-    let b: [u8; 16] = rand::random();
-    let hex =
-        |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
-    // Version 4, variant 10xx.
-    let mut b6 = b[6];
-    b6 = (b6 & 0x0f) | 0x40;
-    let mut b8 = b[8];
-    b8 = (b8 & 0x3f) | 0x80;
-    format!(
-        "{}-{}-{:02x}{:02x}-{:02x}{:02x}-{}",
-        hex(0..4),
-        hex(4..6),
-        b6,
-        b[7],
-        b8,
-        b[9],
-        hex(10..16)
-    )
-}
-
 fn encode_members(messages: &[Message]) -> String {
     let pairs: Vec<(&str, String)> = messages
         .iter()
@@ -482,6 +460,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clickhouse::rows::new_batch_id;
 
     #[test]
     fn a_flows_ledger_keys_share_one_cluster_slot() {
@@ -495,23 +474,6 @@ mod tests {
         // A sharded stream's name has braces of its own; the flow's come first.
         assert_eq!(slot(format!("{prefix}:from:events:{{3}}")), open);
         assert_eq!(slot(format!("{prefix}:to:events:{{3}}")), open);
-    }
-
-    #[test]
-    fn batch_ids_are_uuid_v4_text() {
-        let id = new_batch_id();
-        assert_eq!(id.len(), 36);
-        let parts: Vec<&str> = id.split('-').collect();
-        assert_eq!(
-            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
-            [8, 4, 4, 4, 12]
-        );
-        assert!(parts[2].starts_with('4'), "{id}");
-        assert!(
-            matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
-            "{id}"
-        );
-        assert_ne!(new_batch_id(), id);
     }
 
     fn m(s: &str, id: &str) -> Message {
