@@ -345,13 +345,9 @@ impl Flow {
                 );
                 let batches = ClickHouseBatches::new(sink.clone(), pacer, flow.recovery.is_some());
                 let committer = Committer {
-                    flow: flow.cfg.name.clone(),
                     consumer: flow.consumer.clone(),
                     settler,
                     sink: sink.clone(),
-                    redis: flow.command_client.clone(),
-                    metrics: flow.metrics.clone(),
-                    hard_stop: hard_stop.clone(),
                     exactly_once: flow.recovery.as_ref().map(|r| r.eo.clone()),
                 };
                 batcher::run(batching, Arc::new(committer), batches, chunk_rx).await?

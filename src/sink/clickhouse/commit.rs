@@ -5,12 +5,9 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio_util::sync::CancellationToken;
-
 use crate::clickhouse::rows::new_batch_id;
 use crate::clickhouse::rows::SealedBatch;
 use crate::flow::settle::{Settler, Stopped};
-use crate::obs::metrics::FlowMetrics;
 use crate::redis::dead_letter::DeadLetter;
 use crate::redis::Message;
 use crate::sink::clickhouse::ack_gate::{sources, AckGate};
@@ -51,16 +48,12 @@ impl Inserted {
 }
 
 pub(crate) struct Committer {
-    pub flow: String,
     /// This replica's consumer name (its record of a stuck flow).
     pub consumer: String,
-    /// Dead letters and acks at the source.
+    /// Dead letters and acks at the source; also the flow's name, its
+    /// Redis, its metrics and the hard stop that ends every retry.
     pub settler: Settler,
     pub sink: Arc<ClickHouseSink>,
-    pub redis: fred::prelude::Client,
-    pub metrics: FlowMetrics,
-    /// Cancelled when the shutdown deadline passes: stop retrying.
-    pub hard_stop: CancellationToken,
     /// The exactly-once insert; None in at-least-once mode.
     pub exactly_once: Option<Arc<ExactlyOnce>>,
 }
@@ -127,7 +120,7 @@ impl Committer {
     async fn for_current_columns(&self, mut batch: SealedBatch) -> SealedBatch {
         if batch.dead.iter().any(|d| d.kind == "convert") {
             if let Err(e) = self.sink.refresh_schema().await {
-                tracing::warn!(flow = %self.flow, error = %e, "could not re-read the table's columns");
+                tracing::warn!(flow = %self.settler.flow, error = %e, "could not re-read the table's columns");
             }
         }
         match &batch.mapper {
@@ -141,7 +134,7 @@ impl Committer {
         messages.extend(retry.into_iter().map(|d| d.message));
         let rows = messages.len();
         let (block, ok, mut dead) = mapper.encode_checked(messages, batch.batch_id.as_deref());
-        tracing::info!(flow = %self.flow, rows, dead = dead.len(), "batch converted for the table's previous columns; converted again for the current ones");
+        tracing::info!(flow = %self.settler.flow, rows, dead = dead.len(), "batch converted for the table's previous columns; converted again for the current ones");
         dead.extend(keep);
         batch.block = block;
         batch.messages = ok;

@@ -174,7 +174,7 @@ impl Committer {
                     Ok(None) => break Ok(()),
                     Ok(Some(next)) => mode = next,
                 }
-                if mode == Mode::Stuck && !stuck_backoff.wait(&self.hard_stop).await {
+                if mode == Mode::Stuck && !stuck_backoff.wait(&self.settler.stop).await {
                     break Err(Stopped);
                 }
                 continue;
@@ -239,18 +239,18 @@ impl Committer {
             }
             match verdict {
                 Verdict::RetryLater => {
-                    self.metrics.insert_retried(part.messages.len());
-                    tracing::warn!(flow = %self.flow, table = %self.sink.table_name(), rows = part.messages.len(), refused = same, bisect_after = esc.bisect_after(), error = %refusal.message, "ClickHouse refused the insert; will retry, and bisect if it keeps failing the same way (nothing acked)");
+                    self.settler.metrics.insert_retried(part.messages.len());
+                    tracing::warn!(flow = %self.settler.flow, table = %self.sink.table_name(), rows = part.messages.len(), refused = same, bisect_after = esc.bisect_after(), error = %refusal.message, "ClickHouse refused the insert; will retry, and bisect if it keeps failing the same way (nothing acked)");
                     part.same = same;
                     part.code = Some(refusal.code);
                     p.todo.push(part);
-                    if !backoff.wait(&self.hard_stop).await {
+                    if !backoff.wait(&self.settler.stop).await {
                         break Err(Stopped);
                     }
                 }
                 Verdict::Split => {
-                    self.metrics.insert_refused();
-                    tracing::warn!(flow = %self.flow, rows = part.messages.len(), error = %refusal.message, "ClickHouse refused the batch; bisecting to isolate bad rows");
+                    self.settler.metrics.insert_refused();
+                    tracing::warn!(flow = %self.settler.flow, rows = part.messages.len(), error = %refusal.message, "ClickHouse refused the batch; bisecting to isolate bad rows");
                     // The halves' records take their rows out of this one's.
                     let parent = part.recorded.then(|| part.id.clone()).flatten();
                     let mut left = part.messages;
@@ -263,12 +263,12 @@ impl Committer {
                     }
                 }
                 Verdict::Poison => {
-                    self.metrics.insert_refused();
+                    self.settler.metrics.insert_refused();
                     let message = part.messages.pop().expect("one message");
                     p.poison(message, &refusal);
                 }
                 Verdict::Suspect => {
-                    self.metrics.insert_refused();
+                    self.settler.metrics.insert_refused();
                     let message = part.messages.pop().expect("one message");
                     p.suspects.push((message, refusal.clone()));
                     if esc.suspect(&refusal) == AfterSuspect::TableLevel {
@@ -327,11 +327,11 @@ impl Committer {
         let next = match esc.refused_while_stuck(&refusal, !p.todo.is_empty()) {
             WhileStuck::Wait => Mode::Stuck,
             WhileStuck::Resume => {
-                tracing::warn!(flow = %self.flow, rows = p.held(), "still refused the same way; bisecting further before calling it table-level again");
+                tracing::warn!(flow = %self.settler.flow, rows = p.held(), "still refused the same way; bisecting further before calling it table-level again");
                 return Ok(Some(Mode::Bisect));
             }
             WhileStuck::Restart => {
-                tracing::warn!(flow = %self.flow, rows = whole.messages.len(), error = %refusal.message, "the rows left are refused another way now; judging them anew");
+                tracing::warn!(flow = %self.settler.flow, rows = whole.messages.len(), error = %refusal.message, "the rows left are refused another way now; judging them anew");
                 whole.same = 1;
                 whole.code = Some(refusal.code);
                 whole.recorded = false;
@@ -353,7 +353,7 @@ impl Committer {
         match eo.ledger.forget(id, &eo.committer()).await {
             Ok(_) => batch_ids.retain(|b| b != id),
             Err(e) => {
-                tracing::warn!(flow = %self.flow, batch = %id, error = %e, "could not drop the ledger record of a refused part")
+                tracing::warn!(flow = %self.settler.flow, batch = %id, error = %e, "could not drop the ledger record of a refused part")
             }
         }
     }
@@ -388,7 +388,7 @@ impl Committer {
                     &id,
                     part.parent.as_deref(),
                     std::mem::take(&mut part.messages),
-                    &self.hard_stop,
+                    &self.settler.stop,
                 )
                 .await
                 .map_err(|_| Stopped)?;
@@ -412,7 +412,7 @@ impl Committer {
                 &eo.committer(),
                 // Tried before under this id: count what landed first.
                 part.same > 0,
-                &self.hard_stop,
+                &self.settler.stop,
             )
             .await
             .map_err(|_| Stopped)?;
@@ -423,7 +423,7 @@ impl Committer {
                 // Our lease lapsed (Redis was unreachable for long) and a
                 // replica that claimed the entries recovers the batch:
                 // nothing of ours to ack.
-                tracing::warn!(flow = %self.flow, batch = %id, rows = part.messages.len(), "another replica took over the batch");
+                tracing::warn!(flow = %self.settler.flow, batch = %id, rows = part.messages.len(), "another replica took over the batch");
                 Attempt::Gone
             }
         })
@@ -452,7 +452,7 @@ impl Committer {
             Ok(Refresh::Changed(_) | Refresh::Unchanged) => {}
             Ok(Refresh::Unusable(_)) => return false,
             Err(e) => {
-                tracing::warn!(flow = %self.flow, error = %e, "could not re-read the table's columns");
+                tracing::warn!(flow = %self.settler.flow, error = %e, "could not re-read the table's columns");
                 return false;
             }
         }
@@ -461,7 +461,7 @@ impl Committer {
         self.encode(part, p);
         let changed = part.block != sent || part.messages.len() != rows;
         if changed {
-            tracing::info!(flow = %self.flow, rows = part.messages.len(), "rows converted again for the table's current columns");
+            tracing::info!(flow = %self.settler.flow, rows = part.messages.len(), "rows converted again for the table's current columns");
         }
         changed
     }
@@ -487,7 +487,7 @@ impl Committer {
             };
             let error = match result {
                 Ok(()) => {
-                    self.metrics.inserted(rows, size, started.elapsed());
+                    self.settler.metrics.inserted(rows, size, started.elapsed());
                     return Ok(Attempt::Landed);
                 }
                 Err(error) => error,
@@ -495,13 +495,13 @@ impl Committer {
             if let Some(refusal) = Refusal::of(&error) {
                 return Ok(Attempt::Refused(refusal));
             }
-            self.metrics.insert_retried(rows);
+            self.settler.metrics.insert_retried(rows);
             let shard = match target {
                 Target::Shard(s) => Some(self.sink.endpoints().get(s).label.as_str()),
                 Target::Any => None,
             };
-            tracing::warn!(flow = %self.flow, table = %self.sink.table_name(), shard, attempt = backoff.attempts() + 1, %error, "insert failed; will retry (nothing acked)");
-            if !backoff.wait(&self.hard_stop).await {
+            tracing::warn!(flow = %self.settler.flow, table = %self.sink.table_name(), shard, attempt = backoff.attempts() + 1, %error, "insert failed; will retry (nothing acked)");
+            if !backoff.wait(&self.settler.stop).await {
                 return Err(Stopped);
             }
         }
@@ -510,7 +510,7 @@ impl Committer {
     /// Bisecting stopped: the error is the table's.
     async fn table_level(&self, esc: &mut Escalation, refusal: &Refusal, held: usize) {
         if esc.table_level(refusal, SystemTime::now()) {
-            tracing::error!(flow = %self.flow, table = %self.sink.table_name(), rows = held, error = %refusal.message, "ClickHouse refuses every row tried the same way: a table-level error. Keeping the batch and retrying; nothing is dead-lettered");
+            tracing::error!(flow = %self.settler.flow, table = %self.sink.table_name(), rows = held, error = %refusal.message, "ClickHouse refuses every row tried the same way: a table-level error. Keeping the batch and retrying; nothing is dead-lettered");
         }
         self.report_stuck(esc, held).await;
     }
@@ -518,7 +518,7 @@ impl Committer {
     /// The gauge and the fleet's record (`sluice status`) of a stuck flow.
     async fn report_stuck(&self, esc: &Escalation, held: usize) {
         let Some(s) = esc.stuck() else { return };
-        self.metrics.stuck_since(Some(s.since));
+        self.settler.metrics.stuck_since(Some(s.since));
         let now = stuck::unix_ms(SystemTime::now());
         let report = StuckReport {
             consumer: self.consumer.clone(),
@@ -528,8 +528,8 @@ impl Committer {
             rows: held,
             expires_ms: now + stuck::RECORD_TTL.as_millis() as u64,
         };
-        if let Err(e) = stuck::publish(&self.redis, &self.flow, &report).await {
-            tracing::warn!(flow = %self.flow, error = %e, "could not record the stuck flow in Redis");
+        if let Err(e) = stuck::publish(&self.settler.redis, &self.settler.flow, &report).await {
+            tracing::warn!(flow = %self.settler.flow, error = %e, "could not record the stuck flow in Redis");
         }
     }
 
@@ -537,10 +537,11 @@ impl Committer {
     async fn unstick(&self, esc: &mut Escalation) {
         let Some(s) = esc.unstick() else { return };
         let secs = s.since.elapsed().unwrap_or_default().as_secs();
-        tracing::info!(flow = %self.flow, stuck_for_secs = secs, "ClickHouse takes the flow's rows again; no longer stuck");
-        self.metrics.stuck_since(None);
-        if let Err(e) = stuck::clear(&self.redis, &self.flow, &self.consumer).await {
-            tracing::warn!(flow = %self.flow, error = %e, "could not clear the stuck record in Redis");
+        tracing::info!(flow = %self.settler.flow, stuck_for_secs = secs, "ClickHouse takes the flow's rows again; no longer stuck");
+        self.settler.metrics.stuck_since(None);
+        if let Err(e) = stuck::clear(&self.settler.redis, &self.settler.flow, &self.consumer).await
+        {
+            tracing::warn!(flow = %self.settler.flow, error = %e, "could not clear the stuck record in Redis");
         }
     }
 }
