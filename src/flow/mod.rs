@@ -57,6 +57,7 @@ use crate::handler::{open as open_handler, outer_timeout, Handler, Handlers};
 use crate::obs::metrics::{FlowMetrics, Metrics};
 use crate::obs::readiness::Readiness;
 use crate::redis::held::Held;
+use crate::redis::reader::StreamReader;
 use crate::redis::sharder::Sharder;
 use crate::redis::{client, commands, group, Message};
 use crate::sink::clickhouse::batch::ClickHouseBatches;
@@ -81,7 +82,7 @@ pub(crate) struct Flow {
     pub pause: Arc<Pause>,
     /// Blocking-read clients and the streams each reads: one for all
     /// streams, or one per stream in a cluster (see the module docs).
-    pub readers: Vec<(Client, Vec<Arc<str>>)>,
+    pub readers: Vec<(StreamReader, Vec<Arc<str>>)>,
     pub command_client: Client,
     pub metrics: FlowMetrics,
     pub block: Duration,
@@ -170,11 +171,11 @@ impl Flow {
         let mut readers = Vec::new();
         if config.redis.is_cluster() && streams.len() > 1 {
             for stream in &streams {
-                let c = client::connect_blocking(&config.redis, config.worker.block).await?;
+                let c = StreamReader::connect(&config.redis, config.worker.block).await?;
                 readers.push((c, vec![stream.clone()]));
             }
         } else {
-            let c = client::connect_blocking(&config.redis, config.worker.block).await?;
+            let c = StreamReader::connect(&config.redis, config.worker.block).await?;
             readers.push((c, streams.clone()));
         }
         // No endpoint, nobody to read them: the hot path skips metrics.

@@ -16,33 +16,43 @@ use crate::flow::Flow;
 use crate::redis::{commands, Message, StreamError};
 
 impl Flow {
-    /// Reads `self.readers[reader]`'s streams until shutdown.
+    /// Reads `self.readers[reader]`'s streams until shutdown, one read
+    /// ahead where the connection allows it ([`crate::redis::reader::StreamReader::read_group`]).
     pub(crate) async fn read_loop(
         self: Arc<Self>,
         reader: usize,
         chunks: mpsc::Sender<Vec<Message>>,
         shutdown: CancellationToken,
     ) {
-        let (client, streams) = &self.readers[reader];
+        let (reader, streams) = &self.readers[reader];
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        while !shutdown.is_cancelled() {
-            if self.pause.is_paused() {
+        loop {
+            // A read sent ahead is taken even when stopping or pausing:
+            // what it delivered is pending for us.
+            let reading_ahead = reader.reading_ahead().await;
+            let stopping = shutdown.is_cancelled();
+            if stopping && !reading_ahead {
+                break;
+            }
+            if !stopping && !reading_ahead && self.pause.is_paused() {
                 tokio::select! {
-                    _ = self.pause.wait_resumed() => {}
+                    _ = self.pause.wait_resumed() => continue,
                     _ = shutdown.cancelled() => break,
                 }
             }
+            let ahead = !stopping && !self.pause.is_paused();
             let mut entries = Vec::with_capacity(self.cfg.read_count.min(10_000));
-            let read = commands::read_group(
-                client,
-                &self.cfg.group,
-                &self.consumer,
-                self.cfg.read_count,
-                self.block,
-                streams,
-                &mut entries,
-            )
-            .await;
+            let read = reader
+                .read_group(
+                    &self.cfg.group,
+                    &self.consumer,
+                    self.cfg.read_count,
+                    self.block,
+                    streams,
+                    ahead,
+                    &mut entries,
+                )
+                .await;
             match read {
                 Ok(()) => backoff.reset(),
                 Err(e) => {

@@ -3,6 +3,8 @@
 //!
 //! Replies are parsed from fred's raw RESP frames: the typed conversions
 //! drop XAUTOCLAIM's deleted-ids element and cost more than the parse itself.
+//! The hot read, XREADGROUP, goes on a connection of sluice's own where it
+//! can ([`reader`], [`resp`]).
 
 pub(crate) mod client;
 pub(crate) mod commands;
@@ -11,7 +13,9 @@ pub(crate) mod delayed;
 pub(crate) mod group;
 pub(crate) mod held;
 pub(crate) mod lease;
+pub(crate) mod reader;
 pub(crate) mod reply;
+pub(crate) mod resp;
 pub(crate) mod sharder;
 pub(crate) mod version;
 
@@ -23,6 +27,9 @@ use bytes::Bytes;
 pub enum StreamError {
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
+    /// A failure of a connection of sluice's own (see [`reader`]).
+    #[error("redis connection to {0}")]
+    Connection(String),
     #[error("redis replied with an error: {0}")]
     Reply(String),
     #[error("unexpected reply shape for {command}: {detail}")]

@@ -114,6 +114,16 @@ fn entry(
     }))
 }
 
+/// The caller's shared name for a stream a reply names (a cheap clone for
+/// each message).
+pub(crate) fn shared_name(streams: &[Arc<str>], name: &[u8]) -> Arc<str> {
+    streams
+        .iter()
+        .find(|s| s.as_bytes() == name)
+        .cloned()
+        .unwrap_or_else(|| Arc::from(String::from_utf8_lossy(name).as_ref()))
+}
+
 /// Parses an XREADGROUP reply (RESP2 array or RESP3 map). `streams` maps the
 /// reply's stream names to the shared names the caller uses, so that each
 /// message carries a cheap `Arc<str>`.
@@ -135,12 +145,7 @@ pub fn read_group(frame: Frame, streams: &[Arc<str>], out: &mut Vec<Message>) ->
         }
     };
     for (name, entries) in per_stream {
-        let name = bytes_of(name, CMD)?;
-        let stream = streams
-            .iter()
-            .find(|s| s.as_bytes() == name.as_ref())
-            .cloned()
-            .unwrap_or_else(|| Arc::from(String::from_utf8_lossy(&name).as_ref()));
+        let stream = shared_name(streams, &bytes_of(name, CMD)?);
         let entries = array_of(entries, CMD)?;
         out.reserve(entries.len());
         for e in entries {

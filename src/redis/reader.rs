@@ -1,0 +1,374 @@
+//! The connection a flow's reader sends XREADGROUP on.
+//!
+//! Against a single Redis server over plain TCP it is a connection of
+//! sluice's own whose reply is parsed straight into [`Message`]s, each
+//! string a slice of the buffer the reply arrived in: decoding the reply
+//! into fred's frames and then into messages cost about two thirds of the
+//! worker's CPU (`cargo bench --bench reply`). Cluster, sentinel and TLS
+//! connections read through fred, which routes and encrypts them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fred::prelude::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+use crate::config::RedisConfig;
+use crate::redis::resp::{encode_command, Cursor, Scan};
+use crate::redis::{client, commands, reply, Message, Result, StreamError};
+
+/// Where a reader's XREADGROUP goes.
+pub(crate) enum StreamReader {
+    Direct(Box<Mutex<DirectConnection>>),
+    Fred(Client),
+}
+
+impl StreamReader {
+    /// A direct connection when `redis` names one plain-TCP server, else a
+    /// fred client. Either way the first connection is made here, so a
+    /// wrong address or password fails the start.
+    pub(crate) async fn connect(redis: &RedisConfig, block: Duration) -> anyhow::Result<Self> {
+        let timeout = redis.command_timeout + block;
+        match Target::of(redis)? {
+            Some(target) => {
+                let mut conn = DirectConnection::new(target, timeout);
+                conn.connected().await?;
+                Ok(StreamReader::Direct(Box::new(Mutex::new(conn))))
+            }
+            None => Ok(StreamReader::Fred(
+                client::connect_blocking(redis, block).await?,
+            )),
+        }
+    }
+
+    /// XREADGROUP … COUNT n BLOCK ms STREAMS s… > …, appending to `out`.
+    ///
+    /// `ahead`: on a direct connection, send the next call's XREADGROUP
+    /// before this one's reply is parsed, so that Redis runs it meanwhile;
+    /// the next call (same arguments) takes its reply. A caller that stops
+    /// reading calls once more with `ahead` false while
+    /// [`reading_ahead`](Self::reading_ahead), so that nothing delivered
+    /// to it is left unread.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn read_group(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+        streams: &[Arc<str>],
+        ahead: bool,
+        out: &mut Vec<Message>,
+    ) -> Result<()> {
+        match self {
+            StreamReader::Fred(client) => {
+                commands::read_group(client, group, consumer, count, block, streams, out).await
+            }
+            StreamReader::Direct(conn) => {
+                let mut count_arg = itoa::Buffer::new();
+                let mut block_arg = itoa::Buffer::new();
+                let mut args: Vec<&[u8]> = vec![
+                    b"XREADGROUP",
+                    b"GROUP",
+                    group.as_bytes(),
+                    consumer.as_bytes(),
+                    b"COUNT",
+                    count_arg.format(count).as_bytes(),
+                    b"BLOCK",
+                    block_arg.format(block.as_millis().max(1)).as_bytes(),
+                    b"STREAMS",
+                ];
+                args.extend(streams.iter().map(|s| s.as_bytes()));
+                args.extend(streams.iter().map(|_| b">".as_slice()));
+                let reply = conn.lock().await.read(&args, ahead).await?;
+                read_group_reply(reply, streams, out)
+            }
+        }
+    }
+
+    /// Whether a read sent ahead waits for the next call to take it.
+    pub(crate) async fn reading_ahead(&self) -> bool {
+        match self {
+            StreamReader::Fred(_) => false,
+            StreamReader::Direct(conn) => conn.lock().await.ahead,
+        }
+    }
+}
+
+/// A plain-TCP standalone server, from the URL and overrides.
+#[derive(Debug, Clone)]
+struct Target {
+    host: String,
+    port: u16,
+    username: Option<String>,
+    password: Option<String>,
+    database: Option<u8>,
+}
+
+impl Target {
+    /// None when the connection needs fred (cluster, sentinel, TLS).
+    fn of(redis: &RedisConfig) -> Result<Option<Target>, fred::error::Error> {
+        if redis.is_cluster() {
+            return Ok(None);
+        }
+        let config = fred::types::config::Config::from_url(&redis.url)?;
+        if config.uses_tls() {
+            return Ok(None);
+        }
+        let fred::types::config::ServerConfig::Centralized { server } = &config.server else {
+            return Ok(None);
+        };
+        Ok(Some(Target {
+            host: server.host.to_string(),
+            port: server.port,
+            username: redis.username.clone().or(config.username.clone()),
+            password: redis.password.clone().or(config.password.clone()),
+            database: config.database,
+        }))
+    }
+}
+
+fn connection_error(target: &Target, what: impl std::fmt::Display) -> StreamError {
+    StreamError::Connection(format!("{}:{}: {what}", target.host, target.port))
+}
+
+/// One TCP connection to `target`, made again after any failure.
+pub(crate) struct DirectConnection {
+    target: Target,
+    /// For a whole round trip, the BLOCK time included.
+    timeout: Duration,
+    open: Option<Open>,
+    /// A read was sent for the next call (see [`StreamReader::read_group`]).
+    ahead: bool,
+    request: BytesMut,
+}
+
+struct Open {
+    socket: TcpStream,
+    /// Bytes received and not yet handed out as a reply.
+    received: BytesMut,
+    scan: Scan,
+}
+
+/// Room made in the receive buffer before each read: a 5,000-entry reply
+/// is a few MiB, so small steps would mean many copies as it grows.
+const READ_RESERVE: usize = 256 * 1024;
+
+impl DirectConnection {
+    fn new(target: Target, timeout: Duration) -> Self {
+        DirectConnection {
+            target,
+            timeout,
+            open: None,
+            ahead: false,
+            request: BytesMut::with_capacity(512),
+        }
+    }
+
+    /// The open connection, connecting (and authenticating) if there is none.
+    async fn connected(&mut self) -> Result<&mut Open> {
+        if self.open.is_none() {
+            let open = tokio::time::timeout(self.timeout, self.connect())
+                .await
+                .map_err(|_| connection_error(&self.target, "connect timed out"))??;
+            self.open = Some(open);
+        }
+        Ok(self.open.as_mut().expect("connected above"))
+    }
+
+    async fn connect(&mut self) -> Result<Open> {
+        let t = &self.target;
+        let socket = TcpStream::connect((t.host.as_str(), t.port))
+            .await
+            .map_err(|e| connection_error(t, e))?;
+        socket
+            .set_nodelay(true)
+            .map_err(|e| connection_error(t, e))?;
+        let mut open = Open {
+            socket,
+            received: BytesMut::new(),
+            scan: Scan::default(),
+        };
+        let mut setup: Vec<Vec<&[u8]>> = Vec::new();
+        match (&t.username, &t.password) {
+            (Some(user), Some(pass)) => setup.push(vec![b"AUTH", user.as_bytes(), pass.as_bytes()]),
+            (None, Some(pass)) => setup.push(vec![b"AUTH", pass.as_bytes()]),
+            _ => {}
+        }
+        let database = t.database.map(|db| db.to_string());
+        if let Some(db) = &database {
+            setup.push(vec![b"SELECT", db.as_bytes()]);
+        }
+        for args in setup {
+            let reply = open
+                .round_trip(&mut self.request, &args, t)
+                .await
+                .and_then(|reply| Cursor::new(reply).ok());
+            if let Err(e) = reply {
+                return Err(connection_error(
+                    t,
+                    format!("{} refused: {e}", String::from_utf8_lossy(args[0])),
+                ));
+            }
+        }
+        Ok(open)
+    }
+
+    /// Takes the reply to `args`, sent now or by the previous call, and
+    /// with `ahead` sends `args` again for the next call. On a connection
+    /// failure or timeout the connection is dropped (the next call makes a
+    /// new one).
+    async fn read(&mut self, args: &[&[u8]], ahead: bool) -> Result<Bytes> {
+        let done = self.read_on_open(args, ahead).await;
+        if done.is_err() {
+            self.open = None;
+            self.ahead = false;
+        }
+        done
+    }
+
+    async fn read_on_open(&mut self, args: &[&[u8]], ahead: bool) -> Result<Bytes> {
+        let timeout = self.timeout;
+        self.connected().await?;
+        let open = self.open.as_mut().expect("connected above");
+        let t = &self.target;
+        let sends = usize::from(!self.ahead) + usize::from(ahead);
+        self.request.clear();
+        for _ in 0..sends {
+            encode_command(&mut self.request, args);
+        }
+        open.send(&self.request, t).await?;
+        self.ahead = false;
+        let reply = tokio::time::timeout(timeout, open.receive(t))
+            .await
+            .unwrap_or_else(|_| Err(connection_error(t, "reply timed out")))?;
+        self.ahead = ahead;
+        Ok(reply)
+    }
+}
+
+impl Open {
+    /// A command and its reply, for setting up the connection.
+    async fn round_trip(
+        &mut self,
+        request: &mut BytesMut,
+        args: &[&[u8]],
+        target: &Target,
+    ) -> Result<Bytes> {
+        request.clear();
+        encode_command(request, args);
+        self.send(request, target).await?;
+        self.receive(target).await
+    }
+
+    async fn send(&mut self, request: &[u8], target: &Target) -> Result<()> {
+        self.socket
+            .write_all(request)
+            .await
+            .map_err(|e| connection_error(target, e))
+    }
+
+    /// The next whole reply.
+    async fn receive(&mut self, target: &Target) -> Result<Bytes> {
+        loop {
+            if let Some(len) = self.scan.complete(&self.received)? {
+                return Ok(self.received.split_to(len).freeze());
+            }
+            self.received.reserve(READ_RESERVE);
+            let read = self
+                .socket
+                .read_buf(&mut self.received)
+                .await
+                .map_err(|e| connection_error(target, e))?;
+            if read == 0 {
+                return Err(connection_error(target, "connection closed by the server"));
+            }
+        }
+    }
+}
+
+/// Parses an XREADGROUP reply (RESP2) into messages.
+fn read_group_reply(reply: Bytes, streams: &[Arc<str>], out: &mut Vec<Message>) -> Result<()> {
+    let shape = |detail: &str| StreamError::Shape {
+        command: "XREADGROUP",
+        detail: detail.to_string(),
+    };
+    let mut c = Cursor::new(reply);
+    let Some(per_stream) = c.array("the reply")? else {
+        return Ok(()); // BLOCK timed out
+    };
+    for _ in 0..per_stream {
+        if c.array("a stream")? != Some(2) {
+            return Err(shape("stream item is not [name, entries]"));
+        }
+        let stream = reply::shared_name(streams, &c.string("a stream name")?);
+        let entries = c.array("the entries")?.unwrap_or(0);
+        out.reserve(entries);
+        for _ in 0..entries {
+            if c.array("an entry")? != Some(2) {
+                return Err(shape("entry is not [id, fields]"));
+            }
+            let id = c.string("an entry id")?;
+            let Some(flat) = c.array("an entry's fields")? else {
+                continue; // deleted while pending
+            };
+            if flat % 2 != 0 {
+                return Err(shape("odd number of field/value items"));
+            }
+            let mut fields = Vec::with_capacity(flat / 2);
+            for _ in 0..flat / 2 {
+                fields.push((c.string("a field name")?, c.string("a field value")?));
+            }
+            out.push(Message {
+                stream: stream.clone(),
+                id,
+                fields,
+                deliveries: 1,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(reply: &'static [u8]) -> Result<Vec<Message>> {
+        let mut out = Vec::new();
+        read_group_reply(Bytes::from_static(reply), &[Arc::from("s")], &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn parses_entries_and_skips_deleted_ones() {
+        let out = parse(
+            b"*1\r\n*2\r\n$1\r\ns\r\n*2\r\n\
+              *2\r\n$3\r\n1-0\r\n*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$0\r\n\r\n\
+              *2\r\n$3\r\n2-0\r\n*-1\r\n",
+        )
+        .unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].id, "1-0");
+        assert_eq!(&*out[0].stream, "s");
+        assert_eq!(out[0].deliveries, 1);
+        assert_eq!(out[0].field(b"a").unwrap(), "1");
+        assert_eq!(out[0].field(b"b").unwrap(), "");
+    }
+
+    #[test]
+    fn a_timed_out_block_reads_nothing() {
+        assert!(parse(b"*-1\r\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn names_what_is_wrong_with_a_bad_reply() {
+        let err = parse(b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*1\r\n$1\r\na\r\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("odd number"), "{err}");
+        let err = parse(b"-NOGROUP No such key\r\n").unwrap_err();
+        assert!(err.to_string().contains("NOGROUP"), "{err}");
+    }
+}

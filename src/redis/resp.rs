@@ -1,0 +1,282 @@
+//! RESP2 on the wire, for the connection that reads streams directly
+//! ([`crate::redis::reader`]): encoding a command, finding where a reply
+//! ends as its bytes arrive, and walking a complete reply without copying
+//! its strings (each is a slice of the one buffer the reply arrived in).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::redis::{Result, StreamError};
+
+/// Appends `args` as one RESP2 command (an array of bulk strings).
+pub(crate) fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
+    let mut num = itoa::Buffer::new();
+    out.put_u8(b'*');
+    out.put_slice(num.format(args.len()).as_bytes());
+    out.put_slice(b"\r\n");
+    for arg in args {
+        out.put_u8(b'$');
+        out.put_slice(num.format(arg.len()).as_bytes());
+        out.put_slice(b"\r\n");
+        out.put_slice(arg);
+        out.put_slice(b"\r\n");
+    }
+}
+
+fn protocol(detail: impl Into<String>) -> StreamError {
+    StreamError::Shape {
+        command: "RESP",
+        detail: detail.into(),
+    }
+}
+
+/// The end of the line starting at `from` (the index of its `\r`).
+fn line_end(buf: &[u8], from: usize) -> Option<usize> {
+    let nl = from + memchr::memchr(b'\n', buf.get(from..)?)?;
+    (nl > from).then_some(nl - 1)
+}
+
+fn parse_len(line: &[u8]) -> Result<i64> {
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| protocol(format!("bad length {:?}", String::from_utf8_lossy(line))))
+}
+
+/// Finds where one reply ends, resuming where it stopped as more bytes
+/// arrive (a large reply comes in many reads; scanning it once keeps that
+/// linear).
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// Start of the next element not yet seen whole.
+    pos: usize,
+    /// Elements still to come in each array opened so far.
+    open: Vec<i64>,
+}
+
+impl Scan {
+    /// The length of the first reply in `buf` once it is complete, else
+    /// None (call again with the same buffer grown). Resets itself after
+    /// a complete reply.
+    pub(crate) fn complete(&mut self, buf: &[u8]) -> Result<Option<usize>> {
+        loop {
+            let Some(&kind) = buf.get(self.pos) else {
+                return Ok(None);
+            };
+            let Some(end) = line_end(buf, self.pos + 1) else {
+                return Ok(None);
+            };
+            let after_line = end + 2;
+            let next = match kind {
+                b'+' | b'-' | b':' => after_line,
+                b'$' => {
+                    let len = parse_len(&buf[self.pos + 1..end])?;
+                    if len < 0 {
+                        after_line
+                    } else {
+                        let next = after_line + len as usize + 2;
+                        if next > buf.len() {
+                            return Ok(None);
+                        }
+                        next
+                    }
+                }
+                b'*' => {
+                    let len = parse_len(&buf[self.pos + 1..end])?;
+                    self.pos = after_line;
+                    if len > 0 {
+                        self.open.push(len);
+                        continue;
+                    }
+                    after_line
+                }
+                other => return Err(protocol(format!("unknown reply type byte {other:#04x}"))),
+            };
+            self.pos = next;
+            // One element is whole: it may close the arrays around it.
+            loop {
+                match self.open.last_mut() {
+                    None => {
+                        let len = self.pos;
+                        self.pos = 0;
+                        return Ok(Some(len));
+                    }
+                    Some(left) => {
+                        *left -= 1;
+                        if *left > 0 {
+                            break;
+                        }
+                        self.open.pop();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A walk over one complete reply.
+pub(crate) struct Cursor {
+    buf: Bytes,
+    pos: usize,
+}
+
+/// One element's header: its type byte and the rest of its first line.
+struct Header {
+    kind: u8,
+    start: usize,
+    end: usize,
+}
+
+impl Cursor {
+    pub(crate) fn new(reply: Bytes) -> Self {
+        Cursor { buf: reply, pos: 0 }
+    }
+
+    fn header(&mut self) -> Result<Header> {
+        let kind = *self
+            .buf
+            .get(self.pos)
+            .ok_or_else(|| protocol("reply ended early"))?;
+        let end = line_end(&self.buf, self.pos + 1).ok_or_else(|| protocol("reply ended early"))?;
+        let header = Header {
+            kind,
+            start: self.pos + 1,
+            end,
+        };
+        self.pos = end + 2;
+        Ok(header)
+    }
+
+    fn line(&self, h: &Header) -> &[u8] {
+        &self.buf[h.start..h.end]
+    }
+
+    /// An error reply as an error; any other header as itself.
+    fn checked(&mut self) -> Result<Header> {
+        let h = self.header()?;
+        if h.kind == b'-' {
+            return Err(StreamError::Reply(
+                String::from_utf8_lossy(self.line(&h)).into_owned(),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// An array's length; None for a nil array (or nil string).
+    pub(crate) fn array(&mut self, what: &'static str) -> Result<Option<usize>> {
+        let h = self.checked()?;
+        match h.kind {
+            b'*' | b'$' => {
+                let len = parse_len(self.line(&h))?;
+                if len < 0 {
+                    Ok(None)
+                } else if h.kind == b'$' {
+                    Err(protocol(format!(
+                        "expected an array for {what}, got a string"
+                    )))
+                } else {
+                    Ok(Some(len as usize))
+                }
+            }
+            other => Err(protocol(format!(
+                "expected an array for {what}, got type {:?}",
+                other as char
+            ))),
+        }
+    }
+
+    /// A string (bulk, simple or integer) as a slice of the reply.
+    pub(crate) fn string(&mut self, what: &'static str) -> Result<Bytes> {
+        let h = self.checked()?;
+        match h.kind {
+            b'$' => {
+                let len = parse_len(self.line(&h))?;
+                if len < 0 {
+                    return Err(protocol(format!("expected a string for {what}, got nil")));
+                }
+                let start = self.pos;
+                let end = start + len as usize;
+                if end + 2 > self.buf.len() {
+                    return Err(protocol("reply ended early"));
+                }
+                self.pos = end + 2;
+                Ok(self.buf.slice(start..end))
+            }
+            b'+' | b':' => Ok(self.buf.slice(h.start..h.end)),
+            other => Err(protocol(format!(
+                "expected a string for {what}, got type {:?}",
+                other as char
+            ))),
+        }
+    }
+
+    /// Checks the reply is `+OK` (or any simple string), else its error.
+    pub(crate) fn ok(&mut self) -> Result<()> {
+        let h = self.checked()?;
+        match h.kind {
+            b'+' => Ok(()),
+            other => Err(protocol(format!(
+                "expected a status reply, got type {:?}",
+                other as char
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(reply: &[u8]) -> Option<usize> {
+        Scan::default().complete(reply).unwrap()
+    }
+
+    #[test]
+    fn scan_finds_the_end_of_nested_replies() {
+        let reply = b"*2\r\n*2\r\n$1\r\na\r\n*-1\r\n:5\r\n+x";
+        assert_eq!(whole(reply), Some(reply.len() - 2));
+        assert_eq!(whole(b"*0\r\n"), Some(4));
+        assert_eq!(whole(b"$-1\r\n"), Some(5));
+        assert_eq!(whole(b"-ERR no\r\n"), Some(9));
+    }
+
+    #[test]
+    fn scan_waits_for_every_byte_and_resumes() {
+        let reply = b"*2\r\n$3\r\nabc\r\n$2\r\nde\r\n";
+        for cut in 0..reply.len() {
+            assert_eq!(whole(&reply[..cut]), None, "complete at {cut}");
+        }
+        // Fed one more byte at a time into one scan: found exactly at the end.
+        let mut scan = Scan::default();
+        for cut in 0..reply.len() {
+            assert_eq!(scan.complete(&reply[..cut]).unwrap(), None);
+        }
+        assert_eq!(scan.complete(reply).unwrap(), Some(reply.len()));
+    }
+
+    #[test]
+    fn scan_refuses_an_unknown_type_byte() {
+        let err = Scan::default().complete(b"?1\r\n").unwrap_err();
+        assert!(err.to_string().contains("unknown reply type"), "{err}");
+    }
+
+    #[test]
+    fn cursor_reads_strings_as_slices_and_errors_as_errors() {
+        let mut c = Cursor::new(Bytes::from_static(b"*2\r\n$3\r\nabc\r\n:12\r\n"));
+        assert_eq!(c.array("x").unwrap(), Some(2));
+        assert_eq!(c.string("x").unwrap(), "abc");
+        assert_eq!(c.string("x").unwrap(), "12");
+        let mut c = Cursor::new(Bytes::from_static(b"-NOGROUP no such group\r\n"));
+        let err = c.array("x").unwrap_err();
+        assert!(
+            matches!(err, StreamError::Reply(ref t) if t.starts_with("NOGROUP")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn encodes_a_command_as_bulk_strings() {
+        let mut out = BytesMut::new();
+        encode_command(&mut out, &[b"XACK", b"s"]);
+        assert_eq!(&out[..], b"*2\r\n$4\r\nXACK\r\n$1\r\ns\r\n");
+    }
+}
