@@ -2,15 +2,17 @@
 //!
 //! Against a single Redis server over plain TCP it is a connection of
 //! sluice's own whose reply is parsed straight into [`Message`]s, each
-//! string a slice of the buffer the reply arrived in: decoding the reply
-//! into fred's frames and then into messages cost about two thirds of the
-//! worker's CPU (`cargo bench --bench reply`). Cluster, sentinel and TLS
-//! connections read through fred, which routes and encrypts them.
+//! string a slice of one copy of the reply: decoding it into fred's frames
+//! and then into messages took about two thirds of the worker's CPU, and
+//! the direct parse halved the worker's CPU per message (`cargo bench
+//! --bench e2e`, README). One read is sent ahead, so that Redis runs it
+//! while the last reply is parsed. Cluster, sentinel and TLS connections
+//! read through fred, which routes and encrypts them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use fred::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -275,7 +277,12 @@ impl Open {
     async fn receive(&mut self, target: &Target) -> Result<Bytes> {
         loop {
             if let Some(len) = self.scan.complete(&self.received)? {
-                return Ok(self.received.split_to(len).freeze());
+                // Copied out, so that the messages hold an allocation of
+                // the reply's own size and the receive buffer is reused
+                // (its pages stay mapped) rather than kept alive by them.
+                let reply = Bytes::copy_from_slice(&self.received[..len]);
+                self.received.advance(len);
+                return Ok(reply);
             }
             self.received.reserve(READ_RESERVE);
             let read = self

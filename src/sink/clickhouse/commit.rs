@@ -3,6 +3,8 @@
 //! ack what landed. Nothing is acked before ClickHouse confirmed it.
 
 use std::collections::HashSet;
+
+use bytes::Bytes;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::clickhouse::rows::new_batch_id;
@@ -34,9 +36,11 @@ impl Inserted {
         total: usize,
     ) -> Inserted {
         // Acking needs only the stream and id: the fields' memory goes now,
-        // not when the next batch's insert is done.
+        // not when the next batch's insert is done. The id is copied: as a
+        // slice it would keep the whole reply it arrived in alive.
         for m in &mut landed {
             m.fields = Vec::new();
+            m.id = Bytes::copy_from_slice(&m.id);
         }
         Inserted {
             landed,
