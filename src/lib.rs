@@ -16,7 +16,8 @@
 //!
 //! # Following one message
 //! `flow/mod.rs` wires a flow's tasks. An entry is read by `flow/read.rs`
-//! (XREADGROUP; the reply is parsed in `redis/reply.rs`) or taken over by
+//! (XREADGROUP on `redis/reader.rs`'s connection, its reply parsed there
+//! straight into messages; `redis/resp.rs` is the wire) or taken over by
 //! `flow/claim.rs` (XAUTOCLAIM/XCLAIM); `flow/admit.rs` decides whether it
 //! is dead before anything looks at it (oversized, delivered too often);
 //! `flow/stage.rs` runs the handler, if any; `flow/batcher.rs` is the one
@@ -40,6 +41,7 @@
 //!   key); shard naming both ways (`config/streams.rs`); named connections
 //!   (`config/connections.rs`).
 //! - `redis/`: Redis Streams — the message model, raw reply parsing, the
+//!   readers' own connection (`reader.rs`, `resp.rs`), the
 //!   commands (XREADGROUP, XACK, XAUTOCLAIM, …), dead letters, group
 //!   upkeep, leases (`lease.rs`), the held-entry set, the delayed set and
 //!   the producer sharder.

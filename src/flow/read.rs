@@ -16,8 +16,7 @@ use crate::flow::Flow;
 use crate::redis::{commands, Message, StreamError};
 
 impl Flow {
-    /// Reads `self.readers[reader]`'s streams until shutdown, one read
-    /// ahead where the connection allows it ([`crate::redis::reader::StreamReader::read_group`]).
+    /// Reads `self.readers[reader]`'s streams until shutdown.
     pub(crate) async fn read_loop(
         self: Arc<Self>,
         reader: usize,
@@ -26,21 +25,13 @@ impl Flow {
     ) {
         let (reader, streams) = &self.readers[reader];
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            // A read sent ahead is taken even when stopping or pausing:
-            // what it delivered is pending for us.
-            let reading_ahead = reader.reading_ahead().await;
-            let stopping = shutdown.is_cancelled();
-            if stopping && !reading_ahead {
-                break;
-            }
-            if !stopping && !reading_ahead && self.pause.is_paused() {
+        while !shutdown.is_cancelled() {
+            if self.pause.is_paused() {
                 tokio::select! {
-                    _ = self.pause.wait_resumed() => continue,
+                    _ = self.pause.wait_resumed() => {}
                     _ = shutdown.cancelled() => break,
                 }
             }
-            let ahead = !stopping && !self.pause.is_paused();
             let mut entries = Vec::with_capacity(self.cfg.read_count.min(10_000));
             let read = reader
                 .read_group(
@@ -49,7 +40,6 @@ impl Flow {
                     self.cfg.read_count,
                     self.block,
                     streams,
-                    ahead,
                     &mut entries,
                 )
                 .await;

@@ -5,9 +5,8 @@
 //! string a slice of one copy of the reply: decoding it into fred's frames
 //! and then into messages took about two thirds of the worker's CPU, and
 //! the direct parse halved the worker's CPU per message (`cargo bench
-//! --bench e2e`, README). One read is sent ahead, so that Redis runs it
-//! while the last reply is parsed. Cluster, sentinel and TLS connections
-//! read through fred, which routes and encrypts them.
+//! --bench e2e`, README). Cluster, sentinel and TLS connections read
+//! through fred, which routes and encrypts them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,14 +46,6 @@ impl StreamReader {
     }
 
     /// XREADGROUP … COUNT n BLOCK ms STREAMS s… > …, appending to `out`.
-    ///
-    /// `ahead`: on a direct connection, send the next call's XREADGROUP
-    /// before this one's reply is parsed, so that Redis runs it meanwhile;
-    /// the next call (same arguments) takes its reply. A caller that stops
-    /// reading calls once more with `ahead` false while
-    /// [`reading_ahead`](Self::reading_ahead), so that nothing delivered
-    /// to it is left unread.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn read_group(
         &self,
         group: &str,
@@ -62,7 +53,6 @@ impl StreamReader {
         count: usize,
         block: Duration,
         streams: &[Arc<str>],
-        ahead: bool,
         out: &mut Vec<Message>,
     ) -> Result<()> {
         match self {
@@ -85,17 +75,9 @@ impl StreamReader {
                 ];
                 args.extend(streams.iter().map(|s| s.as_bytes()));
                 args.extend(streams.iter().map(|_| b">".as_slice()));
-                let reply = conn.lock().await.read(&args, ahead).await?;
+                let reply = conn.lock().await.round_trip(&args).await?;
                 read_group_reply(reply, streams, out)
             }
-        }
-    }
-
-    /// Whether a read sent ahead waits for the next call to take it.
-    pub(crate) async fn reading_ahead(&self) -> bool {
-        match self {
-            StreamReader::Fred(_) => false,
-            StreamReader::Direct(conn) => conn.lock().await.ahead,
         }
     }
 }
@@ -143,8 +125,6 @@ pub(crate) struct DirectConnection {
     /// For a whole round trip, the BLOCK time included.
     timeout: Duration,
     open: Option<Open>,
-    /// A read was sent for the next call (see [`StreamReader::read_group`]).
-    ahead: bool,
     request: BytesMut,
 }
 
@@ -165,7 +145,6 @@ impl DirectConnection {
             target,
             timeout,
             open: None,
-            ahead: false,
             request: BytesMut::with_capacity(512),
         }
     }
@@ -219,41 +198,26 @@ impl DirectConnection {
         Ok(open)
     }
 
-    /// Takes the reply to `args`, sent now or by the previous call, and
-    /// with `ahead` sends `args` again for the next call. On a connection
+    /// Sends one command and returns its whole reply. On a connection
     /// failure or timeout the connection is dropped (the next call makes a
-    /// new one).
-    async fn read(&mut self, args: &[&[u8]], ahead: bool) -> Result<Bytes> {
-        let done = self.read_on_open(args, ahead).await;
-        if done.is_err() {
-            self.open = None;
-            self.ahead = false;
-        }
-        done
-    }
-
-    async fn read_on_open(&mut self, args: &[&[u8]], ahead: bool) -> Result<Bytes> {
+    /// new one): no command is sent twice, so entries a lost reply
+    /// delivered stay pending until claimed, as with any lost reply.
+    async fn round_trip(&mut self, args: &[&[u8]]) -> Result<Bytes> {
         let timeout = self.timeout;
         self.connected().await?;
         let open = self.open.as_mut().expect("connected above");
         let t = &self.target;
-        let sends = usize::from(!self.ahead) + usize::from(ahead);
-        self.request.clear();
-        for _ in 0..sends {
-            encode_command(&mut self.request, args);
-        }
-        open.send(&self.request, t).await?;
-        self.ahead = false;
-        let reply = tokio::time::timeout(timeout, open.receive(t))
+        let done = tokio::time::timeout(timeout, open.round_trip(&mut self.request, args, t))
             .await
-            .unwrap_or_else(|_| Err(connection_error(t, "reply timed out")))?;
-        self.ahead = ahead;
-        Ok(reply)
+            .unwrap_or_else(|_| Err(connection_error(t, "reply timed out")));
+        if done.is_err() {
+            self.open = None;
+        }
+        done
     }
 }
 
 impl Open {
-    /// A command and its reply, for setting up the connection.
     async fn round_trip(
         &mut self,
         request: &mut BytesMut,
