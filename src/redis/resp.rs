@@ -35,11 +35,25 @@ fn line_end(buf: &[u8], from: usize) -> Option<usize> {
     (nl > from).then_some(nl - 1)
 }
 
+/// A length line's number (`-1` for nil). By hand: it runs for every
+/// string of every reply, and `str::parse` was a visible share of it.
 fn parse_len(line: &[u8]) -> Result<i64> {
-    std::str::from_utf8(line)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| protocol(format!("bad length {:?}", String::from_utf8_lossy(line))))
+    let bad = || protocol(format!("bad length {:?}", String::from_utf8_lossy(line)));
+    let (negative, digits) = match line {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, line),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return Err(bad());
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return Err(bad());
+        }
+        n = n * 10 + i64::from(d - b'0');
+    }
+    Ok(if negative { -n } else { n })
 }
 
 /// Finds where one reply ends, resuming where it stopped as more bytes
@@ -251,6 +265,17 @@ mod tests {
             assert_eq!(scan.complete(&reply[..cut]).unwrap(), None);
         }
         assert_eq!(scan.complete(reply).unwrap(), Some(reply.len()));
+    }
+
+    #[test]
+    fn lengths_parse_and_bad_ones_are_named() {
+        assert_eq!(parse_len(b"0").unwrap(), 0);
+        assert_eq!(parse_len(b"5000").unwrap(), 5000);
+        assert_eq!(parse_len(b"-1").unwrap(), -1);
+        for bad in [&b""[..], b"-", b"1x", b"+1", b"1234567890123456789"] {
+            let err = parse_len(bad).unwrap_err();
+            assert!(err.to_string().contains("bad length"), "{err}");
+        }
     }
 
     #[test]
