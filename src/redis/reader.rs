@@ -277,7 +277,9 @@ fn read_group_reply(reply: Bytes, streams: &[Arc<str>], out: &mut Vec<Message>) 
         }
         let stream = reply::shared_name(streams, &c.string("a stream name")?);
         let entries = c.array("the entries")?.unwrap_or(0);
-        out.reserve(entries);
+        // Counts come from the wire: reserve no more than the bytes left
+        // could hold (an element takes at least 4).
+        out.reserve(entries.min(c.remaining() / 4));
         for _ in 0..entries {
             if c.array("an entry")? != Some(2) {
                 return Err(shape("entry is not [id, fields]"));
@@ -289,7 +291,7 @@ fn read_group_reply(reply: Bytes, streams: &[Arc<str>], out: &mut Vec<Message>) 
             if flat % 2 != 0 {
                 return Err(shape("odd number of field/value items"));
             }
-            let mut fields = Vec::with_capacity(flat / 2);
+            let mut fields = Vec::with_capacity((flat / 2).min(c.remaining() / 8));
             for _ in 0..flat / 2 {
                 fields.push((c.string("a field name")?, c.string("a field value")?));
             }
@@ -327,6 +329,44 @@ mod tests {
         assert_eq!(out[0].deliveries, 1);
         assert_eq!(out[0].field(b"a").unwrap(), "1");
         assert_eq!(out[0].field(b"b").unwrap(), "");
+    }
+
+    #[test]
+    fn any_cut_or_changed_byte_of_a_reply_gives_a_result_not_a_panic() {
+        let valid: &[u8] =
+            b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\na\r\n$1\r\n1\r\n";
+        assert_eq!(parse(valid).unwrap().len(), 1);
+        let streams = [Arc::from("s")];
+        let mut tried = 0;
+        for cut in 0..valid.len() {
+            let mut out = Vec::new();
+            let _ = read_group_reply(Bytes::copy_from_slice(&valid[..cut]), &streams, &mut out);
+            tried += 1;
+        }
+        for at in 0..valid.len() {
+            for byte in [b'*', b'$', b'-', b'9', b'\r', b'\n', 0xff] {
+                let mut changed = valid.to_vec();
+                changed[at] = byte;
+                let mut scan = Scan::default();
+                let whole = scan.complete(&changed);
+                if let Ok(Some(len)) = whole {
+                    assert!(len <= changed.len());
+                }
+                let mut out = Vec::new();
+                let _ = read_group_reply(Bytes::from(changed), &streams, &mut out);
+                tried += 1;
+            }
+        }
+        // A huge count on the wire reserves nothing like it.
+        let mut out = Vec::new();
+        assert!(read_group_reply(
+            Bytes::from_static(b"*1\r\n*2\r\n$1\r\ns\r\n*999999999999999\r\n"),
+            &streams,
+            &mut out
+        )
+        .is_err());
+        assert!(out.capacity() < 1_000);
+        assert_eq!(tried, valid.len() * 8);
     }
 
     #[test]

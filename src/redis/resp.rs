@@ -160,6 +160,11 @@ impl Cursor {
         Ok(header)
     }
 
+    /// Bytes not yet walked.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+
     fn line(&self, h: &Header) -> &[u8] {
         &self.buf[h.start..h.end]
     }
