@@ -187,7 +187,11 @@ impl Flow {
         let exactly_once = clickhouse
             .as_ref()
             .filter(|_| cfg.delivery == Delivery::ExactlyOnce);
-        let recovery = exactly_once.map(|sink| {
+        let pending = match exactly_once {
+            Some(_) => Some(StreamReader::connect(&config.redis, Duration::ZERO).await?),
+            None => None,
+        };
+        let recovery = exactly_once.zip(pending).map(|(sink, pending)| {
             // The lease only has to outlast one attempt's steps to spare
             // needless takeovers; correctness comes from the fence.
             let lease = (sink.insert_timeout() + Duration::from_secs(5)).max(cfg.claim.min_idle);
@@ -205,6 +209,7 @@ impl Flow {
                         &streams,
                     )),
                     redis: command_client.clone(),
+                    pending,
                     batch_id_column: cfg.batch_id_column.clone().unwrap_or_default(),
                     id_column: cfg.metadata.id.clone(),
                     stream_column: cfg.metadata.stream.clone(),

@@ -1,4 +1,5 @@
-//! The connection a flow's reader sends XREADGROUP on.
+//! The connection a flow's reader sends XREADGROUP on (and an
+//! exactly-once flow's XPENDING over each batch it records).
 //!
 //! Against a single Redis server over plain TCP it is a connection of
 //! sluice's own whose reply is parsed straight into [`Message`]s, each
@@ -42,6 +43,42 @@ impl StreamReader {
             None => Ok(StreamReader::Fred(
                 client::connect_blocking(redis, block).await?,
             )),
+        }
+    }
+
+    /// The ids of `consumer`'s pending entries from `start` to `end`
+    /// (extended XPENDING), up to `count`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn pending_ids(
+        &self,
+        stream: &str,
+        group: &str,
+        start: &[u8],
+        end: &[u8],
+        count: usize,
+        consumer: &str,
+    ) -> Result<Vec<Bytes>> {
+        match self {
+            StreamReader::Fred(client) => {
+                let page =
+                    commands::pending(client, stream, group, start, end, count, Some(consumer))
+                        .await?;
+                Ok(page.into_iter().map(|p| p.id).collect())
+            }
+            StreamReader::Direct(conn) => {
+                let mut count_arg = itoa::Buffer::new();
+                let args: [&[u8]; 7] = [
+                    b"XPENDING",
+                    stream.as_bytes(),
+                    group.as_bytes(),
+                    start,
+                    end,
+                    count_arg.format(count).as_bytes(),
+                    consumer.as_bytes(),
+                ];
+                let reply = conn.lock().await.round_trip(&args).await?;
+                pending_ids_reply(reply)
+            }
         }
     }
 
@@ -306,6 +343,27 @@ fn read_group_reply(reply: Bytes, streams: &[Arc<str>], out: &mut Vec<Message>) 
     Ok(())
 }
 
+/// Parses an extended XPENDING reply (`[id, consumer, idle, deliveries]`
+/// per entry) into its ids.
+fn pending_ids_reply(reply: Bytes) -> Result<Vec<Bytes>> {
+    let mut c = Cursor::new(reply);
+    let entries = c.array("the reply")?.unwrap_or(0);
+    let mut ids = Vec::with_capacity(entries.min(c.remaining() / 4));
+    for _ in 0..entries {
+        if c.array("an entry")? != Some(4) {
+            return Err(StreamError::Shape {
+                command: "XPENDING",
+                detail: "entry is not [id, consumer, idle, deliveries]".into(),
+            });
+        }
+        ids.push(c.string("an entry id")?);
+        for what in ["the consumer", "the idle time", "the delivery count"] {
+            c.string(what)?;
+        }
+    }
+    Ok(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +425,22 @@ mod tests {
         .is_err());
         assert!(out.capacity() < 1_000);
         assert_eq!(tried, valid.len() * 8);
+    }
+
+    #[test]
+    fn pending_replies_give_their_ids() {
+        let ids = pending_ids_reply(Bytes::from_static(
+            b"*2\r\n*4\r\n$3\r\n1-0\r\n$1\r\nc\r\n:5\r\n:1\r\n\
+              *4\r\n$3\r\n2-0\r\n$1\r\nc\r\n:7\r\n:2\r\n",
+        ))
+        .unwrap();
+        assert_eq!(ids, ["1-0", "2-0"]);
+        assert!(pending_ids_reply(Bytes::from_static(b"*0\r\n"))
+            .unwrap()
+            .is_empty());
+        let err = pending_ids_reply(Bytes::from_static(b"*1\r\n*2\r\n$3\r\n1-0\r\n$1\r\nc\r\n"))
+            .unwrap_err();
+        assert!(err.to_string().contains("XPENDING"), "{err}");
     }
 
     #[test]

@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::obs::metrics::FlowMetrics;
-use crate::redis::{commands, parse_id, Message, StreamError};
+use crate::redis::reader::StreamReader;
+use crate::redis::{parse_id, Message, StreamError};
 use crate::sink::clickhouse::classify::classify;
 use crate::sink::clickhouse::exactly_once::ledger::Ledger;
 use crate::sink::clickhouse::{ClickHouseSink, Target};
@@ -37,6 +38,9 @@ pub(crate) struct ExactlyOnce {
     pub sink: Arc<ClickHouseSink>,
     pub ledger: Arc<Ledger>,
     pub redis: Client,
+    /// XPENDING over each recorded batch: a connection whose replies are
+    /// parsed directly where it can be (see [`StreamReader`]).
+    pub pending: StreamReader,
     pub batch_id_column: String,
     /// The column holding entry ids (`metadata.id`), if configured: lets a
     /// partly landed batch be completed exactly.
@@ -183,19 +187,20 @@ impl ExactlyOnce {
             let mut start = format!("{}-{}", lo.0, lo.1);
             let end = format!("{}-{}", hi.0, hi.1);
             loop {
-                let page = commands::pending(
-                    &self.redis,
-                    &stream,
-                    &self.group,
-                    start.as_bytes(),
-                    end.as_bytes(),
-                    PAGE,
-                    Some(&self.consumer),
-                )
-                .await?;
+                let page = self
+                    .pending
+                    .pending_ids(
+                        &stream,
+                        &self.group,
+                        start.as_bytes(),
+                        end.as_bytes(),
+                        PAGE,
+                        &self.consumer,
+                    )
+                    .await?;
                 let full = page.len() == PAGE;
-                let last = page.last().map(|p| p.id.clone());
-                ids.extend(page.into_iter().map(|p| p.id));
+                let last = page.last().cloned();
+                ids.extend(page);
                 match last {
                     Some(last) if full => {
                         start = format!("({}", String::from_utf8_lossy(&last));
