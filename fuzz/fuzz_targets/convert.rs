@@ -6,8 +6,8 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use sluice::testing::FieldValue;
 use sluice::testing::BlockEncoder;
+use sluice::testing::FieldValue;
 use sluice::testing::{ColumnSpec, ColumnType, DefaultKind};
 
 const TYPES: &[&str] = &[

@@ -299,7 +299,7 @@ impl Open {
 }
 
 /// Parses an XREADGROUP reply (RESP2) into messages.
-fn read_group_reply(reply: Bytes, streams: &[Arc<str>], out: &mut Vec<Message>) -> Result<()> {
+pub fn read_group_reply(reply: Bytes, streams: &[Arc<str>], out: &mut Vec<Message>) -> Result<()> {
     let shape = |detail: &str| StreamError::Shape {
         command: "XREADGROUP",
         detail: detail.to_string(),
@@ -345,7 +345,7 @@ fn read_group_reply(reply: Bytes, streams: &[Arc<str>], out: &mut Vec<Message>) 
 
 /// Parses an extended XPENDING reply (`[id, consumer, idle, deliveries]`
 /// per entry) into its ids.
-fn pending_ids_reply(reply: Bytes) -> Result<Vec<Bytes>> {
+pub fn pending_ids_reply(reply: Bytes) -> Result<Vec<Bytes>> {
     let mut c = Cursor::new(reply);
     let entries = c.array("the reply")?.unwrap_or(0);
     let mut ids = Vec::with_capacity(entries.min(c.remaining() / 4));

@@ -60,7 +60,7 @@ fn parse_len(line: &[u8]) -> Result<i64> {
 /// arrive (a large reply comes in many reads; scanning it once keeps that
 /// linear).
 #[derive(Debug, Default)]
-pub(crate) struct Scan {
+pub struct Scan {
     /// Start of the next element not yet seen whole.
     pos: usize,
     /// Elements still to come in each array opened so far.
@@ -71,7 +71,7 @@ impl Scan {
     /// The length of the first reply in `buf` once it is complete, else
     /// None (call again with the same buffer grown). Resets itself after
     /// a complete reply.
-    pub(crate) fn complete(&mut self, buf: &[u8]) -> Result<Option<usize>> {
+    pub fn complete(&mut self, buf: &[u8]) -> Result<Option<usize>> {
         loop {
             let Some(&kind) = buf.get(self.pos) else {
                 return Ok(None);
