@@ -26,6 +26,32 @@ fn key_arg(s: &str) -> Value {
     Value::Bytes(Bytes::copy_from_slice(s.as_bytes()))
 }
 
+/// XREADGROUP's arguments after its name: `GROUP g c COUNT n BLOCK ms
+/// STREAMS s… > …` (BLOCK at least 1 ms: 0 would block forever). fred and
+/// the direct connection ([`crate::redis::reader`]) both send these.
+pub(crate) fn read_group_args(
+    group: &str,
+    consumer: &str,
+    count: usize,
+    block: Duration,
+    streams: &[Arc<str>],
+) -> Vec<Bytes> {
+    let mut args = Vec::with_capacity(8 + streams.len() * 2);
+    args.extend([
+        Bytes::from_static(b"GROUP"),
+        Bytes::copy_from_slice(group.as_bytes()),
+        Bytes::copy_from_slice(consumer.as_bytes()),
+        Bytes::from_static(b"COUNT"),
+        Bytes::from(count.to_string()),
+        Bytes::from_static(b"BLOCK"),
+        Bytes::from(block.as_millis().max(1).to_string()),
+        Bytes::from_static(b"STREAMS"),
+    ]);
+    args.extend(streams.iter().map(|s| Bytes::copy_from_slice(s.as_bytes())));
+    args.extend(streams.iter().map(|_| Bytes::from_static(b">")));
+    args
+}
+
 /// XREADGROUP … COUNT n BLOCK ms STREAMS s… > …, appending to `out`.
 pub async fn read_group(
     client: &Client,
@@ -36,21 +62,12 @@ pub async fn read_group(
     streams: &[Arc<str>],
     out: &mut Vec<Message>,
 ) -> Result<()> {
-    let mut args: Vec<Value> = Vec::with_capacity(8 + streams.len() * 2);
-    args.extend([
-        "GROUP".into(),
-        key_arg(group),
-        key_arg(consumer),
-        "COUNT".into(),
-        Value::Integer(count as i64),
-        "BLOCK".into(),
-        Value::Integer(block.as_millis().max(1) as i64),
-        "STREAMS".into(),
-    ]);
-    args.extend(streams.iter().map(|s| key_arg(s)));
-    args.extend(streams.iter().map(|_| Value::from(">")));
+    let args = read_group_args(group, consumer, count, block, streams);
     let frame = client
-        .custom_raw(command("XREADGROUP", &streams[0], true), args)
+        .custom_raw(
+            command("XREADGROUP", &streams[0], true),
+            args.into_iter().map(Value::Bytes).collect::<Vec<_>>(),
+        )
         .await?;
     reply::read_group(frame, streams, out)
 }
@@ -168,6 +185,27 @@ pub async fn auto_claim(
     reply::auto_claim(frame, stream)
 }
 
+/// Extended XPENDING's arguments after its name: `stream group start end
+/// count [consumer]`. fred and the direct connection both send these.
+pub(crate) fn pending_args(
+    stream: &str,
+    group: &str,
+    start: &[u8],
+    end: &[u8],
+    count: usize,
+    consumer: Option<&str>,
+) -> Vec<Bytes> {
+    let mut args = vec![
+        Bytes::copy_from_slice(stream.as_bytes()),
+        Bytes::copy_from_slice(group.as_bytes()),
+        Bytes::copy_from_slice(start),
+        Bytes::copy_from_slice(end),
+        Bytes::from(count.to_string()),
+    ];
+    args.extend(consumer.map(|c| Bytes::copy_from_slice(c.as_bytes())));
+    args
+}
+
 /// Extended XPENDING: entries between `start` and `end`, optionally of one consumer.
 pub(crate) async fn pending(
     client: &Client,
@@ -178,18 +216,12 @@ pub(crate) async fn pending(
     count: usize,
     consumer: Option<&str>,
 ) -> Result<Vec<PendingEntry>> {
-    let mut args: Vec<Value> = vec![
-        key_arg(stream),
-        key_arg(group),
-        Value::Bytes(Bytes::copy_from_slice(start)),
-        Value::Bytes(Bytes::copy_from_slice(end)),
-        Value::Integer(count as i64),
-    ];
-    if let Some(c) = consumer {
-        args.push(key_arg(c));
-    }
+    let args = pending_args(stream, group, start, end, count, consumer);
     let frame = client
-        .custom_raw(command("XPENDING", stream, false), args)
+        .custom_raw(
+            command("XPENDING", stream, false),
+            args.into_iter().map(Value::Bytes).collect::<Vec<_>>(),
+        )
         .await?;
     reply::pending_entries(frame)
 }
@@ -370,4 +402,40 @@ pub async fn len(client: &Client, stream: &str) -> Result<u64> {
             .await?,
     )?;
     Ok(reply::int_of(&frame, "XLEN")?.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_group_args_name_every_stream_then_a_cursor_each_and_never_block_forever() {
+        let streams = [Arc::from("a"), Arc::from("b")];
+        let args = read_group_args("g", "c", 5000, Duration::ZERO, &streams);
+        let words: Vec<&[u8]> = args.iter().map(|a| a.as_ref()).collect();
+        assert_eq!(
+            words,
+            [
+                &b"GROUP"[..],
+                b"g",
+                b"c",
+                b"COUNT",
+                b"5000",
+                b"BLOCK",
+                b"1",
+                b"STREAMS",
+                b"a",
+                b"b",
+                b">",
+                b">"
+            ]
+        );
+    }
+
+    #[test]
+    fn pending_args_end_with_the_consumer_when_given() {
+        let args = pending_args("s", "g", b"-", b"+", 10, Some("c"));
+        assert_eq!(args.last().unwrap(), "c");
+        assert_eq!(pending_args("s", "g", b"-", b"+", 10, None).len(), 5);
+    }
 }

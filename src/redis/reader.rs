@@ -66,17 +66,8 @@ impl StreamReader {
                 Ok(page.into_iter().map(|p| p.id).collect())
             }
             StreamReader::Direct(conn) => {
-                let mut count_arg = itoa::Buffer::new();
-                let args: [&[u8]; 7] = [
-                    b"XPENDING",
-                    stream.as_bytes(),
-                    group.as_bytes(),
-                    start,
-                    end,
-                    count_arg.format(count).as_bytes(),
-                    consumer.as_bytes(),
-                ];
-                let reply = conn.lock().await.round_trip(&args).await?;
+                let args = commands::pending_args(stream, group, start, end, count, Some(consumer));
+                let reply = conn.lock().await.round_trip(b"XPENDING", &args).await?;
                 pending_ids_reply(reply)
             }
         }
@@ -97,22 +88,8 @@ impl StreamReader {
                 commands::read_group(client, group, consumer, count, block, streams, out).await
             }
             StreamReader::Direct(conn) => {
-                let mut count_arg = itoa::Buffer::new();
-                let mut block_arg = itoa::Buffer::new();
-                let mut args: Vec<&[u8]> = vec![
-                    b"XREADGROUP",
-                    b"GROUP",
-                    group.as_bytes(),
-                    consumer.as_bytes(),
-                    b"COUNT",
-                    count_arg.format(count).as_bytes(),
-                    b"BLOCK",
-                    block_arg.format(block.as_millis().max(1)).as_bytes(),
-                    b"STREAMS",
-                ];
-                args.extend(streams.iter().map(|s| s.as_bytes()));
-                args.extend(streams.iter().map(|_| b">".as_slice()));
-                let reply = conn.lock().await.round_trip(&args).await?;
+                let args = commands::read_group_args(group, consumer, count, block, streams);
+                let reply = conn.lock().await.round_trip(b"XREADGROUP", &args).await?;
                 read_group_reply(reply, streams, out)
             }
         }
@@ -186,15 +163,15 @@ impl DirectConnection {
         }
     }
 
-    /// The open connection, connecting (and authenticating) if there is none.
-    async fn connected(&mut self) -> Result<&mut Open> {
+    /// Connects (and authenticates) if there is no open connection.
+    async fn connected(&mut self) -> Result<()> {
         if self.open.is_none() {
             let open = tokio::time::timeout(self.timeout, self.connect())
                 .await
                 .map_err(|_| connection_error(&self.target, "connect timed out"))??;
             self.open = Some(open);
         }
-        Ok(self.open.as_mut().expect("connected above"))
+        Ok(())
     }
 
     async fn connect(&mut self) -> Result<Open> {
@@ -239,12 +216,15 @@ impl DirectConnection {
     /// failure or timeout the connection is dropped (the next call makes a
     /// new one): no command is sent twice, so entries a lost reply
     /// delivered stay pending until claimed, as with any lost reply.
-    async fn round_trip(&mut self, args: &[&[u8]]) -> Result<Bytes> {
+    async fn round_trip(&mut self, name: &[u8], args: &[Bytes]) -> Result<Bytes> {
         let timeout = self.timeout;
         self.connected().await?;
         let open = self.open.as_mut().expect("connected above");
         let t = &self.target;
-        let done = tokio::time::timeout(timeout, open.round_trip(&mut self.request, args, t))
+        let command: Vec<&[u8]> = std::iter::once(name)
+            .chain(args.iter().map(|a| a.as_ref()))
+            .collect();
+        let done = tokio::time::timeout(timeout, open.round_trip(&mut self.request, &command, t))
             .await
             .unwrap_or_else(|_| Err(connection_error(t, "reply timed out")));
         if done.is_err() {
