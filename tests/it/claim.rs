@@ -94,22 +94,27 @@ async fn worker_name(s: &Stack, stream: &str, others: &[&str]) -> String {
     .await
 }
 
-/// `n` new entries delivered to `consumer` in one MULTI (XADDs, then
-/// XREADGROUP), so no worker's blocked read can take them first.
-async fn deliver_atomically(s: &Stack, stream: &str, consumer: &str, n: usize) {
+/// `n` new entries (fields from `make`) delivered to `consumer` in one
+/// MULTI (XADDs, then XREADGROUP), so no worker's blocked read can take
+/// them first. Returns their ids.
+async fn deliver_atomically(
+    s: &Stack,
+    stream: &str,
+    consumer: &str,
+    n: usize,
+    make: impl Fn(usize) -> Vec<(String, Vec<u8>)>,
+) -> Vec<String> {
     let mut conn = tokio::net::TcpStream::connect(s.redis.addr())
         .await
         .unwrap();
     let mut req = resp(&[b"MULTI"]);
     for i in 0..n {
-        let id = (100_000 + i).to_string();
-        req.extend(resp(&[
-            b"XADD",
-            stream.as_bytes(),
-            b"*",
-            b"rec_id",
-            id.as_bytes(),
-        ]));
+        let fields = make(i);
+        let mut args: Vec<&[u8]> = vec![b"XADD", stream.as_bytes(), b"*"];
+        for (k, v) in &fields {
+            args.extend([k.as_bytes(), v.as_slice()]);
+        }
+        req.extend(resp(&args));
     }
     req.extend(resp(&[
         b"XREADGROUP",
@@ -135,6 +140,36 @@ async fn deliver_atomically(s: &Stack, stream: &str, consumer: &str, n: usize) {
     })
     .await
     .expect("MULTI answered");
+    let ids = pending_ids_of(s, stream, consumer).await;
+    assert!(ids.len() >= n, "{} of {n} delivered", ids.len());
+    ids
+}
+
+/// The ids pending for `consumer`, oldest first.
+async fn pending_ids_of(s: &Stack, stream: &str, consumer: &str) -> Vec<String> {
+    let reply = raw(
+        &s.rc,
+        "XPENDING",
+        vec![
+            stream.into(),
+            "g".into(),
+            "-".into(),
+            "+".into(),
+            Value::Integer(1_000_000),
+            consumer.into(),
+        ],
+    )
+    .await;
+    let Value::Array(items) = reply else {
+        panic!("XPENDING replied {reply:?}")
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::Array(parts) => parts[0].as_string().expect("an id"),
+            other => panic!("XPENDING item {other:?}"),
+        })
+        .collect()
 }
 
 async fn seed_table(s: &Stack, table: &str) {
@@ -186,7 +221,10 @@ metadata = { id = "_id" }"#,
     .await;
     // A dead replica's entries (300 new ones and those the worker had no
     // room to read), idle past min_idle 3 s from now.
-    deliver_atomically(&s, &stream, "ghost", 300).await;
+    deliver_atomically(&s, &stream, "ghost", 300, |i| {
+        vec![("rec_id".into(), (100_000 + i).to_string().into_bytes())]
+    })
+    .await;
     let ghost = pending_of(&s, &stream, "ghost").await;
     assert!(ghost >= 300, "{ghost}");
     // Three min_idle periods with a full pipeline: the ghost's entries are
@@ -344,11 +382,6 @@ async fn keep_alive_pages_past_ten_thousand_orphans() {
     seed_table(&s, &table).await;
     create_group(&s.rc, &stream).await;
     const ORPHANS: usize = 10_050;
-    let orphans = xadd_many(&s.rc, &stream, ORPHANS, seed_job).await;
-    read_as(&s, &stream, "ghost", ORPHANS).await;
-    // Fresh again (setting them up takes a while): not claimable before
-    // they are the worker's.
-    move_to(&s, &stream, "ghost", &orphans, None).await;
 
     let proxy = TcpProxy::start(s.ch.http_addr());
     let w = Worker::spawn(&s.config(
@@ -366,8 +399,13 @@ metadata = { id = "_id" }"#,
     })
     .await;
     proxy.refuse();
-    let me = worker_name(&s, &stream, &["ghost"]).await;
-    // Pending under the worker's name, never delivered to it.
+    let me = w.consumer().expect("the worker logs its consumer name");
+    // Pending under the worker's name, never delivered to it: a ghost
+    // takes them in one MULTI (the worker's blocked read cannot), then
+    // they are moved, fresh, to the worker. Made only now, with the worker
+    // running, so a slow start cannot leave them claimable (idle past
+    // 20 s) before they are the worker's.
+    let orphans = deliver_atomically(&s, &stream, "ghost", ORPHANS, seed_job).await;
     move_to(&s, &stream, &me, &orphans, None).await;
     let held = xadd_many(&s.rc, &stream, 300, |i| seed_job(ORPHANS + i)).await;
     wait_for(LONG, "the worker holds the new entries", || async {

@@ -126,6 +126,15 @@ impl Worker {
             .unwrap_or_default()
     }
 
+    /// Its consumer name, from the `starting worker consumer=…` log line
+    /// (a consumer is in the group only once it has read or claimed).
+    pub fn consumer(&self) -> Option<String> {
+        let log = self.log_contents();
+        let line = log.lines().find(|l| l.contains("starting worker"))?;
+        let name = line.split("consumer=").nth(1)?.split_whitespace().next()?;
+        Some(name.to_string())
+    }
+
     /// Its exit status if it has exited (non-blocking).
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
