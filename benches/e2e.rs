@@ -140,9 +140,9 @@ struct Memory {
     block: f64,
 }
 
-/// RESP bytes of one seed-shaped entry in an XREADGROUP reply: the fields'
-/// `Bytes` point into the reply buffer, which stays allocated while any
-/// message of it lives.
+/// RESP bytes of one seed-shaped entry in an XREADGROUP reply: a message's
+/// id and fields point into the reply buffer, which stays allocated while
+/// any message of it lives.
 fn resp_entry_bytes(id_len: usize, j: usize) -> usize {
     let bulk = |n: usize| 1 + n.to_string().len() + 2 + n + 2;
     let fields = [
@@ -162,11 +162,10 @@ impl Memory {
     fn estimate(n: usize, block: f64) -> Memory {
         use sluice::Message;
         let j = n / 2;
-        let heap_fields = 4 * std::mem::size_of::<(bytes::Bytes, bytes::Bytes)>();
-        // The message in its Vec, its fields' Vec, and the reply bytes.
-        let per_message = (std::mem::size_of::<Message>()
-            + heap_fields
-            + resp_entry_bytes("1764500000000-0".len(), j)) as f64;
+        // The message in its batch's list (its four fields' offsets are
+        // inline), and the reply bytes.
+        let per_message =
+            (std::mem::size_of::<Message>() + resp_entry_bytes("1764500000000-0".len(), j)) as f64;
         Memory { per_message, block }
     }
 }

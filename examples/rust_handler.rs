@@ -104,9 +104,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     for m in out.iter().skip(before as usize) {
-        let get = |k: &[u8]| {
-            String::from_utf8_lossy(m.field(k).map(|v| v.as_ref()).unwrap_or(b"")).into_owned()
-        };
+        let get = |k: &[u8]| String::from_utf8_lossy(m.field(k).unwrap_or(b"")).into_owned();
         println!("{:>3} words  {}", get(b"words"), get(b"text"));
     }
     shutdown.cancel();

@@ -21,6 +21,29 @@ use serde_json::value::RawValue;
 /// One entry's field/value pairs, in the producer's order.
 pub type Fields = Vec<(Bytes, Bytes)>;
 
+/// Field/value pairs in order, however they are held: a producer's
+/// [`Fields`] or a read message's [`crate::redis::MessageFields`].
+pub trait FieldPairs {
+    fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone;
+
+    /// The value of the first field called `name`.
+    fn value_of(&self, name: &[u8]) -> Option<&[u8]> {
+        self.pairs().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+}
+
+impl FieldPairs for [(Bytes, Bytes)] {
+    fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
+        self.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
+    }
+}
+
+impl FieldPairs for Fields {
+    fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
+        self.as_slice().pairs()
+    }
+}
+
 /// Longest field name accepted.
 pub(crate) const MAX_FIELD_NAME: usize = 256;
 /// Most fields in one item (each XADD carries them all).

@@ -8,8 +8,8 @@
 //! string with [`Config::from_toml_with_env`]; every section type is in
 //! [`config`]), [`run`] / [`run_with_handlers`] (the worker, until its
 //! token is cancelled), the [`Handler`] trait with [`Handlers`] and
-//! [`HandlerError`], and the [`Message`] and [`Fields`] a handler sees and
-//! returns. [`cli::main`] is the whole `sluice` binary. [`testing`]
+//! [`HandlerError`], and the [`Message`] (its [`MessageFields`]) and
+//! [`Fields`] a handler sees and returns ([`FieldPairs`] reads either). [`cli::main`] is the whole `sluice` binary. [`testing`]
 //! re-exports internals that the integration tests, benches and fuzz
 //! targets drive directly; it is not a stable API. Everything else is
 //! `pub(crate)`.
@@ -35,12 +35,14 @@
 //!   retry loop), `time.rs` (the wall clock in milliseconds, and the one
 //!   `Ticker` of periodic loops), `template.rs` (the `{field}` grammar of
 //!   routes and schedule payloads), `fields.rs` (flat JSON objects → stream
-//!   fields).
+//!   fields, and `FieldPairs`, which reads any list of pairs), `memory.rs`
+//!   (large blocks go back to the system when freed).
 //! - [`config`]: the ground floor. TOML + `SLUICE_…` env overrides and
 //!   secrets; one file per section, each validating itself (errors name the
 //!   key); shard naming both ways (`config/streams.rs`); named connections
 //!   (`config/connections.rs`).
-//! - `redis/`: Redis Streams — the message model, raw reply parsing, the
+//! - `redis/`: Redis Streams — the message model (`message.rs`: fields as
+//!   offsets into the reply they came in), raw reply parsing, the
 //!   readers' own connection (`reader.rs`, `resp.rs`), the
 //!   commands (XREADGROUP, XACK, XAUTOCLAIM, …), dead letters, group
 //!   upkeep, leases (`lease.rs`), the held-entry set, the delayed set and
@@ -86,6 +88,7 @@ mod fields;
 mod flow;
 mod handler;
 mod http_entry;
+mod memory;
 mod obs;
 mod redis;
 mod schedule;
@@ -97,7 +100,7 @@ mod time;
 mod worker;
 
 pub use config::{Config, ConfigError};
-pub use fields::Fields;
+pub use fields::{FieldPairs, Fields};
 pub use handler::{Handler, HandlerError, Handlers};
-pub use redis::Message;
+pub use redis::{Message, MessageFields};
 pub use worker::{run, run_with_handlers};

@@ -634,7 +634,8 @@ mod tests {
                 (Bytes::from("rec_id"), Bytes::from("1")),
                 (Bytes::from("sluice.attempt"), Bytes::from("3")),
                 (Bytes::from("data"), Bytes::from("{}")),
-            ],
+            ]
+            .into(),
             deliveries: 0,
         };
         let e = DeadEntry::from_message(m);

@@ -75,6 +75,7 @@ enum Command {
 /// Parses the command line and runs the command: all of the `sluice`
 /// binary but its `#[tokio::main]`.
 pub async fn main() -> anyhow::Result<()> {
+    crate::memory::return_large_blocks_when_freed();
     let cli = Cli::parse();
     // Held to the end of main: dropping it flushes exported traces.
     let _telemetry = telemetry::init();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use crate::clickhouse::convert::FieldValue;
 use crate::clickhouse::native::BlockEncoder;
@@ -149,11 +150,13 @@ impl RowMapper {
         f: impl FnOnce(&[Option<FieldValue<'_>>]) -> R,
     ) -> Result<R, String> {
         let decoded;
-        let mut values: Vec<Option<FieldValue<'_>>> = vec![None; self.columns.len()];
+        // On the stack for up to 16 columns: this runs once per message.
+        let mut values: SmallVec<[Option<FieldValue<'_>>; 16]> =
+            smallvec::smallvec![None; self.columns.len()];
         let mut payload_raw = None;
         for (name, value) in &m.fields {
             if let Some(p) = &self.payload {
-                if name.as_ref() == p.field.as_bytes() {
+                if name == p.field.as_bytes() {
                     payload_raw = Some(value);
                     continue;
                 }
@@ -406,9 +409,13 @@ impl OpenBatch {
 
     pub fn seal(&mut self, mapper: &RowMapper) -> SealedBatch {
         self.raw_bytes = 0;
+        // The next batch is sized like this one: under load that is the
+        // full batch, reserved once instead of grown by doubling (which
+        // left up to half of it unused, and copied it at each step).
+        let next = Vec::with_capacity(self.messages.len());
         SealedBatch {
             block: self.blocks.seal(mapper),
-            messages: std::mem::take(&mut self.messages),
+            messages: std::mem::replace(&mut self.messages, next),
             dead: std::mem::take(&mut self.dead),
             opened: self.opened.take().unwrap_or_else(Instant::now),
             batch_id: self
@@ -496,7 +503,7 @@ mod tests {
         Message {
             stream: Arc::from("s"),
             id: Bytes::from(format!("{i}-0")),
-            fields: vec![(v("a").slice(..1), v("a")), (v("b").slice(..1), v("b"))],
+            fields: vec![(v("a").slice(..1), v("a")), (v("b").slice(..1), v("b"))].into(),
             deliveries: 1,
         }
     }

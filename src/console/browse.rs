@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use fred::prelude::*;
 use serde::Serialize;
 
 use super::params::FieldFilter;
 use super::Result;
+use crate::fields::FieldPairs;
 use crate::redis::StreamError;
 use crate::redis::{commands, Message};
 
@@ -64,9 +64,9 @@ impl EntryView {
     }
 }
 
-pub(crate) fn text_fields(fields: &[(Bytes, Bytes)]) -> Vec<(String, String)> {
+pub(crate) fn text_fields(fields: &(impl FieldPairs + ?Sized)) -> Vec<(String, String)> {
     fields
-        .iter()
+        .pairs()
         .map(|(k, v)| {
             (
                 String::from_utf8_lossy(k).into_owned(),

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use super::ConsoleError;
+use crate::fields::FieldPairs;
 use crate::redis;
 use crate::schedule::spec;
 
@@ -134,10 +135,10 @@ impl FieldFilter {
         self.0.is_empty()
     }
 
-    pub(crate) fn matches(&self, fields: &[(Bytes, Bytes)]) -> bool {
+    pub(crate) fn matches(&self, fields: &(impl FieldPairs + ?Sized)) -> bool {
         self.0
             .iter()
-            .all(|(k, v)| fields.iter().any(|(fk, fv)| fk == k && fv == v))
+            .all(|(k, v)| fields.pairs().any(|(fk, fv)| fk == k && fv == v))
     }
 
     /// As written: `a=1, b=2`.

@@ -43,6 +43,9 @@ pub(crate) fn take_oversized(entries: &mut Vec<Message>, max: u64) -> Vec<DeadLe
 
 /// `m` if it may be delivered once more, else its dead letter (kind
 /// `max_deliveries`): delivered more than `max` times.
+// The dead letter is a message and its reason: boxing it would save
+// nothing on the hot path, which returns the message itself.
+#[allow(clippy::result_large_err)]
 pub(crate) fn within_max_deliveries(m: Message, max: u64) -> Result<Message, DeadLetter> {
     if m.deliveries <= max {
         return Ok(m);
@@ -78,7 +81,8 @@ mod tests {
             fields: vec![(
                 Bytes::from_static(b"k"),
                 Bytes::from_static(value.as_bytes()),
-            )],
+            )]
+            .into(),
             deliveries,
         }
     }

@@ -30,7 +30,7 @@ use crate::config::{FlowConfig, OnSuccess};
 use crate::flow::admit::is_final_failure;
 use crate::redis::dead_letter::{dead_letter_and_ack, DeadLetter};
 use crate::redis::delayed::{self, encode_member};
-use crate::redis::{Message, StreamError};
+use crate::redis::{Message, MessageFields, StreamError};
 
 pub(crate) use crate::config::RetryConfig;
 
@@ -51,7 +51,7 @@ pub(crate) fn retry_for(group: &str, stream: &str) -> String {
 pub(crate) fn previous_failures(m: &Message, group: &str) -> u64 {
     let ours = m
         .field(FIELD_RETRY_FOR.as_bytes())
-        .is_some_and(|v| v.as_ref() == retry_for(group, &m.stream).as_bytes());
+        .is_some_and(|v| v == retry_for(group, &m.stream).as_bytes());
     if !ours {
         return 0;
     }
@@ -62,11 +62,10 @@ pub(crate) fn previous_failures(m: &Message, group: &str) -> u64 {
 }
 
 /// The message's own fields, without sluice's `sluice.*` bookkeeping.
-pub(crate) fn original_fields(fields: &[(Bytes, Bytes)]) -> Vec<(Bytes, Bytes)> {
+pub(crate) fn original_fields(fields: &MessageFields) -> Vec<(Bytes, Bytes)> {
     fields
-        .iter()
+        .shared()
         .filter(|(k, _)| !k.starts_with(b"sluice."))
-        .cloned()
         .collect()
 }
 
@@ -136,7 +135,7 @@ impl Retrier {
         let first_id = m
             .field(FIELD_FIRST_ID.as_bytes())
             .filter(|_| previous > 0)
-            .cloned()
+            .map(Bytes::copy_from_slice)
             .unwrap_or_else(|| m.id.clone());
         let mut fields = original_fields(&m.fields);
         if is_final_failure(failures, self.max_deliveries) {
@@ -144,7 +143,7 @@ impl Retrier {
                 message: Message {
                     stream: m.stream.clone(),
                     id: m.id.clone(),
-                    fields,
+                    fields: fields.into(),
                     deliveries: failures,
                 },
                 reason: format!(
@@ -282,7 +281,8 @@ mod tests {
                 (Bytes::from(FIELD_ATTEMPT), Bytes::from("2")),
                 (Bytes::from(FIELD_RETRY_FOR), Bytes::from("g@s")),
                 (Bytes::from(FIELD_FIRST_ID), Bytes::from("1-0")),
-            ],
+            ]
+            .into(),
             deliveries: 1,
         };
         assert_eq!(previous_failures(&m, "g"), 2);

@@ -209,7 +209,7 @@ mod tests {
         Message {
             stream: Arc::from(stream),
             id: Bytes::from_static(id.as_bytes()),
-            fields: Vec::new(),
+            fields: Default::default(),
             deliveries: 1,
         }
     }

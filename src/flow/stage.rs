@@ -51,7 +51,7 @@ pub(crate) fn outcome(
                 .map(|fields| Message {
                     stream: m.stream.clone(),
                     id: m.id.clone(),
-                    fields,
+                    fields: fields.into(),
                     deliveries: m.deliveries,
                 })
                 .collect(),
@@ -229,7 +229,7 @@ mod tests {
         Message {
             stream: Arc::from("s"),
             id: Bytes::from_static(b"1-0"),
-            fields: vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v"))],
+            fields: vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v"))].into(),
             deliveries,
         }
     }

@@ -24,7 +24,7 @@ use bytes::Bytes;
 
 use crate::config::HandlerConfig;
 use crate::fields::Fields;
-use crate::redis::Message;
+use crate::redis::{Message, MessageFields};
 
 /// The consumer that holds failed messages until they are claimed again.
 /// Parked entries are not refreshed by any live replica, so they go idle
@@ -130,7 +130,7 @@ pub(crate) fn describe(cfg: &HandlerConfig) -> String {
 /// Values that are not UTF-8 are passed with replacement characters.
 pub(crate) fn request_json(m: &Message) -> Vec<u8> {
     use serde::ser::{SerializeMap, Serializer};
-    struct FieldsJson<'a>(&'a [(Bytes, Bytes)]);
+    struct FieldsJson<'a>(&'a MessageFields);
     impl serde::Serialize for FieldsJson<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             let mut map = s.serialize_map(Some(self.0.len()))?;
@@ -222,7 +222,8 @@ mod tests {
             fields: vec![
                 (Bytes::from("rec_id"), Bytes::from("7")),
                 (Bytes::from("data"), Bytes::from("{\"x\":1}")),
-            ],
+            ]
+            .into(),
             deliveries: 2,
         };
         let v: serde_json::Value = serde_json::from_slice(&request_json(&m)).unwrap();

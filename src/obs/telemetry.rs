@@ -245,10 +245,7 @@ pub(crate) fn continue_producer_traces(span: &tracing::Span, messages: &[Message
     }
     let mut linked: Vec<SpanId> = Vec::new();
     for m in messages {
-        let Some(cx) = m
-            .field(TRACEPARENT_FIELD)
-            .and_then(|v| parse_traceparent(v))
-        else {
+        let Some(cx) = m.field(TRACEPARENT_FIELD).and_then(parse_traceparent) else {
             continue;
         };
         if linked.is_empty() {

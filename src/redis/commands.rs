@@ -376,7 +376,7 @@ async fn range_cmd(
         out.push(Message {
             stream: stream.clone(),
             id: reply::bytes_of(id, name)?,
-            fields: pairs,
+            fields: pairs.into(),
             deliveries: 0,
         });
     }

@@ -38,9 +38,9 @@ fn xadd_args(dead_stream: &str, group: &str, d: &DeadLetter) -> Vec<Value> {
         args.push(k.into());
         args.push(Value::Bytes(v));
     }
-    for (k, v) in &m.fields {
-        args.push(Value::Bytes(k.clone()));
-        args.push(Value::Bytes(v.clone()));
+    for (k, v) in m.fields.shared() {
+        args.push(Value::Bytes(k));
+        args.push(Value::Bytes(v));
     }
     args
 }
@@ -103,7 +103,7 @@ mod tests {
             message: Message {
                 stream: Arc::from("events"),
                 id: Bytes::from("5-1"),
-                fields: vec![(Bytes::from("rec_id"), Bytes::from("x"))],
+                fields: vec![(Bytes::from("rec_id"), Bytes::from("x"))].into(),
                 deliveries: 3,
             },
             reason: "column `rec_id` (UInt64): cannot convert \"x\"".into(),

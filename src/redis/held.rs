@@ -194,7 +194,7 @@ mod tests {
         Message {
             stream: stream.clone(),
             id: Bytes::copy_from_slice(id.as_bytes()),
-            fields: Vec::new(),
+            fields: Default::default(),
             deliveries: 1,
         }
     }

@@ -13,15 +13,14 @@ pub(crate) mod delayed;
 pub(crate) mod group;
 pub(crate) mod held;
 pub(crate) mod lease;
+mod message;
 pub(crate) mod reader;
 pub(crate) mod reply;
 pub(crate) mod resp;
 pub(crate) mod sharder;
 pub(crate) mod version;
 
-use std::sync::Arc;
-
-use bytes::Bytes;
+pub use message::{Message, MessageFields};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StreamError {
@@ -40,42 +39,6 @@ pub enum StreamError {
 }
 
 pub(crate) type Result<T, E = StreamError> = std::result::Result<T, E>;
-
-/// One stream entry as delivered to this consumer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    pub stream: Arc<str>,
-    /// The entry id, e.g. `1700000000000-0`.
-    pub id: Bytes,
-    /// Field/value pairs in the order the producer wrote them.
-    pub fields: Vec<(Bytes, Bytes)>,
-    /// Times delivered so far, this delivery included.
-    pub deliveries: u64,
-}
-
-impl Message {
-    /// The milliseconds part of the id: when the entry was added.
-    pub fn id_millis(&self) -> Option<u64> {
-        id_millis(&self.id)
-    }
-
-    pub fn field(&self, name: &[u8]) -> Option<&Bytes> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k.as_ref() == name)
-            .map(|(_, v)| v)
-    }
-
-    /// Rough in-memory size, for the batch byte limit.
-    pub fn approx_size(&self) -> usize {
-        self.id.len()
-            + self
-                .fields
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 16)
-                .sum::<usize>()
-    }
-}
 
 /// Parses the `ms` part of a `ms-seq` stream id.
 pub(crate) fn id_millis(id: &[u8]) -> Option<u64> {

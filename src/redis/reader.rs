@@ -9,18 +9,22 @@
 //! --bench e2e`, README). Cluster, sentinel and TLS connections read
 //! through fred, which routes and encrypts them.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use fred::prelude::*;
+use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use crate::config::RedisConfig;
 use crate::redis::resp::{encode_command, Cursor, Scan};
-use crate::redis::{client, commands, reply, Message, Result, StreamError};
+use crate::redis::{
+    client, commands, parse_id, reply, Message, MessageFields, Result, StreamError,
+};
 
 /// Where a reader's XREADGROUP goes.
 pub(crate) enum StreamReader {
@@ -46,8 +50,8 @@ impl StreamReader {
         }
     }
 
-    /// The ids of `consumer`'s pending entries from `start` to `end`
-    /// (extended XPENDING), up to `count`.
+    /// The ids (ms, seq) of `consumer`'s pending entries from `start` to
+    /// `end` (extended XPENDING), up to `count`, in order.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn pending_ids(
         &self,
@@ -57,13 +61,20 @@ impl StreamReader {
         end: &[u8],
         count: usize,
         consumer: &str,
-    ) -> Result<Vec<Bytes>> {
+    ) -> Result<Vec<(u64, u64)>> {
         match self {
             StreamReader::Fred(client) => {
                 let page =
                     commands::pending(client, stream, group, start, end, count, Some(consumer))
                         .await?;
-                Ok(page.into_iter().map(|p| p.id).collect())
+                page.into_iter()
+                    .map(|p| {
+                        parse_id(&p.id).ok_or_else(|| StreamError::Shape {
+                            command: "XPENDING",
+                            detail: "an entry id is not ms-seq".into(),
+                        })
+                    })
+                    .collect()
             }
             StreamReader::Direct(conn) => {
                 let args = commands::pending_args(stream, group, start, end, count, Some(consumer));
@@ -288,6 +299,8 @@ pub fn read_group_reply(reply: Bytes, streams: &[Arc<str>], out: &mut Vec<Messag
     let Some(per_stream) = c.array("the reply")? else {
         return Ok(()); // BLOCK timed out
     };
+    // One entry's (name, value) spans, reused.
+    let mut spans: SmallVec<[(Range<usize>, Range<usize>); 8]> = SmallVec::new();
     for _ in 0..per_stream {
         if c.array("a stream")? != Some(2) {
             return Err(shape("stream item is not [name, entries]"));
@@ -308,14 +321,17 @@ pub fn read_group_reply(reply: Bytes, streams: &[Arc<str>], out: &mut Vec<Messag
             if flat % 2 != 0 {
                 return Err(shape("odd number of field/value items"));
             }
-            let mut fields = Vec::with_capacity((flat / 2).min(c.remaining() / 8));
+            spans.clear();
             for _ in 0..flat / 2 {
-                fields.push((c.string("a field name")?, c.string("a field value")?));
+                spans.push((
+                    c.string_span("a field name")?,
+                    c.string_span("a field value")?,
+                ));
             }
             out.push(Message {
                 stream: stream.clone(),
                 id,
-                fields,
+                fields: MessageFields::in_buffer(c.reply(), spans.drain(..)),
                 deliveries: 1,
             });
         }
@@ -324,8 +340,9 @@ pub fn read_group_reply(reply: Bytes, streams: &[Arc<str>], out: &mut Vec<Messag
 }
 
 /// Parses an extended XPENDING reply (`[id, consumer, idle, deliveries]`
-/// per entry) into its ids.
-pub fn pending_ids_reply(reply: Bytes) -> Result<Vec<Bytes>> {
+/// per entry) into its ids as numbers (cheaper to keep and compare than
+/// 50,000 slices of the reply).
+pub fn pending_ids_reply(reply: Bytes) -> Result<Vec<(u64, u64)>> {
     let mut c = Cursor::new(reply);
     let entries = c.array("the reply")?.unwrap_or(0);
     let mut ids = Vec::with_capacity(entries.min(c.remaining() / 4));
@@ -336,7 +353,12 @@ pub fn pending_ids_reply(reply: Bytes) -> Result<Vec<Bytes>> {
                 detail: "entry is not [id, consumer, idle, deliveries]".into(),
             });
         }
-        ids.push(c.string("an entry id")?);
+        let span = c.string_span("an entry id")?;
+        let id = parse_id(&c.reply()[span]).ok_or_else(|| StreamError::Shape {
+            command: "XPENDING",
+            detail: "an entry id is not ms-seq".into(),
+        })?;
+        ids.push(id);
         for what in ["the consumer", "the idle time", "the delivery count"] {
             c.string(what)?;
         }
@@ -365,8 +387,8 @@ mod tests {
         assert_eq!(out[0].id, "1-0");
         assert_eq!(&*out[0].stream, "s");
         assert_eq!(out[0].deliveries, 1);
-        assert_eq!(out[0].field(b"a").unwrap(), "1");
-        assert_eq!(out[0].field(b"b").unwrap(), "");
+        assert_eq!(out[0].field(b"a").unwrap(), b"1");
+        assert_eq!(out[0].field(b"b").unwrap(), b"");
     }
 
     #[test]
@@ -414,7 +436,7 @@ mod tests {
               *4\r\n$3\r\n2-0\r\n$1\r\nc\r\n:7\r\n:2\r\n",
         ))
         .unwrap();
-        assert_eq!(ids, ["1-0", "2-0"]);
+        assert_eq!(ids, [(1, 0), (2, 0)]);
         assert!(pending_ids_reply(Bytes::from_static(b"*0\r\n"))
             .unwrap()
             .is_empty());

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use fred::types::Resp3Frame as Frame;
+use smallvec::SmallVec;
 
 use crate::redis::{Message, Result, StreamError};
 
@@ -101,7 +102,7 @@ fn entry(
     if flat.len() % 2 != 0 {
         return Err(shape(command, "odd number of field/value items"));
     }
-    let mut pairs = Vec::with_capacity(flat.len() / 2);
+    let mut pairs: SmallVec<[(Bytes, Bytes); 4]> = SmallVec::with_capacity(flat.len() / 2);
     let mut it = flat.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
         pairs.push((bytes_of(k, command)?, bytes_of(v, command)?));
@@ -109,7 +110,7 @@ fn entry(
     Ok(Some(Message {
         stream: stream.clone(),
         id,
-        fields: pairs,
+        fields: pairs.into_iter().collect(),
         deliveries,
     }))
 }
@@ -303,7 +304,7 @@ mod tests {
         read_group(reply, &streams, &mut out).unwrap();
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].id.as_ref(), b"1-0");
-        assert_eq!(out[0].field(b"data").unwrap().as_ref(), b"{}");
+        assert_eq!(out[0].field(b"data").unwrap(), b"{}");
         assert_eq!(out[1].fields.len(), 1);
         assert!(Arc::ptr_eq(&out[0].stream, &streams[0]));
     }

@@ -3,6 +3,8 @@
 //! ends as its bytes arrive, and walking a complete reply without copying
 //! its strings (each is a slice of the one buffer the reply arrived in).
 
+use std::ops::Range;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::redis::{Result, StreamError};
@@ -205,6 +207,12 @@ impl Cursor {
 
     /// A string (bulk, simple or integer) as a slice of the reply.
     pub(crate) fn string(&mut self, what: &'static str) -> Result<Bytes> {
+        let span = self.string_span(what)?;
+        Ok(self.buf.slice(span))
+    }
+
+    /// Where the next string (bulk, simple or integer) lies in the reply.
+    pub(crate) fn string_span(&mut self, what: &'static str) -> Result<Range<usize>> {
         let h = self.checked()?;
         match h.kind {
             b'$' => {
@@ -218,14 +226,19 @@ impl Cursor {
                     return Err(protocol("reply ended early"));
                 }
                 self.pos = end + 2;
-                Ok(self.buf.slice(start..end))
+                Ok(start..end)
             }
-            b'+' | b':' => Ok(self.buf.slice(h.start..h.end)),
+            b'+' | b':' => Ok(h.start..h.end),
             other => Err(protocol(format!(
                 "expected a string for {what}, got type {:?}",
                 other as char
             ))),
         }
+    }
+
+    /// The whole reply, which [`Cursor::string_span`]'s ranges index.
+    pub(crate) fn reply(&self) -> &Bytes {
+        &self.buf
     }
 
     /// Checks the reply is `+OK` (or any simple string), else its error.

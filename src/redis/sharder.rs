@@ -17,7 +17,7 @@ use bytes::Bytes;
 use crate::config::streams::shard_names;
 pub(crate) use crate::config::streams::{base_of, hash_tag};
 use crate::config::Config;
-use crate::fields::Fields;
+use crate::fields::{FieldPairs, Fields};
 
 /// A hash tag (braces included) that puts a key in the same Redis Cluster
 /// slot as `key`: `key`'s own tag, else `{key}` when that hashes as the
@@ -97,7 +97,7 @@ impl Sharder {
     /// The stream an entry with `fields` goes to when written to `stream`:
     /// `stream` itself unless it is sharded; else the shard its `shard_by`
     /// value hashes to, or the next one round-robin.
-    pub fn pick<'a>(&'a self, stream: &'a str, fields: &[(Bytes, Bytes)]) -> &'a str {
+    pub fn pick<'a>(&'a self, stream: &'a str, fields: &(impl FieldPairs + ?Sized)) -> &'a str {
         self.pick_keyed(stream, fields, None)
     }
 
@@ -108,7 +108,7 @@ impl Sharder {
     pub fn pick_by_id<'a>(
         &'a self,
         stream: &'a str,
-        fields: &[(Bytes, Bytes)],
+        fields: &(impl FieldPairs + ?Sized),
         id: &[u8],
     ) -> &'a str {
         self.pick_keyed(stream, fields, Some(id))
@@ -117,7 +117,7 @@ impl Sharder {
     fn pick_keyed<'a>(
         &'a self,
         stream: &'a str,
-        fields: &[(Bytes, Bytes)],
+        fields: &(impl FieldPairs + ?Sized),
         id: Option<&[u8]>,
     ) -> &'a str {
         let Some(s) = self.streams.get(stream) else {
@@ -126,9 +126,8 @@ impl Sharder {
         let n = s.shards.len();
         let keyed = s.shard_by.as_ref().and_then(|name| {
             fields
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| (fnv1a(v) % n as u64) as usize)
+                .value_of(name)
+                .map(|v| (fnv1a(v) % n as u64) as usize)
         });
         let i = keyed
             .or_else(|| id.map(|id| (fnv1a(id) % n as u64) as usize))
@@ -157,7 +156,7 @@ impl Sharder {
     /// Like [`Sharder::pick`] for a whole group of entries that must stay
     /// together (one all-or-nothing request): round-robin only.
     pub fn pick_one<'a>(&'a self, stream: &'a str) -> &'a str {
-        self.pick(stream, &[])
+        self.pick(stream, &Fields::new())
     }
 
     /// The `shard_by` field of `stream`, if it is sharded by one.
@@ -200,11 +199,11 @@ mod tests {
     #[test]
     fn round_robin_visits_every_shard() {
         let s = sharder("");
-        let mut seen: Vec<&str> = (0..8).map(|_| s.pick("jobs", &[])).collect();
+        let mut seen: Vec<&str> = (0..8).map(|_| s.pick("jobs", &Fields::new())).collect();
         seen.sort();
         seen.dedup();
         assert_eq!(seen, ["jobs:{0}", "jobs:{1}", "jobs:{2}", "jobs:{3}"]);
-        assert_eq!(s.pick("plain", &[]), "plain");
+        assert_eq!(s.pick("plain", &Fields::new()), "plain");
         assert_eq!(s.shards_of("plain"), ["plain"]);
         assert!(s.is_sharded("jobs") && !s.is_sharded("plain"));
     }
@@ -251,12 +250,12 @@ mod tests {
     #[test]
     fn pick_by_id_is_repeatable_where_pick_goes_round_robin() {
         let s = sharder("");
-        let a = s.pick_by_id("jobs", &[], b"1-0").to_string();
+        let a = s.pick_by_id("jobs", &Fields::new(), b"1-0").to_string();
         for _ in 0..5 {
-            assert_eq!(s.pick_by_id("jobs", &[], b"1-0"), a);
+            assert_eq!(s.pick_by_id("jobs", &Fields::new(), b"1-0"), a);
         }
         let mut spread: Vec<&str> = (0..64)
-            .map(|i| s.pick_by_id("jobs", &[], format!("{i}-0").as_bytes()))
+            .map(|i| s.pick_by_id("jobs", &Fields::new(), format!("{i}-0").as_bytes()))
             .collect();
         spread.sort();
         spread.dedup();

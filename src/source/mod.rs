@@ -631,7 +631,7 @@ impl Source {
         let pipeline = self.redis.pipeline();
         for fields in rows {
             let stream = if self.sharded {
-                self.sharder.pick(&self.cfg.to, fields)
+                self.sharder.pick(&self.cfg.to, *fields)
             } else {
                 &self.cfg.to
             };

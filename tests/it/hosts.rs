@@ -303,7 +303,7 @@ async fn a_second_copy_of_an_acked_entry_finds_its_record() {
         .map(|i| sluice::Message {
             stream: Arc::from("src"),
             id: format!("{}-0", i + 1).into(),
-            fields: vec![("rec_id".into(), i.to_string().into())],
+            fields: vec![("rec_id".into(), i.to_string().into())].into(),
             deliveries: 1,
         })
         .collect();

@@ -17,7 +17,7 @@ fn msg(stream: &Arc<str>, ms: u64, seq: u64) -> Message {
     Message {
         stream: stream.clone(),
         id: Bytes::from(format!("{ms}-{seq}")),
-        fields: vec![],
+        fields: Default::default(),
         deliveries: 1,
     }
 }

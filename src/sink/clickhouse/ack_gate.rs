@@ -93,7 +93,7 @@ mod tests {
         Message {
             stream: Arc::from("s"),
             id: Bytes::from(id.to_string()),
-            fields: vec![(Bytes::from_static(b"n"), Bytes::from(vec![n]))],
+            fields: vec![(Bytes::from_static(b"n"), Bytes::from(vec![n]))].into(),
             deliveries: 1,
         }
     }

@@ -11,7 +11,7 @@ use crate::clickhouse::rows::new_batch_id;
 use crate::clickhouse::rows::SealedBatch;
 use crate::flow::settle::{Settler, Stopped};
 use crate::redis::dead_letter::DeadLetter;
-use crate::redis::Message;
+use crate::redis::{Message, MessageFields};
 use crate::sink::clickhouse::ack_gate::{sources, AckGate};
 use crate::sink::clickhouse::exactly_once::ExactlyOnce;
 use crate::sink::clickhouse::{ClickHouseSink, Target};
@@ -39,7 +39,7 @@ impl Inserted {
         // not when the next batch's insert is done. The id is copied: as a
         // slice it would keep the whole reply it arrived in alive.
         for m in &mut landed {
-            m.fields = Vec::new();
+            m.fields = MessageFields::default();
             m.id = Bytes::copy_from_slice(&m.id);
         }
         Inserted {

@@ -156,7 +156,7 @@ impl Committer {
         let fresh_id = || with_ids.then(new_batch_id);
         let mut esc = Escalation::new(self.sink.bisect_after);
         let mut p = Progress {
-            landed: Vec::with_capacity(messages.len()),
+            landed: Vec::new(),
             refused: Vec::new(),
             suspects: Vec::new(),
             todo: vec![Part::new(messages, Some(block), batch_id)],
@@ -207,7 +207,14 @@ impl Committer {
             let refusal = match attempt {
                 Attempt::Landed => {
                     backoff.reset();
-                    p.landed.extend(part.messages);
+                    if p.landed.is_empty() {
+                        // The usual case, the whole batch at once: its list
+                        // is moved, not copied (a second list of 50,000
+                        // messages was the worker's largest peak).
+                        p.landed = part.messages;
+                    } else {
+                        p.landed.extend(part.messages);
+                    }
                     if esc.landed() {
                         // The table takes rows: each suspect is tried alone
                         // once more, and is poison if refused again.

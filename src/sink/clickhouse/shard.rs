@@ -33,8 +33,8 @@ impl Sharding {
         let value = m
             .fields
             .iter()
-            .find(|(k, _)| k.as_ref() == self.field.as_ref())
-            .map(|(_, v)| v.as_ref())
+            .find(|(k, _)| *k == self.field.as_ref())
+            .map(|(_, v)| v)
             .unwrap_or(b"");
         (city_hash64(value) % self.shards as u64) as usize
     }
@@ -279,7 +279,8 @@ mod tests {
             fields: vec![(
                 Bytes::from_static(b"user_id"),
                 Bytes::from(user.to_string()),
-            )],
+            )]
+            .into(),
             deliveries: 1,
         }
     }
@@ -298,7 +299,7 @@ mod tests {
             let nums: Vec<u32> = part
                 .iter()
                 .map(|m| {
-                    std::str::from_utf8(&m.fields[0].1[1..])
+                    std::str::from_utf8(&m.fields.pair(0).1[1..])
                         .unwrap()
                         .parse()
                         .unwrap()

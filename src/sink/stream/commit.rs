@@ -677,9 +677,9 @@ fn entry_args<'a>(
     args.reserve(values);
     for m in messages {
         args.push(Value::Integer(m.fields.len() as i64));
-        for (k, v) in &m.fields {
-            args.push(Value::Bytes(k.clone()));
-            args.push(Value::Bytes(v.clone()));
+        for (k, v) in m.fields.shared() {
+            args.push(Value::Bytes(k));
+            args.push(Value::Bytes(v));
         }
     }
     args

@@ -274,9 +274,9 @@ impl StreamOnce {
             let m = &messages[i];
             args.push(Value::Bytes(m.id.clone()));
             args.push((m.fields.len() * 2).to_string().into());
-            for (k, v) in &m.fields {
-                args.push(Value::Bytes(k.clone()));
-                args.push(Value::Bytes(v.clone()));
+            for (k, v) in m.fields.shared() {
+                args.push(Value::Bytes(k));
+                args.push(Value::Bytes(v));
             }
         }
         let keys = vec![group.target.to_string(), group.key.clone()];

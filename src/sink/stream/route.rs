@@ -307,7 +307,7 @@ impl Router {
         if let Some(field) = &sink.route_by {
             match m.field(field) {
                 Some(v) => {
-                    if let Some(set) = sink.routes.get(v.as_ref()) {
+                    if let Some(set) = sink.routes.get(v) {
                         return Ok(set.clone());
                     }
                     if !sink.routes.is_empty() {
@@ -348,7 +348,7 @@ impl Router {
         // occurs in UTF-8, and non-UTF-8 values are refused anyway).
         let single = fields.len() == 1;
         self.key.clear();
-        let mut only: Option<&Bytes> = None;
+        let mut only: Option<&[u8]> = None;
         for f in fields {
             let v = m
                 .field(f)

@@ -480,7 +480,7 @@ mod tests {
         Message {
             stream: Arc::from(s),
             id: Bytes::from(id.to_string()),
-            fields: vec![],
+            fields: Default::default(),
             deliveries: 1,
         }
     }

@@ -15,7 +15,7 @@ pub(crate) mod ledger;
 pub(crate) mod recover;
 pub(crate) mod stage_table;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -119,8 +119,10 @@ impl ExactlyOnce {
                 Ok(ours) => {
                     let before = part.len();
                     part.retain(|m| {
-                        ours.get(&m.stream)
-                            .is_some_and(|ids| ids.contains(m.id.as_ref()))
+                        let (Some(ids), Some(id)) = (ours.get(&m.stream), parse_id(&m.id)) else {
+                            return false;
+                        };
+                        ids.binary_search(&id).is_ok()
                     });
                     if part.len() == before {
                         return Ok(part);
@@ -171,7 +173,7 @@ impl ExactlyOnce {
     async fn still_ours(
         &self,
         part: &[Message],
-    ) -> Result<HashMap<Arc<str>, HashSet<Bytes>>, StreamError> {
+    ) -> Result<HashMap<Arc<str>, Vec<(u64, u64)>>, StreamError> {
         const PAGE: usize = 10_000;
         type Id = (u64, u64);
         let mut ranges: HashMap<Arc<str>, (Id, Id)> = HashMap::new();
@@ -181,7 +183,7 @@ impl ExactlyOnce {
             r.0 = r.0.min(id);
             r.1 = r.1.max(id);
         }
-        let mut ours: HashMap<Arc<str>, HashSet<Bytes>> = HashMap::new();
+        let mut ours: HashMap<Arc<str>, Vec<(u64, u64)>> = HashMap::new();
         for (stream, (lo, hi)) in ranges {
             let ids = ours.entry(stream.clone()).or_default();
             let mut start = format!("{}-{}", lo.0, lo.1);
@@ -199,15 +201,15 @@ impl ExactlyOnce {
                     )
                     .await?;
                 let full = page.len() == PAGE;
-                let last = page.last().cloned();
+                let last = page.last().copied();
                 ids.extend(page);
                 match last {
-                    Some(last) if full => {
-                        start = format!("({}", String::from_utf8_lossy(&last));
-                    }
+                    Some((ms, seq)) if full => start = format!("({ms}-{seq}"),
                     _ => break,
                 }
             }
+            // Pages come in id order; sorted for the binary search anyway.
+            ids.sort_unstable();
         }
         Ok(ours)
     }
@@ -437,7 +439,7 @@ mod tests {
         Message {
             stream: Arc::from(stream),
             id: Bytes::from(id.to_string()),
-            fields: vec![(Bytes::from_static(b"n"), Bytes::from(vec![n]))],
+            fields: vec![(Bytes::from_static(b"n"), Bytes::from(vec![n]))].into(),
             deliveries: 1,
         }
     }
