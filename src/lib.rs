@@ -55,8 +55,8 @@
 //! - `handler/`: the processing step before a sink — exec (JSON-lines child
 //!   processes), http, or a Rust [`Handler`].
 //! - `flow/`: the message path above; plus keep-alive of held entries
-//!   (`keep_alive.rs`) and handler retries through the delayed set
-//!   (`retry.rs`).
+//!   (`keep_alive.rs`), handler retries through the delayed set
+//!   (`retry.rs`) and message lists reused along the pipeline (`lists.rs`).
 //! - `sink/`: `clickhouse/` — batch, commit, endpoints (failover,
 //!   round-robin, health), `shard_by` placement, the live mapping, retry
 //!   classification (`classify.rs`), bisecting (`isolate.rs`) and its

@@ -368,6 +368,11 @@ impl OpenBatch {
         self.messages.is_empty() && self.dead.is_empty()
     }
 
+    /// Messages in the batch (dead ones left out).
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
     /// The mapping changes (the table's columns were re-read): drops the
     /// encoders kept from earlier batches, built for the old columns. Only
     /// while the batch is empty.
@@ -408,11 +413,17 @@ impl OpenBatch {
     }
 
     pub fn seal(&mut self, mapper: &RowMapper) -> SealedBatch {
-        self.raw_bytes = 0;
         // The next batch is sized like this one: under load that is the
         // full batch, reserved once instead of grown by doubling (which
         // left up to half of it unused, and copied it at each step).
         let next = Vec::with_capacity(self.messages.len());
+        self.seal_into(mapper, next)
+    }
+
+    /// [`seal`](Self::seal), the next batch filling `next` (emptied).
+    pub fn seal_into(&mut self, mapper: &RowMapper, mut next: Vec<Message>) -> SealedBatch {
+        self.raw_bytes = 0;
+        next.clear();
         SealedBatch {
             block: self.blocks.seal(mapper),
             messages: std::mem::replace(&mut self.messages, next),
@@ -426,11 +437,12 @@ impl OpenBatch {
         }
     }
 
-    /// [`seal`](Self::seal), remembering the mapping the block was encoded with.
-    pub fn seal_with(&mut self, mapper: &Arc<RowMapper>) -> SealedBatch {
+    /// [`seal_into`](Self::seal_into), remembering the mapping the block
+    /// was encoded with.
+    pub fn seal_with(&mut self, mapper: &Arc<RowMapper>, next: Vec<Message>) -> SealedBatch {
         SealedBatch {
             mapper: Some(mapper.clone()),
-            ..self.seal(mapper)
+            ..self.seal_into(mapper, next)
         }
     }
 }
@@ -515,11 +527,11 @@ mod tests {
         let (old, new) = (mapper(&["a"]), mapper(&["a", "b"]));
         let mut open = OpenBatch::new();
         open.add(&old, message(1));
-        let first = open.seal_with(&old);
+        let first = open.seal_with(&old, Vec::new());
         assert!(first.dead.is_empty());
         open.remap();
         open.add(&new, message(2));
-        let second = open.seal_with(&new);
+        let second = open.seal_with(&new, Vec::new());
         assert!(second.dead.is_empty(), "{:?}", second.dead[0].reason);
         assert_eq!(second.messages.len(), 1);
         assert!(Arc::ptr_eq(second.mapper.as_ref().unwrap(), &new));

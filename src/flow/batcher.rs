@@ -19,6 +19,7 @@ use tokio::task::{JoinError, JoinHandle};
 use tracing::Instrument;
 
 use crate::flow::admit::within_max_deliveries;
+use crate::flow::lists::MessageLists;
 use crate::flow::settle::same_stream;
 use crate::obs::telemetry::continue_producer_traces;
 use crate::redis::Message;
@@ -32,6 +33,8 @@ pub(crate) struct Batching {
     /// Consecutive messages with one source entry (a handler's outputs)
     /// are never split between two batches.
     pub keep_siblings: bool,
+    /// Where a chunk's list goes once its messages are in batches.
+    pub chunk_lists: Arc<MessageLists>,
 }
 
 /// Runs the batcher here and the committer on a task of its own until the
@@ -72,12 +75,12 @@ async fn batch_loop<B: BatchBuilder>(
             },
             None => chunks.recv().await,
         };
-        let Some(chunk) = chunk else { break };
+        let Some(mut chunk) = chunk else { break };
         open.chunk_starts();
-        let mut chunk = chunk.into_iter().peekable();
-        while let Some(m) = chunk.next() {
+        let mut messages = chunk.drain(..).peekable();
+        while let Some(m) = messages.next() {
             let boundary = !rules.keep_siblings
-                || chunk
+                || messages
                     .peek()
                     .is_none_or(|n| n.id != m.id || !same_stream(&n.stream, &m.stream));
             match within_max_deliveries(m, rules.max_deliveries) {
@@ -91,6 +94,8 @@ async fn batch_loop<B: BatchBuilder>(
                 }
             }
         }
+        drop(messages);
+        rules.chunk_lists.give_back(chunk);
     }
     if !open.is_empty() {
         let _ = batches.send(open.seal()).await;

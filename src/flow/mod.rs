@@ -14,7 +14,9 @@
 //! committer settles a batch (dead letters first, then acks: [`settle`])
 //! while it writes the next one; the settling batch keeps only its ids
 //! meanwhile. Why a message is dead before that (oversized, delivered too
-//! often) is [`admit`].
+//! often) is [`admit`]. A chunk's list goes back to the readers once the
+//! batcher has taken its messages, and a batch's to the batcher once it is
+//! acked ([`lists`]).
 //!
 //! A stream sink's committer can pause the reader and the claim loop
 //! ([`Pause`]) while a target stream is full.
@@ -34,6 +36,7 @@ pub(crate) mod admit;
 pub(crate) mod batcher;
 pub(crate) mod claim;
 pub(crate) mod keep_alive;
+pub(crate) mod lists;
 mod read;
 pub(crate) mod retry;
 pub(crate) mod settle;
@@ -50,6 +53,7 @@ use crate::config::{Config, Delivery, FlowConfig, SinkConfig};
 use crate::connections::DEFAULT;
 use crate::flow::batcher::Batching;
 use crate::flow::keep_alive::KeepAlive;
+use crate::flow::lists::MessageLists;
 use crate::flow::retry::Retrier;
 use crate::flow::settle::Settler;
 use crate::flow::stage::Stage;
@@ -91,6 +95,8 @@ pub(crate) struct Flow {
     pub held: Arc<Held>,
     /// Exactly-once delivery: the ledger and the recovery of dead replicas' batches.
     pub recovery: Option<Arc<Recovery>>,
+    /// Read chunks' lists, handed back by the batcher for the next reads.
+    pub chunk_lists: Arc<MessageLists>,
 }
 
 /// Where a flow's messages land.
@@ -259,6 +265,8 @@ impl Flow {
             sink,
             handler,
             pause: Arc::new(Pause::default()),
+            // Two in the channel, one being read, one being batched.
+            chunk_lists: Arc::new(MessageLists::keeping(4)),
             recovery,
             readers,
             command_client,
@@ -337,6 +345,7 @@ impl Flow {
             // A handler's outputs of one message share its id: never seal
             // between them. The stream sink writes and acks them together.
             keep_siblings: flow.handler.is_some() || matches!(flow.sink, FlowSink::Stream(_)),
+            chunk_lists: flow.chunk_lists.clone(),
         };
         let committed = match &flow.sink {
             FlowSink::Clickhouse(sink) => {

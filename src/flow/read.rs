@@ -32,7 +32,7 @@ impl Flow {
                     _ = shutdown.cancelled() => break,
                 }
             }
-            let mut entries = Vec::with_capacity(self.cfg.read_count.min(10_000));
+            let mut entries = self.chunk_lists.take(self.cfg.read_count.min(10_000));
             let read = reader
                 .read_group(
                     &self.cfg.group,
@@ -51,6 +51,7 @@ impl Flow {
                 }
             }
             if entries.is_empty() {
+                self.chunk_lists.give_back(entries);
                 continue;
             }
             self.metrics.read(&entries);

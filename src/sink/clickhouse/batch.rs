@@ -83,6 +83,9 @@ impl BatchBuilder for ClickHouseBatches {
     }
 
     fn seal(&mut self) -> SealedBatch {
-        self.open.seal_with(&self.mapper)
+        // Sized like this batch (the full batch, under load) when no acked
+        // batch's list is back yet.
+        let next = self.sink.lists.take(self.open.len());
+        self.open.seal_with(&self.mapper, next)
     }
 }

@@ -107,10 +107,11 @@ impl Committer {
             // A sharded batch acked its parts itself: its span says so.
             return Ok(());
         }
-        self.finish(done.landed, done.dead)
+        self.finish(&done.landed, &done.dead)
             .await
             .map_err(|_| Abandoned(done.total))?;
         self.forget(&done.batch_ids).await;
+        self.sink.lists.give_back(done.landed);
         Ok(())
     }
 
@@ -170,7 +171,7 @@ impl Committer {
         let parts = sharding.split(batch.messages);
         let gate = Mutex::new(AckGate::new(parts.iter().map(|(_, p)| p.as_slice())));
         let (landed, dead) = lock(&gate).release(&HashSet::new(), Vec::new(), batch.dead);
-        self.finish(landed, dead)
+        self.finish(&landed, &dead)
             .await
             .map_err(|_| Abandoned(total))?;
         // The batch's block holds every shard's rows: each part is encoded
@@ -188,7 +189,7 @@ impl Committer {
             // Exactly-once flows have no handler: each source is in one
             // part, so nothing is held back past its record's drop below.
             let (landed, refused) = lock(gate).release(&done, landed, refused);
-            self.finish(landed, refused).await?;
+            self.finish(&landed, &refused).await?;
             self.forget(&batch_ids).await;
             Ok::<(), Stopped>(())
         });
@@ -201,8 +202,8 @@ impl Committer {
 
     /// Dead-letters refused messages and acks landed ones, retrying Redis
     /// errors until the hard stop.
-    async fn finish(&self, landed: Vec<Message>, dead: Vec<DeadLetter>) -> Result<(), Stopped> {
-        self.settler.settle_batch(&landed, &dead).await
+    async fn finish(&self, landed: &[Message], dead: &[DeadLetter]) -> Result<(), Stopped> {
+        self.settler.settle_batch(landed, dead).await
     }
 }
 

@@ -29,6 +29,7 @@ use crate::backoff::Backoff;
 use crate::clickhouse::rows::MappingError;
 use crate::clickhouse::schema::{SchemaError, TableSchema};
 use crate::config::{ClickHouseConfig, Delivery, FlowConfig, SinkConfig};
+use crate::flow::lists::MessageLists;
 use crate::obs::metrics::Metrics;
 use crate::sink::clickhouse::endpoints::{Endpoint, Endpoints};
 use crate::sink::clickhouse::exactly_once::stage_table::{
@@ -140,6 +141,10 @@ pub(crate) struct ClickHouseSink {
     /// What the inserts' outcomes say about the server's pressure
     /// (adaptive batches: [`crate::sink::clickhouse::pacing`]).
     pub pressure: Arc<SharedPressure>,
+    /// Message lists of acked batches, for the next batches to fill (one
+    /// filling, one queued and one inserting while one is acked: two
+    /// spare ones cover it).
+    pub lists: MessageLists,
 }
 
 impl ClickHouseSink {
@@ -236,6 +241,7 @@ impl ClickHouseSink {
             flow: flow.name.clone(),
             eo_table,
             pressure: Arc::new(SharedPressure::new(max_batch_scale)),
+            lists: MessageLists::keeping(2),
         })
     }
 
