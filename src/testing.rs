@@ -8,6 +8,7 @@ pub use crate::clickhouse::rows::{OpenBatch, RowMapper};
 pub use crate::clickhouse::schema::{ColumnSpec, ColumnType, DefaultKind, TableSchema};
 pub use crate::flow::keep_alive::KeepAlive;
 pub use crate::handler::exec::ExecHandler;
+pub use crate::memory::return_large_blocks_when_freed;
 pub use crate::obs::metrics::Metrics;
 pub use crate::obs::status::{stream_status, LagSource};
 pub use crate::redis::held::Held;

@@ -140,36 +140,9 @@ async fn deliver_atomically(
     })
     .await
     .expect("MULTI answered");
-    let ids = pending_ids_of(s, stream, consumer).await;
+    let ids = consumer_pending_ids(&s.rc, stream, "g", consumer, 1_000_000).await;
     assert!(ids.len() >= n, "{} of {n} delivered", ids.len());
     ids
-}
-
-/// The ids pending for `consumer`, oldest first.
-async fn pending_ids_of(s: &Stack, stream: &str, consumer: &str) -> Vec<String> {
-    let reply = raw(
-        &s.rc,
-        "XPENDING",
-        vec![
-            stream.into(),
-            "g".into(),
-            "-".into(),
-            "+".into(),
-            Value::Integer(1_000_000),
-            consumer.into(),
-        ],
-    )
-    .await;
-    let Value::Array(items) = reply else {
-        panic!("XPENDING replied {reply:?}")
-    };
-    items
-        .into_iter()
-        .map(|item| match item {
-            Value::Array(parts) => parts[0].as_string().expect("an id"),
-            other => panic!("XPENDING item {other:?}"),
-        })
-        .collect()
 }
 
 async fn seed_table(s: &Stack, table: &str) {

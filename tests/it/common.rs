@@ -186,13 +186,35 @@ pub async fn pending(client: &Client, stream: &str, group: &str) -> u64 {
 
 /// The ids in the group's pending list (at most `max`, oldest first).
 pub async fn pending_ids(client: &Client, stream: &str, group: &str, max: usize) -> Vec<String> {
-    let args = vec![
+    pending_ids_where(client, stream, group, max, None).await
+}
+
+/// The ids pending for `consumer` (at most `max`, oldest first).
+pub async fn consumer_pending_ids(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    max: usize,
+) -> Vec<String> {
+    pending_ids_where(client, stream, group, max, Some(consumer)).await
+}
+
+async fn pending_ids_where(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    max: usize,
+    consumer: Option<&str>,
+) -> Vec<String> {
+    let mut args: Vec<Value> = vec![
         stream.into(),
         group.into(),
         "-".into(),
         "+".into(),
         (max as i64).into(),
     ];
+    args.extend(consumer.map(Value::from));
     match raw_or_nil(client, "XPENDING", args).await {
         Value::Array(items) => items
             .iter()

@@ -44,32 +44,6 @@ pub async fn xadd_refused(client: &Client, stream: &str) -> bool {
     }
 }
 
-/// Ids pending in group `g`.
-async fn pending_ids(client: &Client, stream: &str) -> Vec<String> {
-    let reply = raw(
-        client,
-        "XPENDING",
-        vec![
-            stream.into(),
-            "g".into(),
-            "-".into(),
-            "+".into(),
-            Value::Integer(1000),
-        ],
-    )
-    .await;
-    let Value::Array(items) = reply else {
-        return Vec::new();
-    };
-    items
-        .into_iter()
-        .filter_map(|item| match item {
-            Value::Array(parts) => parts.first().and_then(|v| v.as_string()),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Bad rows read while Redis refuses every write: their dead letters are
 /// refused, so they stay pending (a replica killed meanwhile loses nothing);
 /// once memory frees they are dead-lettered and acked.
@@ -126,7 +100,7 @@ metadata = { id = "_id" }"#,
         0,
         "Redis took a write at maxmemory"
     );
-    let pending_now = pending_ids(&s.rc, &stream).await;
+    let pending_now = pending_ids(&s.rc, &stream, "g", 1000).await;
     // The bad rows' dead letters were refused: they must still be pending.
     assert!(
         bad_ids.iter().all(|id| pending_now.contains(id)),
@@ -140,7 +114,7 @@ metadata = { id = "_id" }"#,
         w2.log_contents().contains("writing dead letters failed")
     })
     .await;
-    let pending_now = pending_ids(&s.rc, &stream).await;
+    let pending_now = pending_ids(&s.rc, &stream, "g", 1000).await;
     assert!(bad_ids.iter().all(|id| pending_now.contains(id)));
 
     set_maxmemory(&s.rc, 0).await;
