@@ -9,8 +9,9 @@
 //! [`config`]), [`run`] / [`run_with_handlers`] (the worker, until its
 //! token is cancelled), the [`Handler`] trait with [`Handlers`] and
 //! [`HandlerError`], and the [`Message`] (its [`MessageFields`]) and
-//! [`Fields`] a handler sees and returns ([`FieldPairs`] reads either). [`cli::main`] is the whole `sluice` binary. [`testing`]
-//! re-exports internals that the integration tests, benches and fuzz
+//! [`Fields`] a handler sees and returns ([`FieldPairs`] reads either).
+//! [`cli::main`] is the whole `sluice` binary. [`testing`] re-exports
+//! internals that the integration tests, benches and fuzz
 //! targets drive directly; it is not a stable API. Everything else is
 //! `pub(crate)`.
 //!

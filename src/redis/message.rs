@@ -36,7 +36,7 @@ impl Message {
 
     /// The value of the first field called `name`.
     pub fn field(&self, name: &[u8]) -> Option<&[u8]> {
-        self.fields.get(name)
+        self.fields.value_of(name)
     }
 
     /// Rough in-memory size, for the batch byte limit.
@@ -98,11 +98,6 @@ impl MessageFields {
     pub fn pair(&self, i: usize) -> (&[u8], &[u8]) {
         let [ks, ke, vs, ve] = self.spans[i].0;
         (self.slice(ks, ke), self.slice(vs, ve))
-    }
-
-    /// The value of the first field called `name`.
-    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
     }
 
     pub fn iter(&self) -> Iter<'_> {
@@ -223,8 +218,8 @@ mod tests {
         let f = MessageFields::in_buffer(&reply, [(2..7, 7..13), (13..18, 18..18)].into_iter());
         assert_eq!(f.len(), 2);
         assert_eq!(f.pair(0), (&b"nameA"[..], &b"valueA"[..]));
-        assert_eq!(f.get(b"nameB"), Some(&b""[..]));
-        assert_eq!(f.get(b"nope"), None);
+        assert_eq!(f.value_of(b"nameB"), Some(&b""[..]));
+        assert_eq!(f.value_of(b"nope"), None);
         let shared = f.to_vec();
         assert_eq!(shared[0].1, "valueA");
         // Shared, not copied: the slices point into the reply.

@@ -67,14 +67,7 @@ impl StreamReader {
                 let page =
                     commands::pending(client, stream, group, start, end, count, Some(consumer))
                         .await?;
-                page.into_iter()
-                    .map(|p| {
-                        parse_id(&p.id).ok_or_else(|| StreamError::Shape {
-                            command: "XPENDING",
-                            detail: "an entry id is not ms-seq".into(),
-                        })
-                    })
-                    .collect()
+                page.into_iter().map(|p| pending_id(&p.id)).collect()
             }
             StreamReader::Direct(conn) => {
                 let args = commands::pending_args(stream, group, start, end, count, Some(consumer));
@@ -339,6 +332,14 @@ pub fn read_group_reply(reply: Bytes, streams: &[Arc<str>], out: &mut Vec<Messag
     Ok(())
 }
 
+/// An XPENDING entry's id as (ms, seq).
+fn pending_id(id: &[u8]) -> Result<(u64, u64)> {
+    parse_id(id).ok_or_else(|| StreamError::Shape {
+        command: "XPENDING",
+        detail: "an entry id is not ms-seq".into(),
+    })
+}
+
 /// Parses an extended XPENDING reply (`[id, consumer, idle, deliveries]`
 /// per entry) into its ids as numbers (cheaper to keep and compare than
 /// 50,000 slices of the reply).
@@ -354,11 +355,7 @@ pub fn pending_ids_reply(reply: Bytes) -> Result<Vec<(u64, u64)>> {
             });
         }
         let span = c.string_span("an entry id")?;
-        let id = parse_id(&c.reply()[span]).ok_or_else(|| StreamError::Shape {
-            command: "XPENDING",
-            detail: "an entry id is not ms-seq".into(),
-        })?;
-        ids.push(id);
+        ids.push(pending_id(&c.reply()[span])?);
         for what in ["the consumer", "the idle time", "the delivery count"] {
             c.string(what)?;
         }

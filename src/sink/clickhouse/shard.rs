@@ -30,12 +30,7 @@ impl Sharding {
 
     /// The shard of `m`.
     pub(crate) fn shard_of(&self, m: &Message) -> usize {
-        let value = m
-            .fields
-            .iter()
-            .find(|(k, _)| *k == self.field.as_ref())
-            .map(|(_, v)| v)
-            .unwrap_or(b"");
+        let value = m.field(&self.field).unwrap_or(b"");
         (city_hash64(value) % self.shards as u64) as usize
     }
 
