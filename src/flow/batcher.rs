@@ -20,8 +20,8 @@ use tracing::Instrument;
 
 use crate::flow::admit::within_max_deliveries;
 use crate::flow::lists::MessageLists;
-use crate::flow::settle::same_stream;
 use crate::obs::telemetry::continue_producer_traces;
+use crate::redis::acks::same_stream;
 use crate::redis::Message;
 use crate::sink::{Abandoned, BatchBuilder, Sealed, Sink};
 

@@ -60,8 +60,8 @@ use crate::flow::stage::Stage;
 use crate::handler::{open as open_handler, outer_timeout, Handler, Handlers};
 use crate::obs::metrics::{FlowMetrics, Metrics};
 use crate::obs::readiness::Readiness;
+use crate::redis::direct::StreamConnection;
 use crate::redis::held::Held;
-use crate::redis::reader::StreamReader;
 use crate::redis::sharder::Sharder;
 use crate::redis::{client, commands, group, Message};
 use crate::sink::clickhouse::batch::ClickHouseBatches;
@@ -86,7 +86,9 @@ pub(crate) struct Flow {
     pub pause: Arc<Pause>,
     /// Blocking-read clients and the streams each reads: one for all
     /// streams, or one per stream in a cluster (see the module docs).
-    pub readers: Vec<(StreamReader, Vec<Arc<str>>)>,
+    pub readers: Vec<(StreamConnection, Vec<Arc<str>>)>,
+    /// Where the flow's acks go (see [`Settler`]).
+    pub acks: Arc<StreamConnection>,
     pub command_client: Client,
     pub metrics: FlowMetrics,
     pub block: Duration,
@@ -177,11 +179,11 @@ impl Flow {
         let mut readers = Vec::new();
         if config.redis.is_cluster() && streams.len() > 1 {
             for stream in &streams {
-                let c = StreamReader::connect(&config.redis, config.worker.block).await?;
+                let c = StreamConnection::connect(&config.redis, config.worker.block).await?;
                 readers.push((c, vec![stream.clone()]));
             }
         } else {
-            let c = StreamReader::connect(&config.redis, config.worker.block).await?;
+            let c = StreamConnection::connect(&config.redis, config.worker.block).await?;
             readers.push((c, streams.clone()));
         }
         // No endpoint, nobody to read them: the hot path skips metrics.
@@ -193,8 +195,11 @@ impl Flow {
         let exactly_once = clickhouse
             .as_ref()
             .filter(|_| cfg.delivery == Delivery::ExactlyOnce);
+        // Acks go on a connection of their own: on the readers' they would
+        // wait behind a blocked XREADGROUP.
+        let acks = Arc::new(StreamConnection::connect_or(&config.redis, &command_client).await?);
         let pending = match exactly_once {
-            Some(_) => Some(StreamReader::connect(&config.redis, Duration::ZERO).await?),
+            Some(_) => Some(StreamConnection::connect_or(&config.redis, &command_client).await?),
             None => None,
         };
         let recovery = exactly_once.zip(pending).map(|(sink, pending)| {
@@ -269,6 +274,7 @@ impl Flow {
             chunk_lists: Arc::new(MessageLists::keeping(4)),
             recovery,
             readers,
+            acks,
             command_client,
             metrics,
             block: config.worker.block,
@@ -321,6 +327,7 @@ impl Flow {
         let settler = Settler::for_flow(
             &flow.cfg,
             flow.command_client.clone(),
+            flow.acks.clone(),
             flow.metrics.clone(),
             hard_stop.clone(),
         );

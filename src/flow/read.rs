@@ -80,6 +80,7 @@ impl Flow {
         let settler = Settler::for_flow(
             &self.cfg,
             self.command_client.clone(),
+            self.acks.clone(),
             self.metrics.clone(),
             shutdown.clone(),
         );

@@ -20,8 +20,10 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::{FlowConfig, OnSuccess};
 use crate::obs::metrics::FlowMetrics;
+use crate::redis::acks::Acks;
 use crate::redis::dead_letter::{dead_letter_and_ack, DeadLetter};
-use crate::redis::{commands, Message};
+use crate::redis::direct::StreamConnection;
+use crate::redis::Message;
 
 /// The stop token fired while Redis was still failing: the step was given
 /// up, and its messages stay pending (another replica claims them).
@@ -37,17 +39,20 @@ pub struct Settler {
     pub dead_letter_stream: String,
     /// XDEL with the ack (`on_success = "ack_del"`).
     pub delete: bool,
-    /// The source's Redis: acks and dead letters.
+    /// The source's Redis: dead letters.
     pub redis: Client,
+    /// The flow's connection for acks (direct where it can be).
+    pub(crate) acks: Arc<StreamConnection>,
     pub metrics: FlowMetrics,
     /// Ends the retries: the hard stop, or shutdown for the reader.
     pub stop: CancellationToken,
 }
 
 impl Settler {
-    pub fn for_flow(
+    pub(crate) fn for_flow(
         cfg: &FlowConfig,
         redis: Client,
+        acks: Arc<StreamConnection>,
         metrics: FlowMetrics,
         stop: CancellationToken,
     ) -> Settler {
@@ -57,6 +62,7 @@ impl Settler {
             dead_letter_stream: cfg.dead_letter_stream(),
             delete: cfg.on_success == OnSuccess::AckDel,
             redis,
+            acks,
             metrics,
             stop,
         }
@@ -97,18 +103,14 @@ impl Settler {
     }
 
     /// Dead letters first, then the acks of `landed`.
-    pub async fn settle(&self, landed: &[Message], dead: &[DeadLetter]) -> Result<(), Stopped> {
+    pub async fn settle(&self, landed: &Acks, dead: &[DeadLetter]) -> Result<(), Stopped> {
         self.dead_letter(dead).await?;
         self.ack(landed).await
     }
 
     /// [`Self::settle`] for a sink's batch: also the end-to-end latency of
     /// what landed, and the counts on the batch's span.
-    pub async fn settle_batch(
-        &self,
-        landed: &[Message],
-        dead: &[DeadLetter],
-    ) -> Result<(), Stopped> {
+    pub async fn settle_batch(&self, landed: &Acks, dead: &[DeadLetter]) -> Result<(), Stopped> {
         self.settle(landed, dead).await?;
         self.metrics.end_to_end(landed);
         let span = tracing::Span::current();
@@ -142,15 +144,15 @@ impl Settler {
         Ok(())
     }
 
-    /// Acks `landed` at the source, one XACK per stream.
-    pub async fn ack(&self, landed: &[Message]) -> Result<(), Stopped> {
-        for (stream, ids) in by_stream(landed) {
+    /// Acks `landed` at the source, one pipelined request per stream.
+    pub async fn ack(&self, landed: &Acks) -> Result<(), Stopped> {
+        for ids in landed.streams() {
             self.retry(
-                || commands::ack(&self.redis, &stream, &self.group, &ids, self.delete),
-                |error| tracing::warn!(flow = %self.flow, %stream, %error, "XACK failed; retrying"),
+                || self.acks.ack(&self.group, ids, self.delete),
+                |error| tracing::warn!(flow = %self.flow, stream = %ids.stream, %error, "XACK failed; retrying"),
             )
             .await?;
-            self.metrics.acked(&stream, ids.len());
+            self.metrics.acked(&ids.stream, ids.len());
         }
         Ok(())
     }
@@ -168,72 +170,14 @@ impl Settler {
         Fut: Future<Output = Result<(), E>>,
         E: Display,
     {
-        for (stream, ids) in by_stream(messages) {
+        for ids in Acks::of(messages).streams() {
+            let stream = &ids.stream;
             self.retry(
-                || step(stream.clone(), ids.clone()),
+                || step(stream.clone(), ids.to_vec()),
                 |error| tracing::warn!(flow = %self.flow, %stream, %error, "{what} failed; retrying"),
             )
             .await?;
         }
         Ok(())
-    }
-}
-
-/// Stream names compare by pointer first (messages share their flow's `Arc`).
-pub(crate) fn same_stream(a: &Arc<str>, b: &Arc<str>) -> bool {
-    Arc::ptr_eq(a, b) || a == b
-}
-
-/// The ids of `messages` per stream, in order. A handler's outputs of one
-/// source share its id (and sit together): the source is listed once.
-pub(crate) fn by_stream(messages: &[Message]) -> Vec<(Arc<str>, Vec<Bytes>)> {
-    let mut out: Vec<(Arc<str>, Vec<Bytes>)> = Vec::new();
-    for m in messages {
-        match out.iter_mut().find(|(s, _)| same_stream(s, &m.stream)) {
-            Some((_, ids)) => {
-                if ids.last() != Some(&m.id) {
-                    ids.push(m.id.clone())
-                }
-            }
-            None => out.push((m.stream.clone(), vec![m.id.clone()])),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn m(stream: &str, id: &'static str) -> Message {
-        Message {
-            stream: Arc::from(stream),
-            id: Bytes::from_static(id.as_bytes()),
-            fields: Default::default(),
-            deliveries: 1,
-        }
-    }
-
-    #[test]
-    fn ids_grouped_per_stream_in_order_and_siblings_once() {
-        let ms = [
-            m("a", "1-0"),
-            m("b", "1-0"),
-            m("a", "2-0"),
-            m("a", "2-0"),
-            m("a", "3-0"),
-        ];
-        let grouped = by_stream(&ms);
-        let got: Vec<(&str, Vec<&[u8]>)> = grouped
-            .iter()
-            .map(|(s, ids)| (&**s, ids.iter().map(|i| i.as_ref()).collect()))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("a", vec![&b"1-0"[..], b"2-0", b"3-0"]),
-                ("b", vec![&b"1-0"[..]])
-            ]
-        );
     }
 }

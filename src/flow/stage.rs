@@ -25,6 +25,7 @@ use crate::flow::admit::{is_final_failure, within_max_deliveries};
 use crate::flow::retry::{Failed, Retrier};
 use crate::flow::settle::{Settler, Stopped};
 use crate::handler::{Handler, HandlerError, RETRY_CONSUMER};
+use crate::redis::acks::Acks;
 use crate::redis::dead_letter::DeadLetter;
 use crate::redis::{reply, Message, StreamError};
 
@@ -155,7 +156,7 @@ impl Stage {
     /// (whatever is left then stays pending and is redelivered).
     async fn settle(&self, dead: Vec<DeadLetter>, consumed: Vec<Message>, retry: Vec<Message>) {
         let s = &self.settler;
-        if s.settle(&consumed, &dead).await.is_err() {
+        if s.settle(&Acks::of(&consumed), &dead).await.is_err() {
             return;
         }
         let _ = s

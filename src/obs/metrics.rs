@@ -23,6 +23,7 @@ use prometheus::{
 use tokio_util::sync::CancellationToken;
 
 use crate::obs::readiness::Readiness;
+use crate::redis::acks::Acks;
 use crate::redis::Message;
 
 /// Dead-letter reasons (the `reason` label), created at zero for every flow
@@ -639,17 +640,15 @@ impl FlowMetrics {
     /// End-to-end latency of acked messages: now minus each id's milliseconds.
     /// Observed into a thread-local buffer and flushed once per call, so a
     /// batch costs one round of atomics, not one per message.
-    pub fn end_to_end(&self, acked: &[Message]) {
+    pub fn end_to_end(&self, acked: &Acks) {
         let Some(h) = &self.inner else { return };
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let local = h.end_to_end.local();
-        for m in acked {
-            if let Some(ms) = m.id_millis() {
-                local.observe(now_ms.saturating_sub(ms) as f64 / 1000.0);
-            }
+        for ms in acked.id_millis() {
+            local.observe(now_ms.saturating_sub(ms) as f64 / 1000.0);
         }
         local.flush();
     }

@@ -28,7 +28,7 @@ fn key_arg(s: &str) -> Value {
 
 /// XREADGROUP's arguments after its name: `GROUP g c COUNT n BLOCK ms
 /// STREAMS s… > …` (BLOCK at least 1 ms: 0 would block forever). fred and
-/// the direct connection ([`crate::redis::reader`]) both send these.
+/// the direct connection ([`crate::redis::direct`]) both send these.
 pub(crate) fn read_group_args(
     group: &str,
     consumer: &str,

@@ -4,17 +4,18 @@
 //! Replies are parsed from fred's raw RESP frames: the typed conversions
 //! drop XAUTOCLAIM's deleted-ids element and cost more than the parse itself.
 //! The hot read, XREADGROUP, goes on a connection of sluice's own where it
-//! can ([`reader`], [`resp`]).
+//! can ([`direct`], [`resp`]).
 
+pub(crate) mod acks;
 pub(crate) mod client;
 pub(crate) mod commands;
 pub(crate) mod dead_letter;
 pub(crate) mod delayed;
+pub(crate) mod direct;
 pub(crate) mod group;
 pub(crate) mod held;
 pub(crate) mod lease;
 mod message;
-pub(crate) mod reader;
 pub(crate) mod reply;
 pub(crate) mod resp;
 pub(crate) mod sharder;
@@ -26,7 +27,7 @@ pub use message::{Message, MessageFields};
 pub enum StreamError {
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
-    /// A failure of a connection of sluice's own (see [`reader`]).
+    /// A failure of a connection of sluice's own (see [`direct`]).
     #[error("redis connection to {0}")]
     Connection(String),
     #[error("redis replied with an error: {0}")]

@@ -1,5 +1,5 @@
 //! RESP2 on the wire, for the connection that reads streams directly
-//! ([`crate::redis::reader`]): encoding a command, finding where a reply
+//! ([`crate::redis::direct`]): encoding a command, finding where a reply
 //! ends as its bytes arrive, and walking a complete reply without copying
 //! its strings (each is a slice of the one buffer the reply arrived in).
 
@@ -11,17 +11,26 @@ use crate::redis::{Result, StreamError};
 
 /// Appends `args` as one RESP2 command (an array of bulk strings).
 pub(crate) fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
-    let mut num = itoa::Buffer::new();
-    out.put_u8(b'*');
-    out.put_slice(num.format(args.len()).as_bytes());
-    out.put_slice(b"\r\n");
+    encode_header(out, args.len());
     for arg in args {
-        out.put_u8(b'$');
-        out.put_slice(num.format(arg.len()).as_bytes());
-        out.put_slice(b"\r\n");
-        out.put_slice(arg);
-        out.put_slice(b"\r\n");
+        encode_bulk(out, arg);
     }
+}
+
+/// The header of a command of `args` arguments.
+pub(crate) fn encode_header(out: &mut impl BufMut, args: usize) {
+    out.put_u8(b'*');
+    out.put_slice(itoa::Buffer::new().format(args).as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+/// One argument, as a bulk string.
+pub(crate) fn encode_bulk(out: &mut impl BufMut, arg: &[u8]) {
+    out.put_u8(b'$');
+    out.put_slice(itoa::Buffer::new().format(arg.len()).as_bytes());
+    out.put_slice(b"\r\n");
+    out.put_slice(arg);
+    out.put_slice(b"\r\n");
 }
 
 fn protocol(detail: impl Into<String>) -> StreamError {

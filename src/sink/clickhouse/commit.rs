@@ -4,51 +4,28 @@
 
 use std::collections::HashSet;
 
-use bytes::Bytes;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::clickhouse::rows::new_batch_id;
 use crate::clickhouse::rows::SealedBatch;
 use crate::flow::settle::{Settler, Stopped};
+use crate::redis::acks::Acks;
 use crate::redis::dead_letter::DeadLetter;
-use crate::redis::{Message, MessageFields};
+use crate::redis::Message;
 use crate::sink::clickhouse::ack_gate::{sources, AckGate};
 use crate::sink::clickhouse::exactly_once::ExactlyOnce;
 use crate::sink::clickhouse::{ClickHouseSink, Target};
 use crate::sink::{Abandoned, Sealed, Sink};
 
-/// A batch whose insert is done, waiting for its acks: the messages that
-/// landed (ids only), the dead letters to write first, and the exactly-once
-/// ledger records to drop after.
+/// A batch whose insert is done, waiting for its acks: the ids of what
+/// landed, the dead letters to write first, and the exactly-once ledger
+/// records to drop after.
 #[derive(Default)]
 pub(crate) struct Inserted {
-    landed: Vec<Message>,
+    landed: Acks,
     dead: Vec<DeadLetter>,
     batch_ids: Vec<String>,
     total: usize,
-}
-
-impl Inserted {
-    fn new(
-        mut landed: Vec<Message>,
-        dead: Vec<DeadLetter>,
-        batch_ids: Vec<String>,
-        total: usize,
-    ) -> Inserted {
-        // Acking needs only the stream and id: the fields' memory goes now,
-        // not when the next batch's insert is done. The id is copied: as a
-        // slice it would keep the whole reply it arrived in alive.
-        for m in &mut landed {
-            m.fields = MessageFields::default();
-            m.id = Bytes::copy_from_slice(&m.id);
-        }
-        Inserted {
-            landed,
-            dead,
-            batch_ids,
-            total,
-        }
-    }
 }
 
 pub(crate) struct Committer {
@@ -81,7 +58,7 @@ impl Committer {
         let mut dead = batch.dead;
         let mut batch_ids = Vec::new();
         let landed = if batch.messages.is_empty() {
-            Vec::new()
+            Acks::default()
         } else {
             let (ok, rejected) = self
                 .insert_isolating(
@@ -94,9 +71,18 @@ impl Committer {
                 .await
                 .map_err(|_| Abandoned(total))?;
             dead.extend(rejected);
-            ok
+            // Acking needs only the ids: the messages, and the replies
+            // they point into, go now, not once the next insert is done.
+            let acks = Acks::of(&ok);
+            self.sink.lists.give_back(ok);
+            acks
         };
-        Ok(Inserted::new(landed, dead, batch_ids, total))
+        Ok(Inserted {
+            landed,
+            dead,
+            batch_ids,
+            total,
+        })
     }
 
     /// The second half of committing a batch: dead-letters what ClickHouse refused,
@@ -111,7 +97,6 @@ impl Committer {
             .await
             .map_err(|_| Abandoned(done.total))?;
         self.forget(&done.batch_ids).await;
-        self.sink.lists.give_back(done.landed);
         Ok(())
     }
 
@@ -171,7 +156,7 @@ impl Committer {
         let parts = sharding.split(batch.messages);
         let gate = Mutex::new(AckGate::new(parts.iter().map(|(_, p)| p.as_slice())));
         let (landed, dead) = lock(&gate).release(&HashSet::new(), Vec::new(), batch.dead);
-        self.finish(&landed, &dead)
+        self.finish(&Acks::of(&landed), &dead)
             .await
             .map_err(|_| Abandoned(total))?;
         // The batch's block holds every shard's rows: each part is encoded
@@ -189,7 +174,7 @@ impl Committer {
             // Exactly-once flows have no handler: each source is in one
             // part, so nothing is held back past its record's drop below.
             let (landed, refused) = lock(gate).release(&done, landed, refused);
-            self.finish(&landed, &refused).await?;
+            self.finish(&Acks::of(&landed), &refused).await?;
             self.forget(&batch_ids).await;
             Ok::<(), Stopped>(())
         });
@@ -202,7 +187,7 @@ impl Committer {
 
     /// Dead-letters refused messages and acks landed ones, retrying Redis
     /// errors until the hard stop.
-    async fn finish(&self, landed: &[Message], dead: &[DeadLetter]) -> Result<(), Stopped> {
+    async fn finish(&self, landed: &Acks, dead: &[DeadLetter]) -> Result<(), Stopped> {
         self.settler.settle_batch(landed, dead).await
     }
 }

@@ -14,7 +14,8 @@ use fred::types::{CustomCommand, Key, Value};
 
 use crate::backoff::Backoff;
 use crate::config::Capacity;
-use crate::flow::settle::{same_stream, Settler, Stopped};
+use crate::flow::settle::{Settler, Stopped};
+use crate::redis::acks::{same_stream, Acks};
 use crate::redis::dead_letter::DeadLetter;
 use crate::redis::Message;
 use crate::sink::stream::batch::SealedStreamBatch;
@@ -121,6 +122,8 @@ impl Round {
 
 /// A batch on its targets, not yet acked at the source.
 pub struct Written {
+    acks: Acks,
+    /// Exactly-once only: what landed, whose records are dropped after.
     landed: Vec<Message>,
     routes: Vec<RouteSet>,
     dead: Vec<DeadLetter>,
@@ -266,15 +269,18 @@ impl StreamCommitter {
             .zip(refused)
             .filter_map(|(m, r)| (!r).then_some(m))
             .unzip();
-        // Routes are needed after the ack only to forget exactly-once
-        // records; kept otherwise they would pin templated targets in the
-        // router's registry while the batch settles.
-        let routes = if self.exactly_once.is_some() {
-            routes
+        // Messages and routes are needed after the ack only to forget
+        // exactly-once records; kept otherwise they would hold the replies
+        // and pin templated targets in the router's registry while the
+        // batch settles.
+        let acks = Acks::of(&landed);
+        let (landed, routes) = if self.exactly_once.is_some() {
+            (landed, routes)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         Ok(Written {
+            acks,
             landed,
             routes,
             dead,
@@ -285,6 +291,7 @@ impl StreamCommitter {
     /// Dead-letters and acks a written batch at the source.
     pub async fn settle(&self, written: Written) -> Result<(), Abandoned> {
         let Written {
+            acks,
             landed,
             routes,
             dead,
@@ -295,7 +302,7 @@ impl StreamCommitter {
             once.make_room(&self.target, &routes).await;
         }
         self.settler
-            .settle_batch(&landed, &dead)
+            .settle_batch(&acks, &dead)
             .await
             .map_err(|Stopped| Abandoned(total))?;
         if let Some(once) = &self.exactly_once {

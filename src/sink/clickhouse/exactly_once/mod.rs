@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::obs::metrics::FlowMetrics;
-use crate::redis::reader::StreamReader;
+use crate::redis::direct::StreamConnection;
 use crate::redis::{parse_id, Message, StreamError};
 use crate::sink::clickhouse::classify::classify;
 use crate::sink::clickhouse::exactly_once::ledger::Ledger;
@@ -39,8 +39,8 @@ pub(crate) struct ExactlyOnce {
     pub ledger: Arc<Ledger>,
     pub redis: Client,
     /// XPENDING over each recorded batch: a connection whose replies are
-    /// parsed directly where it can be (see [`StreamReader`]).
-    pub pending: StreamReader,
+    /// parsed directly where it can be (see [`StreamConnection`]).
+    pub pending: StreamConnection,
     pub batch_id_column: String,
     /// The column holding entry ids (`metadata.id`), if configured: lets a
     /// partly landed batch be completed exactly.

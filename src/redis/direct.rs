@@ -1,5 +1,6 @@
-//! The connection a flow's reader sends XREADGROUP on (and an
-//! exactly-once flow's XPENDING over each batch it records).
+//! The connections a flow sends its hot commands on: its readers'
+//! XREADGROUP, its acks (XACK, and XDEL with `ack_del`) and an
+//! exactly-once flow's XPENDING over each batch it records.
 //!
 //! Against a single Redis server over plain TCP it is a connection of
 //! sluice's own whose reply is parsed straight into [`Message`]s, each
@@ -21,32 +22,43 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use crate::config::RedisConfig;
+use crate::redis::acks::StreamIds;
 use crate::redis::resp::{encode_command, Cursor, Scan};
 use crate::redis::{
     client, commands, parse_id, reply, Message, MessageFields, Result, StreamError,
 };
 
-/// Where a reader's XREADGROUP goes.
-pub(crate) enum StreamReader {
+/// Where a flow's reads, acks or ownership checks go.
+pub(crate) enum StreamConnection {
     Direct(Box<Mutex<DirectConnection>>),
     Fred(Client),
 }
 
-impl StreamReader {
+impl StreamConnection {
     /// A direct connection when `redis` names one plain-TCP server, else a
     /// fred client. Either way the first connection is made here, so a
     /// wrong address or password fails the start.
     pub(crate) async fn connect(redis: &RedisConfig, block: Duration) -> anyhow::Result<Self> {
-        let timeout = redis.command_timeout + block;
         match Target::of(redis)? {
-            Some(target) => {
-                let mut conn = DirectConnection::new(target, timeout);
-                conn.connected().await?;
-                Ok(StreamReader::Direct(Box::new(Mutex::new(conn))))
-            }
-            None => Ok(StreamReader::Fred(
+            Some(target) => Self::direct(target, redis.command_timeout + block).await,
+            None => Ok(StreamConnection::Fred(
                 client::connect_blocking(redis, block).await?,
             )),
+        }
+    }
+
+    async fn direct(target: Target, timeout: Duration) -> anyhow::Result<Self> {
+        let mut conn = DirectConnection::new(target, timeout);
+        conn.connected().await?;
+        Ok(StreamConnection::Direct(Box::new(Mutex::new(conn))))
+    }
+
+    /// A direct connection when `redis` names one plain-TCP server (made
+    /// here), else `client` itself, for short commands such as acks.
+    pub(crate) async fn connect_or(redis: &RedisConfig, client: &Client) -> anyhow::Result<Self> {
+        match Target::of(redis)? {
+            Some(target) => Self::direct(target, redis.command_timeout).await,
+            None => Ok(StreamConnection::Fred(client.clone())),
         }
     }
 
@@ -63,16 +75,37 @@ impl StreamReader {
         consumer: &str,
     ) -> Result<Vec<(u64, u64)>> {
         match self {
-            StreamReader::Fred(client) => {
+            StreamConnection::Fred(client) => {
                 let page =
                     commands::pending(client, stream, group, start, end, count, Some(consumer))
                         .await?;
                 page.into_iter().map(|p| pending_id(&p.id)).collect()
             }
-            StreamReader::Direct(conn) => {
+            StreamConnection::Direct(conn) => {
                 let args = commands::pending_args(stream, group, start, end, count, Some(consumer));
                 let reply = conn.lock().await.round_trip(b"XPENDING", &args).await?;
                 pending_ids_reply(reply)
+            }
+        }
+    }
+
+    /// Acks one stream's `ids` (and deletes them when `delete`), in one
+    /// pipelined round trip.
+    pub(crate) async fn ack(&self, group: &str, ids: &StreamIds, delete: bool) -> Result<()> {
+        match self {
+            StreamConnection::Fred(client) => {
+                commands::ack(client, &ids.stream, group, &ids.to_vec(), delete).await
+            }
+            StreamConnection::Direct(conn) => {
+                let replies = conn
+                    .lock()
+                    .await
+                    .pipeline(|request| ids.encode_ack(request, group, delete))
+                    .await?;
+                for reply in replies {
+                    Cursor::new(reply).string_span("XACK")?;
+                }
+                Ok(())
             }
         }
     }
@@ -88,10 +121,10 @@ impl StreamReader {
         out: &mut Vec<Message>,
     ) -> Result<()> {
         match self {
-            StreamReader::Fred(client) => {
+            StreamConnection::Fred(client) => {
                 commands::read_group(client, group, consumer, count, block, streams, out).await
             }
-            StreamReader::Direct(conn) => {
+            StreamConnection::Direct(conn) => {
                 let args = commands::read_group_args(group, consumer, count, block, streams);
                 let reply = conn.lock().await.round_trip(b"XREADGROUP", &args).await?;
                 read_group_reply(reply, streams, out)
@@ -221,14 +254,40 @@ impl DirectConnection {
     /// new one): no command is sent twice, so entries a lost reply
     /// delivered stay pending until claimed, as with any lost reply.
     async fn round_trip(&mut self, name: &[u8], args: &[Bytes]) -> Result<Bytes> {
+        let command: Vec<&[u8]> = std::iter::once(name)
+            .chain(args.iter().map(|a| a.as_ref()))
+            .collect();
+        let mut replies = self
+            .pipeline(|request| {
+                encode_command(request, &command);
+                1
+            })
+            .await?;
+        Ok(replies.pop().expect("one reply asked for"))
+    }
+
+    /// Sends the commands `encode` writes (it returns how many) in one
+    /// write and returns their replies, as [`Self::round_trip`] does one.
+    async fn pipeline(
+        &mut self,
+        encode: impl FnOnce(&mut BytesMut) -> usize,
+    ) -> Result<Vec<Bytes>> {
         let timeout = self.timeout;
         self.connected().await?;
         let open = self.open.as_mut().expect("connected above");
         let t = &self.target;
-        let command: Vec<&[u8]> = std::iter::once(name)
-            .chain(args.iter().map(|a| a.as_ref()))
-            .collect();
-        let done = tokio::time::timeout(timeout, open.round_trip(&mut self.request, &command, t))
+        self.request.clear();
+        let commands = encode(&mut self.request);
+        let request = &self.request;
+        let exchange = async {
+            open.send(request, t).await?;
+            let mut replies = Vec::with_capacity(commands);
+            for _ in 0..commands {
+                replies.push(open.receive(t).await?);
+            }
+            Ok(replies)
+        };
+        let done = tokio::time::timeout(timeout, exchange)
             .await
             .unwrap_or_else(|_| Err(connection_error(t, "reply timed out")));
         if done.is_err() {
