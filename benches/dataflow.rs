@@ -301,15 +301,18 @@ fn main() {
             label: "this build",
             bin: Path::new(env!("CARGO_BIN_EXE_sluice")).to_path_buf(),
         });
+        // `SLUICE_BENCH_ONLY=http` (or `forward`) runs one half.
+        let only = std::env::var("SLUICE_BENCH_ONLY").unwrap_or_default();
+        let runs = |half: &str| only.is_empty() || only == half;
         let redis = RedisServer::start().await;
         let mut forwards = Vec::new();
-        for shape in [Shape::Plain, Shape::Routed, Shape::Capped] {
+        for shape in [Shape::Plain, Shape::Routed, Shape::Capped].into_iter().filter(|_| runs("forward")) {
             for build in &builds {
                 forwards.push(forward(&redis, build, n, shape).await);
             }
         }
         let mut loads = Vec::new();
-        for items in [1, 100] {
+        for items in [1, 100].into_iter().filter(|_| runs("http")) {
             for build in &builds {
                 loads.push(http_load(&redis, build, items, conns, secs).await);
             }
