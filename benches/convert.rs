@@ -161,7 +161,47 @@ fn worker_path(c: &mut Criterion) {
             criterion::BatchSize::LargeInput,
         )
     });
+    // The direct connection's path: the reply's bytes as Redis sends them,
+    // its end found (`Scan`), then parsed into messages and batched.
+    let bytes = {
+        let mut out = Vec::new();
+        resp2(&reply, &mut out);
+        Bytes::from(out)
+    };
+    group.bench_function("scan_parse_convert_encode_seed_4_fields", |b| {
+        b.iter(|| {
+            let mut scan = sluice::testing::reply::Scan::default();
+            let len = scan.complete(&bytes).expect("scan").expect("whole");
+            let mut messages = Vec::with_capacity(ROWS);
+            sluice::testing::reply::read_group_reply(bytes.slice(..len), &streams, &mut messages)
+                .expect("parse");
+            let mut batch = OpenBatch::new();
+            for m in messages {
+                batch.add(&mapper, m);
+            }
+            black_box(batch.seal(&mapper).block.len())
+        })
+    });
     group.finish();
+}
+
+/// A frame as RESP2 bytes (arrays and bulk strings only, as above).
+fn resp2(frame: &fred::types::Resp3Frame, out: &mut Vec<u8>) {
+    use fred::types::Resp3Frame as Frame;
+    match frame {
+        Frame::Array { data, .. } => {
+            out.extend_from_slice(format!("*{}\r\n", data.len()).as_bytes());
+            for f in data {
+                resp2(f, out);
+            }
+        }
+        Frame::BlobString { data, .. } => {
+            out.extend_from_slice(format!("${}\r\n", data.len()).as_bytes());
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+        }
+        other => panic!("not in this reply: {other:?}"),
+    }
 }
 
 criterion_group!(benches, seed, worker_path);

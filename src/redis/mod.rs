@@ -44,7 +44,20 @@ pub(crate) type Result<T, E = StreamError> = std::result::Result<T, E>;
 /// Parses the `ms` part of a `ms-seq` stream id.
 pub(crate) fn id_millis(id: &[u8]) -> Option<u64> {
     let end = id.iter().position(|&b| b == b'-').unwrap_or(id.len());
-    let digits = &id[..end];
+    decimal(&id[..end])
+}
+
+/// Parses a full `ms-seq` id into its two numbers (`ms` alone: seq 0).
+/// By hand, on bytes: it runs for every member of an exactly-once batch.
+pub(crate) fn parse_id(id: &[u8]) -> Option<(u64, u64)> {
+    match id.iter().position(|&b| b == b'-') {
+        Some(dash) => Some((decimal(&id[..dash])?, decimal(&id[dash + 1..])?)),
+        None => Some((decimal(id)?, 0)),
+    }
+}
+
+/// A `u64` written in decimal digits only.
+fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 20 {
         return None;
     }
@@ -58,13 +71,6 @@ pub(crate) fn id_millis(id: &[u8]) -> Option<u64> {
     Some(n)
 }
 
-/// Parses a full `ms-seq` id into its two numbers.
-pub(crate) fn parse_id(id: &[u8]) -> Option<(u64, u64)> {
-    let text = std::str::from_utf8(id).ok()?;
-    let (ms, seq) = text.split_once('-').unwrap_or((text, "0"));
-    Some((ms.parse().ok()?, seq.parse().ok()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +82,16 @@ mod tests {
         assert_eq!(id_millis(b"x-1"), None);
         assert_eq!(id_millis(b""), None);
         assert_eq!(parse_id(b"5-9"), Some((5, 9)));
+        assert_eq!(parse_id(b"5"), Some((5, 0)));
+        for bad in [
+            &b"5-"[..],
+            b"-9",
+            b"5-9-1",
+            b"a-1",
+            b"",
+            b"99999999999999999999-0",
+        ] {
+            assert_eq!(parse_id(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }

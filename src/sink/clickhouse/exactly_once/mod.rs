@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::obs::metrics::FlowMetrics;
+use crate::redis::acks::same_stream;
 use crate::redis::direct::StreamConnection;
 use crate::redis::{parse_id, Message, StreamError};
 use crate::sink::clickhouse::classify::classify;
@@ -119,7 +120,8 @@ impl ExactlyOnce {
                 Ok(ours) => {
                     let before = part.len();
                     part.retain(|m| {
-                        let (Some(ids), Some(id)) = (ours.get(&m.stream), parse_id(&m.id)) else {
+                        let ids = ours.iter().find(|(s, _)| same_stream(s, &m.stream));
+                        let (Some((_, ids)), Some(id)) = (ids, parse_id(&m.id)) else {
                             return false;
                         };
                         ids.binary_search(&id).is_ok()
@@ -173,19 +175,26 @@ impl ExactlyOnce {
     async fn still_ours(
         &self,
         part: &[Message],
-    ) -> Result<HashMap<Arc<str>, Vec<(u64, u64)>>, StreamError> {
+    ) -> Result<Vec<(Arc<str>, Vec<(u64, u64)>)>, StreamError> {
         const PAGE: usize = 10_000;
         type Id = (u64, u64);
-        let mut ranges: HashMap<Arc<str>, (Id, Id)> = HashMap::new();
+        // Per stream (a list: a batch has one or a few, and members of one
+        // share its `Arc`), the lowest and highest member id.
+        let mut ranges: Vec<(Arc<str>, (Id, Id))> = Vec::new();
         for m in part {
             let Some(id) = parse_id(&m.id) else { continue };
-            let r = ranges.entry(m.stream.clone()).or_insert((id, id));
-            r.0 = r.0.min(id);
-            r.1 = r.1.max(id);
+            match ranges.iter_mut().find(|(s, _)| same_stream(s, &m.stream)) {
+                Some((_, r)) => {
+                    r.0 = r.0.min(id);
+                    r.1 = r.1.max(id);
+                }
+                None => ranges.push((m.stream.clone(), (id, id))),
+            }
         }
-        let mut ours: HashMap<Arc<str>, Vec<(u64, u64)>> = HashMap::new();
+        let mut ours: Vec<(Arc<str>, Vec<(u64, u64)>)> = Vec::new();
         for (stream, (lo, hi)) in ranges {
-            let ids = ours.entry(stream.clone()).or_default();
+            ours.push((stream.clone(), Vec::new()));
+            let ids = &mut ours.last_mut().expect("pushed above").1;
             let mut start = format!("{}-{}", lo.0, lo.1);
             let end = format!("{}-{}", hi.0, hi.1);
             loop {
