@@ -32,6 +32,9 @@ use crate::sink::clickhouse::classify::classify;
 use crate::sink::clickhouse::exactly_once::ledger::Ledger;
 use crate::sink::clickhouse::{ClickHouseSink, Target};
 
+/// A stream entry id as its two numbers (ms, seq).
+type EntryId = (u64, u64);
+
 pub(crate) struct ExactlyOnce {
     pub flow: String,
     pub group: String,
@@ -175,9 +178,9 @@ impl ExactlyOnce {
     async fn still_ours(
         &self,
         part: &[Message],
-    ) -> Result<Vec<(Arc<str>, Vec<(u64, u64)>)>, StreamError> {
+    ) -> Result<Vec<(Arc<str>, Vec<EntryId>)>, StreamError> {
         const PAGE: usize = 10_000;
-        type Id = (u64, u64);
+        type Id = EntryId;
         // Per stream (a list: a batch has one or a few, and members of one
         // share its `Arc`), the lowest and highest member id.
         let mut ranges: Vec<(Arc<str>, (Id, Id))> = Vec::new();
@@ -191,7 +194,7 @@ impl ExactlyOnce {
                 None => ranges.push((m.stream.clone(), (id, id))),
             }
         }
-        let mut ours: Vec<(Arc<str>, Vec<(u64, u64)>)> = Vec::new();
+        let mut ours: Vec<(Arc<str>, Vec<EntryId>)> = Vec::new();
         for (stream, (lo, hi)) in ranges {
             ours.push((stream.clone(), Vec::new()));
             let ids = &mut ours.last_mut().expect("pushed above").1;
