@@ -41,6 +41,7 @@ use crate::fields::Fields;
 use crate::fields::{self, Refusal};
 use crate::redis::delayed;
 use crate::redis::delayed::Due;
+use crate::redis::direct::StreamConnection;
 use crate::redis::sharder;
 use crate::redis::sharder::Sharder;
 use crate::redis::Result;
@@ -182,7 +183,10 @@ impl Entry {
             );
         }
         Ok(Arc::new(Entry {
-            appender: Appender::new(redis.clone()),
+            appender: Appender::new(
+                redis.clone(),
+                StreamConnection::connect_or(&config.redis, &redis).await?,
+            ),
             redis,
             caps: config
                 .streams

@@ -62,6 +62,15 @@ impl StreamConnection {
         }
     }
 
+    /// The direct connection, when there is one and no command is on it
+    /// now (a caller with other ways to send then need not wait).
+    pub(crate) fn try_direct(&self) -> Option<tokio::sync::MutexGuard<'_, DirectConnection>> {
+        match self {
+            StreamConnection::Direct(conn) => conn.try_lock().ok(),
+            StreamConnection::Fred(_) => None,
+        }
+    }
+
     /// The ids (ms, seq) of `consumer`'s pending entries from `start` to
     /// `end` (extended XPENDING), up to `count`, in order.
     #[allow(clippy::too_many_arguments)]
@@ -268,7 +277,7 @@ impl DirectConnection {
 
     /// Sends the commands `encode` writes (it returns how many) in one
     /// write and returns their replies, as [`Self::round_trip`] does one.
-    async fn pipeline(
+    pub(crate) async fn pipeline(
         &mut self,
         encode: impl FnOnce(&mut BytesMut) -> usize,
     ) -> Result<Vec<Bytes>> {

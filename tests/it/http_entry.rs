@@ -452,3 +452,73 @@ async fn concurrent_requests_get_their_own_ids_and_never_pass_the_cap() {
         }
     }
 }
+
+/// Groups for two streams at once (one goes on the direct connection, the
+/// other through fred while that is busy), and the append script flushed
+/// from Redis's cache between two rounds: every multi-item request lands
+/// whole, with the ids it was answered.
+#[tokio::test]
+async fn two_streams_at_once_and_a_flushed_script_land_every_request() {
+    let redis = RedisServer::start().await;
+    let rc = redis.client().await;
+    let (a, b) = (unique_name("two_a"), unique_name("two_b"));
+    let port = free_port();
+    let config = format!(
+        "[redis]\nurl = \"{}\"\n{}",
+        redis.url(),
+        http_section(port, &[&a, &b])
+    );
+    let _worker = Worker::spawn(&config);
+    wait_for(LONG, "HTTP entry listening", || async {
+        port_open(port).await
+    })
+    .await;
+    let base = format!("http://127.0.0.1:{port}");
+    let mut answered = Vec::new();
+    for round in 0..2 {
+        if round == 1 {
+            raw(&rc, "SCRIPT", vec!["FLUSH".into()]).await;
+        }
+        let answers = futures_util::future::join_all((0..40).map(|r| {
+            let stream = if r % 2 == 0 { a.clone() } else { b.clone() };
+            let items =
+                json!([{ "round": round, "req": r, "i": 0 }, { "round": round, "req": r, "i": 1 }]);
+            let base = base.clone();
+            async move {
+                (
+                    stream.clone(),
+                    round,
+                    r,
+                    post(&base, &stream, Some(TOKEN), &items).await,
+                )
+            }
+        }))
+        .await;
+        answered.extend(answers);
+    }
+    for stream in [&a, &b] {
+        let got = entries(&rc, stream).await;
+        assert_eq!(
+            got.len(),
+            2 * 40,
+            "{stream}: 2 rounds × 20 requests × 2 items"
+        );
+        let by_id: std::collections::HashMap<&str, &Vec<(String, String)>> =
+            got.iter().map(|(id, f)| (id.as_str(), f)).collect();
+        for (_, round, r, resp) in answered.iter().filter(|(s, ..)| s == stream) {
+            assert_eq!(
+                resp.status, 200,
+                "round {round}, request {r}: {}",
+                resp.body
+            );
+            let ids = resp.json()["ids"].as_array().unwrap().clone();
+            assert_eq!(ids.len(), 2, "round {round}, request {r}: {}", resp.body);
+            for (i, id) in ids.iter().enumerate() {
+                let fields = by_id[id.as_str().unwrap()];
+                assert_eq!(field(fields, "round"), Some(round.to_string().as_str()));
+                assert_eq!(field(fields, "req"), Some(r.to_string().as_str()));
+                assert_eq!(field(fields, "i"), Some(i.to_string().as_str()));
+            }
+        }
+    }
+}
