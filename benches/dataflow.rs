@@ -33,7 +33,6 @@ use common::{cmd, commandstats, enqueue, env_usize, under_cargo_bench};
 use fred::prelude::*;
 use fred::types::Value;
 use harness::{free_port, port_open, wait_for, RedisServer, Worker};
-use http_body_util::{BodyExt, Full};
 
 async fn xlen(client: &Client, stream: &str) -> u64 {
     let v: Value = client
@@ -210,32 +209,34 @@ streams = ["{stream}"]
             .collect();
         Bytes::from(format!("[{}]", list.join(",")))
     };
-    let url: axum::http::Uri = format!("http://127.0.0.1:{port}/v1/streams/{stream}/messages")
-        .parse()
-        .unwrap();
+    // The same request each time, written as bytes: the load generator
+    // shares the two cores with the worker and Redis, so it should cost
+    // as little per request as it can (a hyper client cost about as much
+    // CPU per request as the entry itself).
+    let request: Bytes = {
+        let mut r = format!(
+            "POST /v1/streams/{stream}/messages HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\
+             authorization: Bearer {token}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(&body);
+        Bytes::from(r)
+    };
     let done = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        let (body, url, done, refused) = (body.clone(), url.clone(), done.clone(), refused.clone());
+        let (request, done, refused) = (request.clone(), done.clone(), refused.clone());
         tasks.push(tokio::spawn(async move {
-            // One client (one keep-alive connection) per task.
-            let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .pool_max_idle_per_host(1)
-                    .build_http();
+            // One keep-alive connection per task, one request at a time.
+            let mut conn = KeepAlive::open(port).await;
             let mut lat = Vec::new();
             while Instant::now() < deadline {
-                let req = axum::http::Request::post(url.clone())
-                    .header("authorization", format!("Bearer {token}"))
-                    .header("content-type", "application/json")
-                    .body(Full::new(body.clone()))
-                    .unwrap();
                 let t = Instant::now();
-                let resp = client.request(req).await.unwrap();
-                let status = resp.status().as_u16();
-                let _ = resp.into_body().collect().await.unwrap();
+                let status = conn.exchange(&request).await;
                 lat.push(t.elapsed());
                 if status == 200 {
                     done.fetch_add(1, Ordering::Relaxed);
@@ -276,6 +277,57 @@ streams = ["{stream}"]
         refused: refused.load(Ordering::Relaxed),
         redis_us: redis_usec as f64 / all,
         worker_us: cpu * 1e6 / all,
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection that sends prepared requests and reads
+/// each answer's status line, headers and `content-length` body.
+struct KeepAlive {
+    socket: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    async fn open(port: u16) -> KeepAlive {
+        let socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to the entry");
+        socket.set_nodelay(true).unwrap();
+        KeepAlive {
+            socket,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Sends `request`; the answer's status.
+    async fn exchange(&mut self, request: &[u8]) -> u16 {
+        use tokio::io::AsyncWriteExt;
+        self.socket.write_all(request).await.expect("send");
+        self.buf.clear();
+        loop {
+            if let Some(head) = memchr::memmem::find(&self.buf, b"\r\n\r\n") {
+                let headers = String::from_utf8_lossy(&self.buf[..head]).to_ascii_lowercase();
+                let status: u16 = headers[9..12].parse().expect("status code");
+                let length: usize = headers
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse().expect("content-length"))
+                    .unwrap_or(0);
+                while self.buf.len() < head + 4 + length {
+                    self.read_more().await;
+                }
+                assert_eq!(self.buf.len(), head + 4 + length, "one answer per request");
+                return status;
+            }
+            self.read_more().await;
+        }
+    }
+
+    async fn read_more(&mut self) {
+        use tokio::io::AsyncReadExt;
+        self.buf.reserve(4096);
+        let n = self.socket.read_buf(&mut self.buf).await.expect("read");
+        assert!(n > 0, "the entry closed the connection");
     }
 }
 

@@ -17,7 +17,7 @@
 //!
 //! # Following one message
 //! `flow/mod.rs` wires a flow's tasks. An entry is read by `flow/read.rs`
-//! (XREADGROUP on `redis/reader.rs`'s connection, its reply parsed there
+//! (XREADGROUP on `redis/direct.rs`'s connection, its reply parsed there
 //! straight into messages; `redis/resp.rs` is the wire) or taken over by
 //! `flow/claim.rs` (XAUTOCLAIM/XCLAIM); `flow/admit.rs` decides whether it
 //! is dead before anything looks at it (oversized, delivered too often);
@@ -26,8 +26,8 @@
 //! (`sink/mod.rs`) — `sink/clickhouse/` maps rows (`clickhouse/rows.rs`),
 //! encodes a Native block (`clickhouse/native/`) and inserts it,
 //! `sink/stream/` routes and XADDs — and `flow/settle.rs` is the one
-//! settle step: dead letters first, then XACK of what landed, retried
-//! until the hard stop.
+//! settle step: dead letters first, then XACK of what landed (its ids
+//! encoded once, `redis/acks.rs`), retried until the hard stop.
 //!
 //! # Map of the crate
 //! No two files import each other in a circle; `config/` imports only the
@@ -44,7 +44,9 @@
 //!   (`config/connections.rs`).
 //! - `redis/`: Redis Streams — the message model (`message.rs`: fields as
 //!   offsets into the reply they came in), raw reply parsing, the
-//!   readers' own connection (`reader.rs`, `resp.rs`), the
+//!   connections of sluice's own for the hot commands (`direct.rs`,
+//!   `resp.rs`: reads, acks, XPENDING, the HTTP entry's appends), the ids
+//!   to ack encoded once (`acks.rs`), the
 //!   commands (XREADGROUP, XACK, XAUTOCLAIM, …), dead letters, group
 //!   upkeep, leases (`lease.rs`), the held-entry set, the delayed set and
 //!   the producer sharder.
