@@ -1,13 +1,15 @@
-//! The connections a flow sends its hot commands on: its readers'
-//! XREADGROUP, its acks (XACK, and XDEL with `ack_del`) and an
-//! exactly-once flow's XPENDING over each batch it records.
+//! The connections the hot commands go on: a flow's readers' XREADGROUP,
+//! its acks (XACK, and XDEL with `ack_del`), an exactly-once flow's
+//! XPENDING over each batch it records, and the HTTP entry's appends.
 //!
-//! Against a single Redis server over plain TCP it is a connection of
-//! sluice's own whose reply is parsed straight into [`Message`]s, each
-//! string a slice of one copy of the reply: decoding it into fred's frames
-//! and then into messages took about two thirds of the worker's CPU, and
-//! the direct parse halved the worker's CPU per message (`cargo bench
-//! --bench e2e`, README). Cluster, sentinel and TLS connections read
+//! Against a single Redis server over plain TCP each is a connection of
+//! sluice's own: commands are written straight into one buffer and
+//! replies parsed from the bytes, an XREADGROUP reply straight into
+//! [`Message`]s, each string a slice of one copy of the reply. Decoding it
+//! into fred's frames and then into messages took about two thirds of the
+//! worker's CPU; the direct parse halved the worker's CPU per message,
+//! and acks sent this way cut it by a further tenth to a third (`cargo
+//! bench --bench e2e`, README). Cluster, sentinel and TLS connections go
 //! through fred, which routes and encrypts them.
 
 use std::ops::Range;

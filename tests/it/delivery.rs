@@ -375,3 +375,34 @@ claim = { min_idle = "2s", every = "200ms" }"#,
     .await;
     assert!(w.log_contents().contains("pruned idle consumers"));
 }
+
+/// One batch of 25,000 rows with `ack_del`: its acks go as three XACK and
+/// three XDEL commands of at most 10,000 ids in one pipelined write, and
+/// every id is acked and deleted (nothing left pending, the stream empty).
+#[tokio::test]
+async fn a_batch_over_ten_thousand_ids_is_acked_and_deleted_whole() {
+    let s = Stack::start().await;
+    let (stream, table) = (unique_name("bigack"), unique_name("bigack"));
+    s.ch.exec(&format!(
+        "CREATE TABLE {table} ({SEED_TABLE_COLUMNS}) ENGINE = MergeTree ORDER BY rec_id"
+    ))
+    .await;
+    xadd_many(&s.rc, &stream, 25_000, seed_job).await;
+    // A batch closes only when full: one batch of all 25,000.
+    let extra = r#"on_success = "ack_del"
+batch = { max_rows = 25000, max_wait = "60s" }"#;
+    let worker = Worker::spawn(&s.config(&s.ch.url(), "bigack", &stream, &table, extra));
+    wait_for(LONG, "all rows", || async {
+        s.ch.count(&table).await == 25_000
+    })
+    .await;
+    wait_for(LONG, "acked and deleted", || async {
+        pending(&s.rc, &stream, "g").await == 0 && xlen(&s.rc, &stream).await == 0
+    })
+    .await;
+    assert!(
+        !worker.log_contents().contains("XACK failed"),
+        "{}",
+        worker.log_contents()
+    );
+}
