@@ -182,6 +182,22 @@ fn worker_path(c: &mut Criterion) {
             black_box(batch.seal(&mapper).block.len())
         })
     });
+    // A landed batch's ids, encoded for XACK (as the committer does), then
+    // walked for the end-to-end latency of each (as the metrics do).
+    let parsed = {
+        let mut scan = sluice::testing::reply::Scan::default();
+        let len = scan.complete(&bytes).expect("scan").expect("whole");
+        let mut messages = Vec::with_capacity(ROWS);
+        sluice::testing::reply::read_group_reply(bytes.slice(..len), &streams, &mut messages)
+            .expect("parse");
+        messages
+    };
+    group.bench_function("ack_ids_encode_and_walk", |b| {
+        b.iter(|| {
+            let acks = sluice::testing::reply::Acks::of(&parsed);
+            black_box(acks.id_millis().sum::<u64>())
+        })
+    });
     group.finish();
 }
 

@@ -33,6 +33,7 @@ pub mod commands {
 /// Raw reply parsing (the fuzz target's entry points): fred's frames, and
 /// the direct connection's bytes.
 pub mod reply {
+    pub use crate::redis::acks::Acks;
     pub use crate::redis::direct::{pending_ids_reply, read_group_reply};
     pub use crate::redis::reply::{auto_claim, check, key_values, pending_entries, read_group};
     pub use crate::redis::resp::Scan;
