@@ -194,7 +194,7 @@ fn worker_path(c: &mut Criterion) {
     };
     group.bench_function("ack_ids_encode_and_walk", |b| {
         b.iter(|| {
-            let acks = sluice::testing::reply::Acks::of(&parsed);
+            let acks = sluice::testing::Acks::of(&parsed);
             black_box(acks.id_millis().sum::<u64>())
         })
     });

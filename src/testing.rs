@@ -11,6 +11,7 @@ pub use crate::handler::exec::ExecHandler;
 pub use crate::memory::return_large_blocks_when_freed;
 pub use crate::obs::metrics::Metrics;
 pub use crate::obs::status::{stream_status, LagSource};
+pub use crate::redis::acks::Acks;
 pub use crate::redis::held::Held;
 pub use crate::sink::clickhouse::budget::Budget;
 pub use crate::sink::clickhouse::exactly_once::ledger::Ledger;
@@ -33,7 +34,6 @@ pub mod commands {
 /// Raw reply parsing (the fuzz target's entry points): fred's frames, and
 /// the direct connection's bytes.
 pub mod reply {
-    pub use crate::redis::acks::Acks;
     pub use crate::redis::direct::{pending_ids_reply, read_group_reply};
     pub use crate::redis::reply::{auto_claim, check, key_values, pending_entries, read_group};
     pub use crate::redis::resp::Scan;

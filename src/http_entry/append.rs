@@ -224,19 +224,9 @@ impl Appender {
         }
         let pipeline = self.client.pipeline();
         for (script, range) in &runs {
-            let run = &jobs[range.clone()];
-            let _: Value = if *script {
-                pipeline
-                    .custom(cmd("EVALSHA", stream), script_args(&sha, stream, run))
-                    .await?
-            } else {
-                let fields = &run[0].items[0];
-                let mut args: Vec<Value> = Vec::with_capacity(2 + 2 * fields.len());
-                args.push(Value::Bytes(Bytes::copy_from_slice(stream.as_bytes())));
-                args.push(Value::Bytes(Bytes::from_static(b"*")));
-                push_fields(&mut args, fields);
-                pipeline.custom(cmd("XADD", stream), args).await?
-            };
+            let (name, args) = command(*script, &sha, stream, &jobs[range.clone()]);
+            let (command, args) = fred_command(name, stream, args);
+            let _: Value = pipeline.custom(command, args).await?;
         }
         let replies = pipeline.try_all::<Value>().await;
         for ((script, range), reply) in runs.into_iter().zip(replies) {
@@ -269,13 +259,9 @@ impl Appender {
             Err(e) if is_noscript(&e) => {
                 async {
                     let sha = self.load(stream).await?;
-                    let v: Value = self
-                        .client
-                        .custom(
-                            cmd("EVALSHA", stream),
-                            script_args(&sha, stream, &jobs[range]),
-                        )
-                        .await?;
+                    let (name, args) = command(true, &sha, stream, &jobs[range]);
+                    let (command, args) = fred_command(name, stream, args);
+                    let v: Value = self.client.custom(command, args).await?;
                     parse(v, n)
                 }
                 .await
@@ -318,6 +304,61 @@ fn is_noscript(e: &StreamError) -> bool {
     }
 }
 
+/// One argument of a group's commands, borrowed from its requests.
+enum Arg<'a> {
+    Text(&'a [u8]),
+    Field(&'a Bytes),
+    Number(i64),
+}
+
+impl Arg<'_> {
+    fn value(&self) -> Value {
+        match self {
+            Arg::Text(t) => Value::Bytes(Bytes::copy_from_slice(t)),
+            Arg::Field(f) => Value::Bytes((*f).clone()),
+            Arg::Number(n) => Value::Integer(*n),
+        }
+    }
+}
+
+/// The command that answers `run` (see [`runs`]), its name and arguments:
+/// a plain XADD, or EVALSHA of [`SCRIPT`] laid out as its comment says.
+/// The one place that layout is written, for both connections.
+fn command<'a>(
+    script: bool,
+    sha: &'a str,
+    stream: &'a str,
+    run: &'a [Job],
+) -> (&'static str, Vec<Arg<'a>>) {
+    let fields = |args: &mut Vec<Arg<'a>>, fields: &'a Fields| {
+        for (k, v) in fields {
+            args.extend([Arg::Field(k), Arg::Field(v)]);
+        }
+    };
+    let mut args = Vec::new();
+    if !script {
+        args.extend([Arg::Text(stream.as_bytes()), Arg::Text(b"*")]);
+        fields(&mut args, &run[0].items[0]);
+        return ("XADD", args);
+    }
+    args.extend([
+        Arg::Text(sha.as_bytes()),
+        Arg::Number(1),
+        Arg::Text(stream.as_bytes()),
+        Arg::Number(run.len() as i64),
+    ]);
+    for job in run {
+        let max = job.max_len.map(|m| m.min(i64::MAX as u64) as i64);
+        args.push(Arg::Number(max.unwrap_or(-1)));
+        args.push(Arg::Number(job.items.len() as i64));
+        for item in &job.items {
+            args.push(Arg::Number(2 * item.len() as i64));
+            fields(&mut args, item);
+        }
+    }
+    ("EVALSHA", args)
+}
+
 /// The group's commands as RESP (see [`runs`]); returns how many.
 fn encode_group(
     out: &mut BytesMut,
@@ -328,47 +369,27 @@ fn encode_group(
 ) -> usize {
     let mut number = itoa::Buffer::new();
     for (script, range) in runs {
-        let run = &jobs[range.clone()];
-        if !script {
-            let fields = &run[0].items[0];
-            encode_header(out, 3 + 2 * fields.len());
-            encode_bulk(out, b"XADD");
-            encode_bulk(out, stream.as_bytes());
-            encode_bulk(out, b"*");
-            encode_fields(out, fields);
-            continue;
-        }
-        let values: usize = run
-            .iter()
-            .map(|j| 2 + j.items.iter().map(|f| 1 + 2 * f.len()).sum::<usize>())
-            .sum();
-        encode_header(out, 5 + values);
-        encode_bulk(out, b"EVALSHA");
-        encode_bulk(out, sha.as_bytes());
-        encode_bulk(out, b"1");
-        encode_bulk(out, stream.as_bytes());
-        encode_bulk(out, number.format(run.len()).as_bytes());
-        for job in run {
-            let max = job
-                .max_len
-                .map(|m| m.min(i64::MAX as u64) as i64)
-                .unwrap_or(-1);
-            encode_bulk(out, number.format(max).as_bytes());
-            encode_bulk(out, number.format(job.items.len()).as_bytes());
-            for fields in &job.items {
-                encode_bulk(out, number.format(2 * fields.len()).as_bytes());
-                encode_fields(out, fields);
+        let (name, args) = command(*script, sha, stream, &jobs[range.clone()]);
+        encode_header(out, 1 + args.len());
+        encode_bulk(out, name.as_bytes());
+        for arg in &args {
+            match arg {
+                Arg::Text(t) => encode_bulk(out, t),
+                Arg::Field(f) => encode_bulk(out, f),
+                Arg::Number(n) => encode_bulk(out, number.format(*n).as_bytes()),
             }
         }
     }
     runs.len()
 }
 
-fn encode_fields(out: &mut BytesMut, fields: &Fields) {
-    for (k, v) in fields {
-        encode_bulk(out, k);
-        encode_bulk(out, v);
-    }
+/// A command of [`command`] for fred.
+fn fred_command(
+    name: &'static str,
+    stream: &str,
+    args: Vec<Arg<'_>>,
+) -> (CustomCommand, Vec<Value>) {
+    (cmd(name, stream), args.iter().map(Arg::value).collect())
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -405,40 +426,6 @@ fn parse_reply(reply: Bytes, requests: usize) -> Result<Vec<Appended>> {
             }
         })
         .collect()
-}
-
-fn push_fields(args: &mut Vec<Value>, fields: &Fields) {
-    for (k, v) in fields {
-        args.push(Value::Bytes(k.clone()));
-        args.push(Value::Bytes(v.clone()));
-    }
-}
-
-/// EVALSHA's arguments for `jobs` (see [`SCRIPT`]).
-fn script_args(sha: &str, stream: &str, jobs: &[Job]) -> Vec<Value> {
-    let values: usize = jobs
-        .iter()
-        .flat_map(|j| &j.items)
-        .map(|f| 1 + f.len() * 2)
-        .sum();
-    let mut args: Vec<Value> = Vec::with_capacity(5 + 2 * jobs.len() + values);
-    args.push(Value::from(sha));
-    args.push(Value::Integer(1));
-    args.push(Value::Bytes(Bytes::copy_from_slice(stream.as_bytes())));
-    args.push(Value::Integer(jobs.len() as i64));
-    for job in jobs {
-        args.push(Value::Integer(
-            job.max_len
-                .map(|m| m.min(i64::MAX as u64) as i64)
-                .unwrap_or(-1),
-        ));
-        args.push(Value::Integer(job.items.len() as i64));
-        for fields in &job.items {
-            args.push(Value::Integer(fields.len() as i64 * 2));
-            push_fields(&mut args, fields);
-        }
-    }
-    args
 }
 
 /// Takes the next group off `queue`: requests in arrival order up to

@@ -216,21 +216,15 @@ fn spans_of<'a>(
     // A list, not a map, while counting: a batch has one or a few
     // streams, and hashing the name of each of 50,000 members showed.
     let mut spans: Vec<(&str, (u64, u64))> = Vec::new();
-    let mut last = 0;
     for (stream, id) in entries {
         let Some(t) = id_millis(id) else { continue };
-        if spans.get(last).is_none_or(|(s, _)| *s != stream) {
-            last = match spans.iter().position(|(s, _)| *s == stream) {
-                Some(at) => at,
-                None => {
-                    spans.push((stream, (t, t)));
-                    spans.len() - 1
-                }
-            };
+        match spans.iter_mut().find(|(s, _)| *s == stream) {
+            Some((_, span)) => {
+                span.0 = span.0.min(t);
+                span.1 = span.1.max(t);
+            }
+            None => spans.push((stream, (t, t))),
         }
-        let span = &mut spans[last].1;
-        span.0 = span.0.min(t);
-        span.1 = span.1.max(t);
     }
     spans.into_iter().collect()
 }

@@ -42,8 +42,8 @@ pub(crate) struct ExactlyOnce {
     pub sink: Arc<ClickHouseSink>,
     pub ledger: Arc<Ledger>,
     pub redis: Client,
-    /// XPENDING over each recorded batch: a connection whose replies are
-    /// parsed directly where it can be (see [`StreamConnection`]).
+    /// XPENDING over each recorded batch, and recovery's acks: a
+    /// connection of sluice's own where it can be (see [`StreamConnection`]).
     pub pending: StreamConnection,
     pub batch_id_column: String,
     /// The column holding entry ids (`metadata.id`), if configured: lets a

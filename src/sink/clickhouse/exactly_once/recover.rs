@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::OnSuccess;
 use crate::obs::metrics::FlowMetrics;
+use crate::redis::acks::Acks;
 use crate::redis::{commands, Message, StreamError};
 use crate::sink::clickhouse::exactly_once::ledger::BatchRecord;
 use crate::sink::clickhouse::exactly_once::{Batch, ExactlyOnce, Outcome};
@@ -299,19 +300,13 @@ impl Recovery {
     }
 
     async fn ack_all(&self, members: &[(Arc<str>, Bytes)]) -> Result<(), StreamError> {
-        let mut by_stream: HashMap<&str, Vec<Bytes>> = HashMap::new();
+        let mut acks = Acks::default();
         for (stream, id) in members {
-            by_stream.entry(stream).or_default().push(id.clone());
+            acks.push(stream, id);
         }
-        for (stream, ids) in by_stream {
-            commands::ack(
-                &self.eo.redis,
-                stream,
-                &self.eo.group,
-                &ids,
-                self.on_success == OnSuccess::AckDel,
-            )
-            .await?;
+        let delete = self.on_success == OnSuccess::AckDel;
+        for ids in acks.streams() {
+            self.eo.pending.ack(&self.eo.group, ids, delete).await?;
         }
         Ok(())
     }
