@@ -86,6 +86,12 @@ async fn columns_added_and_dropped_while_rows_flow_are_followed_without_restart(
     .await;
     s.ch.exec(&format!("ALTER TABLE {table} DROP COLUMN data"))
         .await;
+    // 18.16 takes a Native block with a column the table no longer has
+    // (it skips it), so only the periodic re-read notices the drop.
+    wait_for(LONG, "the drop noticed by a re-read", || async {
+        w.log_contents().contains("dropped data")
+    })
+    .await;
     let landed = s.ch.count(&table).await;
     wait_for(LONG, "rows flowing after the drop", || async {
         s.ch.count(&table).await >= landed + 400
@@ -118,7 +124,6 @@ async fn columns_added_and_dropped_while_rows_flow_are_followed_without_restart(
     );
     let log = w.log_contents();
     assert!(log.contains("added extra String"), "{log}");
-    assert!(log.contains("dropped data"), "{log}");
     assert!(!log.contains("table-level"), "{log}");
 }
 
