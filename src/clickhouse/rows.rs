@@ -125,12 +125,20 @@ impl RowMapper {
         &self.columns
     }
 
-    /// The column named `name`: a scan of the names for a table of a few
-    /// columns (cheaper, per field of every message, than hashing it), the
-    /// map for wider ones.
-    fn column_of(&self, name: &[u8]) -> Option<usize> {
+    /// The column named `name`, tried first at `likely` (producers tend to
+    /// write fields in one order, often the table's: the column after the
+    /// previous field's); otherwise a scan of the names for a table of a
+    /// few columns (cheaper, per field of every message, than hashing it),
+    /// the map for wider ones.
+    fn column_of(&self, name: &[u8], likely: usize) -> Option<usize> {
         const SCAN_UP_TO: usize = 16;
-        if self.columns.len() <= SCAN_UP_TO {
+        if self
+            .columns
+            .get(likely)
+            .is_some_and(|c| c.name.as_bytes() == name)
+        {
+            Some(likely)
+        } else if self.columns.len() <= SCAN_UP_TO {
             self.columns.iter().position(|c| c.name.as_bytes() == name)
         } else {
             self.by_name.get(name).copied()
@@ -154,6 +162,7 @@ impl RowMapper {
         let mut values: SmallVec<[Option<FieldValue<'_>>; 16]> =
             smallvec::smallvec![None; self.columns.len()];
         let mut payload_raw = None;
+        let mut likely = 0;
         for (name, value) in &m.fields {
             if let Some(p) = &self.payload {
                 if name == p.field.as_bytes() {
@@ -161,15 +170,16 @@ impl RowMapper {
                     continue;
                 }
             }
-            if let Some(i) = self.column_of(name) {
+            if let Some(i) = self.column_of(name, likely) {
                 values[i] = Some(FieldValue::Text(value));
+                likely = i + 1;
             }
         }
         if let (Some(p), Some(raw)) = (&self.payload, payload_raw) {
             decoded = payload::decode(p.format, raw)
                 .map_err(|e| format!("payload field `{}`: {e}", p.field))?;
             for (key, value) in &decoded {
-                if let Some(i) = self.column_of(key.as_bytes()) {
+                if let Some(i) = self.column_of(key.as_bytes(), usize::MAX) {
                     values[i] = Some(FieldValue::Json(value));
                 }
             }

@@ -46,25 +46,38 @@ fn line_end(buf: &[u8], from: usize) -> Option<usize> {
     (nl > from).then_some(nl - 1)
 }
 
-/// A length line's number (`-1` for nil). By hand: it runs for every
-/// string of every reply, and `str::parse` was a visible share of it.
-fn parse_len(line: &[u8]) -> Result<i64> {
-    let bad = || protocol(format!("bad length {:?}", String::from_utf8_lossy(line)));
-    let (negative, digits) = match line {
-        [b'-', rest @ ..] => (true, rest),
-        _ => (false, line),
+/// A `$` or `*` header's number (`-1` for nil) and where the element
+/// after its line starts; `from` is just past the type byte. The digits are
+/// parsed while looking for the `\r`: this runs for every string of every
+/// reply, twice (scan, then walk), and a `memchr` for the line's end and
+/// then a parse of it cost about twice as much. None while the line is
+/// incomplete.
+fn length_line(buf: &[u8], from: usize) -> Result<Option<(i64, usize)>> {
+    let bad = |to: usize| {
+        let line = &buf[from..to.min(buf.len())];
+        protocol(format!("bad length {:?}", String::from_utf8_lossy(line)))
     };
-    if digits.is_empty() || digits.len() > 18 {
-        return Err(bad());
-    }
-    let mut n: i64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return Err(bad());
+    let negative = buf.get(from) == Some(&b'-');
+    let digits = from + usize::from(negative);
+    let (mut n, mut i) = (0i64, digits);
+    loop {
+        match buf.get(i) {
+            None => return Ok(None),
+            Some(b'\r') => break,
+            // 18 digits at most: no overflow, and no length is near that.
+            Some(&d) if d.is_ascii_digit() && i - digits < 18 => n = n * 10 + i64::from(d - b'0'),
+            Some(_) => return Err(bad(line_end(buf, from).unwrap_or(buf.len()))),
         }
-        n = n * 10 + i64::from(d - b'0');
+        i += 1;
     }
-    Ok(if negative { -n } else { n })
+    if i == digits {
+        return Err(bad(i));
+    }
+    match buf.get(i + 1) {
+        None => Ok(None),
+        Some(b'\n') => Ok(Some((if negative { -n } else { n }, i + 2))),
+        Some(_) => Err(bad(i)),
+    }
 }
 
 /// Finds where one reply ends, resuming where it stopped as more bytes
@@ -87,14 +100,15 @@ impl Scan {
             let Some(&kind) = buf.get(self.pos) else {
                 return Ok(None);
             };
-            let Some(end) = line_end(buf, self.pos + 1) else {
-                return Ok(None);
-            };
-            let after_line = end + 2;
             let next = match kind {
-                b'+' | b'-' | b':' => after_line,
+                b'+' | b'-' | b':' => match line_end(buf, self.pos + 1) {
+                    Some(end) => end + 2,
+                    None => return Ok(None),
+                },
                 b'$' => {
-                    let len = parse_len(&buf[self.pos + 1..end])?;
+                    let Some((len, after_line)) = length_line(buf, self.pos + 1)? else {
+                        return Ok(None);
+                    };
                     if len < 0 {
                         after_line
                     } else {
@@ -106,7 +120,9 @@ impl Scan {
                     }
                 }
                 b'*' => {
-                    let len = parse_len(&buf[self.pos + 1..end])?;
+                    let Some((len, after_line)) = length_line(buf, self.pos + 1)? else {
+                        return Ok(None);
+                    };
                     self.pos = after_line;
                     if len > 0 {
                         self.open.push(len);
@@ -191,26 +207,38 @@ impl Cursor {
         Ok(h)
     }
 
+    /// A `$` or `*` header's type byte and length, the cursor moved past
+    /// its line; None (the cursor unmoved) when the next element is of
+    /// another type.
+    fn length_header(&mut self) -> Result<Option<(u8, i64)>> {
+        let kind = *self
+            .buf
+            .get(self.pos)
+            .ok_or_else(|| protocol("reply ended early"))?;
+        if kind != b'$' && kind != b'*' {
+            return Ok(None);
+        }
+        let (len, next) =
+            length_line(&self.buf, self.pos + 1)?.ok_or_else(|| protocol("reply ended early"))?;
+        self.pos = next;
+        Ok(Some((kind, len)))
+    }
+
     /// An array's length; None for a nil array (or nil string).
     pub(crate) fn array(&mut self, what: &'static str) -> Result<Option<usize>> {
-        let h = self.checked()?;
-        match h.kind {
-            b'*' | b'$' => {
-                let len = parse_len(self.line(&h))?;
-                if len < 0 {
-                    Ok(None)
-                } else if h.kind == b'$' {
-                    Err(protocol(format!(
-                        "expected an array for {what}, got a string"
-                    )))
-                } else {
-                    Ok(Some(len as usize))
-                }
-            }
-            other => Err(protocol(format!(
-                "expected an array for {what}, got type {:?}",
-                other as char
+        match self.length_header()? {
+            Some((_, len)) if len < 0 => Ok(None),
+            Some((b'*', len)) => Ok(Some(len as usize)),
+            Some(_) => Err(protocol(format!(
+                "expected an array for {what}, got a string"
             ))),
+            None => {
+                let other = self.checked()?.kind;
+                Err(protocol(format!(
+                    "expected an array for {what}, got type {:?}",
+                    other as char
+                )))
+            }
         }
     }
 
@@ -222,13 +250,11 @@ impl Cursor {
 
     /// Where the next string (bulk, simple or integer) lies in the reply.
     pub(crate) fn string_span(&mut self, what: &'static str) -> Result<Range<usize>> {
-        let h = self.checked()?;
-        match h.kind {
-            b'$' => {
-                let len = parse_len(self.line(&h))?;
-                if len < 0 {
-                    return Err(protocol(format!("expected a string for {what}, got nil")));
-                }
+        match self.length_header()? {
+            Some((b'$', len)) if len < 0 => {
+                Err(protocol(format!("expected a string for {what}, got nil")))
+            }
+            Some((b'$', len)) => {
                 let start = self.pos;
                 let end = start + len as usize;
                 if end + 2 > self.buf.len() {
@@ -237,11 +263,20 @@ impl Cursor {
                 self.pos = end + 2;
                 Ok(start..end)
             }
-            b'+' | b':' => Ok(h.start..h.end),
-            other => Err(protocol(format!(
+            Some((other, _)) => Err(protocol(format!(
                 "expected a string for {what}, got type {:?}",
                 other as char
             ))),
+            None => {
+                let h = self.checked()?;
+                match h.kind {
+                    b'+' | b':' => Ok(h.start..h.end),
+                    other => Err(protocol(format!(
+                        "expected a string for {what}, got type {:?}",
+                        other as char
+                    ))),
+                }
+            }
         }
     }
 
@@ -296,13 +331,28 @@ mod tests {
 
     #[test]
     fn lengths_parse_and_bad_ones_are_named() {
-        assert_eq!(parse_len(b"0").unwrap(), 0);
-        assert_eq!(parse_len(b"5000").unwrap(), 5000);
-        assert_eq!(parse_len(b"-1").unwrap(), -1);
-        for bad in [&b""[..], b"-", b"1x", b"+1", b"1234567890123456789"] {
-            let err = parse_len(bad).unwrap_err();
+        let len = |line: &[u8]| length_line(&[&b"$"[..], line, &b"\r\n"[..]].concat(), 1);
+        assert_eq!(len(b"0").unwrap(), Some((0, 4)));
+        assert_eq!(len(b"5000").unwrap(), Some((5000, 7)));
+        assert_eq!(len(b"-1").unwrap(), Some((-1, 5)));
+        assert_eq!(
+            len(b"123456789012345678").unwrap().unwrap().0,
+            123456789012345678
+        );
+        for bad in [
+            &b""[..],
+            b"-",
+            b"1x",
+            b"+1",
+            b"1234567890123456789",
+            b"1\rx",
+        ] {
+            let err = len(bad).unwrap_err();
             assert!(err.to_string().contains("bad length"), "{err}");
         }
+        // Incomplete lines wait for more bytes.
+        assert_eq!(length_line(b"$12", 1).unwrap(), None);
+        assert_eq!(length_line(b"$12\r", 1).unwrap(), None);
     }
 
     #[test]
