@@ -13,7 +13,9 @@
 //!
 //! `cargo bench --bench e2e`; knobs: `SLUICE_BENCH_N` (backlog size,
 //! default 1,000,000), `SLUICE_BENCH_RATE` (steady phase msgs/s, default
-//! 50,000), `SLUICE_BENCH_SECS` (steady phase, default 10).
+//! 50,000), `SLUICE_BENCH_SECS` (steady phase, default 10),
+//! `SLUICE_BENCH_REPEAT` (drains per mode and build, compared on medians;
+//! default 1).
 
 mod common;
 #[path = "../tests/it/harness/mod.rs"]
@@ -133,6 +135,7 @@ impl ServerCpu {
 
 /// Where the worker's peak memory is held, estimated from the sizes the
 /// pipeline keeps (see `memory_breakdown`) and the worker's own metrics.
+#[derive(Clone, Copy)]
 struct Memory {
     /// One parsed message with the reply bytes its fields point into.
     per_message: f64,
@@ -170,6 +173,7 @@ impl Memory {
     }
 }
 
+#[derive(Clone)]
 struct Run {
     label: String,
     rate: f64,
@@ -184,6 +188,32 @@ struct Run {
 impl Run {
     fn limit(&self) -> f64 {
         1e6 / self.redis_us_per_entry
+    }
+
+    /// Each figure's median over `runs` (repeats of one mode and build),
+    /// so one disturbed run on a shared machine does not decide a ratio.
+    fn median(mut runs: Vec<Run>) -> Run {
+        fn med(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        }
+        if runs.len() == 1 {
+            return runs.pop().expect("one run");
+        }
+        Run {
+            label: format!("{} (median of {})", runs[0].label, runs.len()),
+            rate: med(&runs, |r| r.rate),
+            redis_us_per_entry: med(&runs, |r| r.redis_us_per_entry),
+            worker_us_per_msg: med(&runs, |r| r.worker_us_per_msg),
+            redis_cpu_us_per_msg: med(&runs, |r| r.redis_cpu_us_per_msg),
+            clickhouse_us_per_msg: med(&runs, |r| r.clickhouse_us_per_msg),
+            peak_rss_mb: med(&runs, |r| r.peak_rss_mb),
+            memory: Memory {
+                per_message: runs[0].memory.per_message,
+                block: med(&runs, |r| r.memory.block),
+            },
+        }
     }
 }
 
@@ -582,17 +612,29 @@ fn main() {
             ("LZ4 off", true, false, false),
             ("exactly-once", true, true, true),
         ];
-        let mut runs = Vec::new();
+        // `SLUICE_BENCH_REPEAT=<k>`: each mode is drained k times, the
+        // builds taking turns, and compared on the medians.
+        let repeat = env_usize("SLUICE_BENCH_REPEAT", 1).max(1);
+        let (mut each, mut runs) = (Vec::new(), Vec::new());
         for (label, metrics, exactly_once, lz4) in modes {
-            for (suffix, bin) in &builds {
-                let mode = Mode {
-                    label: format!("{label}{suffix}"),
-                    metrics,
-                    exactly_once,
-                    lz4,
-                    bin: bin.clone(),
-                };
-                runs.push(drain_backlog(&redis, &ch, n, mode).await);
+            let mut per_build: Vec<Vec<Run>> = vec![Vec::new(); builds.len()];
+            for _ in 0..repeat {
+                for ((suffix, bin), done) in builds.iter().zip(&mut per_build) {
+                    let mode = Mode {
+                        label: format!("{label}{suffix}"),
+                        metrics,
+                        exactly_once,
+                        lz4,
+                        bin: bin.clone(),
+                    };
+                    done.push(drain_backlog(&redis, &ch, n, mode).await);
+                }
+            }
+            for done in per_build {
+                if repeat > 1 {
+                    each.extend(done.iter().cloned());
+                }
+                runs.push(Run::median(done));
             }
         }
         let mut latencies = Vec::new();
@@ -602,12 +644,12 @@ fn main() {
         }
         println!("\nsluice e2e bench: {n} seed-shaped 4-field messages, 1 worker, batch {MAX_ROWS} rows, read_count {READ_COUNT}");
         println!(
-            "{:<28} {:>9} {:>13} {:>11} {:>9} {:>14} {:>13} {:>10} {:>10}",
+            "{:<40} {:>9} {:>13} {:>11} {:>9} {:>14} {:>13} {:>10} {:>10}",
             "run", "msgs/s", "redis µs/ent", "redis limit", "of limit", "worker µs/msg", "redis µs/msg", "CH µs/msg", "peak RSS"
         );
-        for r in &runs {
+        for r in each.iter().chain(&runs) {
             println!(
-                "{:<28} {:>9.0} {:>13.2} {:>11.0} {:>8.0}% {:>14.2} {:>13.2} {:>10.2} {:>6.1} MiB",
+                "{:<40} {:>9.0} {:>13.2} {:>11.0} {:>8.0}% {:>14.2} {:>13.2} {:>10.2} {:>6.1} MiB",
                 r.label,
                 r.rate,
                 r.redis_us_per_entry,
