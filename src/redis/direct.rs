@@ -427,7 +427,7 @@ pub fn pending_ids_reply(reply: Bytes) -> Result<Vec<(u64, u64)>> {
         let span = c.string_span("an entry id")?;
         ids.push(pending_id(&c.reply()[span])?);
         for what in ["the consumer", "the idle time", "the delivery count"] {
-            c.string(what)?;
+            c.string_span(what)?; // checked, not kept: no reference count taken
         }
     }
     Ok(ids)
