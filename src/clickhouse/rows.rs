@@ -178,9 +178,11 @@ impl RowMapper {
         if let (Some(p), Some(raw)) = (&self.payload, payload_raw) {
             decoded = payload::decode(p.format, raw)
                 .map_err(|e| format!("payload field `{}`: {e}", p.field))?;
+            let mut likely = 0;
             for (key, value) in &decoded {
-                if let Some(i) = self.column_of(key.as_bytes(), usize::MAX) {
+                if let Some(i) = self.column_of(key.as_bytes(), likely) {
                     values[i] = Some(FieldValue::Json(value));
+                    likely = i + 1;
                 }
             }
         }

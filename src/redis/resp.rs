@@ -250,9 +250,9 @@ impl Cursor {
 
     /// Where the next string (bulk, simple or integer) lies in the reply.
     pub(crate) fn string_span(&mut self, what: &'static str) -> Result<Range<usize>> {
-        match self.length_header()? {
+        let other = match self.length_header()? {
             Some((b'$', len)) if len < 0 => {
-                Err(protocol(format!("expected a string for {what}, got nil")))
+                return Err(protocol(format!("expected a string for {what}, got nil")))
             }
             Some((b'$', len)) => {
                 let start = self.pos;
@@ -261,23 +261,22 @@ impl Cursor {
                     return Err(protocol("reply ended early"));
                 }
                 self.pos = end + 2;
-                Ok(start..end)
+                return Ok(start..end);
             }
-            Some((other, _)) => Err(protocol(format!(
-                "expected a string for {what}, got type {:?}",
-                other as char
-            ))),
-            None => {
-                let h = self.checked()?;
-                match h.kind {
-                    b'+' | b':' => Ok(h.start..h.end),
-                    other => Err(protocol(format!(
-                        "expected a string for {what}, got type {:?}",
-                        other as char
-                    ))),
-                }
-            }
-        }
+            Some((other, _)) => other,
+            None => match self.checked()? {
+                Header {
+                    kind: b'+' | b':',
+                    start,
+                    end,
+                } => return Ok(start..end),
+                h => h.kind,
+            },
+        };
+        Err(protocol(format!(
+            "expected a string for {what}, got type {:?}",
+            other as char
+        )))
     }
 
     /// The whole reply, which [`Cursor::string_span`]'s ranges index.
