@@ -132,7 +132,7 @@ async fn run() {
         )
         .await
         .unwrap();
-        helds[i].insert_read(&out);
+        helds[i].insert_read(&out, std::time::Instant::now());
         if i == replicas - 1 {
             dead_ids.extend(out.into_iter().map(|m| m.id));
         }

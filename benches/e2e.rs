@@ -15,7 +15,8 @@
 //! default 1,000,000), `SLUICE_BENCH_RATE` (steady phase msgs/s, default
 //! 50,000), `SLUICE_BENCH_SECS` (steady phase, default 10),
 //! `SLUICE_BENCH_REPEAT` (drains per mode and build, compared on medians;
-//! default 1).
+//! default 1), `SLUICE_BENCH_MODES` (comma-separated mode labels to drain,
+//! e.g. `at-least-once,exactly-once`; default all four).
 
 mod common;
 #[path = "../tests/it/harness/mod.rs"]
@@ -616,7 +617,12 @@ fn main() {
         // builds taking turns, and compared on the medians.
         let repeat = env_usize("SLUICE_BENCH_REPEAT", 1).max(1);
         let (mut each, mut runs) = (Vec::new(), Vec::new());
-        for (label, metrics, exactly_once, lz4) in modes {
+        // `SLUICE_BENCH_MODES=at-least-once,exactly-once`: only these
+        // modes are drained (the summary lines needing others are skipped).
+        let only = std::env::var("SLUICE_BENCH_MODES").ok();
+        let wanted = |label: &str| only.as_deref().is_none_or(|o| o.split(',').any(|m| m.trim() == label));
+        let modes: Vec<_> = modes.into_iter().filter(|m| wanted(m.0)).collect();
+        for &(label, metrics, exactly_once, lz4) in &modes {
             let mut per_build: Vec<Vec<Run>> = vec![Vec::new(); builds.len()];
             for _ in 0..repeat {
                 for ((suffix, bin), done) in builds.iter().zip(&mut per_build) {
@@ -664,15 +670,27 @@ fn main() {
         println!("(redis µs/ent: XREADGROUP+XACK time from INFO commandstats; µs/msg: user+sys CPU ÷ messages)");
         let k = builds.len();
         let run = |mode: usize, build: usize| &runs[mode * k + build];
+        let by_label = |label: &str, build: usize| {
+            let mode = modes.iter().position(|m| m.0 == label)?;
+            Some(run(mode, build).rate)
+        };
         for (b, (suffix, _)) in builds.iter().enumerate() {
-            let (at_least_once, off, no_lz4, exactly_once) = (run(0, b), run(1, b), run(2, b), run(3, b));
-            println!(
-                "{}: metrics cost {:.1}%, LZ4 off {:+.1}% against LZ4 on, exactly-once cost {:.1}% of at-least-once throughput",
-                suffix.trim(),
-                (1.0 - at_least_once.rate / off.rate) * 100.0,
-                (no_lz4.rate / at_least_once.rate - 1.0) * 100.0,
-                (1.0 - exactly_once.rate / at_least_once.rate) * 100.0
-            );
+            let rate = |label: &str| by_label(label, b);
+            let at_least_once = rate("at-least-once");
+            let mut costs = Vec::new();
+            if let (Some(on), Some(off)) = (at_least_once, rate("metrics off")) {
+                costs.push(format!("metrics cost {:.1}%", (1.0 - on / off) * 100.0));
+            }
+            if let (Some(on), Some(off)) = (at_least_once, rate("LZ4 off")) {
+                costs.push(format!("LZ4 off {:+.1}% against LZ4 on", (off / on - 1.0) * 100.0));
+            }
+            if let (Some(alo), Some(eo)) = (at_least_once, rate("exactly-once")) {
+                costs.push(format!(
+                    "exactly-once cost {:.1}% of at-least-once throughput",
+                    (1.0 - eo / alo) * 100.0
+                ));
+            }
+            println!("{}: {}", suffix.trim(), costs.join(", "));
         }
         if k == 2 {
             println!("after against before:");

@@ -202,6 +202,7 @@ impl Flow {
             Some(_) => Some(StreamConnection::connect_or(&config.redis, &command_client).await?),
             None => None,
         };
+        let held: Arc<Held> = Arc::default();
         let recovery = exactly_once.zip(pending).map(|(sink, pending)| {
             // The lease only has to outlast one attempt's steps to spare
             // needless takeovers; correctness comes from the fence.
@@ -221,6 +222,8 @@ impl Flow {
                     )),
                     redis: command_client.clone(),
                     pending,
+                    held: held.clone(),
+                    claim_min_idle: cfg.claim.min_idle,
                     batch_id_column: cfg.batch_id_column.clone().unwrap_or_default(),
                     id_column: cfg.metadata.id.clone(),
                     stream_column: cfg.metadata.stream.clone(),
@@ -279,7 +282,7 @@ impl Flow {
             metrics,
             block: config.worker.block,
             prune_idle: config.worker.prune_idle,
-            held: Arc::default(),
+            held,
         }))
     }
 

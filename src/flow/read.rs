@@ -4,7 +4,7 @@
 //! reads). See [`crate::flow`] for one reader per shard in a cluster.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,7 @@ impl Flow {
                 }
             }
             let mut entries = self.chunk_lists.take(self.cfg.read_count.min(10_000));
+            let sent = Instant::now();
             let read = reader
                 .read_group(
                     &self.cfg.group,
@@ -55,7 +56,7 @@ impl Flow {
                 continue;
             }
             self.metrics.read(&entries);
-            self.held.insert_read(&entries);
+            self.held.insert_read(&entries, sent);
             self.dead_letter_oversized(&mut entries, &shutdown).await;
             // Whatever was read is handed on even during shutdown: it is
             // pending for us now and must be committed, not dropped.

@@ -17,9 +17,15 @@
 //! and are recorded one by one (claims are the exception). Records are
 //! forgotten lazily: one not seen pending for a few keep-alive passes has
 //! been acked.
+//!
+//! A read range also keeps when its XREADGROUP was sent: no delivery of
+//! its entries to us is older, which lets exactly-once skip its ownership
+//! check for entries delivered too recently for anyone to have claimed
+//! them ([`Held::delivered_since`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -43,8 +49,8 @@ struct Inner {
 /// entries listed as pending and idle).
 #[derive(Debug, Default)]
 struct Stream {
-    /// Read ranges, inclusive, in the order read (ascending ids).
-    ranges: Vec<(Id, Id, u64)>,
+    /// Read ranges in the order read (ascending ids).
+    ranges: Vec<ReadRange>,
     claimed: HashMap<Id, u64>,
     /// Claimed entries let go of because another batch owns them
     /// ([`Held::release`]), with the pass that released them: neither held
@@ -52,22 +58,41 @@ struct Stream {
     released: HashMap<Id, u64>,
 }
 
+/// The entries one XREADGROUP `>` reply delivered from one stream.
+#[derive(Debug)]
+struct ReadRange {
+    /// First and last id, inclusive.
+    from: Id,
+    to: Id,
+    /// The pass that last saw it.
+    seen: u64,
+    /// When the read was sent: before Redis delivered these entries.
+    sent: Instant,
+}
+
 impl Stream {
+    /// The read range holding `id`, if any.
+    fn range_of(&mut self, id: Id) -> Option<&mut ReadRange> {
+        // Ranges ascend; the last one not starting after `id` is the only
+        // one that can hold it.
+        let i = self.ranges.partition_point(|r| r.from <= id);
+        i.checked_sub(1)
+            .map(|i| &mut self.ranges[i])
+            .filter(|r| id <= r.to)
+    }
+
     /// Marks and reports whether `id` is held.
     fn see(&mut self, id: Id, pass: u64) -> bool {
         if let Some(seen) = self.claimed.get_mut(&id) {
             *seen = pass;
             return true;
         }
-        // Ranges ascend; the last one not starting after `id` is the only
-        // one that can hold it.
-        let i = self.ranges.partition_point(|(from, _, _)| *from <= id);
-        match i.checked_sub(1).map(|i| &mut self.ranges[i]) {
-            Some((_, to, seen)) if id <= *to => {
-                *seen = pass;
+        match self.range_of(id) {
+            Some(range) => {
+                range.seen = pass;
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 }
@@ -77,17 +102,18 @@ impl Held {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records the entries of one XREADGROUP `>` reply.
-    pub fn insert_read(&self, messages: &[Message]) {
-        self.insert(messages, true);
+    /// Records the entries of one XREADGROUP `>` reply, sent at `sent`.
+    pub fn insert_read(&self, messages: &[Message], sent: Instant) {
+        self.insert(messages, Some(sent));
     }
 
     /// Records entries claimed from other consumers (or ourselves).
     pub fn insert_claimed(&self, messages: &[Message]) {
-        self.insert(messages, false);
+        self.insert(messages, None);
     }
 
-    fn insert(&self, messages: &[Message], read: bool) {
+    /// `read`: the entries of one read, sent then; None: claimed entries.
+    fn insert(&self, messages: &[Message], read: Option<Instant>) {
         let mut guard = self.lock();
         let Inner { pass, streams } = &mut *guard;
         let mut rest = messages;
@@ -98,13 +124,19 @@ impl Held {
                 .unwrap_or(rest.len());
             let stream = streams.entry(first.stream.clone()).or_default();
             let ids = rest[..run].iter().filter_map(|m| parse_id(&m.id));
-            if read {
+            if let Some(sent) = read {
                 // A reply lists each stream's entries in id order.
                 let (lo, hi) = (parse_id(&rest[0].id), parse_id(&rest[run - 1].id));
                 if let (Some(lo), Some(hi)) = (lo, hi) {
-                    let (lo, hi) = (lo.min(hi), lo.max(hi));
-                    let at = stream.ranges.partition_point(|(from, _, _)| *from <= lo);
-                    stream.ranges.insert(at, (lo, hi, *pass));
+                    let (from, to) = (lo.min(hi), lo.max(hi));
+                    let at = stream.ranges.partition_point(|r| r.from <= from);
+                    let range = ReadRange {
+                        from,
+                        to,
+                        seen: *pass,
+                        sent,
+                    };
+                    stream.ranges.insert(at, range);
                 }
             } else {
                 for id in ids {
@@ -114,6 +146,28 @@ impl Held {
             }
             rest = &rest[run..];
         }
+    }
+
+    /// When the oldest read that delivered any of `messages` to us was
+    /// sent: none of them was delivered to us earlier. None when one of
+    /// them is not a recorded read's (claimed, or its record forgotten).
+    pub fn delivered_since(&self, messages: &[Message]) -> Option<Instant> {
+        let mut guard = self.lock();
+        let mut oldest: Option<Instant> = None;
+        // Consecutive members mostly share a stream and a read range.
+        let mut last: Option<(&Arc<str>, Id, Id)> = None;
+        for m in messages {
+            let id = parse_id(&m.id)?;
+            if let Some((stream, from, to)) = last {
+                if Arc::ptr_eq(stream, &m.stream) && from <= id && id <= to {
+                    continue;
+                }
+            }
+            let range = guard.streams.get_mut(&m.stream)?.range_of(id)?;
+            oldest = Some(oldest.map_or(range.sent, |o| o.min(range.sent)));
+            last = Some((&m.stream, range.from, range.to));
+        }
+        oldest
     }
 
     /// Lets go of claimed entries of `stream` that another replica's batch
@@ -165,7 +219,7 @@ impl Held {
         guard.pass += 1;
         let oldest = guard.pass.saturating_sub(keep);
         for s in guard.streams.values_mut() {
-            s.ranges.retain(|(_, _, seen)| *seen >= oldest);
+            s.ranges.retain(|r| r.seen >= oldest);
             s.claimed.retain(|_, seen| *seen >= oldest);
             s.released.retain(|_, at| *at >= oldest);
         }
@@ -211,13 +265,16 @@ mod tests {
         let held = Held::default();
         // One reply over two streams, then a later one; the reply between
         // them (5-0..6-0 on `a`) was lost.
-        held.insert_read(&[
-            msg(&a, "1-0"),
-            msg(&a, "2-5"),
-            msg(&a, "4-0"),
-            msg(&b, "1-0"),
-        ]);
-        held.insert_read(&[msg(&a, "7-0"), msg(&a, "9-0")]);
+        held.insert_read(
+            &[
+                msg(&a, "1-0"),
+                msg(&a, "2-5"),
+                msg(&a, "4-0"),
+                msg(&b, "1-0"),
+            ],
+            Instant::now(),
+        );
+        held.insert_read(&[msg(&a, "7-0"), msg(&a, "9-0")], Instant::now());
         held.insert_claimed(&[msg(&a, "0-3")]);
         assert_eq!(held.len(), 4);
         let (ours, orphans) = held.split(
@@ -231,11 +288,36 @@ mod tests {
     }
 
     #[test]
+    fn delivered_since_is_the_oldest_read_holding_every_member() {
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let held = Held::default();
+        let first = Instant::now();
+        held.insert_read(&[msg(&a, "1-0"), msg(&a, "3-0"), msg(&b, "1-0")], first);
+        let second = first + std::time::Duration::from_millis(5);
+        held.insert_read(&[msg(&a, "5-0"), msg(&a, "6-0")], second);
+        held.insert_claimed(&[msg(&a, "9-0")]);
+        let since = |members: &[Message]| held.delivered_since(members);
+        assert_eq!(since(&[msg(&a, "5-0"), msg(&a, "6-0")]), Some(second));
+        assert_eq!(since(&[msg(&a, "5-0"), msg(&a, "2-0")]), Some(first));
+        assert_eq!(since(&[msg(&b, "1-0"), msg(&a, "6-0")]), Some(first));
+        // A claimed entry, one between two reads (a lost reply) and one of
+        // a stream never read have no known delivery time.
+        assert_eq!(since(&[msg(&a, "5-0"), msg(&a, "9-0")]), None);
+        assert_eq!(since(&[msg(&a, "4-0")]), None);
+        assert_eq!(since(&[msg(&b, "1-0"), msg(&Arc::from("c"), "1-0")]), None);
+        // Nor has an entry whose read was forgotten (acked long ago).
+        for _ in 0..3 {
+            held.end_pass(2);
+        }
+        assert_eq!(since(&[msg(&a, "5-0")]), None);
+    }
+
+    #[test]
     fn records_not_seen_for_a_few_passes_are_forgotten() {
         let a: Arc<str> = Arc::from("a");
         let held = Held::default();
-        held.insert_read(&[msg(&a, "1-0"), msg(&a, "2-0")]);
-        held.insert_read(&[msg(&a, "3-0")]);
+        held.insert_read(&[msg(&a, "1-0"), msg(&a, "2-0")], Instant::now());
+        held.insert_read(&[msg(&a, "3-0")], Instant::now());
         held.insert_claimed(&[msg(&a, "0-1")]);
         // 1-0 keeps being listed (still pending); the rest were acked.
         for _ in 0..3 {

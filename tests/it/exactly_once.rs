@@ -179,6 +179,71 @@ async fn killed_before_insert_has_its_batch_inserted_once() {
     );
 }
 
+/// A batch recorded long enough after its read for a claim to have come
+/// first (here: sealed 3 s after the read, `claim.min_idle` 4 s) is checked
+/// against the pending list, so entries another consumer took before the
+/// record are left to it; fresh batches skip that check
+/// (`ExactlyOnce::too_recent_to_be_claimed`), and must never skip it here:
+/// the taken entries would land twice, once in this batch and once after
+/// the worker claims them back from the dead consumer.
+#[tokio::test]
+async fn entries_taken_before_a_late_record_are_left_to_their_new_owner() {
+    let s = Stack::start().await;
+    let (flow, stream, table) = setup(&s).await;
+    let config = config(&s.redis.url(), &s.ch.url(), &flow, &stream, &table)
+        .replace(r#"max_wait = "1s""#, r#"max_wait = "3s""#)
+        .replace(
+            r#"claim = { min_idle = "1s", every = "300ms" }"#,
+            r#"claim = { min_idle = "4s", every = "1s" }"#,
+        );
+    let a = Worker::spawn(&config);
+    wait_for(LONG, "A running", || async {
+        a.log_contents().contains("flow running")
+    })
+    .await;
+    const ROWS: usize = 200;
+    let ids = xadd_many(&s.rc, &stream, ROWS, seed_job).await;
+    wait_for(LONG, "every entry read by A", || async {
+        pending(&s.rc, &stream, "g").await == ROWS as u64
+    })
+    .await;
+    assert_eq!(
+        open_batches(&s.rc, &flow).await,
+        0,
+        "recorded before max_wait"
+    );
+    // Another consumer takes 20 entries while A's batch is still open.
+    use fred::types::Value;
+    let taken: Vec<Value> = ids[..20]
+        .iter()
+        .map(|id| Value::from(id.as_str()))
+        .collect();
+    let mut args: Vec<Value> = vec![
+        stream.as_str().into(),
+        "g".into(),
+        "thief".into(),
+        "0".into(),
+    ];
+    args.extend(taken);
+    args.push("JUSTID".into());
+    raw(&s.rc, "XCLAIM", args).await;
+    wait_for(
+        LONG,
+        "A leaving the taken entries out of its batch",
+        || async {
+            let log = a.log_contents();
+            log.lines().any(|line| {
+                line.contains("claimed by another replica before the batch was recorded")
+                    && line.contains("taken=20")
+            })
+        },
+    )
+    .await;
+    // The thief never acks: A claims its entries once idle and inserts them.
+    wait_settled(&s, &flow, &[&stream]).await;
+    assert_exactly_once(&s, &table, &ids).await;
+}
+
 /// The open batch ids of a flow's ledger (`SMEMBERS sluice:eo:{flow}:open`).
 async fn open_batch_ids(s: &Stack, flow: &str) -> Vec<String> {
     let key = format!("sluice:eo:{{{flow}}}:open");

@@ -4,7 +4,8 @@
 //! The rules that make it exact (docs/EXACTLY_ONCE.md):
 //! - a batch is recorded in the ledger before any insert, and only entries
 //!   still pending under our consumer after the record stay in it — an entry
-//!   another replica claimed first is its to insert;
+//!   another replica claimed first is its to insert (a batch read too
+//!   recently for any claim to have come first skips the check);
 //! - only the holder of the batch's lease inserts, and it renews the lease
 //!   right before each step that can land rows;
 //! - rows land through a fenced stage (`fenced`), and after any failure the
@@ -27,6 +28,7 @@ use crate::backoff::Backoff;
 use crate::obs::metrics::FlowMetrics;
 use crate::redis::acks::same_stream;
 use crate::redis::direct::StreamConnection;
+use crate::redis::held::Held;
 use crate::redis::{parse_id, Message, StreamError};
 use crate::sink::clickhouse::classify::classify;
 use crate::sink::clickhouse::exactly_once::ledger::Ledger;
@@ -45,6 +47,11 @@ pub(crate) struct ExactlyOnce {
     /// XPENDING over each recorded batch, and recovery's acks: a
     /// connection of sluice's own where it can be (see [`StreamConnection`]).
     pub pending: StreamConnection,
+    /// The entries this process holds, with when their reads were sent.
+    pub held: Arc<Held>,
+    /// `claim.min_idle`, the same on every replica: no replica claims an
+    /// entry delivered to us less than this long ago.
+    pub claim_min_idle: Duration,
     pub batch_id_column: String,
     /// The column holding entry ids (`metadata.id`), if configured: lets a
     /// partly landed batch be completed exactly.
@@ -112,6 +119,7 @@ impl ExactlyOnce {
                 .record(id, parent, &self.committer(), &part)
                 .await
             {
+                Ok(true) if self.too_recent_to_be_claimed(&part) => return Ok(part),
                 Ok(true) => self.still_ours(&part).await,
                 Ok(false) => {
                     tracing::warn!(flow = %self.flow, batch = %id, rows = part.len(), "another replica took over the batch this part was bisected from; leaving it");
@@ -171,6 +179,20 @@ impl ExactlyOnce {
                 tracing::warn!(flow = %self.flow, %error, "sweeping the exactly-once ledger failed")
             }
         }
+    }
+
+    /// Whether every member of `part` was delivered to us by a read sent so
+    /// recently that no replica can have claimed it yet: a claim takes only
+    /// entries idle for `claim.min_idle`, and Redis counts idle time from
+    /// the delivery, which came after the read was sent. Called right after
+    /// the batch was recorded: from then on a claiming replica finds the
+    /// record, so the members are ours without asking Redis (XPENDING over
+    /// a 50,000-member batch costs Redis more than reading it). Half of
+    /// `min_idle` is the margin for the two clocks.
+    fn too_recent_to_be_claimed(&self, part: &[Message]) -> bool {
+        self.held
+            .delivered_since(part)
+            .is_some_and(|sent| sent.elapsed() < self.claim_min_idle / 2)
     }
 
     /// The members of `part` pending under our consumer (XPENDING over each
