@@ -670,12 +670,12 @@ fn main() {
         println!("(redis µs/ent: XREADGROUP+XACK time from INFO commandstats; µs/msg: user+sys CPU ÷ messages)");
         let k = builds.len();
         let run = |mode: usize, build: usize| &runs[mode * k + build];
-        let by_label = |label: &str, build: usize| {
-            let mode = modes.iter().position(|m| m.0 == label)?;
-            Some(run(mode, build).rate)
-        };
         for (b, (suffix, _)) in builds.iter().enumerate() {
-            let rate = |label: &str| by_label(label, b);
+            // The rate of mode `label` with this build, if it was drained.
+            let rate = |label: &str| {
+                let mode = modes.iter().position(|m| m.0 == label)?;
+                Some(run(mode, b).rate)
+            };
             let at_least_once = rate("at-least-once");
             let mut costs = Vec::new();
             if let (Some(on), Some(off)) = (at_least_once, rate("metrics off")) {

@@ -29,6 +29,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::redis::acks::same_stream;
 use crate::redis::{parse_id, Message};
 
 type Id = (u64, u64);
@@ -159,7 +160,7 @@ impl Held {
         for m in messages {
             let id = parse_id(&m.id)?;
             if let Some((stream, from, to)) = last {
-                if Arc::ptr_eq(stream, &m.stream) && from <= id && id <= to {
+                if same_stream(stream, &m.stream) && from <= id && id <= to {
                     continue;
                 }
             }
