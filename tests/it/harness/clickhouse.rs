@@ -281,6 +281,17 @@ impl ClickHouseServer {
             .await
     }
 
+    /// The rows in `table`'s active parts (of the current database), from
+    /// `system.parts`: what `count()` returns, without reading a column —
+    /// a bench polling a growing table this way leaves the server's CPU
+    /// to the work it measures.
+    pub async fn rows_in_parts(&self, table: &str) -> u64 {
+        self.query_u64(&format!(
+            "SELECT sum(rows) FROM system.parts WHERE active AND database = currentDatabase() AND table = '{table}'"
+        ))
+        .await
+    }
+
     /// The server's `version()`, e.g. `18.16.1`.
     pub async fn version(&self) -> String {
         self.query_tsv("SELECT version()").await.trim().to_string()
