@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::LazyLock;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -166,7 +166,7 @@ if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return false end
 return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
 "#;
 
-static REPLAY_S: OnceLock<Script> = OnceLock::new();
+static REPLAY_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(REPLAY));
 
 /// What replay did (or, in a dry run, would do) with one entry.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -199,7 +199,7 @@ pub(crate) async fn replay_entries(
     entries: Vec<DeadEntry>,
     dry_run: bool,
 ) -> Result<Vec<Replayed>, StreamError> {
-    let script = REPLAY_S.get_or_init(|| Script::from_lua(REPLAY));
+    let script = &REPLAY_S;
     let mut out = Vec::new();
     for e in entries {
         let skip = match (&e.stream, e.fields.is_empty()) {

@@ -19,7 +19,7 @@
 //! applies there, not to an output forwarded elsewhere), `sluice.first_id`
 //! (the first entry's id) and `sluice.error` (the last error, truncated).
 
-use std::sync::OnceLock;
+use std::sync::LazyLock;
 
 use bytes::Bytes;
 use fred::prelude::*;
@@ -83,7 +83,7 @@ if ARGV[6] == '1' then redis.call('XDEL', KEYS[2], ARGV[3]) end
 return {string.format('%.0f', now), string.format('%.0f', due)}
 "#;
 
-static RETRY_S: OnceLock<Script> = OnceLock::new();
+static RETRY_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(RETRY));
 
 /// What became of a failed message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,7 +181,7 @@ impl Retrier {
         fields.push((Bytes::from(FIELD_FIRST_ID), first_id));
         fields.push((Bytes::from(FIELD_ERROR), Bytes::from(error_text)));
         let delay = self.policy.delay(failures);
-        let script = RETRY_S.get_or_init(|| Script::from_lua(RETRY));
+        let script = &RETRY_S;
         let args: Vec<Value> = vec![
             m.stream.as_ref().into(),
             self.group.as_str().into(),

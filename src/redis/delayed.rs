@@ -19,7 +19,7 @@
 //! A member is MessagePack: an array `[job id, field, value, field, value, …]`
 //! of strings (binary-safe); the random job id keeps identical jobs apart.
 
-use std::sync::OnceLock;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -206,12 +206,8 @@ end
 return {moved, invalid, tonumber(nxt[2])}
 "#;
 
-static ENQUEUE_S: OnceLock<Script> = OnceLock::new();
-static PROMOTE_S: OnceLock<Script> = OnceLock::new();
-
-fn enqueue_script() -> &'static Script {
-    ENQUEUE_S.get_or_init(|| Script::from_lua(ENQUEUE))
-}
+static ENQUEUE_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(ENQUEUE));
+static PROMOTE_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(PROMOTE));
 
 /// When a delayed job is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,9 +239,7 @@ pub async fn enqueue(
         jobs.iter()
             .map(|f| Value::Bytes(Bytes::from(encode_member(f)))),
     );
-    let reply: Value = enqueue_script()
-        .evalsha_with_reload(client, keys, args)
-        .await?;
+    let reply: Value = ENQUEUE_S.evalsha_with_reload(client, keys, args).await?;
     reply
         .as_string()
         .and_then(|s| s.parse().ok())
@@ -325,7 +319,7 @@ pub struct Promoted {
 
 /// Moves up to `limit` due jobs of `stream` into it, atomically.
 pub async fn promote(client: &Client, stream: &str, limit: usize) -> Result<Promoted> {
-    let script = PROMOTE_S.get_or_init(|| Script::from_lua(PROMOTE));
+    let script = &PROMOTE_S;
     let reply: Value = script
         .evalsha_with_reload(
             client,
@@ -414,7 +408,7 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return false end
 return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
 "#;
 
-static MOVE_NOW_S: OnceLock<Script> = OnceLock::new();
+static MOVE_NOW_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(MOVE_NOW));
 
 /// Moves the waiting job `member` of `stream` into the stream at once,
 /// atomically; returns the new entry id, or None when the job was no
@@ -433,7 +427,6 @@ pub(crate) async fn move_now(
         args.push(Value::Bytes(v));
     }
     let reply: Value = MOVE_NOW_S
-        .get_or_init(|| Script::from_lua(MOVE_NOW))
         .evalsha_with_reload(client, vec![set_key(stream), stream.to_string()], args)
         .await?;
     Ok(reply.as_string())

@@ -2,9 +2,11 @@
 //! pruning consumers left behind by departed replicas, and removing our own
 //! consumer on a clean exit.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use fred::prelude::*;
+use fred::types::scripts::Script;
 
 use crate::redis::{commands, reply, Result};
 
@@ -98,8 +100,7 @@ redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 "#;
 
-static DELETE_IF_EMPTY_S: std::sync::OnceLock<fred::types::scripts::Script> =
-    std::sync::OnceLock::new();
+static DELETE_IF_EMPTY_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(DELETE_IF_EMPTY));
 
 /// Deletes `consumer` of `group` if it has no pending entry; whether it did.
 pub(crate) async fn delete_if_empty(
@@ -108,8 +109,7 @@ pub(crate) async fn delete_if_empty(
     group: &str,
     consumer: &str,
 ) -> Result<bool> {
-    let script =
-        DELETE_IF_EMPTY_S.get_or_init(|| fred::types::scripts::Script::from_lua(DELETE_IF_EMPTY));
+    let script = &DELETE_IF_EMPTY_S;
     let deleted: i64 = script
         .evalsha_with_reload(client, vec![stream], vec![group, consumer])
         .await?;

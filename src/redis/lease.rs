@@ -2,7 +2,7 @@
 //! source's reader, an exactly-once batch's inserter), renewing it before it
 //! expires; when the holder stops renewing, another takes it over.
 
-use std::sync::OnceLock;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -26,8 +26,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 "#;
 
-static HOLD_S: OnceLock<Script> = OnceLock::new();
-static RELEASE_S: OnceLock<Script> = OnceLock::new();
+static HOLD_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(HOLD));
+static RELEASE_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(RELEASE));
 
 /// Takes the lease at `key` for `lease`, or renews it if `holder` has it;
 /// true if `holder` holds it now.
@@ -38,7 +38,6 @@ pub(crate) async fn hold(
     lease: Duration,
 ) -> Result<bool, fred::error::Error> {
     let held: i64 = HOLD_S
-        .get_or_init(|| Script::from_lua(HOLD))
         .evalsha_with_reload(
             client,
             vec![key.to_string()],
@@ -56,7 +55,6 @@ pub(crate) async fn release(
     holder: &str,
 ) -> Result<(), fred::error::Error> {
     let _: i64 = RELEASE_S
-        .get_or_init(|| Script::from_lua(RELEASE))
         .evalsha_with_reload(client, vec![key.to_string()], vec![holder.to_string()])
         .await?;
     Ok(())

@@ -26,7 +26,7 @@
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::LazyLock;
 
 use super::spec::{format_time, Millis, Spec, SpecError};
 use crate::config::streams::hash_tag;
@@ -154,10 +154,6 @@ impl Stored {
     pub(crate) fn state(&self) -> Option<State> {
         State::parse(&self.state)
     }
-}
-
-fn script(cell: &'static OnceLock<Script>, lua: &'static str) -> &'static Script {
-    cell.get_or_init(|| Script::from_lua(lua))
 }
 
 /// The checks both ways of firing a tick start with (KEYS[1] = the
@@ -311,25 +307,23 @@ redis.call('HINCRBY', KEYS[1], 'triggered', 1)
 return 'fired:' .. id
 "#;
 
-static FIRE_S: OnceLock<Script> = OnceLock::new();
-static FIRE_GUARD_S: OnceLock<Script> = OnceLock::new();
-static FIRE_ADD_S: OnceLock<Script> = OnceLock::new();
-static FIRE_DONE_S: OnceLock<Script> = OnceLock::new();
-static ACTIVATE_S: OnceLock<Script> = OnceLock::new();
-static UPSERT_S: OnceLock<Script> = OnceLock::new();
-static ADD_S: OnceLock<Script> = OnceLock::new();
-static SET_STATE_S: OnceLock<Script> = OnceLock::new();
-static TRIGGER_S: OnceLock<Script> = OnceLock::new();
+static FIRE_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(FIRE));
+static FIRE_GUARD_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(FIRE_GUARD));
+static FIRE_ADD_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(FIRE_ADD));
+static FIRE_DONE_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(FIRE_DONE));
+static ACTIVATE_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(ACTIVATE));
+static UPSERT_CONFIG_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(UPSERT_CONFIG));
+static ADD_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(ADD));
+static SET_STATE_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(SET_STATE));
+static TRIGGER_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(TRIGGER));
 
 async fn eval(
     client: &Client,
-    (cell, lua): (&'static OnceLock<Script>, &'static str),
+    script: &Script,
     keys: Vec<String>,
     args: Vec<String>,
 ) -> Result<String> {
-    let v: fred::types::Value = script(cell, lua)
-        .evalsha_with_reload(client, keys, args)
-        .await?;
+    let v: fred::types::Value = script.evalsha_with_reload(client, keys, args).await?;
     Ok(match v {
         fred::types::Value::Integer(i) => i.to_string(),
         other => other.as_string().unwrap_or_default(),
@@ -400,7 +394,7 @@ pub async fn fire(
     }
     let reply = eval(
         client,
-        (&FIRE_S, FIRE),
+        &FIRE_S,
         vec![
             hash_key(&spec.name),
             tick_key(&spec.name, tick),
@@ -432,7 +426,7 @@ async fn fire_in_steps(
     let keys = vec![hash_key(&spec.name), tick_key(&spec.name, tick)];
     let reply = eval(
         client,
-        (&FIRE_GUARD_S, FIRE_GUARD),
+        &FIRE_GUARD_S,
         keys.clone(),
         vec![
             tick.to_string(),
@@ -454,7 +448,7 @@ async fn fire_in_steps(
     }
     let added = eval(
         client,
-        (&FIRE_ADD_S, FIRE_ADD),
+        &FIRE_ADD_S,
         vec![stream.to_string(), fired_key(stream, &spec.name, tick)],
         args,
     )
@@ -468,7 +462,7 @@ async fn fire_in_steps(
     };
     eval(
         client,
-        (&FIRE_DONE_S, FIRE_DONE),
+        &FIRE_DONE_S,
         keys,
         vec![
             tick.to_string(),
@@ -524,7 +518,7 @@ fn outcome(reply: String) -> Result<FireOutcome> {
 pub async fn activate(client: &Client, name: &str, now: Millis) -> Result<bool> {
     let r = eval(
         client,
-        (&ACTIVATE_S, ACTIVATE),
+        &ACTIVATE_S,
         vec![hash_key(name)],
         vec![now.to_string()],
     )
@@ -566,13 +560,7 @@ pub async fn upsert_from_config(
     args.extend(definition_args(spec));
     // The index first: a name listed without a hash is skipped by readers.
     let _: () = client.sadd(INDEX_KEY, spec.name.as_str()).await?;
-    let r = eval(
-        client,
-        (&UPSERT_S, UPSERT_CONFIG),
-        vec![hash_key(&spec.name)],
-        args,
-    )
-    .await?;
+    let r = eval(client, &UPSERT_CONFIG_S, vec![hash_key(&spec.name)], args).await?;
     Ok(match r.as_str() {
         "created" => Upserted::Created,
         "removed" => Upserted::Removed,
@@ -597,7 +585,7 @@ pub(crate) async fn add(
     ];
     args.extend(definition_args(spec));
     let _: () = client.sadd(INDEX_KEY, spec.name.as_str()).await?;
-    let r = eval(client, (&ADD_S, ADD), vec![hash_key(&spec.name)], args).await?;
+    let r = eval(client, &ADD_S, vec![hash_key(&spec.name)], args).await?;
     match r.strip_prefix("exists:") {
         Some(state) => Err(StoreError::Exists(spec.name.clone(), state.to_string())),
         None => Ok(()),
@@ -648,7 +636,7 @@ pub(crate) async fn set_state(
 ) -> Result<String> {
     let r = eval(
         client,
-        (&SET_STATE_S, SET_STATE),
+        &SET_STATE_S,
         vec![hash_key(name)],
         vec![
             action.target().as_str().to_string(),
@@ -713,7 +701,7 @@ pub(crate) async fn trigger(
     }
     let r = eval(
         client,
-        (&TRIGGER_S, TRIGGER),
+        &TRIGGER_S,
         vec![hash_key(name), stream.to_string()],
         args,
     )

@@ -13,6 +13,7 @@
 //! moved and stops. With `exactly_once` the same script also XADDs the
 //! chunk's rows, so the entries and the cursor move together or not at all.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -55,11 +56,7 @@ redis.call('HINCRBY', KEYS[2], 'rows', ARGV[6])
 return {1, n}
 "#;
 
-static ADVANCE_S: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-
-fn script(cell: &'static std::sync::OnceLock<Script>, lua: &'static str) -> &'static Script {
-    cell.get_or_init(|| Script::from_lua(lua))
-}
+static ADVANCE_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(ADVANCE));
 
 /// The Redis keys of one source.
 #[derive(Debug, Clone)]
@@ -143,9 +140,7 @@ pub(crate) async fn advance(
         }
     }
     let keys_v = vec![keys.stream.clone(), keys.cursor.clone()];
-    let reply: Value = script(&ADVANCE_S, ADVANCE)
-        .evalsha_with_reload(client, keys_v, args)
-        .await?;
+    let reply: Value = ADVANCE_S.evalsha_with_reload(client, keys_v, args).await?;
     let flag = match &reply {
         Value::Array(v) => v.first().and_then(|f| f.as_i64()),
         _ => None,

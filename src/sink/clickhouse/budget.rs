@@ -18,6 +18,7 @@
 //! any window of `w` seconds at most `1 + w × max_inserts_per_second`
 //! batches are sealed fleet-wide.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use crate::config::connections::DEFAULT;
@@ -37,7 +38,7 @@ redis.call('SET', KEYS[1], string.format('%.0f', next_free),
 return slot - now
 "#;
 
-static RESERVE_S: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+static RESERVE_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(RESERVE));
 
 /// A table's insert budget in Redis.
 #[derive(Clone)]
@@ -75,7 +76,6 @@ impl Budget {
     /// Reserves the next free slot; returns how long until it comes.
     pub async fn reserve(&self) -> Result<Duration, fred::error::Error> {
         let wait_us: i64 = RESERVE_S
-            .get_or_init(|| Script::from_lua(RESERVE))
             .evalsha_with_reload(
                 &self.client,
                 vec![self.key.clone()],

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
@@ -68,7 +68,7 @@ while i <= #ARGV and added < room do
 end
 return {added, used}
 "#;
-static ADD_UNDER_CAP_S: OnceLock<Script> = OnceLock::new();
+static ADD_UNDER_CAP_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(ADD_UNDER_CAP));
 
 /// Adds the given entries to an uncapped target, in order. KEYS[1]: the
 /// target; ARGV: per entry its field count n and n field/value pairs.
@@ -81,7 +81,7 @@ while i <= #ARGV do
 end
 return 0
 "#;
-static ADD_ALL_S: OnceLock<Script> = OnceLock::new();
+static ADD_ALL_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(ADD_ALL));
 
 /// Whether an XADD error is about this message's target (dead-letter) or
 /// about Redis (retry). Only a key of the wrong type is the former; OOM,
@@ -407,7 +407,7 @@ impl StreamCommitter {
             self.capacity.as_str().into(),
         ];
         let args = entry_args(messages.iter().copied(), head);
-        let script = ADD_UNDER_CAP_S.get_or_init(|| Script::from_lua(ADD_UNDER_CAP));
+        let script = &ADD_UNDER_CAP_S;
         let reply: Value = script
             .evalsha_with_reload(&self.target, vec![Key::from(target.key.clone())], args)
             .await
@@ -500,7 +500,7 @@ impl StreamCommitter {
         pairs: Vec<(usize, Arc<Target>)>,
         round: &mut Round,
     ) {
-        let script = ADD_ALL_S.get_or_init(|| Script::from_lua(ADD_ALL));
+        let script = &ADD_ALL_S;
         if !self.add_all_loaded.load(Ordering::Acquire) {
             match script.load(&self.target).await {
                 Ok(()) => self.add_all_loaded.store(true, Ordering::Release),

@@ -41,7 +41,7 @@
 //! refuses it up front when out of memory instead of failing half-way).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
@@ -93,7 +93,7 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return #new / 2
 "#;
 
-static WRITE_S: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+static WRITE_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(WRITE));
 
 /// Most entries in one script call: bounds how long Redis runs it.
 const CHUNK: usize = 1_000;
@@ -280,7 +280,7 @@ impl StreamOnce {
             }
         }
         let keys = vec![group.target.to_string(), group.key.clone()];
-        let script = WRITE_S.get_or_init(|| Script::from_lua(WRITE));
+        let script = &WRITE_S;
         let _added: Value = script
             .evalsha_with_reload(client, keys, args)
             .await

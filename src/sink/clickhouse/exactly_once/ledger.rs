@@ -28,7 +28,7 @@
 //!   delete the record the other is recovering.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -156,10 +156,10 @@ end
 return purged
 "#;
 
-/// Each script compiled once per process.
-fn script(cell: &'static std::sync::OnceLock<Script>, lua: &str) -> &'static Script {
-    cell.get_or_init(|| Script::from_lua(lua))
-}
+static RECORD_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(RECORD));
+static FORGET_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(FORGET));
+static OVERLAPPING_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(OVERLAPPING));
+static PURGE_S: LazyLock<Script> = LazyLock::new(|| Script::from_lua(PURGE));
 
 /// `[[stream, entry id], …]` as JSON, written straight into one string:
 /// a batch has 50,000 members, and a string and a pair each cost more than
@@ -312,7 +312,6 @@ impl Ledger {
         holder: &str,
         messages: &[Message],
     ) -> Result<bool> {
-        static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
         let spans = time_spans(messages);
         let streams = self.streams_of(messages);
         let mut keys = vec![self.lease_key(id), self.batch_key(id), self.open_key()];
@@ -335,7 +334,7 @@ impl Ledger {
             keys.extend([self.batch_key(parent), self.lease_key(parent)]);
             args.push(parent.to_string());
         }
-        let done: i64 = script(&SCRIPT, RECORD)
+        let done: i64 = RECORD_S
             .evalsha_with_reload(&self.client, keys, args)
             .await
             .map_err(StreamError::from)?;
@@ -346,10 +345,9 @@ impl Ledger {
     /// normal batching) — unless another task holds its lease: then the
     /// batch is that task's, which drops the record itself. False then.
     pub async fn forget(&self, id: &str, holder: &str) -> Result<bool> {
-        static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
         let mut keys = vec![self.lease_key(id), self.batch_key(id), self.open_key()];
         keys.extend(self.all_index_keys());
-        let done: i64 = script(&SCRIPT, FORGET)
+        let done: i64 = FORGET_S
             .evalsha_with_reload(&self.client, keys, vec![holder.to_string(), id.to_string()])
             .await
             .map_err(StreamError::from)?;
@@ -366,10 +364,9 @@ impl Ledger {
     /// only records whose time span in the entries' streams overlaps the
     /// page's are fetched, so the cost follows the page, not the ledger.
     pub async fn records_for(&self, entries: &[Message]) -> Result<Vec<BatchRecord>> {
-        static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
         let mut ids: Vec<String> = Vec::new();
         for (stream, (from, to)) in time_spans(entries) {
-            let found: Vec<String> = script(&SCRIPT, OVERLAPPING)
+            let found: Vec<String> = OVERLAPPING_S
                 .evalsha_with_reload(
                     &self.client,
                     self.index_keys(stream).to_vec(),
@@ -404,7 +401,6 @@ impl Ledger {
     /// Takes ids whose record expired out of the open set and the index;
     /// the number taken out.
     async fn purge(&self, ids: &[String]) -> Result<usize> {
-        static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
         if ids.is_empty() {
             return Ok(0);
         }
@@ -414,7 +410,7 @@ impl Ledger {
         keys.extend(ids.iter().map(|id| self.batch_key(id)));
         let mut args = vec![index.len().to_string()];
         args.extend(ids.iter().cloned());
-        let purged: i64 = script(&SCRIPT, PURGE)
+        let purged: i64 = PURGE_S
             .evalsha_with_reload(&self.client, keys, args)
             .await
             .map_err(StreamError::from)?;
