@@ -261,6 +261,13 @@ impl Flow {
                     // Records outlive their ack by more than the flow holds.
                     let keep = 3 * (cfg.read_count + cfg.batch.max_rows);
                     sink = sink.with_exactly_once(StreamOnce::new(&cfg.name, cfg.ledger_ttl, keep));
+                } else {
+                    let (redis, client) = match &sink.target {
+                        Some((client, name)) => (config.redis_for(Some(name)), client),
+                        None => (&config.redis, &command_client),
+                    };
+                    let writes = StreamConnection::connect_or(redis, client).await?;
+                    sink = sink.with_writes(writes);
                 }
                 FlowSink::Stream(Arc::new(sink))
             }

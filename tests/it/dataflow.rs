@@ -107,6 +107,65 @@ to = "{src}.{{task_for}}"
     assert_eq!(xlen(&rc, &src).await, ids.len() as u64 + 1);
 }
 
+/// A target key that is not a stream refuses only the entries routed to
+/// it: they are dead-lettered naming the target and Redis's error, every
+/// other target gets its entries in order, and the flow goes on.
+#[tokio::test]
+async fn a_target_key_of_the_wrong_type_dead_letters_only_its_entries() {
+    let redis = RedisServer::start().await;
+    let rc = redis.client().await;
+    let src = unique_name("wrongtype_src");
+    let t = |name: &str| format!("{src}.{name}");
+    let _: Value = raw(&rc, "SET", vec![t("b").into(), "not a stream".into()]).await;
+    xadd_many(&rc, &src, 3000, seed_job).await;
+    let _w = Worker::spawn(&config(
+        &redis.url(),
+        &format!(
+            r#"
+[[flow]]
+name = "wrongtype"
+streams = ["{src}"]
+group = "g"
+batch = {{ max_rows = 1000, max_wait = "50ms" }}
+[flow.sink]
+type = "stream"
+to = "{src}.{{task_for}}"
+"#
+        ),
+    ));
+    let dead_stream = format!("{src}:dead");
+    wait_for(LONG, "every entry moved or dead-lettered", || async {
+        pending(&rc, &src, "g").await == 0
+            && xlen(&rc, &t("a")).await == 1000
+            && xlen(&rc, &t("c")).await == 1000
+            && xlen(&rc, &dead_stream).await == 1000
+    })
+    .await;
+    for (stream, residue) in [(t("a"), 0), (t("c"), 2)] {
+        let want: Vec<u64> = (0..3000).filter(|i| i % 3 == residue).collect();
+        assert_eq!(rec_ids(&rc, &stream).await, want, "{stream}");
+    }
+    let dead = dead_letters(&rc, &dead_stream).await;
+    let want: BTreeSet<String> = (0..3000)
+        .filter(|i| i % 3 == 1)
+        .map(|i| i.to_string())
+        .collect();
+    assert_eq!(dead.keys().cloned().collect::<BTreeSet<_>>(), want);
+    let reason = field(&dead["1"], "sluice.reason").unwrap();
+    assert!(
+        reason.contains(&format!("target `{}`", t("b"))) && reason.contains("WRONGTYPE"),
+        "{reason}"
+    );
+    // The key was left as it was.
+    assert_eq!(
+        raw(&rc, "GET", vec![t("b").into()])
+            .await
+            .as_string()
+            .as_deref(),
+        Some("not a stream")
+    );
+}
+
 #[tokio::test]
 async fn full_target_pauses_the_flow_and_nothing_is_lost_or_trimmed() {
     let redis = RedisServer::start().await;

@@ -1,6 +1,6 @@
 //! Writing a stream sink's sealed batches: waiting for room under the
-//! targets' caps (pausing the flow meanwhile), XADDing in few script calls,
-//! then settling at the source ([`crate::flow::settle`]): dead letters
+//! targets' caps (pausing the flow meanwhile), XADDing (pipelined on a
+//! connection of the sink's own, or in few script calls), then settling at the source ([`crate::flow::settle`]): dead letters
 //! first, then the acks of what landed.
 
 use std::collections::HashMap;
@@ -17,6 +17,8 @@ use crate::config::Capacity;
 use crate::flow::settle::{Settler, Stopped};
 use crate::redis::acks::{same_stream, Acks};
 use crate::redis::dead_letter::DeadLetter;
+use crate::redis::direct::{DirectConnection, StreamConnection};
+use crate::redis::resp::{encode_bulk, encode_header, Cursor};
 use crate::redis::Message;
 use crate::sink::stream::batch::SealedStreamBatch;
 use crate::sink::stream::once::StreamOnce;
@@ -145,6 +147,9 @@ pub struct StreamCommitter {
     pub capacity: Capacity,
     /// Whether [`ADD_ALL`] was loaded on the targets' Redis.
     pub add_all_loaded: AtomicBool,
+    /// Uncapped at-least-once writes: a direct connection to the targets'
+    /// Redis when it is one plain-TCP server (see [`Self::write_plain`]).
+    pub(crate) writes: Option<Arc<StreamConnection>>,
 }
 
 impl StreamSink {
@@ -162,6 +167,7 @@ impl StreamSink {
             check_every: self.check_every,
             capacity: self.capacity,
             add_all_loaded: AtomicBool::new(false),
+            writes: self.writes.clone(),
             settler,
         }
     }
@@ -487,19 +493,28 @@ impl StreamCommitter {
         Ok(refused)
     }
 
-    /// Targets without a cap: each target's entries in order, in calls of
-    /// [`ADD_ALL`] of at most [`SCRIPT_ENTRIES`] entries, all in one
-    /// pipeline. One call per 500 entries instead of one XADD each: the
-    /// client's cost per command (building, encoding and answering it) was
-    /// half the worker's CPU per forwarded entry (`benches/dataflow.rs`).
-    /// A call adds all its entries or, failing on its first XADD (a key of
-    /// the wrong type, out of memory), none.
+    /// Targets without a cap: each target's entries in order, all in one
+    /// pipeline. On a direct connection, one XADD per entry written
+    /// straight into the request ([`Self::write_direct`]); through fred
+    /// (cluster, sentinel, TLS), calls of [`ADD_ALL`] of at most
+    /// [`SCRIPT_ENTRIES`] entries, as fred's cost per command (building,
+    /// encoding and answering it) was half the worker's CPU per forwarded
+    /// entry (`benches/dataflow.rs`). A script call adds all its entries
+    /// or, failing on its first XADD (a key of the wrong type, out of
+    /// memory), none.
     async fn write_plain(
         &self,
         messages: &[Message],
         pairs: Vec<(usize, Arc<Target>)>,
         round: &mut Round,
     ) {
+        if pairs.is_empty() {
+            return;
+        }
+        if let Some(StreamConnection::Direct(conn)) = self.writes.as_deref() {
+            let mut conn = conn.lock().await;
+            return write_direct(&mut conn, messages, pairs, round).await;
+        }
         let script = &ADD_ALL_S;
         if !self.add_all_loaded.load(Ordering::Acquire) {
             match script.load(&self.target).await {
@@ -639,6 +654,65 @@ impl Sink for StreamCommitter {
         if let (Some(once), true) = (&self.exactly_once, all_committed) {
             once.flush(&self.target).await;
         }
+    }
+}
+
+/// One XADD per (message, target) pair, grouped by target and in order
+/// within each, in one pipelined write. Redis runs a plain XADD for about
+/// half the time the same XADD costs inside a script (`redis.call`), and
+/// each entry gets its own answer: a key of the wrong type refuses just
+/// the entries routed to it. A lost connection fails them all (retried;
+/// those that landed are written again, as at-least-once allows).
+async fn write_direct(
+    conn: &mut DirectConnection,
+    messages: &[Message],
+    pairs: Vec<(usize, Arc<Target>)>,
+    round: &mut Round,
+) {
+    let targets = by_target(pairs);
+    let sent = conn
+        .pipeline(|request| {
+            let mut commands = 0;
+            for (t, ids) in &targets {
+                for &i in ids {
+                    encode_xadd(request, &t.key, &messages[i]);
+                    commands += 1;
+                }
+            }
+            commands
+        })
+        .await;
+    let mut replies = match sent {
+        Ok(replies) => replies.into_iter(),
+        Err(e) => {
+            let text = e.to_string();
+            for (t, ids) in &targets {
+                for &i in ids {
+                    round.error(i, t, text.clone());
+                }
+            }
+            return;
+        }
+    };
+    for (t, ids) in &targets {
+        for &i in ids {
+            let reply = replies.next().expect("one reply per XADD sent");
+            if let Err(e) = Cursor::new(reply).string_span("XADD") {
+                round.error(i, t, e.to_string());
+            }
+        }
+    }
+}
+
+/// `XADD <key> * <field> <value> …` for one message.
+fn encode_xadd(out: &mut bytes::BytesMut, key: &[u8], message: &Message) {
+    encode_header(out, 3 + 2 * message.fields.len());
+    encode_bulk(out, b"XADD");
+    encode_bulk(out, key);
+    encode_bulk(out, b"*");
+    for (field, value) in message.fields.iter() {
+        encode_bulk(out, field);
+        encode_bulk(out, value);
     }
 }
 

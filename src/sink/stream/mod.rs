@@ -53,6 +53,7 @@ use fred::prelude::Client;
 
 use crate::config::{redact_url, Capacity, Config, StreamSinkConfig, Targets};
 use crate::connections::DEFAULT;
+use crate::redis::direct::StreamConnection;
 use crate::redis::sharder::Sharder;
 use crate::sink::stream::once::StreamOnce;
 use crate::sink::stream::route::ToRule;
@@ -84,6 +85,8 @@ pub struct StreamSink {
     pub target: Option<(Client, String)>,
     /// `delivery = "exactly_once"`: the dedup script on the target.
     pub exactly_once: Option<Arc<StreamOnce>>,
+    /// The connection uncapped at-least-once XADDs go on ([`commit`]).
+    pub(crate) writes: Option<Arc<StreamConnection>>,
 }
 
 impl StreamSink {
@@ -97,6 +100,13 @@ impl StreamSink {
     /// checks go to `client`, acks stay on the flow's own.
     pub fn with_target(mut self, client: Client, connection: &str) -> StreamSink {
         self.target = Some((client, connection.to_string()));
+        self
+    }
+
+    /// Uncapped at-least-once XADDs go on `writes` (pipelined plain XADDs
+    /// when it is a direct connection).
+    pub(crate) fn with_writes(mut self, writes: StreamConnection) -> StreamSink {
+        self.writes = Some(Arc::new(writes));
         self
     }
 

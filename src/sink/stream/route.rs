@@ -76,6 +76,7 @@ impl StreamSink {
             sharder: Sharder::default(),
             target: None,
             exactly_once: None,
+            writes: None,
         };
         let mut registry = HashMap::new();
         for (value, targets) in &cfg.routes {
