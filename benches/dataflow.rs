@@ -16,7 +16,9 @@
 //! `SLUICE_BENCH_CONNS` (HTTP connections, default 32),
 //! `SLUICE_BENCH_BASELINE` (path of a `sluice` binary built from an older
 //! commit: every run is made with it too, right before this build's, so
-//! the two compare within one sitting).
+//! the two compare within one sitting), `SLUICE_BENCH_REPEAT` (forwarding
+//! runs per shape and build, default 1, in rounds so drift hits all alike;
+//! medians compared).
 
 mod common;
 #[path = "../tests/it/harness/mod.rs"]
@@ -66,6 +68,8 @@ struct Forward {
     label: &'static str,
     rate: f64,
     redis_us: f64,
+    /// Redis's user+sys CPU per entry: its commands and its socket work.
+    redis_cpu_us: f64,
     worker_us: f64,
     rss_mb: f64,
 }
@@ -109,6 +113,8 @@ batch = {{ max_rows = 5000, max_wait = "100ms" }}
 "#,
         redis.url()
     );
+    let redis_cpu = || redis.pid().map(cpu_secs).unwrap_or_default();
+    let redis_cpu_before = redis_cpu();
     let started = Instant::now();
     let worker = Worker::spawn_binary(&build.bin, "run", &config, &[], &[]);
     let targets: Vec<String> = if routed {
@@ -128,6 +134,7 @@ batch = {{ max_rows = 5000, max_wait = "100ms" }}
     })
     .await;
     let secs = started.elapsed().as_secs_f64();
+    let redis_cpu_us = (redis_cpu() - redis_cpu_before) * 1e6 / n as f64;
     let stats = commandstats(&rc).await;
     let usec = |c: &str| stats.get(c).map(|s| s.1).unwrap_or(0) as f64;
     // A script's XADDs are counted under `xadd` and in `evalsha` both.
@@ -148,6 +155,7 @@ batch = {{ max_rows = 5000, max_wait = "100ms" }}
         },
         rate: n as f64 / secs,
         redis_us,
+        redis_cpu_us,
         worker_us,
         rss_mb,
     }
@@ -331,6 +339,42 @@ impl KeepAlive {
     }
 }
 
+/// The median run (by rate) of each (shape, build), in first-run order.
+fn median_forwards(runs: &[Forward]) -> Vec<&Forward> {
+    let mut keys: Vec<(&'static str, &'static str)> = Vec::new();
+    for f in runs {
+        if !keys.contains(&(f.label, f.build)) {
+            keys.push((f.label, f.build));
+        }
+    }
+    keys.into_iter()
+        .map(|(label, build)| {
+            let mut same: Vec<&Forward> = runs
+                .iter()
+                .filter(|f| f.label == label && f.build == build)
+                .collect();
+            same.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+            same[same.len() / 2]
+        })
+        .collect()
+}
+
+/// Per shape with a baseline: this build's median rate ÷ the baseline's.
+fn forward_ratios(runs: &[Forward]) -> Vec<(&'static str, f64)> {
+    let medians = median_forwards(runs);
+    let baseline = |label: &str| {
+        medians
+            .iter()
+            .find(|f| f.label == label && f.build == "baseline")
+            .map(|f| f.rate)
+    };
+    medians
+        .iter()
+        .filter(|f| f.build == "this build")
+        .filter_map(|f| Some((f.label, f.rate / baseline(f.label)?)))
+        .collect()
+}
+
 fn main() {
     if !under_cargo_bench("dataflow") {
         return;
@@ -357,10 +401,13 @@ fn main() {
         let only = std::env::var("SLUICE_BENCH_ONLY").unwrap_or_default();
         let runs = |half: &str| only.is_empty() || only == half;
         let redis = RedisServer::start().await;
+        let repeat = env_usize("SLUICE_BENCH_REPEAT", 1).max(1);
         let mut forwards = Vec::new();
-        for shape in [Shape::Plain, Shape::Routed, Shape::Capped].into_iter().filter(|_| runs("forward")) {
-            for build in &builds {
-                forwards.push(forward(&redis, build, n, shape).await);
+        for _ in 0..repeat {
+            for shape in [Shape::Plain, Shape::Routed, Shape::Capped].into_iter().filter(|_| runs("forward")) {
+                for build in &builds {
+                    forwards.push(forward(&redis, build, n, shape).await);
+                }
             }
         }
         let mut loads = Vec::new();
@@ -372,16 +419,41 @@ fn main() {
         println!("\nsluice dataflow bench (1 worker, 1 Redis, same 2-core box)");
         println!("stream→stream forwarding of {n} seed-shaped 4-field jobs (batch 5,000):");
         println!(
-            "  {:<32} {:<10} {:>10} {:>16} {:>16} {:>16}",
-            "run", "build", "msgs/s", "redis µs/entry", "worker µs/msg", "worker peak RSS"
+            "  {:<32} {:<22} {:>10} {:>16} {:>9} {:>14} {:>14} {:>16}",
+            "run",
+            "build",
+            "msgs/s",
+            "redis µs/entry",
+            "of limit",
+            "redis CPU µs",
+            "worker µs/msg",
+            "worker peak RSS"
         );
-        for f in &forwards {
+        let row = |f: &Forward, build: &str| {
             println!(
-                "  {:<32} {:<10} {:>10.0} {:>16.2} {:>16.2} {:>12.1} MiB",
-                f.label, f.build, f.rate, f.redis_us, f.worker_us, f.rss_mb
+                "  {:<32} {:<22} {:>10.0} {:>16.2} {:>8.0}% {:>14.2} {:>14.2} {:>12.1} MiB",
+                f.label,
+                build,
+                f.rate,
+                f.redis_us,
+                100.0 * f.rate * f.redis_us / 1e6,
+                f.redis_cpu_us,
+                f.worker_us,
+                f.rss_mb
             );
+        };
+        for f in &forwards {
+            row(f, f.build);
         }
-        println!("  (redis µs/entry: XREADGROUP + XADD (or the capacity script) + XACK; worker µs: user+sys CPU)");
+        if repeat > 1 {
+            for f in median_forwards(&forwards) {
+                row(f, &format!("{} (median of {repeat})", f.build));
+            }
+        }
+        for (label, ratio) in forward_ratios(&forwards) {
+            println!("  {label}: this build ÷ baseline = {ratio:.2}× (medians)");
+        }
+        println!("  (redis µs/entry: XREADGROUP + XADD (or the capacity script) + XACK, from INFO commandstats; of limit: msgs/s ÷ the rate at which those µs fill Redis; redis CPU and worker µs: user+sys CPU per entry)");
         println!("HTTP entry, {conns} keep-alive connections for {secs}s each:");
         println!(
             "  {:>14} {:<10} {:>11} {:>11} {:>8} {:>8} {:>8} {:>13} {:>13}",
