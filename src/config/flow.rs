@@ -47,7 +47,8 @@ pub struct FlowConfig {
     /// `batch_id_column`): see docs/EXACTLY_ONCE.md.
     #[serde(default)]
     pub delivery: Delivery,
-    /// Column receiving each row's batch id (String, FixedString(36) or UUID).
+    /// Column receiving each row's batch id: UUID (recommended, 16 bytes a
+    /// row), String or FixedString(36).
     #[serde(default)]
     pub batch_id_column: Option<String>,
     /// How long a batch's ledger record outlives a crash (exactly-once).
