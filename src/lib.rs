@@ -66,8 +66,9 @@
 //!   escalation, the stuck record, the fleet-wide insert budget, pressure
 //!   and pacing, and `exactly_once/` (ledger with leases, fenced stage-table
 //!   inserts, recovery of dead replicas' batches); `stream/` — routing,
-//!   batch, commit (XADD then XACK, `max_len` backpressure), pause, and
-//!   exactly-once by a dedup script on the target.
+//!   batch, commit (XADD then XACK, `max_len` backpressure), plain
+//!   (pipelined XADDs on a direct connection), pause, and exactly-once by
+//!   a dedup script on the target.
 //! - `schedule/`: cron/every/at schedules, fired once per tick fleet-wide.
 //! - `http_entry/`: `POST /v1/streams/{stream}/messages`, bearer tokens.
 //! - `source/`: `[[source]]`, a ClickHouse table read in cursor order into

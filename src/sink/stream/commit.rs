@@ -17,12 +17,12 @@ use crate::config::Capacity;
 use crate::flow::settle::{Settler, Stopped};
 use crate::redis::acks::{same_stream, Acks};
 use crate::redis::dead_letter::DeadLetter;
-use crate::redis::direct::{DirectConnection, StreamConnection};
-use crate::redis::resp::{encode_bulk, encode_header, Cursor};
+use crate::redis::direct::StreamConnection;
 use crate::redis::Message;
 use crate::sink::stream::batch::SealedStreamBatch;
 use crate::sink::stream::once::StreamOnce;
 use crate::sink::stream::pause::Pause;
+use crate::sink::stream::plain::write_direct;
 use crate::sink::stream::route::{RouteSet, Target};
 use crate::sink::stream::StreamSink;
 use crate::sink::{Abandoned, Sink};
@@ -100,7 +100,7 @@ fn too_many_fields(text: &str) -> bool {
 
 /// What one write round left to do.
 #[derive(Default)]
-struct Round {
+pub(super) struct Round {
     /// Failed (Redis trouble): retried after a backoff.
     failed: Vec<(usize, Arc<Target>)>,
     /// Not added: the target had no room left.
@@ -111,7 +111,7 @@ struct Round {
 }
 
 impl Round {
-    fn error(&mut self, i: usize, t: &Arc<Target>, text: String) {
+    pub(super) fn error(&mut self, i: usize, t: &Arc<Target>, text: String) {
         if xadd_error_is_permanent(&text) {
             self.refused
                 .push((i, format!("target `{}`: {text}", t.name)));
@@ -657,68 +657,9 @@ impl Sink for StreamCommitter {
     }
 }
 
-/// One XADD per (message, target) pair, grouped by target and in order
-/// within each, in one pipelined write. Redis runs a plain XADD for about
-/// half the time the same XADD costs inside a script (`redis.call`), and
-/// each entry gets its own answer: a key of the wrong type refuses just
-/// the entries routed to it. A lost connection fails them all (retried;
-/// those that landed are written again, as at-least-once allows).
-async fn write_direct(
-    conn: &mut DirectConnection,
-    messages: &[Message],
-    pairs: Vec<(usize, Arc<Target>)>,
-    round: &mut Round,
-) {
-    let targets = by_target(pairs);
-    let sent = conn
-        .pipeline(|request| {
-            let mut commands = 0;
-            for (t, ids) in &targets {
-                for &i in ids {
-                    encode_xadd(request, &t.key, &messages[i]);
-                    commands += 1;
-                }
-            }
-            commands
-        })
-        .await;
-    let mut replies = match sent {
-        Ok(replies) => replies.into_iter(),
-        Err(e) => {
-            let text = e.to_string();
-            for (t, ids) in &targets {
-                for &i in ids {
-                    round.error(i, t, text.clone());
-                }
-            }
-            return;
-        }
-    };
-    for (t, ids) in &targets {
-        for &i in ids {
-            let reply = replies.next().expect("one reply per XADD sent");
-            if let Err(e) = Cursor::new(reply).string_span("XADD") {
-                round.error(i, t, e.to_string());
-            }
-        }
-    }
-}
-
-/// `XADD <key> * <field> <value> …` for one message.
-fn encode_xadd(out: &mut bytes::BytesMut, key: &[u8], message: &Message) {
-    encode_header(out, 3 + 2 * message.fields.len());
-    encode_bulk(out, b"XADD");
-    encode_bulk(out, key);
-    encode_bulk(out, b"*");
-    for (field, value) in message.fields.iter() {
-        encode_bulk(out, field);
-        encode_bulk(out, value);
-    }
-}
-
 /// (message, target) pairs grouped by target, each target's in order
 /// (keyed by the target object's address: one object per name).
-fn by_target(pairs: Vec<(usize, Arc<Target>)>) -> Vec<(Arc<Target>, Vec<usize>)> {
+pub(super) fn by_target(pairs: Vec<(usize, Arc<Target>)>) -> Vec<(Arc<Target>, Vec<usize>)> {
     let mut slot: HashMap<usize, usize> = HashMap::new();
     let mut out: Vec<(Arc<Target>, Vec<usize>)> = Vec::new();
     for (i, t) in pairs {

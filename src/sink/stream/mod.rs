@@ -34,14 +34,16 @@
 //! and built again when a message names them; nothing is lost.
 //!
 //! The parts: routing ([`route`]), the batch being filled ([`batch`]), the
-//! committer that writes and settles it ([`commit`]), the pause switch
-//! ([`pause`]) and exactly-once writes ([`once`]). The loop around them is
+//! committer that writes and settles it ([`commit`]), its pipelined plain
+//! XADDs on a direct connection ([`plain`]), the pause switch ([`pause`])
+//! and exactly-once writes ([`once`]). The loop around them is
 //! the flow's ([`crate::flow::batcher`]).
 
 mod batch;
 mod commit;
 pub(crate) mod once;
 mod pause;
+mod plain;
 mod route;
 
 use std::collections::{BTreeMap, HashMap};
