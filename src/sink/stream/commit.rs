@@ -100,7 +100,7 @@ fn too_many_fields(text: &str) -> bool {
 
 /// What one write round left to do.
 #[derive(Default)]
-pub(super) struct Round {
+struct Round {
     /// Failed (Redis trouble): retried after a backoff.
     failed: Vec<(usize, Arc<Target>)>,
     /// Not added: the target had no room left.
@@ -111,7 +111,7 @@ pub(super) struct Round {
 }
 
 impl Round {
-    pub(super) fn error(&mut self, i: usize, t: &Arc<Target>, text: String) {
+    fn error(&mut self, i: usize, t: &Arc<Target>, text: String) {
         if xadd_error_is_permanent(&text) {
             self.refused
                 .push((i, format!("target `{}`: {text}", t.name)));
@@ -513,7 +513,10 @@ impl StreamCommitter {
         }
         if let Some(StreamConnection::Direct(conn)) = self.writes.as_deref() {
             let mut conn = conn.lock().await;
-            return write_direct(&mut conn, messages, pairs, round).await;
+            for (i, t, error) in write_direct(&mut conn, messages, &by_target(pairs)).await {
+                round.error(i, &t, error);
+            }
+            return;
         }
         let script = &ADD_ALL_S;
         if !self.add_all_loaded.load(Ordering::Acquire) {
@@ -659,7 +662,7 @@ impl Sink for StreamCommitter {
 
 /// (message, target) pairs grouped by target, each target's in order
 /// (keyed by the target object's address: one object per name).
-pub(super) fn by_target(pairs: Vec<(usize, Arc<Target>)>) -> Vec<(Arc<Target>, Vec<usize>)> {
+fn by_target(pairs: Vec<(usize, Arc<Target>)>) -> Vec<(Arc<Target>, Vec<usize>)> {
     let mut slot: HashMap<usize, usize> = HashMap::new();
     let mut out: Vec<(Arc<Target>, Vec<usize>)> = Vec::new();
     for (i, t) in pairs {

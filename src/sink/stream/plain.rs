@@ -10,11 +10,11 @@ use bytes::BytesMut;
 use crate::redis::direct::DirectConnection;
 use crate::redis::resp::{encode_bulk, encode_header, Cursor};
 use crate::redis::Message;
-use crate::sink::stream::commit::{by_target, Round};
 use crate::sink::stream::route::Target;
 
-/// One XADD per (message, target) pair, grouped by target and in order
-/// within each, in one pipelined write. Redis runs a plain XADD for about
+/// One XADD per (message, target) pair, in the given order (grouped by
+/// target, each target's in order), in one pipelined write; returns the
+/// pairs that failed, with the error. Redis runs a plain XADD for about
 /// half the time the same XADD costs inside a script (`redis.call`), and
 /// each entry gets its own answer: a key of the wrong type refuses just
 /// the entries routed to it. A lost connection fails them all (retried;
@@ -22,14 +22,12 @@ use crate::sink::stream::route::Target;
 pub(super) async fn write_direct(
     conn: &mut DirectConnection,
     messages: &[Message],
-    pairs: Vec<(usize, Arc<Target>)>,
-    round: &mut Round,
-) {
-    let targets = by_target(pairs);
+    targets: &[(Arc<Target>, Vec<usize>)],
+) -> Vec<(usize, Arc<Target>, String)> {
     let sent = conn
         .pipeline(|request| {
             let mut commands = 0;
-            for (t, ids) in &targets {
+            for (t, ids) in targets {
                 for &i in ids {
                     encode_xadd(request, &t.key, &messages[i]);
                     commands += 1;
@@ -38,24 +36,20 @@ pub(super) async fn write_direct(
             commands
         })
         .await;
-    let mut replies = match sent {
-        Ok(replies) => replies.into_iter(),
+    let pairs = targets
+        .iter()
+        .flat_map(|(t, ids)| ids.iter().map(move |&i| (i, t)));
+    match sent {
+        Ok(replies) => pairs
+            .zip(replies)
+            .filter_map(|((i, t), reply)| {
+                let refused = Cursor::new(reply).string_span("XADD").err()?;
+                Some((i, t.clone(), refused.to_string()))
+            })
+            .collect(),
         Err(e) => {
             let text = e.to_string();
-            for (t, ids) in &targets {
-                for &i in ids {
-                    round.error(i, t, text.clone());
-                }
-            }
-            return;
-        }
-    };
-    for (t, ids) in &targets {
-        for &i in ids {
-            let reply = replies.next().expect("one reply per XADD sent");
-            if let Err(e) = Cursor::new(reply).string_span("XADD") {
-                round.error(i, t, e.to_string());
-            }
+            pairs.map(|(i, t)| (i, t.clone(), text.clone())).collect()
         }
     }
 }
