@@ -1,6 +1,7 @@
 //! Across hosts, stream → stream: a flow reads Redis A and writes a named
 //! connection, Redis B (`[redis.remote.edge]`). At-least-once and
-//! exactly-once, a worker SIGKILLed mid-run, a crash between the target's
+//! exactly-once, a worker SIGKILLed mid-run, the target connection cut
+//! mid-run, a crash between the target's
 //! XADD and the source's XACK, the target's `max_len` checked on the
 //! target, a Redis Cluster target, and `sluice check` naming every
 //! connection.
@@ -180,6 +181,42 @@ async fn exactly_once_across_redis_servers_survives_sigkill_mid_run() {
 #[tokio::test]
 async fn at_least_once_across_redis_servers_loses_nothing_when_killed() {
     killed_mid_run(false).await;
+}
+
+/// At-least-once writes to B go pipelined on a connection of the sink's
+/// own; cutting it (three times, mid-run) fails the writes in flight,
+/// which are retried on a new connection: every id arrives.
+#[tokio::test]
+async fn at_least_once_target_connection_cut_mid_run_loses_nothing() {
+    const N: usize = 100_000;
+    let (a, b) = tokio::join!(RedisServer::start(), RedisServer::start());
+    let (ra, rb) = (a.client().await, b.client().await);
+    let proxy = TcpProxy::start(b.addr());
+    let (src, dst) = (unique_name("cut_src"), unique_name("cut_dst"));
+    xadd_many(&ra, &src, N, seed_job).await;
+    let cfg = config(&a.url(), &proxy.redis_url(), &src, &dst, "", "");
+    let worker = Worker::spawn(&cfg);
+    for quarter in 1..=3u64 {
+        wait_for(LONG, "the next quarter on the target", || async {
+            xlen(&rb, &dst).await >= quarter * N as u64 / 4
+        })
+        .await;
+        proxy.cut_all();
+    }
+    wait_for(
+        Duration::from_secs(240),
+        "source fully delivered and acked",
+        || async { source_done(&ra, &src).await },
+    )
+    .await;
+    let (lost, _doubled) = lost_and_doubled(rec_ids(&rb, &dst).await, N as u64);
+    assert_eq!(lost, 0);
+    assert!(
+        worker
+            .log_contents()
+            .contains("XADD to target streams failed"),
+        "a cut connection failed a write, which was retried"
+    );
 }
 
 /// The crash the exactly-once script exists for, made deterministic: the

@@ -43,8 +43,8 @@ pub(super) async fn write_direct(
         Ok(replies) => pairs
             .zip(replies)
             .filter_map(|((i, t), reply)| {
-                let refused = Cursor::new(reply).string_span("XADD").err()?;
-                Some((i, t.clone(), refused.to_string()))
+                let error = Cursor::new(reply).string_span("XADD").err()?;
+                Some((i, t.clone(), error.to_string()))
             })
             .collect(),
         Err(e) => {
