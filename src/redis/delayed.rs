@@ -319,8 +319,7 @@ pub struct Promoted {
 
 /// Moves up to `limit` due jobs of `stream` into it, atomically.
 pub async fn promote(client: &Client, stream: &str, limit: usize) -> Result<Promoted> {
-    let script = &PROMOTE_S;
-    let reply: Value = script
+    let reply: Value = PROMOTE_S
         .evalsha_with_reload(
             client,
             {

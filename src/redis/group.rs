@@ -109,8 +109,7 @@ pub(crate) async fn delete_if_empty(
     group: &str,
     consumer: &str,
 ) -> Result<bool> {
-    let script = &DELETE_IF_EMPTY_S;
-    let deleted: i64 = script
+    let deleted: i64 = DELETE_IF_EMPTY_S
         .evalsha_with_reload(client, vec![stream], vec![group, consumer])
         .await?;
     Ok(deleted == 1)

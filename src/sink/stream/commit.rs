@@ -1,7 +1,8 @@
 //! Writing a stream sink's sealed batches: waiting for room under the
 //! targets' caps (pausing the flow meanwhile), XADDing (pipelined on a
-//! connection of the sink's own, or in few script calls), then settling at the source ([`crate::flow::settle`]): dead letters
-//! first, then the acks of what landed.
+//! connection of the sink's own, or in few script calls), then settling
+//! at the source ([`crate::flow::settle`]): dead letters first, then the
+//! acks of what landed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -413,8 +414,7 @@ impl StreamCommitter {
             self.capacity.as_str().into(),
         ];
         let args = entry_args(messages.iter().copied(), head);
-        let script = &ADD_UNDER_CAP_S;
-        let reply: Value = script
+        let reply: Value = ADD_UNDER_CAP_S
             .evalsha_with_reload(&self.target, vec![Key::from(target.key.clone())], args)
             .await
             .map_err(|e| e.to_string())?;
@@ -495,7 +495,7 @@ impl StreamCommitter {
 
     /// Targets without a cap: each target's entries in order, all in one
     /// pipeline. On a direct connection, one XADD per entry written
-    /// straight into the request ([`Self::write_direct`]); through fred
+    /// straight into the request ([`write_direct`]); through fred
     /// (cluster, sentinel, TLS), calls of [`ADD_ALL`] of at most
     /// [`SCRIPT_ENTRIES`] entries, as fred's cost per command (building,
     /// encoding and answering it) was half the worker's CPU per forwarded

@@ -280,8 +280,7 @@ impl StreamOnce {
             }
         }
         let keys = vec![group.target.to_string(), group.key.clone()];
-        let script = &WRITE_S;
-        let _added: Value = script
+        let _added: Value = WRITE_S
             .evalsha_with_reload(client, keys, args)
             .await
             .map_err(|e| e.to_string())?;
